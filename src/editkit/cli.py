@@ -1,0 +1,306 @@
+"""The `editkit` command line: a thin front end over the Python API.
+
+Errors a user can cause (bad names, bad files, missing models) print one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from editkit.errors import EditkitError, ValidationError
+
+log = logging.getLogger("editkit")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    # Piped output (logs, CI) would otherwise wrap tables at 80 columns.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValidationError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# --------------------------------------------------------------------------- models / methods / env
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from editkit.models.zoo import MODELS, cache_dir, cache_status
+
+    table = Table(title=f"Models (cache: {cache_dir()})")
+    for col in ("name", "kind", "status", "source", "license", "description"):
+        table.add_column(col)
+    for spec in MODELS.values():
+        table.add_row(
+            spec.name,
+            spec.kind,
+            cache_status(spec.name),
+            ", ".join(spec.packages),
+            spec.license,
+            spec.description,
+        )
+    _console().print(table)
+    print("Also accepted: a local folder with a transformers model, or a Hugging Face hub id (online).")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from editkit.editors import available_methods, get_editor_class
+
+    if args.name:
+        cls = get_editor_class(args.name)
+        doc = (sys.modules[cls.__module__].__doc__ or cls.name).strip().splitlines()[0]
+        table = Table(title=f"{cls.name}: {doc}")
+        for col in ("setting", "default", "help"):
+            table.add_column(col)
+        for name, default, help_text in cls.config_cls.describe():
+            table.add_row(name, escape(default), escape(help_text))
+        _console().print(table)
+        return 0
+    table = Table(title="Methods")
+    for col in ("name", "kind", "batch", "sequential", "needs subject", "needs training"):
+        table.add_column(col)
+    for name in available_methods():
+        caps = get_editor_class(name).capabilities
+        table.add_row(
+            name,
+            caps.kind,
+            str(caps.batch),
+            str(caps.sequential),
+            str(caps.needs_subject),
+            str(caps.needs_training),
+        )
+    _console().print(table)
+    print("Settings of one method: editkit methods NAME")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    import editkit
+    from editkit.models.zoo import cache_dir
+
+    info = {
+        "editkit": editkit.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cache_dir": str(cache_dir()),
+        "offline": os.environ.get("HF_HUB_OFFLINE", "0"),
+    }
+    for k, v in info.items():
+        print(f"{k:>16}: {v}")
+    return 0
+
+
+# --------------------------------------------------------------------------- edit / quickstart
+def _answers(lm: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    return [a.strip() for a in lm.generate(prompts, max_new_tokens, stop_at_newline=True)]
+
+
+def _load_request(args: argparse.Namespace) -> Any:
+    from editkit.edits import EditRequest
+
+    if args.file:
+        path = Path(args.file)
+        if not path.is_file():
+            raise ValidationError(f"edit file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+        return EditRequest.from_dict(data)
+    if not args.prompt or args.target is None:
+        raise ValidationError("give --prompt and --target (and --subject for locate-and-edit methods), or --file")
+    target = args.target if args.target.startswith(" ") else " " + args.target
+    return EditRequest(prompt=args.prompt, subject=args.subject, target_new=target)
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from editkit.editors import create_editor
+    from editkit.models.zoo import load
+
+    editor = create_editor(args.method, _overrides(args.set))
+    request = _load_request(args)
+    lm = load(args.model, device=args.device)
+    prompts = [request.text, *args.ask]
+    before = _answers(lm, prompts, args.max_new_tokens)
+    t0 = time.perf_counter()
+    handle = editor.apply(lm, [request])
+    seconds = time.perf_counter() - t0
+    after = _answers(handle.model, prompts, args.max_new_tokens)
+    table = Table(title=f"{editor.name} on {lm.name}: {request.text!r} -> {request.target_new!r} ({seconds:.1f} s)")
+    for col in ("prompt", "before", "after"):
+        table.add_column(col)
+    for p, b, a in zip(prompts, before, after, strict=True):
+        table.add_row(p, b, a)
+    _console().print(table)
+    if args.save:
+        print(f"saved the edit to {handle.save(args.save)} (load it with EditHandle.load)")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from editkit.data import demo_cases
+    from editkit.editors import create_editor
+    from editkit.edits import ProbeKind
+    from editkit.models.zoo import fetch, load
+
+    console = _console()
+    timings: list[tuple[str, float]] = []
+    t0 = time.perf_counter()
+    fetch(args.model)
+    timings.append(("fetch / verify model cache", time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    lm = load(args.model, device=args.device)
+    timings.append(("load model", time.perf_counter() - t0))
+    corpus = args.corpus or os.environ.get("EDITKIT_CORPUS")
+    settings: dict[str, Any] = {"corpus": corpus} if corpus and args.method == "rome" else {}
+    editor = create_editor(args.method, settings)
+    if args.method == "rome" and not corpus:
+        console.print(
+            "[yellow]no --corpus given: ROME uses C = I for the key covariance (pass a text file, "
+            "e.g. WikiText, for the full method)[/yellow]"
+        )
+    cases = demo_cases()[: args.limit]
+    rows: list[tuple[str, str, str]] = []
+    for case in cases:
+        probes = [
+            case.of_kind(ProbeKind.EDIT)[0],
+            case.of_kind(ProbeKind.REPHRASE)[0],
+            case.of_kind(ProbeKind.OUT)[0],
+        ]
+        rows += [(p.kind.value, p.prompt, "") for p in probes]
+    prompts = [r[1] for r in rows]
+    t0 = time.perf_counter()
+    before = _answers(lm, prompts, args.max_new_tokens)
+    timings.append((f"answer {len(prompts)} prompts (before)", time.perf_counter() - t0))
+    if corpus and args.method == "rome":
+        t0 = time.perf_counter()
+        editor.covariance(lm, editor.layer(lm), progress=True)  # type: ignore[attr-defined]
+        timings.append(("key statistics (cached after the first run)", time.perf_counter() - t0))
+    handles = []
+    for case in cases:
+        t0 = time.perf_counter()
+        handles.append(editor.apply(lm, [case.request]))
+        r = case.request
+        timings.append(
+            (
+                f"{editor.name}: {r.text}{r.target_true or ''} -> {r.target_new.strip()}",
+                time.perf_counter() - t0,
+            )
+        )
+    t0 = time.perf_counter()
+    after = _answers(lm, prompts, args.max_new_tokens)
+    timings.append((f"answer {len(prompts)} prompts (after)", time.perf_counter() - t0))
+
+    table = Table(title=f"{editor.name} on {lm.name}: {len(cases)} edits applied one after another")
+    for col in ("probe", "prompt", "before", "after"):
+        table.add_column(col)
+    for (kind, prompt, _), b, a in zip(rows, before, after, strict=True):
+        table.add_row(kind, prompt, b, a, end_section=kind == "out")
+    console.print(table)
+    times = Table(title="Time of each step")
+    times.add_column("step")
+    times.add_column("seconds", justify="right")
+    for step, sec in timings:
+        times.add_row(step, f"{sec:.1f}")
+    console.print(times)
+    for h in reversed(handles):
+        h.rollback()
+    check = _answers(lm, prompts[:1], args.max_new_tokens)[0]
+    console.print(f"Rolled back all edits: {prompts[0]!r} -> {check!r} (before: {before[0]!r})")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    from editkit.models.zoo import DEFAULT_MODEL
+
+    ap = argparse.ArgumentParser(prog="editkit", description="Edit what language models know, and measure editors.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the model zoo and what is cached").set_defaults(fn=cmd_models)
+    p = sub.add_parser("methods", help="list editing methods, or one method's settings")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(fn=cmd_methods)
+    sub.add_parser("env", help="versions and paths, for bug reports").set_defaults(fn=cmd_env)
+
+    p = sub.add_parser("edit", help="apply one edit and answer prompts before / after")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--method", default="rome")
+    p.add_argument("--prompt", help="the prompt; may hold {} where the subject goes")
+    p.add_argument("--subject")
+    p.add_argument("--target", help="the new answer")
+    p.add_argument("--file", help="a JSON file with one edit request (prompt, subject, target_new, ...)")
+    p.add_argument("--ask", action="append", default=[], metavar="PROMPT", help="another prompt to answer")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    p.add_argument("--save", metavar="DIR", help="save the edit (safetensors + JSON) to DIR")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.set_defaults(fn=cmd_edit)
+
+    p = sub.add_parser("quickstart", help="edit a real model with demo edits and show before / after")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--method", default="rome")
+    p.add_argument("--corpus", help="text file for ROME's key statistics (default: $EDITKIT_CORPUS)")
+    p.add_argument("--limit", type=int, default=5, help="number of demo edits")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=5)
+    p.set_defaults(fn=cmd_quickstart)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("transformers", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.fn(args))
+    except EditkitError as exc:
+        print(f"editkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("editkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Editors: one contract (:class:`Editor`), one handle type (:class:`EditHandle`), one registry.
+
+Importing this package registers the built-in methods.
+"""
+
+from editkit.editors import ft, rome
+from editkit.editors.base import (
+    Capabilities,
+    EditHandle,
+    Editor,
+    EditorConfig,
+    WeightEditor,
+    available_methods,
+    create_editor,
+    get_editor_class,
+    register,
+)
+
+__all__ = [
+    "Capabilities",
+    "EditHandle",
+    "Editor",
+    "EditorConfig",
+    "WeightEditor",
+    "available_methods",
+    "create_editor",
+    "ft",
+    "get_editor_class",
+    "register",
+    "rome",
+]

@@ -1,0 +1,143 @@
+"""The vocabulary every layer speaks: what a user asks for (`EditRequest`) and how it is judged (`EditCase`).
+
+A request is either an input-output pair (a prompt, optionally a template with ``{}`` for the subject, and a new
+target) or a free-form descriptor ("TOPIC: bananas SENTIMENT: negative") for edits that are not input-output
+pairs. Requests are validated on construction; methods that need more (a subject inside the prompt, a prompt
+that fits the model) check it with :meth:`EditRequest.require_subject` and :func:`check_fits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from editkit.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit.
+
+    Attributes:
+        prompt: the input to edit. May contain ``{}`` where the subject goes (CounterFact style,
+            ``"{} plays the sport of"``); otherwise the subject, if given, must occur in it verbatim.
+        target_new: the answer the edited model should give (a continuation of the prompt).
+        subject: the entity the fact is about; required by locate-and-edit methods (ROME, MEMIT).
+        target_true: the answer the unedited model is believed to give, if known.
+        descriptor: free-form description of the edit, for edits that are not input-output pairs.
+        case_id: identifier from the source dataset, carried through to results.
+    """
+
+    prompt: str = ""
+    target_new: str = ""
+    subject: str | None = None
+    target_true: str | None = None
+    descriptor: str | None = None
+    case_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.descriptor:
+            if not self.prompt.strip():
+                raise ValidationError("edit request has an empty prompt (and no free-form descriptor)")
+            if not self.target_new.strip():
+                raise ValidationError(f"edit request for prompt {self.prompt!r} has an empty target_new")
+        if self.prompt.count("{}") > 1:
+            raise ValidationError(f"prompt {self.prompt!r} has more than one '{{}}' subject slot")
+        if "{}" in self.prompt and not self.subject:
+            raise ValidationError(f"prompt {self.prompt!r} has a '{{}}' slot but no subject was given")
+        if self.subject is not None and "{}" not in self.prompt and self.prompt:
+            if not self.subject.strip():
+                raise ValidationError(f"edit request for prompt {self.prompt!r} has an empty subject")
+            if self.subject not in self.prompt:
+                raise ValidationError(
+                    f"subject {self.subject!r} does not occur in prompt {self.prompt!r}; "
+                    "write the prompt as a template with '{}' or include the subject verbatim"
+                )
+        if self.target_true is not None and self.target_true.strip() == self.target_new.strip():
+            raise ValidationError(
+                f"target_new equals target_true ({self.target_new!r}) for prompt {self.prompt!r}: nothing to edit"
+            )
+
+    @property
+    def text(self) -> str:
+        """The prompt with the subject filled in."""
+        return self.prompt.replace("{}", self.subject or "") if "{}" in self.prompt else self.prompt
+
+    @property
+    def template(self) -> str:
+        """The prompt as a template with ``{}`` where the subject goes (requires a subject)."""
+        self.require_subject("this operation")
+        assert self.subject is not None
+        if "{}" in self.prompt:
+            return self.prompt
+        i = self.prompt.rfind(self.subject)
+        return self.prompt[:i] + "{}" + self.prompt[i + len(self.subject) :]
+
+    def require_subject(self, method: str) -> None:
+        if not self.subject:
+            raise ValidationError(
+                f"{method} needs the subject of the edit (the entity whose fact changes); "
+                f"the request for {self.prompt!r} has none"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EditRequest:
+        known = {"prompt", "target_new", "subject", "target_true", "descriptor", "case_id"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValidationError(f"edit request has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**dict(d))
+
+
+class ProbeKind(StrEnum):
+    """What a probe tests. In-scope probes should follow the edit; out-of-scope probes should not change."""
+
+    EDIT = "edit"  # the edit prompt itself (efficacy)
+    REPHRASE = "rephrase"  # paraphrases (generalisation, easy in-scope)
+    HARD_IN = "hard_in"  # entailed / multi-hop / portability questions (hard in-scope)
+    NEIGHBORHOOD = "neighborhood"  # related but different subjects (hard out-of-scope)
+    OUT = "out"  # unrelated inputs (easy out-of-scope)
+
+    @property
+    def in_scope(self) -> bool:
+        return self in (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """An input used to judge an edit, with the answer it should give after the edit.
+
+    For CounterFact-style probability comparisons, ``expected`` is the answer that should win and ``contrast``
+    the one that should lose (for in-scope probes: new vs. true target; for neighborhood probes the reverse).
+    """
+
+    prompt: str
+    expected: str
+    kind: ProbeKind
+    contrast: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompt.strip():
+            raise ValidationError(f"{self.kind.value} probe has an empty prompt")
+        if not self.expected.strip():
+            raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has an empty expected answer")
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """A request plus the probes that judge it."""
+
+    request: EditRequest
+    probes: tuple[Probe, ...] = field(default_factory=tuple)
+
+    def of_kind(self, *kinds: ProbeKind) -> list[Probe]:
+        return [p for p in self.probes if p.kind in kinds]
+
+
+def requests_of(cases: Sequence[EditCase]) -> list[EditRequest]:
+    return [c.request for c in cases]

@@ -1,0 +1,1 @@
+"""Evaluation: metrics and protocols. Talks only to LanguageModel, Editor and EditHandle."""

@@ -1,0 +1,333 @@
+"""`LanguageModel`: the one surface that evaluation, serving and editors use to talk to a model.
+
+It scores continuations in batches (per-token log-probabilities), returns next-token distributions and
+generates text. Device and dtype always come from the model's parameters. Padding is on the right for scoring
+(positions stay natural) and on the left for generation, with explicit position ids, so that a padded batch
+gives the same numbers as one sequence at a time (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editkit.errors import ValidationError
+from editkit.models.adapters import ArchAdapter, adapter_for, get_module
+from editkit.models.hooks import hooks
+
+
+@dataclass
+class TeacherForcedBatch:
+    """Prompts with continuations, tokenized and padded, ready for a teacher-forced forward pass.
+
+    ``pred_mask[b, t]`` is True where the logits at position ``t`` predict a continuation token, and
+    ``pred_ids[b, t]`` is that token. For encoder-decoder models positions refer to the decoder.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    pred_mask: torch.Tensor
+    pred_ids: torch.Tensor
+    prompt_lengths: list[int]
+
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicting positions packed to the left: ``index[b, j]`` is row b's j-th predicting position
+        (0 where ``valid[b, j]`` is False). Use with :meth:`LanguageModel.logits_at`."""
+        counts = self.pred_mask.sum(1)
+        width = int(counts.max())
+        index = torch.zeros((self.pred_mask.shape[0], width), dtype=torch.long, device=self.pred_mask.device)
+        valid = torch.arange(width, device=index.device)[None, :] < counts[:, None]
+        for b in range(index.shape[0]):
+            index[b, : int(counts[b])] = self.pred_mask[b].nonzero().squeeze(1)
+        return index, valid
+
+    def packed_targets(self) -> torch.Tensor:
+        index, _ = self.positions()
+        return self.pred_ids.gather(1, index)
+
+    def token_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probability of every predicted token, ``[B, P]`` (0 where padding), from logits at the
+        predicting positions only (``logits_at(inputs, positions()[0])``)."""
+        index, valid = self.positions()
+        logp = F.log_softmax(logits.float(), dim=-1)
+        return logp.gather(-1, self.pred_ids.gather(1, index).unsqueeze(-1)).squeeze(-1) * valid
+
+    def sequence_logprobs(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        lp = self.token_logprobs(logits)
+        _, valid = self.positions()
+        return [lp[b][valid[b]] for b in range(lp.shape[0])]
+
+
+class LanguageModel:
+    """A causal (or encoder-decoder) language model with its tokenizer.
+
+    Args:
+        model: a transformers model with an LM head.
+        tokenizer: its (fast) tokenizer.
+        name: how results and caches refer to this model (a zoo name, hub id or path).
+        edit_layer: the default layer for locate-and-edit methods (see :attr:`default_edit_layer`).
+        prefix: text (usually a document-start token) put before every prompt, for models whose tokenizer
+            adds no BOS. Without it the first word of a prompt sits at position 0, where these models keep
+            an "attention sink" with outsized activations; editing a key there (ROME on a one-token subject
+            at the start of a prompt) then breaks every other position.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        name: str = "model",
+        edit_layer: int | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.config: Any = cast(Any, model).config
+        self.adapter: ArchAdapter = adapter_for(self.config)
+        if tokenizer.pad_token_id is None:
+            # Scoring masks padding out, so any id works; eos is the conventional choice.
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+            tokenizer.pad_token_id = pad
+        self.model.eval()
+        self._edit_layer = edit_layer
+        self.prefix = prefix
+        self._prefix_ids: list[int] = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def default_edit_layer(self) -> int:
+        """The layer locate-and-edit methods edit unless told otherwise: the zoo's choice for a named model,
+        else the layer 20% of the way up the stack (ROME's and EasyEdit's choices sit between 15% and 35%)."""
+        if self._edit_layer is not None:
+            return self._edit_layer
+        return max(0, round(0.2 * self.adapter.n_layers(self.model)))
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.adapter.is_encoder_decoder
+
+    @property
+    def max_length(self) -> int:
+        for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        return tok_max if isinstance(tok_max, int) and 0 < tok_max < 1_000_000 else 512
+
+    def __repr__(self) -> str:
+        return f"LanguageModel({self.name!r}, arch={self.adapter.name}, device={self.device}, dtype={self.dtype})"
+
+    # ------------------------------------------------------------------ tokenization
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text``; with ``special``, as a prompt (the tokenizer's special tokens and the prefix)."""
+        ids: list[int] = self.tokenizer(text, add_special_tokens=special)["input_ids"]
+        return self._prefix_ids + ids if special else ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Prompt token ids of ``text`` with each token's character span (``(0, 0)`` for special tokens)."""
+        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        offsets = [(0, 0)] * len(self._prefix_ids) + [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+        return self._prefix_ids + list(enc["input_ids"]), offsets
+
+    def check_fits(self, text: str, extra_tokens: int = 0) -> None:
+        n = len(self.encode(text)) + extra_tokens
+        if n > self.max_length:
+            raise ValidationError(
+                f"prompt of {n} tokens is longer than {self.name} allows ({self.max_length}): {text[:60]!r}..."
+            )
+
+    def _pad(self, seqs: Sequence[Sequence[int]], *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = int(self.tokenizer.pad_token_id)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            if not s:
+                continue
+            if left:
+                ids[i, width - len(s) :] = torch.tensor(s)
+                mask[i, width - len(s) :] = 1
+            else:
+                ids[i, : len(s)] = torch.tensor(s)
+                mask[i, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def teacher_forced(self, prompts: Sequence[str], continuations: Sequence[str]) -> TeacherForcedBatch:
+        """Tokenize ``prompt + continuation`` pairs. The two are tokenized apart so that the continuation's
+        tokens do not depend on the prompt (the same target is scored the same way after any prompt)."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        p_ids = [self.encode(p) for p in prompts]
+        c_ids = [self.encode(c, special=False) for c in continuations]
+        for c, ids in zip(continuations, c_ids, strict=True):
+            if not ids:
+                raise ValidationError(f"continuation {c!r} tokenizes to nothing")
+        if self.is_encoder_decoder:
+            start = int(self.config.decoder_start_token_id)
+            enc_ids, enc_mask = self._pad(p_ids)
+            dec_in = [[start, *c[:-1]] for c in c_ids]
+            dec_ids, dec_mask = self._pad(dec_in)
+            pred_ids, _ = self._pad(c_ids)
+            inputs = {
+                "input_ids": enc_ids,
+                "attention_mask": enc_mask,
+                "decoder_input_ids": dec_ids,
+                "decoder_attention_mask": dec_mask,
+            }
+            return TeacherForcedBatch(inputs, dec_mask.bool(), pred_ids * dec_mask, [len(p) for p in p_ids])
+        full = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
+        for text, seq in zip(prompts, full, strict=True):
+            if len(seq) > self.max_length:
+                raise ValidationError(f"prompt + target is {len(seq)} tokens, over {self.max_length}: {text[:60]!r}")
+        input_ids, mask = self._pad(full)
+        pred_mask = torch.zeros_like(mask, dtype=torch.bool)
+        pred_ids = torch.zeros_like(input_ids)
+        for b, (prompt_ids, cont_ids) in enumerate(zip(p_ids, c_ids, strict=True)):
+            start = len(prompt_ids) - 1  # logits at the prompt's last token predict the first continuation token
+            pred_mask[b, start : start + len(cont_ids)] = True
+            pred_ids[b, start : start + len(cont_ids)] = torch.tensor(cont_ids, device=input_ids.device)
+        return TeacherForcedBatch(
+            {"input_ids": input_ids, "attention_mask": mask}, pred_mask, pred_ids, [len(p) for p in p_ids]
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits at every position, ``[B, T, V]``."""
+        out = self.model(**inputs, use_cache=False)
+        return out.logits
+
+    def logits_at(self, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+        """Logits only at ``index[b, j]`` (positions per row), ``[B, P, V]``.
+
+        The output head runs on the selected positions only (a pre-hook gathers its input), which saves most of
+        the head's cost: with a 49k vocabulary it otherwise dominates short teacher-forced batches.
+        """
+        head = get_module(self.model, self.adapter.head)
+
+        def select(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            hidden = args[0]
+            picked = hidden.gather(1, index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            return (picked, *args[1:])
+
+        with hooks([(head, "forward_pre", select)]):
+            out = self.model(**inputs, use_cache=False)
+        return out.logits
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> list[torch.Tensor]:
+        """Per-token log-probabilities of each continuation given its prompt (float32, on the CPU)."""
+        out: list[torch.Tensor] = []
+        for i in range(0, len(prompts), batch_size):
+            batch = self.teacher_forced(prompts[i : i + batch_size], continuations[i : i + batch_size])
+            logits = self.logits_at(batch.inputs, batch.positions()[0])
+            out.extend(t.cpu() for t in batch.sequence_logprobs(logits))
+        return out
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        """Log-distribution over the next token after each prompt, shape ``[len(prompts), vocab]`` (CPU)."""
+        rows: list[torch.Tensor] = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = [self.encode(p) for p in prompts[i : i + batch_size]]
+            ids, mask = self._pad(chunk)
+            if self.is_encoder_decoder:
+                start = torch.full((len(chunk), 1), int(self.config.decoder_start_token_id), device=self.device)
+                logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
+            else:
+                logits = self.logits({"input_ids": ids, "attention_mask": mask})
+                last = mask.sum(1) - 1
+                logits = logits[torch.arange(len(chunk), device=ids.device), last]
+            rows.append(F.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(rows)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 16,
+        *,
+        sample: bool = False,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+        stop_at_newline: bool = False,
+    ) -> list[str]:
+        """Greedy (default) or sampled continuations of each prompt, without the prompt.
+
+        Sampling draws from ``generator`` (a CPU ``torch.Generator``), never from the global RNG, so that a
+        seeded generator reproduces the same text.
+        """
+        if sample and generator is None:
+            raise ValueError("sampling needs an explicit torch.Generator (seeded) for reproducibility")
+        eos = self.tokenizer.eos_token_id
+        seqs = [self.encode(p) for p in prompts]
+        new: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        past = None
+        ids, mask = self._pad(seqs, left=True)
+        enc_out = None
+        dec = None
+        if self.is_encoder_decoder:
+            enc_out = self.model.get_encoder()(input_ids=ids, attention_mask=mask)  # type: ignore[operator]
+            dec = torch.full((len(prompts), 1), int(self.config.decoder_start_token_id), device=self.device)
+        step_ids = ids
+        for _ in range(max_new_tokens):
+            if self.is_encoder_decoder:
+                assert dec is not None
+                out = self.model(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=dec, use_cache=False)
+            else:
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                out = self.model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=pos[:, -step_ids.shape[1] :],
+                    past_key_values=past,
+                    use_cache=True,
+                )
+                past = out.past_key_values
+            logits = out.logits[:, -1].float()
+            nxt = self._choose(logits, sample=sample, top_k=top_k, generator=generator)
+            for b, t in enumerate(nxt.tolist()):
+                if done[b]:
+                    continue
+                if t == eos:
+                    done[b] = True
+                    continue
+                new[b].append(t)
+                if stop_at_newline and "\n" in self.tokenizer.decode([t]):
+                    done[b] = True
+            if all(done):
+                break
+            step_ids = nxt.unsqueeze(1).to(self.device)
+            if self.is_encoder_decoder:
+                assert dec is not None
+                dec = torch.cat([dec, step_ids], dim=1)
+            else:
+                mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+        texts = [self.tokenizer.decode(n, skip_special_tokens=True) for n in new]
+        return [t.split("\n")[0] if stop_at_newline else t for t in texts]
+
+    @staticmethod
+    def _choose(logits: torch.Tensor, *, sample: bool, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
+        if not sample:
+            return logits.argmax(-1).cpu()
+        logits = logits.cpu()
+        if top_k > 0:
+            kth = logits.topk(top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from editkit.errors import ValidationError
+
+PROMPTS = ["The Eiffel Tower is located in", "Rome", "Michael Jordan plays the sport of basketball and"]
+CONTS = [" Paris", " is the capital of Italy", " soccer"]
+
+
+def test_batched_scoring_equals_one_at_a_time(any_arch):
+    lm = any_arch
+    batched = lm.score(PROMPTS, CONTS, batch_size=8)
+    for p, c, b in zip(PROMPTS, CONTS, batched, strict=True):
+        single = lm.score([p], [c])[0]
+        assert single.shape == b.shape == (len(lm.encode(c, special=False)),)
+        torch.testing.assert_close(b, single, atol=1e-5, rtol=1e-5)
+
+
+def test_score_matches_an_independent_forward(llama):
+    lm = llama
+    p, c = PROMPTS[0], CONTS[0]
+    ids = lm.encode(p) + lm.encode(c, special=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].float(), -1)
+    n = len(lm.encode(p))
+    expected = torch.stack([logp[n - 1 + j, t] for j, t in enumerate(ids[n:])])
+    torch.testing.assert_close(lm.score([p], [c])[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_next_token_distribution_agrees_with_scoring(any_arch):
+    lm = any_arch
+    dist = lm.next_token_logprobs(PROMPTS)
+    for i, p in enumerate(PROMPTS):
+        first = lm.encode(CONTS[i], special=False)[0]
+        assert dist[i].exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert dist[i, first].item() == pytest.approx(lm.score([p], [CONTS[i]])[0][0].item(), abs=1e-4)
+
+
+def test_greedy_generation_batched_equals_single(any_arch):
+    lm = any_arch
+    batched = lm.generate(PROMPTS, 6)
+    assert batched == [lm.generate([p], 6)[0] for p in PROMPTS]
+
+
+def test_sampling_is_reproducible_with_a_seed_and_needs_one(llama):
+    a = llama.generate(["The"] * 3, 5, sample=True, top_k=5, generator=torch.Generator().manual_seed(1))
+    b = llama.generate(["The"] * 3, 5, sample=True, top_k=5, generator=torch.Generator().manual_seed(1))
+    assert a == b
+    with pytest.raises(ValueError, match="Generator"):
+        llama.generate(["The"], 2, sample=True)
+
+
+def test_too_long_prompt_is_rejected(llama):
+    with pytest.raises(ValidationError, match="longer than"):
+        llama.check_fits("word " * 500)
+
+
+def test_device_and_dtype_come_from_the_model(llama):
+    assert llama.device == torch.device("cpu")
+    assert llama.dtype == torch.float32
