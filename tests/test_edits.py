@@ -46,6 +46,8 @@ def test_round_trip_and_unknown_fields():
     assert EditRequest.from_dict(r.to_dict()) == r
     with pytest.raises(ValidationError, match="unknown fields"):
         EditRequest.from_dict({"prompt": "a", "target_new": "b", "target": "c"})
+    with pytest.raises(ValidationError, match="'prompt' must be a string"):
+        EditRequest.from_dict({"prompt": 5, "target_new": "b"})
 
 
 def test_case_probes_by_kind():

@@ -21,8 +21,8 @@ def test_unknown_setting_is_rejected_with_suggestion():
 
 
 def test_values_are_typed_and_coerced_from_strings():
-    cfg = ROMEConfig.from_dict({"v_steps": "7", "v_lr": "0.25", "replay_prefix": "false", "layer": None})
-    assert cfg.v_steps == 7 and cfg.v_lr == 0.25 and cfg.replay_prefix is False and cfg.layer is None
+    cfg = ROMEConfig.from_dict({"v_steps": "7", "v_lr": "0.25", "fast_path": "false", "layer": None})
+    assert cfg.v_steps == 7 and cfg.v_lr == 0.25 and cfg.fast_path is False and cfg.layer is None
     assert FTCConfig.from_dict({"layers": "1,2", "norm": "l2"}).layers == [1, 2]
     with pytest.raises(ConfigError, match="expected int"):
         ROMEConfig.from_dict({"v_steps": "many"})

@@ -138,6 +138,8 @@ def _load_request(args: argparse.Namespace) -> Any:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValidationError(f"{path} must hold one JSON object (an edit request), not {type(data).__name__}")
         return EditRequest.from_dict(data)
     if not args.prompt or args.target is None:
         raise ValidationError("give --prompt and --target (and --subject for locate-and-edit methods), or --file")
@@ -153,6 +155,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     editor = create_editor(args.method, _overrides(args.set))
     request = _load_request(args)
+    if editor.capabilities.needs_subject:  # fail before loading (maybe fetching) the model
+        request.require_subject(editor.name)
     lm = load(args.model, device=args.device)
     prompts = [request.text, *args.ask]
     before = _answers(lm, prompts, args.max_new_tokens)

@@ -91,6 +91,9 @@ class EditRequest:
         unknown = set(d) - known
         if unknown:
             raise ValidationError(f"edit request has unknown fields {sorted(unknown)}; known: {sorted(known)}")
+        for key, value in d.items():
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(f"edit request field {key!r} must be a string, got {type(value).__name__}")
         return cls(**dict(d))
 
 

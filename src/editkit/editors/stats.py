@@ -28,7 +28,7 @@ from editkit.models.zoo import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 _MEMO: dict[str, torch.Tensor] = {}
 _FINGERPRINTS: dict[tuple[Any, ...], str] = {}
 
@@ -69,10 +69,18 @@ def key_fingerprint(lm: LanguageModel, layer: int) -> str:
 
 
 def _corpus_chunks(lm: LanguageModel, corpus: Path, n_tokens: int, seq_len: int) -> list[list[int]]:
+    """The corpus's first ``n_tokens`` tokens (whole ``seq_len`` windows), lines tokenized one by one."""
     if not corpus.is_file():
         raise ValidationError(f"corpus file {corpus} does not exist")
-    text = "\n".join(line.strip() for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip())
-    ids = lm.encode(text[: n_tokens * 12], special=False)  # ~4 chars per token; generous margin
+    if n_tokens < seq_len:
+        raise ValidationError(f"key statistics need at least one window: n_tokens {n_tokens} < seq_len {seq_len}")
+    ids: list[int] = []
+    with corpus.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                ids += lm.encode(line.strip() + "\n", special=False)
+            if len(ids) >= n_tokens:
+                break
     if len(ids) < seq_len:
         raise ValidationError(f"corpus {corpus} has only {len(ids)} tokens; need at least {seq_len}")
     usable = min(n_tokens, len(ids)) // seq_len * seq_len

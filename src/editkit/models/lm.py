@@ -210,8 +210,9 @@ class LanguageModel:
         out = self.model(**inputs, use_cache=False)
         return out.logits
 
-    def logits_at(self, inputs: dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
-        """Logits only at ``index[b, j]`` (positions per row), ``[B, P, V]``.
+    def logits_at(self, inputs: dict[str, Any], index: torch.Tensor) -> torch.Tensor:
+        """Logits only at ``index[b, j]`` (positions per row), ``[B, P, V]``. ``inputs`` go to the model's
+        forward (``use_cache`` is off unless they turn it on).
 
         The output head runs on the selected positions only (a pre-hook gathers its input), which saves most of
         the head's cost: with a 49k vocabulary it otherwise dominates short teacher-forced batches.
@@ -224,7 +225,7 @@ class LanguageModel:
             return (picked, *args[1:])
 
         with hooks([(head, "forward_pre", select)]):
-            out = self.model(**inputs, use_cache=False)
+            out = self.model(**{"use_cache": False, **inputs})
         return out.logits
 
     @torch.no_grad()

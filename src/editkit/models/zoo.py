@@ -153,9 +153,12 @@ def cache_status(name: str) -> str:
     meta = folder / META_FILE
     if not meta.exists():
         return "missing"
-    recorded = json.loads(meta.read_text())
+    try:
+        recorded = json.loads(meta.read_text())
+    except ValueError:  # truncated or garbled meta file: rebuild like any other damage
+        return "corrupted"
     weights = folder / "model.safetensors"
-    if not weights.exists() or sha256_file(weights) != recorded.get("model_sha256"):
+    if not isinstance(recorded, dict) or not weights.exists() or sha256_file(weights) != recorded.get("model_sha256"):
         return "corrupted"
     return "cached"
 

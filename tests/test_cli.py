@@ -1,0 +1,103 @@
+"""The command line, called in-process: listings, and user errors as one line with status 2, before any model
+is loaded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from editkit.cli import main
+from editkit.models import zoo
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the CLI tries to fetch or load a model."""
+    monkeypatch.setattr(zoo, "load", lambda *a, **k: pytest.fail("the CLI loaded a model"))
+    monkeypatch.setattr(zoo, "fetch", lambda *a, **k: pytest.fail("the CLI fetched a model"))
+
+
+def test_methods_lists_the_builtin_methods(capsys):
+    """`editkit methods` lists every registered method."""
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rome", "ft", "ft-c"):
+        assert f" {name} " in out
+
+
+def test_methods_name_lists_its_settings(capsys):
+    """`editkit methods rome` shows ROME's settings."""
+    assert main(["methods", "rome"]) == 0
+    out = capsys.readouterr().out
+    assert "v_lr" in out and "corpus" in out
+
+
+def test_models_lists_the_zoo_with_cache_status(capsys, no_model):
+    """`editkit models` lists the zoo and reports an empty cache as missing."""
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "smollm2-135m" in line)
+    assert "missing" in row
+    assert str(zoo.cache_dir()) in out
+
+
+def test_env_reports_versions(capsys):
+    """`editkit env` prints what a bug report needs, including the torch version."""
+    assert main(["env"]) == 0
+    out = capsys.readouterr().out
+    assert torch.__version__ in out
+    assert str(zoo.cache_dir()) in out
+
+
+def _file(content: str) -> Callable[[Path], str]:
+    def write(tmp: Path) -> str:
+        path = tmp / "edit.json"
+        path.write_text(content)
+        return str(path)
+
+    return write
+
+
+VALID = {"prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target_new": " Rome"}
+
+# (argv with "{file}" replaced by the path the maker writes, maker, expected text in the message)
+USER_ERRORS = {
+    "unknown method": (["edit", "--method", "romee", "--prompt", "x", "--target", "y"], None, "Did you mean 'rome'"),
+    "unknown method to describe": (["methods", "romee"], None, "Did you mean 'rome'"),
+    "missing file": (["edit", "--file", "{missing}"], None, "does not exist"),
+    "invalid JSON": (["edit", "--file", "{file}"], _file("{prompt: x"), "is not valid JSON"),
+    "JSON not an object": (["edit", "--file", "{file}"], _file("42"), "must hold one JSON object"),
+    "unknown field": (["edit", "--file", "{file}"], _file(json.dumps({**VALID, "promt": "x"})), "unknown fields"),
+    "no prompt or target": (["edit"], None, "give --prompt and --target"),
+    "bad --set": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lr"], None, "KEY=VALUE"),
+    "unknown setting": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lrr=1"], None, "Did you mean 'v_lr'"),
+    "ROME without subject": (["edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome"], None, "subject"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS), ids=list(USER_ERRORS))
+def test_user_errors_are_one_line_and_status_2(case, tmp_path, capsys, no_model):
+    """Mistakes a user can make print one `editkit: error:` line (no traceback), exit 2, and load no model."""
+    argv, maker, expected = USER_ERRORS[case]
+    path = maker(tmp_path) if maker else ""
+    argv = [a.format(file=path, missing=tmp_path / "nonexistent.json") for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("editkit: error:")
+    assert expected in lines[0]
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["edit", "--max-new-tokens", "many"]])
+def test_argparse_errors_exit_2(argv, capsys):
+    """Malformed command lines are argparse's business: usage on stderr and SystemExit(2)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage: editkit" in capsys.readouterr().err

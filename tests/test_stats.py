@@ -1,0 +1,103 @@
+"""Key statistics: equal to an independent computation, computed without the layers above, cached on
+everything that affects them."""
+
+import pytest
+import torch
+
+from editkit.editors import stats
+from editkit.editors.stats import StatsRequest, key_fingerprint, second_moment
+from editkit.models.tiny import tiny_model
+
+TEXT = (
+    "The Eiffel Tower is located in the city of Paris. Michael Jordan plays the sport of basketball. "
+    "The capital of Germany is Berlin. Microsoft was founded by Bill Gates. "
+) * 20
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    stats._MEMO.clear()
+    return path
+
+
+def _independent(lm, layer, chunks):
+    seen = []
+    mod = lm.adapter.module(lm.model, layer, "mlp_out")
+    h = mod.register_forward_pre_hook(lambda _m, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=torch.tensor(chunks))
+    finally:
+        h.remove()
+    k = torch.cat(seen).double()
+    return (k.T @ k / k.shape[0]).float()
+
+
+def test_second_moment_matches_independent_computation(corpus):
+    lm = tiny_model("llama")
+    req = StatsRequest(layer=1, corpus=corpus, n_tokens=128, seq_len=16, batch_size=3)
+    got = second_moment(lm, req)
+    chunks = stats._corpus_chunks(lm, corpus, 128, 16)
+    assert len(chunks) == 8
+    torch.testing.assert_close(got, _independent(lm, 1, chunks), rtol=1e-5, atol=1e-7)
+
+
+def test_layers_above_are_not_run(corpus):
+    lm = tiny_model("llama")
+    calls = []
+    above = lm.adapter.layer_list(lm.model)[2]
+    h = above.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        second_moment(lm, StatsRequest(layer=1, corpus=corpus, n_tokens=64, seq_len=16))
+    finally:
+        h.remove()
+    assert calls == []
+
+
+def test_cache_is_reused_from_disk_and_keyed_on_what_matters(corpus, monkeypatch):
+    lm = tiny_model("llama")
+    req = StatsRequest(layer=1, corpus=corpus, n_tokens=64, seq_len=16)
+    first = second_moment(lm, req)
+    stats._MEMO.clear()
+    monkeypatch.setattr(stats, "_compute", lambda *a, **k: pytest.fail("recomputed despite the disk cache"))
+    assert torch.equal(second_moment(lm, req), first)
+    monkeypatch.undo()
+    # Editing the measured projection itself does not change its inputs: same statistics.
+    fp = key_fingerprint(lm, 1)
+    with torch.no_grad():
+        lm.adapter.module(lm.model, 1, "mlp_out").weight.add_(1.0)
+    assert key_fingerprint(lm, 1) == fp
+    # Changing a layer below does, and so do the token count and the corpus.
+    with torch.no_grad():
+        lm.adapter.module(lm.model, 0, "mlp_out").weight.add_(0.1)
+    assert key_fingerprint(lm, 1) != fp
+    assert not torch.equal(second_moment(lm, req), first)
+    other = StatsRequest(layer=1, corpus=corpus, n_tokens=32, seq_len=16)
+    assert not torch.equal(second_moment(lm, other), second_moment(lm, req))
+
+
+def test_corrupted_cache_file_is_recomputed(corpus):
+    lm = tiny_model("llama")
+    req = StatsRequest(layer=1, corpus=corpus, n_tokens=64, seq_len=16)
+    first = second_moment(lm, req)
+    (path,) = list((stats.cache_dir() / "stats").glob("*.safetensors"))
+    path.write_bytes(b"garbage")
+    stats._MEMO.clear()
+    torch.testing.assert_close(second_moment(lm, req), first)
+
+
+def test_rome_uses_the_corpus_statistics(corpus):
+    from editkit.editors import create_editor
+    from editkit.edits import EditRequest
+
+    req = EditRequest(prompt="The city of {} is", subject="the Eiffel Tower", target_new=" Rome")
+    fast = {"v_steps": 3, "n_context": 1, "context_length": 3, "mom2_n_tokens": 128}
+    deltas = []
+    for corpus_setting in (None, str(corpus)):
+        lm = tiny_model("llama")
+        h = create_editor("rome", {**fast, "corpus": corpus_setting}).apply(lm, [req])
+        ((_, ch),) = h.changes.items()
+        deltas.append(ch.edited - ch.original)
+    assert not torch.allclose(deltas[0], deltas[1])
