@@ -117,3 +117,18 @@ def test_rome_needs_a_subject():
     lm = tiny_model("llama")
     with pytest.raises(ValidationError, match="rome needs the subject"):
         create_editor("rome").apply(lm, [EditRequest(prompt="The capital is", target_new=" Rome")])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_path_with_a_one_token_subject_at_position_zero(arch):
+    """The bare prompt's row then has nothing before its subject: an all-padding prefix row."""
+    req = EditRequest(prompt="{} is the capital of", subject="The", target_new=" Italy")
+    deltas = []
+    for fast in (True, False):
+        lm = tiny_model(arch)
+        handle = create_editor("rome", {**FAST, "fast_path": fast}).apply(lm, [req])
+        ((_, change),) = handle.changes.items()
+        deltas.append(change.edited - change.original)
+    assert torch.isfinite(deltas[0]).all()
+    # Left padding reorders float sums; the division by u.k0 amplifies that noise a little.
+    torch.testing.assert_close(deltas[0], deltas[1], atol=1e-4, rtol=1e-3)

@@ -311,6 +311,20 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 # --------------------------------------------------------------------------- loading
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor progress bar (noise for a 2 s load), restoring the caller's setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def resolve(name_or_path: str, *, progress: bool = True) -> tuple[str, str]:
     """Return ``(display name, location)`` for a zoo name, a local folder or a hub id."""
     if name_or_path in MODELS:
@@ -341,10 +355,11 @@ def load(
         raise ModelUnavailableError(f"{name_or_path} is an encoder, not a language model to edit; use load_encoder")
     name, location = resolve(name_or_path, progress=progress)
     try:
-        config = AutoConfig.from_pretrained(location)
-        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-        model = auto.from_pretrained(location, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        with _quiet_loading():
+            config = AutoConfig.from_pretrained(location)
+            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+            model = auto.from_pretrained(location, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(location)
     except OSError as exc:
         raise ModelUnavailableError(
             f"could not load {name_or_path!r}: {str(exc).splitlines()[0]} (hub ids need a network connection; "
@@ -367,7 +382,8 @@ def load_encoder(name_or_path: str = "minilm-l6", *, device: str | None = None, 
     from transformers import AutoModel, AutoTokenizer
 
     _, location = resolve(name_or_path, progress=progress)
-    model = AutoModel.from_pretrained(location, dtype=torch.float32)
+    with _quiet_loading():
+        model = AutoModel.from_pretrained(location, dtype=torch.float32)
     if device is not None:
         model.to(device)
     return model.eval(), AutoTokenizer.from_pretrained(location)

@@ -1,0 +1,100 @@
+"""Real-model tests on SmolLM2-135M (fetched into the model cache by `make test`).
+
+Each test leaves the shared model unedited (rollback in ``finally``)."""
+
+import pytest
+import torch
+
+from editkit.editors import create_editor
+from editkit.editors.base import EditHandle
+from editkit.edits import EditRequest
+
+pytestmark = pytest.mark.real_model
+
+EIFFEL = EditRequest(
+    prompt="{} is located in the city of", subject="The Eiffel Tower", target_new=" Rome", target_true=" Paris"
+)
+PARAPHRASE = "The Eiffel Tower can be found in the city of"
+UNRELATED = "The capital of Germany is"
+
+
+def _margin(lm, prompt, a, b):
+    sa, sb = lm.score([prompt, prompt], [a, b])
+    return float(sa.mean() - sb.mean())
+
+
+def _logits(lm, prompts):
+    batch = lm.teacher_forced(prompts, [" Rome"] * len(prompts))
+    with torch.no_grad():
+        return lm.logits(batch.inputs)
+
+
+def test_batched_scoring_equals_one_at_a_time(smollm2):
+    prompts = [EIFFEL.text, PARAPHRASE, UNRELATED]
+    conts = [" Paris", " Paris, France", " Berlin"]
+    batched = smollm2.score(prompts, conts)
+    for p, c, b in zip(prompts, conts, batched, strict=True):
+        torch.testing.assert_close(b, smollm2.score([p], [c])[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_unedited_model_knows_the_facts_we_edit(smollm2):
+    assert smollm2.generate([EIFFEL.text], 3)[0].strip().startswith("Paris")
+    assert _margin(smollm2, EIFFEL.text, " Paris", " Rome") > 0
+
+
+def test_rome_edits_the_fact_generalises_and_rolls_back(smollm2, wikitext):
+    before_logits = _logits(smollm2, [EIFFEL.text, UNRELATED])
+    unrelated_answer = smollm2.generate([UNRELATED], 3)[0]
+    handle = create_editor("rome", {"corpus": str(wikitext)}).apply(smollm2, [EIFFEL])
+    try:
+        assert smollm2.generate([EIFFEL.text], 3)[0].strip().startswith("Rome")
+        assert _margin(smollm2, PARAPHRASE, " Rome", " Paris") > 0
+        assert smollm2.generate([UNRELATED], 3)[0] == unrelated_answer
+        assert handle.info["fast_path"] and handle.info["nll_last"] < 0.05
+    finally:
+        handle.rollback()
+    assert torch.equal(_logits(smollm2, [EIFFEL.text, UNRELATED]), before_logits)
+
+
+def test_saved_edit_reloads_to_identical_logits(smollm2, wikitext, tmp_path):
+    handle = create_editor("rome", {"corpus": str(wikitext)}).apply(smollm2, [EIFFEL])
+    try:
+        edited = _logits(smollm2, [EIFFEL.text, PARAPHRASE])
+        handle.save(tmp_path / "eiffel")
+    finally:
+        handle.rollback()
+    loaded = EditHandle.load(tmp_path / "eiffel", smollm2)
+    try:
+        assert torch.equal(_logits(smollm2, [EIFFEL.text, PARAPHRASE]), edited)
+    finally:
+        loaded.rollback()
+
+
+@pytest.mark.parametrize("method", ["ft", "ft-c"])
+def test_fine_tuning_moves_towards_the_target(smollm2, method):
+    before = _margin(smollm2, EIFFEL.text, " Rome", " Paris")
+    handle = create_editor(method).apply(smollm2, [EIFFEL])
+    try:
+        assert _margin(smollm2, EIFFEL.text, " Rome", " Paris") > before
+        if method == "ft-c":
+            for ch in handle.changes.values():
+                assert (ch.edited - ch.original).abs().max() <= 5e-4 * (1 + 1e-5)
+    finally:
+        handle.rollback()
+
+
+@pytest.mark.slow
+def test_rome_counterfact_scores_on_twenty_cases(smollm2, wikitext):
+    """The headline numbers, on a small slice: efficacy, paraphrase and neighborhood scores."""
+    from conftest import data_file
+
+    from editkit.data import load_counterfact
+    from editkit.evaluation.protocols import independent_edits
+
+    path = data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json")
+    cases = load_counterfact(path, limit=20)
+    results = independent_edits(smollm2, create_editor("rome", {"corpus": str(wikitext)}), cases, progress=False)
+    agg = results["aggregates"]
+    assert agg["efficacy"] >= 0.95
+    assert agg["paraphrase"] >= 0.6
+    assert agg["neighborhood"] >= 0.6
