@@ -87,7 +87,6 @@ def test_fine_tuning_moves_towards_the_target(smollm2, method):
 def test_rome_counterfact_scores_on_twenty_cases(smollm2, wikitext):
     """The headline numbers, on a small slice: efficacy, paraphrase and neighborhood scores."""
     from conftest import data_file
-
     from editkit.data import load_counterfact
     from editkit.evaluation.protocols import independent_edits
 
