@@ -23,7 +23,7 @@ def test_ftc_stays_inside_its_ball(norm, radius):
     for ch in handle.changes.values():
         d = (ch.edited - ch.original).double()
         size = d.abs().max() if norm == "linf" else d.norm()
-        assert size <= radius * (1 + 1e-5)
+        assert size <= radius + 1e-6  # up to float32 rounding of w0 + radius - w0
         assert size >= radius * 0.5, "the constraint should bind with this learning rate"
 
 

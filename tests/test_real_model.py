@@ -78,7 +78,8 @@ def test_fine_tuning_moves_towards_the_target(smollm2, method):
         assert _margin(smollm2, EIFFEL.text, " Rome", " Paris") > before
         if method == "ft-c":
             for ch in handle.changes.values():
-                assert (ch.edited - ch.original).abs().max() <= 5e-4 * (1 + 1e-5)
+                # w0 + eps - w0 rounds to eps within a float32 ulp of the weight (~3e-8 here)
+                assert (ch.edited - ch.original).abs().max() <= 5e-4 + 1e-6
     finally:
         handle.rollback()
 
