@@ -302,12 +302,13 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict(), strict=True)
-    fresh.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    with _quiet_loading():
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict(), strict=True)
+        fresh.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
 
 
 # --------------------------------------------------------------------------- loading
