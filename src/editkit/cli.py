@@ -19,8 +19,6 @@ from typing import Any
 
 from editkit.errors import EditkitError, ValidationError
 
-log = logging.getLogger("editkit")
-
 
 def _console() -> Any:
     from rich.console import Console

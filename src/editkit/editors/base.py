@@ -426,6 +426,7 @@ class WeightEditor(Editor):
             if not torch.isfinite(ch.edited).all():
                 raise ValidationError(f"{self.name} produced non-finite values for {n}; the model was not changed")
         info = {**info, "seconds": time.perf_counter() - t0}
+        log.info("%s changed %d parameter(s) of %s in %.2f s", self.name, len(changes), lm.name, info["seconds"])
         handle = EditHandle(self.name, self.config.to_dict(), requests, lm, changes, info, applied=False)
         handle.reapply()
         return handle

@@ -26,7 +26,7 @@ serves encoder-decoder models and is the reference the fast path is tested again
 from __future__ import annotations
 
 import copy
-import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,8 +43,6 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -262,7 +260,7 @@ class ROME(WeightEditor):
         return k_star.detach().cpu(), keys[0].float().cpu(), delta.detach().float().cpu(), info
 
 
-class _Passes:
+class _Passes(ABC):
     """The forward passes of v* optimisation over the rewriting prompts plus the KL prompt (last row).
 
     ``capture`` returns the keys at each row's subject token, the original projection output for row 0, and
@@ -278,11 +276,11 @@ class _Passes:
         self.lm = lm
         self.mlp_out = lm.adapter.module(lm.model, layer, "mlp_out")
 
-    def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+    @abstractmethod
+    def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
-    def step(self, delta: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def step(self, delta: torch.Tensor) -> torch.Tensor: ...
 
 
 class _ReferencePasses(_Passes):
