@@ -28,6 +28,8 @@ RESULTS_VERSION = 1
 def code_version() -> str:
     """editkit's version plus the git commit of its source tree, when there is one."""
     root = Path(__file__).resolve().parents[3]
+    if not (root / "src" / "editkit").is_dir():  # installed from a wheel: no source tree to ask
+        return editkit.__version__
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
