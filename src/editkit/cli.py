@@ -248,6 +248,33 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from rich.table import Table
+
+    from editkit.data.formats import FORMATS, load_cases
+
+    if not args.path:
+        table = Table(title="Data formats (editkit data PATH validates a file)")
+        table.add_column("format")
+        table.add_column("what it is")
+        for fmt in FORMATS.values():
+            table.add_row(fmt.name, fmt.description)
+        _console().print(table)
+        return 0
+    ds = load_cases(args.path, format=args.format, skip_invalid=True)
+    kinds = Counter(p.kind.value for case in ds.cases for p in case.probes)
+    located = sum(case.request.subject is not None for case in ds.cases)
+    print(f"{ds.path}: format {ds.format}, {len(ds.cases)} cases from {ds.n_records} records, sha256 {ds.sha256}")
+    print(f"probes: {', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}; cases with a subject: {located}")
+    for index, why in ds.skipped[:10]:
+        print(f"invalid record {index}: {why}")
+    if len(ds.skipped) > 10:
+        print(f"... and {len(ds.skipped) - 10} more invalid records")
+    return 1 if ds.skipped else 0
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from editkit.models.zoo import DEFAULT_MODEL
@@ -261,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(fn=cmd_methods)
     sub.add_parser("env", help="versions and paths, for bug reports").set_defaults(fn=cmd_env)
+
+    p = sub.add_parser("data", help="list data formats, or validate a data file")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--format", help="the file's format (default: detected)")
+    p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("edit", help="apply one edit and answer prompts before / after")
     p.add_argument("--model", default=DEFAULT_MODEL)
