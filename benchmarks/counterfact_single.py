@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from editkit.data import load_counterfact
+from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.evaluation.protocols import independent_edits
 from editkit.models.zoo import load
@@ -33,8 +33,8 @@ def main() -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     lm = load(args.model)
     editor = create_editor(args.method, overrides)
-    cases = load_counterfact(args.data, limit=args.limit)
-    results = independent_edits(lm, editor, cases, data_files=[args.data])
+    data = load_cases(args.data, limit=args.limit)
+    results = independent_edits(lm, editor, data.cases, datasets=[data])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     agg = results["aggregates"]

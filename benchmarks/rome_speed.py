@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from editkit.data import load_counterfact
+from editkit.data import load_cases
 from editkit.editors import create_editor, stats
 from editkit.editors.stats import StatsRequest, second_moment
 from editkit.models.zoo import load
@@ -55,11 +55,10 @@ def main() -> None:
                 os.environ["EDITKIT_CACHE"] = saved
     out["stats_tokens"] = req.n_tokens
 
-    cases = load_counterfact(args.data, limit=args.cases)
+    cases = load_cases(args.data, limit=args.cases).cases
     for fast in (True, False):
         editor = create_editor("rome", {"corpus": str(args.corpus), "fast_path": fast})
-        editor.context_templates(lm)  # sampled once per editor; not part of an edit's cost
-        editor.covariance(lm, layer)
+        editor.prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
         seconds, steps = [], []
         for case in cases:
             t0 = time.perf_counter()
@@ -75,8 +74,7 @@ def main() -> None:
         }
 
     editor = create_editor("rome", {"corpus": str(args.corpus)})
-    editor.context_templates(lm)
-    editor.covariance(lm, layer)
+    editor.prepare(lm)
     prof = cProfile.Profile()
     prof.enable()
     editor.apply(lm, [cases[0].request]).rollback()

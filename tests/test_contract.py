@@ -110,7 +110,10 @@ def test_failure_inside_an_edit_leaves_no_trace(method, arch, monkeypatch):
 def test_temporary_edit_context_rolls_back(method):
     lm = tiny_model("llama")
     before = _logits(lm)
-    with _editor(method).edited(lm, [REQUEST]) as model:
+    editor = _editor(method)
+    editor.prepare(lm)  # optional precomputation must not change the model
+    assert torch.equal(_logits(lm), before)
+    with editor.edited(lm, [REQUEST]) as model:
         assert not torch.equal(_logits(model), before)
     assert torch.equal(_logits(lm), before)
 

@@ -88,11 +88,11 @@ def test_fine_tuning_moves_towards_the_target(smollm2, method):
 def test_rome_counterfact_scores_on_twenty_cases(smollm2, wikitext):
     """The headline numbers, on a small slice: efficacy, paraphrase and neighborhood scores."""
     from conftest import data_file
-    from editkit.data import load_counterfact
+    from editkit.data import load_cases
     from editkit.evaluation.protocols import independent_edits
 
     path = data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json")
-    cases = load_counterfact(path, limit=20)
+    cases = load_cases(path, limit=20).cases
     results = independent_edits(smollm2, create_editor("rome", {"corpus": str(wikitext)}), cases, progress=False)
     agg = results["aggregates"]
     assert agg["efficacy"] >= 0.95

@@ -177,43 +177,38 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from editkit.data import demo_cases
-    from editkit.editors import create_editor
+    from editkit.editors import create_editor, get_editor_class
     from editkit.edits import ProbeKind
-    from editkit.models.zoo import fetch, load
+    from editkit.models.zoo import load
 
     console = _console()
     timings: list[tuple[str, float]] = []
     t0 = time.perf_counter()
-    fetch(args.model)
-    timings.append(("fetch / verify model cache", time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    lm = load(args.model, device=args.device)
-    timings.append(("load model", time.perf_counter() - t0))
+    lm = load(args.model, device=args.device)  # fetches and converts on first use, verifies the cache after
+    timings.append(("load model (fetch and convert on first use)", time.perf_counter() - t0))
     corpus = args.corpus or os.environ.get("EDITKIT_CORPUS")
-    settings: dict[str, Any] = {"corpus": corpus} if corpus and args.method == "rome" else {}
-    editor = create_editor(args.method, settings)
-    if args.method == "rome" and not corpus:
+    takes_corpus = any(name == "corpus" for name, _, _ in get_editor_class(args.method).config_cls.describe())
+    editor = create_editor(args.method, {"corpus": corpus} if corpus and takes_corpus else {})
+    if takes_corpus and not corpus:
         console.print(
-            "[yellow]no --corpus given: ROME uses C = I for the key covariance (pass a text file, "
-            "e.g. WikiText, for the full method)[/yellow]"
+            f"[yellow]no --corpus given: {editor.name} runs without corpus key statistics (C = I); pass a text "
+            "file, e.g. WikiText, for the full method[/yellow]"
         )
     cases = demo_cases()[: args.limit]
-    rows: list[tuple[str, str, str]] = []
-    for case in cases:
-        probes = [
-            case.of_kind(ProbeKind.EDIT)[0],
-            case.of_kind(ProbeKind.REPHRASE)[0],
-            case.of_kind(ProbeKind.OUT)[0],
-        ]
-        rows += [(p.kind.value, p.prompt, "") for p in probes]
-    prompts = [r[1] for r in rows]
+    rows = [
+        (p.kind.value, p.prompt)
+        for case in cases
+        for p in (case.of_kind(ProbeKind.EDIT)[0], case.of_kind(ProbeKind.REPHRASE)[0], case.of_kind(ProbeKind.OUT)[0])
+    ]
+    prompts = [prompt for _, prompt in rows]
     t0 = time.perf_counter()
     before = _answers(lm, prompts, args.max_new_tokens)
     timings.append((f"answer {len(prompts)} prompts (before)", time.perf_counter() - t0))
-    if corpus and args.method == "rome":
-        t0 = time.perf_counter()
-        editor.covariance(lm, editor.layer(lm), progress=True)  # type: ignore[attr-defined]
-        timings.append(("key statistics (cached after the first run)", time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    editor.prepare(lm, progress=True)
+    timings.append(
+        (f"prepare {editor.name} (e.g. key statistics; cached after the first run)", time.perf_counter() - t0)
+    )
     handles = []
     for case in cases:
         t0 = time.perf_counter()
@@ -232,7 +227,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     table = Table(title=f"{editor.name} on {lm.name}: {len(cases)} edits applied one after another")
     for col in ("probe", "prompt", "before", "after"):
         table.add_column(col)
-    for (kind, prompt, _), b, a in zip(rows, before, after, strict=True):
+    for (kind, prompt), b, a in zip(rows, before, after, strict=True):
         table.add_row(kind, prompt, b, a, end_section=kind == "out")
     console.print(table)
     times = Table(title="Time of each step")

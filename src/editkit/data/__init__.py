@@ -1,7 +1,6 @@
 """Dataset loaders: every benchmark becomes a list of :class:`~editkit.edits.EditCase`."""
 
-from editkit.data.counterfact import load_counterfact
 from editkit.data.demo import demo_cases
 from editkit.data.formats import FORMATS, Dataset, load_cases
 
-__all__ = ["FORMATS", "Dataset", "demo_cases", "load_cases", "load_counterfact"]
+__all__ = ["FORMATS", "Dataset", "demo_cases", "load_cases"]

@@ -1,4 +1,4 @@
-"""CounterFact (Meng et al., 2022) in the full ROME schema -> EditCase.
+"""CounterFact (Meng et al., 2022) in the full ROME schema: one record -> EditCase (files: ``load_cases``).
 
 A record holds ``requested_rewrite`` (``prompt`` with ``{}`` for the subject, ``subject``, ``target_new.str``,
 ``target_true.str``), ``paraphrase_prompts`` and ``neighborhood_prompts``. Targets are scored as
@@ -7,8 +7,6 @@ continuations, so they get the leading space a tokenizer expects after a prompt.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +16,6 @@ from editkit.errors import ValidationError
 
 def _space(s: str) -> str:
     return s if s.startswith(" ") else " " + s
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _field(path: Path, i: int, rec: dict[str, Any], *keys: str) -> Any:
@@ -34,7 +28,6 @@ def _field(path: Path, i: int, rec: dict[str, Any], *keys: str) -> Any:
 
 
 def counterfact_case(rec: dict[str, Any], path: Path = Path("<memory>"), i: int = 0) -> EditCase:
-    rw = _field(path, i, rec, "requested_rewrite")
     new = _space(str(_field(path, i, rec, "requested_rewrite", "target_new", "str")))
     true = _space(str(_field(path, i, rec, "requested_rewrite", "target_true", "str")))
     try:
@@ -50,22 +43,4 @@ def counterfact_case(rec: dict[str, Any], path: Path = Path("<memory>"), i: int 
         probes += [Probe(p, true, ProbeKind.NEIGHBORHOOD, contrast=new) for p in rec.get("neighborhood_prompts", [])]
     except ValidationError as exc:
         raise ValidationError(f"{path}: record {i} (case_id {rec.get('case_id')}): {exc}") from None
-    del rw
     return EditCase(request, tuple(probes))
-
-
-def load_counterfact(path: str | Path, limit: int | None = None) -> list[EditCase]:
-    """Load CounterFact records (a JSON list in the ROME schema) as edit cases."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"data file {path} does not exist")
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(records, list):
-        raise ValidationError(f"{path}: expected a JSON list of CounterFact records, got {type(records).__name__}")
-    if not records:
-        raise ValidationError(f"{path} holds no records")
-    records = records[:limit] if limit is not None else records
-    return [counterfact_case(rec, path, i) for i, rec in enumerate(records)]

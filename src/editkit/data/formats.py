@@ -99,36 +99,53 @@ def _request(r: _Record, prompt: str, subject: str | None, new: str, true: str |
         raise ValidationError(f"{r.path}: record {r.index}: {exc}") from None
 
 
-def _easyedit_counterfact(r: _Record) -> EditCase:
+def _edit_and_rephrase(
+    r: _Record,
+    *,
+    prompt: str,
+    subject: str,
+    new: str,
+    true: str,
+    rephrase: str,
+    required: tuple[str, ...] = (),
+    contrast: bool = True,
+) -> tuple[EditRequest, list[Probe]]:
+    """The request and its in-scope probes (edit prompt, rephrase), from the named fields of a record."""
     req = _request(
         r,
-        r.text("prompt") or "",
-        r.text("subject"),
-        r.text("target_new") or "",
-        r.text("ground_truth"),
+        r.text(prompt) or "",
+        r.text(subject, optional=subject not in required),
+        r.text(new) or "",
+        r.text(true, optional=true not in required),
         str(r.rec.get("case_id", r.index)),
     )
-    new, true = req.target_new, req.target_true
-    probes = [Probe(req.text, new, ProbeKind.EDIT, contrast=true)]
-    if rephrase := r.text("rephrase_prompt", optional=True):
-        probes.append(Probe(rephrase, new, ProbeKind.REPHRASE, contrast=true))
+    against = req.target_true if contrast else None
+    probes = [Probe(req.text, req.target_new, ProbeKind.EDIT, contrast=against)]
+    if text := r.text(rephrase, optional=True):
+        probes.append(Probe(text, req.target_new, ProbeKind.REPHRASE, contrast=against))
+    return req, probes
+
+
+def _easyedit_counterfact(r: _Record) -> EditCase:
+    req, probes = _edit_and_rephrase(
+        r,
+        prompt="prompt",
+        subject="subject",
+        new="target_new",
+        true="ground_truth",
+        rephrase="rephrase_prompt",
+        required=("subject", "ground_truth"),
+    )
     if loc := r.text("locality_prompt", optional=True):
-        probes.append(Probe(loc, _space(r.text("locality_ground_truth") or ""), ProbeKind.NEIGHBORHOOD, contrast=new))
+        truth = _space(r.text("locality_ground_truth") or "")
+        probes.append(Probe(loc, truth, ProbeKind.NEIGHBORHOOD, contrast=req.target_new))
     return EditCase(req, tuple(probes))
 
 
 def _zsre_mend(r: _Record) -> EditCase:
-    req = _request(
-        r,
-        r.text("src") or "",
-        r.text("subject", optional=True),
-        r.text("alt") or "",
-        r.text("answers", optional=True),
-        str(r.rec.get("case_id", r.index)),
+    req, probes = _edit_and_rephrase(
+        r, prompt="src", subject="subject", new="alt", true="answers", rephrase="rephrase", contrast=False
     )
-    probes = [Probe(req.text, req.target_new, ProbeKind.EDIT)]
-    if rephrase := r.text("rephrase", optional=True):
-        probes.append(Probe(rephrase, req.target_new, ProbeKind.REPHRASE))
     if loc := r.text("loc", optional=True):
         probes.append(Probe(loc, _space(r.text("loc_ans") or ""), ProbeKind.OUT))
     port = r.rec.get("portability")
@@ -139,17 +156,9 @@ def _zsre_mend(r: _Record) -> EditCase:
 
 
 def _knowedit(r: _Record) -> EditCase:
-    req = _request(
-        r,
-        r.text("prompt") or "",
-        r.text("subject", optional=True),
-        r.text("target_new") or "",
-        r.text("ground_truth", optional=True),
-        str(r.rec.get("case_id", r.index)),
+    req, probes = _edit_and_rephrase(
+        r, prompt="prompt", subject="subject", new="target_new", true="ground_truth", rephrase="rephrase_prompt"
     )
-    probes = [Probe(req.text, req.target_new, ProbeKind.EDIT, contrast=req.target_true)]
-    if rephrase := r.text("rephrase_prompt", optional=True):
-        probes.append(Probe(rephrase, req.target_new, ProbeKind.REPHRASE, contrast=req.target_true))
     probes += [Probe(p, _space(a), ProbeKind.NEIGHBORHOOD) for p, a in r.groups("locality")]
     probes += [Probe(p, _space(a), ProbeKind.HARD_IN) for p, a in r.groups("portability")]
     return EditCase(req, tuple(probes))

@@ -365,6 +365,11 @@ class Editor(ABC):
                 r.require_subject(self.name)
             lm.check_fits(r.text + r.target_new)
 
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        """Compute ahead what every edit of ``lm`` will need (statistics, sampled contexts), so that the first
+        edit is not slower than the rest. Optional: ``apply`` does it on demand. Default: nothing to do."""
+        return None
+
     @abstractmethod
     def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
         """Edit ``lm`` and return the handle. The edit stays in effect until the handle is rolled back."""

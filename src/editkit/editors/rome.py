@@ -176,6 +176,10 @@ class ROME(WeightEditor):
             self._contexts[key] = ["{}"] + [f"{t}. {{}}" for t in clean]
         return self._contexts[key]
 
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        self.context_templates(lm)
+        self.covariance(lm, self.layer(lm), progress=progress)
+
     def covariance(self, lm: LanguageModel, layer: int, progress: bool = False) -> torch.Tensor | None:
         if self.config.corpus is None:
             return None

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 
 import editkit
+from editkit.data.formats import Dataset
 from editkit.editors.base import Editor
 from editkit.edits import EditCase
 from editkit.evaluation.counterfact import aggregate, case_scores, probe_margins
@@ -49,7 +49,7 @@ def independent_edits(
     cases: Sequence[EditCase],
     *,
     progress: bool = True,
-    data_files: Sequence[Path] = (),
+    datasets: Sequence[Dataset] = (),
 ) -> dict[str, Any]:
     """Edit each case into the unedited model, score it, roll it back. Returns a results dict."""
     records: list[dict[str, Any]] = []
@@ -86,7 +86,16 @@ def independent_edits(
         "model": lm.name,
         "method": editor.name,
         "config": editor.config.to_dict(),
-        "data": [{"path": str(p), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()} for p in data_files],
+        "data": [
+            {
+                "path": str(d.path),
+                "format": d.format,
+                "sha256": d.sha256,
+                "records": d.n_records,
+                "invalid_records_skipped": len(d.skipped),
+            }
+            for d in datasets
+        ],
         "n_cases": len(records),
         "environment": {
             "python": platform.python_version(),

@@ -9,7 +9,7 @@ gives the same numbers as one sequence at a time (tested).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -33,10 +33,17 @@ class TeacherForcedBatch:
     pred_mask: torch.Tensor
     pred_ids: torch.Tensor
     prompt_lengths: list[int]
+    _packed: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The predicting positions packed to the left: ``index[b, j]`` is row b's j-th predicting position
-        (0 where ``valid[b, j]`` is False). Use with :meth:`LanguageModel.logits_at`."""
+        (0 where ``valid[b, j]`` is False). Use with :meth:`LanguageModel.logits_at`. Computed once: optimisation
+        loops read it every step."""
+        if self._packed is None:
+            self._packed = self._pack()
+        return self._packed
+
+    def _pack(self) -> tuple[torch.Tensor, torch.Tensor]:
         counts = self.pred_mask.sum(1)
         width = int(counts.max())
         index = torch.zeros((self.pred_mask.shape[0], width), dtype=torch.long, device=self.pred_mask.device)
