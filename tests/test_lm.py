@@ -52,7 +52,7 @@ def test_sampling_is_reproducible_with_a_seed_and_needs_one(llama):
 
 def test_too_long_prompt_is_rejected(llama):
     with pytest.raises(ValidationError, match="longer than"):
-        llama.check_fits("word " * 500)
+        llama.check_fits("word " * (llama.max_length + 10))
 
 
 def test_device_and_dtype_come_from_the_model(llama):

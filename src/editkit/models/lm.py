@@ -8,6 +8,7 @@ gives the same numbers as one sequence at a time (tested).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -67,6 +68,20 @@ class TeacherForcedBatch:
         lp = self.token_logprobs(logits)
         _, valid = self.positions()
         return [lp[b][valid[b]] for b in range(lp.shape[0])]
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """A continuation scored under teacher forcing (see :meth:`LanguageModel.score_tokens`)."""
+
+    logprobs: torch.Tensor  # [n_tokens] log p(token | prompt, previous tokens)
+    greedy: torch.Tensor  # [n_tokens] bool: the token is the model's argmax there
+    first_distribution: torch.Tensor | None = None  # [vocab] log-distribution before the first token
+
+    @property
+    def exact_match(self) -> bool:
+        """Greedy decoding would produce exactly this continuation's tokens."""
+        return bool(self.greedy.all())
 
 
 class LanguageModel:
@@ -173,13 +188,14 @@ class LanguageModel:
                 mask[i, : len(s)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def teacher_forced(self, prompts: Sequence[str], continuations: Sequence[str]) -> TeacherForcedBatch:
+    def teacher_forced(self, prompts: Sequence[str], continuations: Sequence[str | list[int]]) -> TeacherForcedBatch:
         """Tokenize ``prompt + continuation`` pairs. The two are tokenized apart so that the continuation's
-        tokens do not depend on the prompt (the same target is scored the same way after any prompt)."""
+        tokens do not depend on the prompt (the same target is scored the same way after any prompt). A
+        continuation may also be given as token ids (e.g. a model's own greedy prediction)."""
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         p_ids = [self.encode(p) for p in prompts]
-        c_ids = [self.encode(c, special=False) for c in continuations]
+        c_ids = [list(c) if isinstance(c, list) else self.encode(c, special=False) for c in continuations]
         for c, ids in zip(continuations, c_ids, strict=True):
             if not ids:
                 raise ValidationError(f"continuation {c!r} tokenizes to nothing")
@@ -238,12 +254,76 @@ class LanguageModel:
     @torch.no_grad()
     def score(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> list[torch.Tensor]:
         """Per-token log-probabilities of each continuation given its prompt (float32, on the CPU)."""
-        out: list[torch.Tensor] = []
+        return [s.logprobs for s in self.score_tokens(prompts, continuations, batch_size=batch_size)]
+
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str | list[int]],
+        *,
+        batch_size: int = 16,
+        first_distribution: bool = False,
+    ) -> list[TokenScores]:
+        """One teacher-forced pass per batch giving, for each continuation, its per-token log-probabilities,
+        whether each token is the model's greedy choice, and (optionally) the whole log-distribution at the
+        first continuation position. All on the CPU."""
+        out: list[TokenScores] = []
         for i in range(0, len(prompts), batch_size):
             batch = self.teacher_forced(prompts[i : i + batch_size], continuations[i : i + batch_size])
             logits = self.logits_at(batch.inputs, batch.positions()[0])
-            out.extend(t.cpu() for t in batch.sequence_logprobs(logits))
+            _, valid = batch.positions()
+            lp = batch.token_logprobs(logits).cpu()
+            hit = (logits.argmax(-1) == batch.packed_targets()).cpu()
+            first = F.log_softmax(logits[:, 0].float(), dim=-1).cpu() if first_distribution else None
+            for b in range(lp.shape[0]):
+                keep = valid[b].cpu()
+                out.append(TokenScores(lp[b][keep], hit[b][keep], None if first is None else first[b]))
         return out
+
+    @torch.no_grad()
+    def label_logprobs_after_prefix(
+        self, prefix: str, suffixes: Sequence[str | list[int]], label_ids: Sequence[int], *, batch_size: int = 16
+    ) -> torch.Tensor:
+        """Log-probabilities of ``label_ids`` as the next token after ``prefix + suffix``, ``[len(suffixes),
+        len(label_ids)]`` on the CPU.
+
+        The shared ``prefix`` (a few-shot prompt) runs once; its key/value cache is reused by every batch of
+        suffixes, which then only pay for their own tokens. Suffixes (text or token ids) are tokenized on their
+        own, after the prefix's tokens. Encoder-decoder models have no such cache and score the full prompts.
+        """
+        labels = torch.tensor(list(label_ids))
+        texts = [s if isinstance(s, str) else self.tokenizer.decode(s) for s in suffixes]
+        if self.is_encoder_decoder:
+            return self.next_token_logprobs([prefix + s for s in texts], batch_size=batch_size)[:, labels]
+        prefix_ids = self.encode(prefix)
+        suffix_ids = [list(s) if isinstance(s, list) else self.encode(s, special=False) for s in suffixes]
+        longest = len(prefix_ids) + max((len(s) for s in suffix_ids), default=0)
+        if longest > self.max_length:
+            raise ValidationError(f"few-shot prompt of {longest} tokens is longer than {self.name} allows")
+        cache = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+        n_prefix = len(prefix_ids)
+        rows: list[torch.Tensor] = []
+        for i in range(0, len(suffix_ids), batch_size):
+            chunk = suffix_ids[i : i + batch_size]
+            ids, mask = self._pad(chunk)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(chunk))
+            full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=self.device), mask], 1)
+            positions = n_prefix + torch.arange(ids.shape[1], device=self.device).expand(len(chunk), -1)
+            last = (mask.sum(1) - 1).clamp(min=0).unsqueeze(1)
+            logits = self.logits_at(
+                {
+                    "input_ids": ids,
+                    "attention_mask": full_mask,
+                    "position_ids": positions,
+                    "past_key_values": past,
+                    "use_cache": True,
+                },
+                last,
+            )[:, 0]
+            rows.append(F.log_softmax(logits.float(), dim=-1)[:, labels.to(self.device)].cpu())
+        return torch.cat(rows)
 
     @torch.no_grad()
     def next_token_logprobs(self, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
@@ -279,6 +359,29 @@ class LanguageModel:
         Sampling draws from ``generator`` (a CPU ``torch.Generator``), never from the global RNG, so that a
         seeded generator reproduces the same text.
         """
+        new = self.generate_ids(
+            prompts,
+            max_new_tokens,
+            sample=sample,
+            top_k=top_k,
+            generator=generator,
+            stop_at_newline=stop_at_newline,
+        )
+        texts = [self.tokenizer.decode(n, skip_special_tokens=True) for n in new]
+        return [t.split("\n")[0] if stop_at_newline else t for t in texts]
+
+    @torch.no_grad()
+    def generate_ids(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 16,
+        *,
+        sample: bool = False,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+        stop_at_newline: bool = False,
+    ) -> list[list[int]]:
+        """Like :meth:`generate`, the new token ids (without the end-of-sequence token)."""
         if sample and generator is None:
             raise ValueError("sampling needs an explicit torch.Generator (seeded) for reproducibility")
         eos = self.tokenizer.eos_token_id
@@ -326,8 +429,7 @@ class LanguageModel:
                 dec = torch.cat([dec, step_ids], dim=1)
             else:
                 mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
-        texts = [self.tokenizer.decode(n, skip_special_tokens=True) for n in new]
-        return [t.split("\n")[0] if stop_at_newline else t for t in texts]
+        return new
 
     @staticmethod
     def _choose(logits: torch.Tensor, *, sample: bool, top_k: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -52,7 +52,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<eos>",
         bos_token="<bos>",
     )
-    tok.model_max_length = 128
+    tok.model_max_length = 2048
     return tok
 
 
@@ -65,7 +65,7 @@ def _config(arch: str) -> tf.PretrainedConfig:
             num_hidden_layers=LAYERS,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=128,
+            max_position_embeddings=2048,
             **common,
         )
     if arch == "gemma3":
@@ -76,21 +76,21 @@ def _config(arch: str) -> tf.PretrainedConfig:
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=8,
-            max_position_embeddings=128,
+            max_position_embeddings=2048,
             sliding_window=16,
             **common,
         )
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, **common)
+        return tf.GPT2Config(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=2048, **common)
     if arch == "gptj":
-        return tf.GPTJConfig(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=128, rotary_dim=4, **common)
+        return tf.GPTJConfig(n_embd=HIDDEN, n_layer=LAYERS, n_head=4, n_positions=2048, rotary_dim=4, **common)
     if arch == "gpt_neox":
         return tf.GPTNeoXConfig(
             hidden_size=HIDDEN,
             intermediate_size=64,
             num_hidden_layers=LAYERS,
             num_attention_heads=4,
-            max_position_embeddings=128,
+            max_position_embeddings=2048,
             **common,
         )
     if arch == "t5":
