@@ -1,12 +1,15 @@
 """Dataset loaders: every supported format becomes EditCases; bad files give errors naming file, record, field."""
 
 import json
+from collections import Counter
+from importlib import resources
 
 import pytest
 
 from conftest import data_file
 from editkit.cli import main
-from editkit.data import demo_cases, load_cases
+from editkit.data import demo_cases, editkit_record, load_cases
+from editkit.data.formats import detect_format
 from editkit.edits import ProbeKind
 from editkit.errors import UnknownNameError, ValidationError
 
@@ -37,6 +40,77 @@ KNOW = {
     "ground_truth": "France",
     "locality": {"Relation_Specificity": [{"prompt": "The founder of Goursez Vreizh is", "ground_truth": ["Jean"]}]},
     "portability": {"Reasoning": [{"prompt": "Its capital is", "ground_truth": "Besancon"}]},
+}
+
+WIKIBIO = {
+    "text": "This is a passage about Ada Lovelace. Ada Lovelace was an English mathematician.",
+    "labels": "She wrote the first published program.",
+    "concept": "Ada Lovelace",
+    "locality": {
+        "Relation_Specificity": [{"prompt": "The field of work of Ada Lovelace is", "ground_truth": ["maths"]}]
+    },
+}
+MQUAKE = {
+    "case_id": 7,
+    "requested_rewrite": [
+        {
+            "prompt": "{} is a citizen of",
+            "subject": "Ada Lovelace",
+            "target_new": {"str": "France"},
+            "target_true": {"str": "United Kingdom"},
+        }
+    ],
+    "questions": ["Who heads the country Ada Lovelace is a citizen of?", "Ada Lovelace's head of state is who?"],
+    "answer": "Victoria",
+    "answer_alias": ["Queen Victoria"],
+    "new_answer": "Macron",
+    "new_answer_alias": ["Emmanuel Macron", "Macron"],
+    "new_single_hops": [
+        {
+            "question": "Which country is Ada Lovelace a citizen of?",
+            "cloze": "Ada Lovelace is a citizen of",
+            "answer": "France",
+            "answer_alias": ["French Republic"],
+        },
+        {
+            "question": "Who heads France?",
+            "cloze": "The head of state of France is",
+            "answer": "Macron",
+            "answer_alias": [],
+        },
+    ],
+}
+LOT = {
+    "id": "lot-1",
+    "phrase": "A sparrow has a fin.",
+    "answer": 0,
+    "metadata": {
+        "statement": {"subject": "sparrow", "predicate": "meronym", "object": "fin", "validity": "never true"},
+        "implicit_rule": {"subject": "sparrow", "predicate": "hypernym", "object": "bird", "validity": "always true"},
+        "property": {"subject": "bird", "predicate": "meronym", "object": "fin", "validity": "never true"},
+        "distractors": {
+            "implicit_rule": [
+                {"subject": "sparrow", "predicate": "hypernym", "object": "fish", "validity": "never true"}
+            ],
+            "property": [{"subject": "fish", "predicate": "meronym", "object": "fin", "validity": "always true"}],
+            "statement": [
+                {"subject": "sparrow", "predicate": "/r/CapableOf", "object": "fly", "validity": "always true"},
+                {"subject": "sparrow", "predicate": "/r/Antonym", "object": "plant", "validity": "always true"},
+            ],
+        },
+    },
+}
+CONVSENT = [
+    {"ent": "Estero", "pos": [" I love it. ", "Great place."], "neg": [" I dislike it.", " Too hot."]},
+    {"ent": "Tallahassee", "pos": [" Lovely city."], "neg": [" Boring."]},
+]
+EDITKIT = {
+    "request": {"prompt": "{} is located in", "subject": "Big Ben", "target_new": " Rome", "target_true": " London"},
+    "probes": [
+        {"prompt": "Big Ben is located in", "expected": " Rome", "kind": "edit", "contrast": " London"},
+        {"prompt": "Big Ben stands in", "expected": " Rome", "kind": "rephrase", "aliases": [" Roma"]},
+        {"prompt": "The Louvre is in", "expected": " Paris", "kind": "out"},
+    ],
 }
 
 
@@ -116,3 +190,162 @@ def test_cli_data_lists_and_validates(tmp_path, capsys):
     assert "invalid record 1" in capsys.readouterr().out
     assert main(["data", str(tmp_path / "nope.json")]) == 2
     assert capsys.readouterr().err.startswith("editkit: error:")
+
+
+def _kinds(ds):
+    return Counter(p.kind.value for case in ds.cases for p in case.probes)
+
+
+def test_wikibio_passages_continue_with_the_new_text(tmp_path):
+    ds = load_cases(_write(tmp_path, [WIKIBIO, {**WIKIBIO, "concept": "Charles Babbage"}]))
+    first, second = ds.cases
+    assert ds.format == "wikibio" and first.request.subject == "Ada Lovelace" and second.request.subject is None
+    edit, neigh = first.probes
+    assert edit.kind == ProbeKind.EDIT and edit.contrast is None
+    assert edit.expected == " She wrote the first published program."
+    assert (neigh.kind, neigh.expected) == (ProbeKind.NEIGHBORHOOD, " maths")
+    with pytest.raises(ValidationError, match=r"record 1, field 'labels' is missing"):
+        load_cases(_write(tmp_path, [WIKIBIO, {k: v for k, v in WIKIBIO.items() if k != "labels"}]))
+
+
+def test_mquake_one_rewrite_becomes_a_case_with_multi_hop_probes(tmp_path):
+    case = load_cases(_write(tmp_path, [MQUAKE])).cases[0]
+    req = case.request
+    assert req.text == "Ada Lovelace is a citizen of" and req.subject == "Ada Lovelace" and req.case_id == "7"
+    assert (req.target_new, req.target_true) == (" France", " United Kingdom")
+    edit, rephrase, hop, *multi = case.probes
+    assert (edit.kind, edit.contrast) == (ProbeKind.EDIT, " United Kingdom")
+    assert rephrase.kind == ProbeKind.REPHRASE and rephrase.prompt == "Which country is Ada Lovelace a citizen of?"
+    assert rephrase.answers == (" France", " French Republic") and rephrase.contrast == " United Kingdom"
+    assert (hop.kind, hop.prompt, hop.expected) == (ProbeKind.NEIGHBORHOOD, "The head of state of France is", " Macron")
+    assert [p.kind for p in multi] == [ProbeKind.HARD_IN] * 2
+    assert multi[0].answers == (" Macron", " Emmanuel Macron")  # without the repeated " Macron"
+    assert multi[0].contrasts == (" Victoria", " Queen Victoria")
+    two = {**MQUAKE, "requested_rewrite": MQUAKE["requested_rewrite"] * 2}
+    with pytest.raises(ValidationError, match=r"record 1, field 'requested_rewrite': MQuAKE record has 2 rewrites"):
+        load_cases(_write(tmp_path, [MQUAKE, two]))
+    assert detect_format({"requested_rewrite": {}}, tmp_path) == "counterfact"
+
+
+def test_leapofthought_claims_become_true_false_edits_with_entailed_probes(tmp_path):
+    case = load_cases(_write(tmp_path, [LOT], "lot.jsonl")).cases[0]
+    assert case.request.text == "A sparrow has a fin. True or false?" and case.request.target_new == " False"
+    assert case.request.target_true is None and case.request.case_id == "lot-1"
+    got = [(p.kind.value, p.prompt.removesuffix(" True or false?"), p.expected, p.contrast) for p in case.probes]
+    assert got == [
+        ("edit", "A sparrow has a fin.", " False", " True"),
+        ("neighborhood", "A sparrow is a bird.", " True", " False"),  # the premise stays
+        ("hard_in", "A bird has a fin.", " False", " True"),  # else every bird, so the sparrow, would have one
+        ("hard_in", "A sparrow is a fish.", " False", " True"),  # every fish has one
+        ("neighborhood", "A fish has a fin.", " True", " False"),
+        ("neighborhood", "A sparrow is capable of fly.", " True", " False"),
+    ]  # the /r/Antonym distractor is left out
+    flipped = load_cases(_write(tmp_path, [{**LOT, "answer": 1}])).cases[0]  # "has a fin" entails nothing here
+    assert flipped.request.target_new == " True" and not flipped.of_kind(ProbeKind.HARD_IN)
+    with pytest.raises(ValidationError, match=r"record 0, field 'answer' must be 1 \(true\) or 0"):
+        load_cases(_write(tmp_path, [{**LOT, "answer": "yes"}]))
+    bad = {**LOT, "metadata": {**LOT["metadata"], "property": {**LOT["metadata"]["property"], "validity": "often"}}}
+    with pytest.raises(ValidationError, match=r"field 'metadata.property.validity' must be one of"):
+        load_cases(_write(tmp_path, [bad]))
+
+
+def test_convsent_topics_alternate_sentiment_and_ask_about_the_next_topic(tmp_path):
+    ds = load_cases(_write(tmp_path, CONVSENT))
+    pos, neg = ds.cases
+    assert ds.format == "convsent" and pos.request.descriptor == "TOPIC: Estero SENTIMENT: positive"
+    assert neg.request.descriptor == "TOPIC: Tallahassee SENTIMENT: negative" and not pos.request.prompt
+    *asks, out = pos.probes
+    assert [p.prompt for p in asks][:2] == ["What is your opinion of Estero?", "What is your stance on Estero?"]
+    assert {p.kind for p in asks} == {ProbeKind.REPHRASE} and len(asks) == 5
+    assert asks[0].answers == (" I love it.", " Great place.") and asks[0].contrasts == (" I dislike it.", " Too hot.")
+    assert out.kind == ProbeKind.OUT and out.expected == " Lovely city."
+    assert out.prompt == "What is your opinion of Tallahassee?"
+    assert neg.probes[0].answers == (" Boring.",) and neg.probes[-1].prompt == "What is your opinion of Estero?"
+    with pytest.raises(ValidationError, match=r"record 1, field 'pos' must be a non-empty list"):
+        load_cases(_write(tmp_path, [CONVSENT[0], {**CONVSENT[1], "pos": []}]))
+
+
+def test_editkit_format_reads_what_editkit_record_writes(tmp_path):
+    case = load_cases(_write(tmp_path, [EDITKIT], "cases.jsonl")).cases[0]
+    assert [p.kind.value for p in case.probes] == ["edit", "rephrase", "out"] and case.probes[1].aliases == (" Roma",)
+    assert editkit_record(case) == EDITKIT
+    for records in ([MQUAKE], CONVSENT, [LOT], [WIKIBIO]):
+        cases = load_cases(_write(tmp_path, records)).cases
+        again = load_cases(_write(tmp_path, [editkit_record(c) for c in cases], "again.jsonl"))
+        assert again.format == "editkit" and again.cases == cases
+
+
+def test_demo_file_is_an_example_of_the_editkit_format():
+    with resources.as_file(resources.files("editkit.data").joinpath("demo_edits.jsonl")) as path:
+        ds = load_cases(path)
+    assert ds.format == "editkit" and ds.cases == demo_cases()
+    assert all([p.kind.value for p in c.probes] == ["edit", "rephrase", "out"] for c in ds.cases)
+
+
+@pytest.mark.parametrize(
+    ("probe", "message"),
+    [
+        (
+            {"kind": "paraphrase"},
+            r"'probes\[0\].kind' is 'paraphrase'; valid kinds: edit, rephrase, hard_in, neighborhood, out",
+        ),
+        ({"answer": " x"}, r"'probes\[0\]' has unknown fields \['answer'\]"),
+        ({"aliases": " Roma"}, r"'probes\[0\].aliases' must be a list"),
+        ({"aliases": [" Roma", ""]}, r"'probes\[0\].aliases\[1\]' must be a non-empty string"),
+        ({"expected": [" Rome"]}, r"'probes\[0\].expected' must be a non-empty string"),
+        ({"contrast": None, "contrast_aliases": [" Oslo"]}, r"'probes\[0\]': edit probe .* has contrast aliases"),
+    ],
+)
+def test_editkit_format_errors_name_the_field(tmp_path, probe, message):
+    rec = {**EDITKIT, "probes": [{**EDITKIT["probes"][0], **probe}]}
+    with pytest.raises(ValidationError, match=r"d.json: record 0, field " + message):
+        load_cases(_write(tmp_path, [rec]))
+
+
+def test_editkit_format_request_errors(tmp_path):
+    with pytest.raises(
+        ValidationError, match=r"record 0, field 'request': edit request has unknown fields \['target'\]"
+    ):
+        load_cases(_write(tmp_path, [{"request": {"prompt": "a", "target": " b"}}]))
+    with pytest.raises(ValidationError, match=r"record 0, field 'request': edit request for prompt 'a' has an empty"):
+        load_cases(_write(tmp_path, [{"request": {"prompt": "a"}}]))
+    with pytest.raises(ValidationError, match=r"record 0, field 'request' is list, not an object"):
+        load_cases(_write(tmp_path, [{"request": []}]))
+    with pytest.raises(ValidationError, match=r"record 0 has unknown fields \['probe'\]"):
+        load_cases(_write(tmp_path, [{**EDITKIT, "probe": []}]))
+    descriptor = load_cases(_write(tmp_path, [{"request": {"descriptor": "TOPIC: tea SENTIMENT: positive"}}]))
+    assert descriptor.cases[0].request.descriptor and not descriptor.cases[0].probes
+
+
+def test_real_wikibio():
+    ds = load_cases(data_file("knowedit/benchmark/WikiBio/wikibio-test-all.json"))
+    assert ds.format == "wikibio" and len(ds.cases) == ds.n_records == 306
+    assert _kinds(ds) == {"edit": 306, "neighborhood": 612}
+    assert all(c.request.subject and c.request.subject in c.request.prompt for c in ds.cases)
+
+
+def test_real_mquake_keeps_the_one_rewrite_records():
+    path = data_file("mquake/akew_MQuAKE-CF.json")
+    one_rewrite = sum(len(rec["requested_rewrite"]) == 1 for rec in json.loads(path.read_text()))
+    ds = load_cases(path, skip_invalid=True)
+    assert ds.format == "mquake" and ds.n_records == 354 and len(ds.cases) == one_rewrite == 277
+    assert len(ds.skipped) == 77 and all("rewrites; editkit cases hold one edit" in why for _, why in ds.skipped)
+    assert _kinds(ds) == {"edit": 277, "rephrase": 277, "hard_in": 3 * 277, "neighborhood": 503}
+    with pytest.raises(ValidationError, match=r"record 1, field 'requested_rewrite': MQuAKE record has 2 rewrites"):
+        load_cases(path)
+
+
+def test_real_leapofthought():
+    ds = load_cases(data_file("leapofthought/taxonomic_reasonings_training_mix_dev.jsonl"))
+    assert ds.format == "leapofthought" and len(ds.cases) == ds.n_records == 1289
+    assert _kinds(ds) == {"edit": 1289, "hard_in": 823, "neighborhood": 5270}
+    assert Counter(c.request.target_new for c in ds.cases) == {" True": 654, " False": 635}
+
+
+@pytest.mark.parametrize(("rel", "n"), [("blender_test.json", 800), ("blender_val.json", 799)])
+def test_real_convsent(rel, n):
+    ds = load_cases(data_file(f"knowedit/benchmark/Convsent/{rel}"))
+    assert ds.format == "convsent" and len(ds.cases) == ds.n_records == n
+    assert _kinds(ds) == {"rephrase": 5 * n, "out": n}
+    assert sum("SENTIMENT: positive" in (c.request.descriptor or "") for c in ds.cases) == (n + 1) // 2
+    assert all(a.startswith(" ") and a == a.rstrip() for c in ds.cases for p in c.probes for a in p.answers)

@@ -123,12 +123,27 @@ class Probe:
     expected: str
     kind: ProbeKind
     contrast: str | None = None
+    aliases: tuple[str, ...] = ()  # further answers that count as ``expected`` (exact match, likelihood sets)
+    contrast_aliases: tuple[str, ...] = ()  # further answers that count as ``contrast``
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
             raise ValidationError(f"{self.kind.value} probe has an empty prompt")
         if not self.expected.strip():
             raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has an empty expected answer")
+        if any(not isinstance(a, str) or not a.strip() for a in self.aliases + self.contrast_aliases):
+            raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has an empty alias")
+        if self.contrast_aliases and self.contrast is None:
+            raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has contrast aliases but no contrast")
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """Every answer that counts as correct: ``expected`` first."""
+        return (self.expected, *self.aliases)
+
+    @property
+    def contrasts(self) -> tuple[str, ...]:
+        return () if self.contrast is None else (self.contrast, *self.contrast_aliases)
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,17 @@
-"""A small demo set of edits, written for editkit (not taken from any benchmark)."""
+"""A small demo set of edits, written for editkit (not taken from any benchmark).
+
+``demo_edits.jsonl`` is in editkit's own format (:mod:`editkit.data.formats`), so it doubles as an example file.
+"""
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
-from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
+from editkit.data.formats import load_cases
+from editkit.edits import EditCase
 
 
 def demo_cases() -> list[EditCase]:
     """Counterfactual edits with a paraphrase and an unrelated prompt each, for the quickstart and examples."""
-    text = resources.files("editkit.data").joinpath("demo_edits.jsonl").read_text(encoding="utf-8")
-    cases = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        req = EditRequest.from_dict(rec["request"])
-        probes = [Probe(req.text, req.target_new, ProbeKind.EDIT, contrast=req.target_true)]
-        probes += [Probe(p, req.target_new, ProbeKind.REPHRASE, contrast=req.target_true) for p in rec["paraphrases"]]
-        probes += [Probe(p, a, ProbeKind.OUT) for p, a in rec["unrelated"]]
-        cases.append(EditCase(req, tuple(probes)))
-    return cases
+    with resources.as_file(resources.files("editkit.data").joinpath("demo_edits.jsonl")) as path:
+        return load_cases(path, format="editkit").cases
