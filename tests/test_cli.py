@@ -63,6 +63,16 @@ def _file(content: str) -> Callable[[Path], str]:
 
 
 VALID = {"prompt": "The Eiffel Tower is located in", "subject": "Eiffel Tower", "target_new": " Rome"}
+EASYEDIT = {  # a CounterFact record in the EasyEdit schema, written for this test
+    "case_id": 0,
+    "prompt": "The Eiffel Tower is located in",
+    "subject": "The Eiffel Tower",
+    "target_new": "Rome",
+    "ground_truth": "Paris",
+    "rephrase_prompt": "Where is the Eiffel Tower? It is in",
+    "locality_prompt": "The Louvre is located in",
+    "locality_ground_truth": "Paris",
+}
 
 # (argv with "{file}" replaced by the path the maker writes, maker, expected text in the message)
 USER_ERRORS = {
@@ -76,6 +86,41 @@ USER_ERRORS = {
     "bad --set": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lr"], None, "KEY=VALUE"),
     "unknown setting": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lrr=1"], None, "Did you mean 'v_lr'"),
     "ROME without subject": (["edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome"], None, "subject"),
+    "eval: missing data file": (["eval", "--data", "{missing}", "--out", "{out}"], None, "does not exist"),
+    "eval: malformed record": (
+        ["eval", "--data", "{file}", "--out", "{out}"],
+        _file(json.dumps([{**EASYEDIT, "case_id": 1}, {**EASYEDIT, "target_new": ""}])),
+        "record 1",
+    ),
+    "eval: not JSON": (["eval", "--data", "{file}", "--out", "{out}"], _file("[{prompt: x"), "is not valid JSON"),
+    "eval: schema is not --format": (
+        ["eval", "--data", "{file}", "--format", "zsre-mend", "--out", "{out}"],
+        _file(json.dumps([EASYEDIT])),
+        "does not look like 'zsre-mend'",
+    ),
+    "eval: empty data set": (["eval", "--data", "{file}", "--out", "{out}"], _file("[]"), "holds no records"),
+    "eval: unknown method": (
+        ["eval", "--method", "romee", "--data", "{file}", "--out", "{out}"],
+        _file(json.dumps([EASYEDIT])),
+        "Did you mean 'rome'",
+    ),
+    "eval: unknown model": (
+        ["eval", "--model", "smollm2", "--data", "{file}", "--out", "{out}"],
+        _file(json.dumps([EASYEDIT])),
+        "Did you mean 'smollm2-135m'",
+    ),
+    "eval: unknown protocol key in config": (
+        ["eval", "--config", "{file}", "--data", "x.json", "--out", "{out}"],
+        _file("protocl: batch\n"),
+        "unknown run settings ['protocl']",
+    ),
+    "eval: downstream without sequential": (
+        ["eval", "--data", "x.json", "--downstream", "sst2", "--out", "{out}"],
+        None,
+        "sequential",
+    ),
+    "report: missing results": (["report", "{missing}", "--out", "{out}"], None, "does not exist"),
+    "report: not a results file": (["report", "{file}", "--out", "{out}"], _file("{}"), "not an editkit results"),
 }
 
 
@@ -84,7 +129,7 @@ def test_user_errors_are_one_line_and_status_2(case, tmp_path, capsys, no_model)
     """Mistakes a user can make print one `editkit: error:` line (no traceback), exit 2, and load no model."""
     argv, maker, expected = USER_ERRORS[case]
     path = maker(tmp_path) if maker else ""
-    argv = [a.format(file=path, missing=tmp_path / "nonexistent.json") for a in argv]
+    argv = [a.format(file=path, missing=tmp_path / "nonexistent.json", out=tmp_path / "results.json") for a in argv]
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()

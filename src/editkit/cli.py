@@ -270,6 +270,47 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if ds.skipped else 0
 
 
+# --------------------------------------------------------------------------- eval / report
+def cmd_eval(args: argparse.Namespace) -> int:
+    from editkit.evaluation.runner import RunConfig, run
+
+    config = RunConfig.build(
+        args.config,
+        model=args.model,
+        method=args.method,
+        data=args.data,
+        out=args.out,
+        format=args.format,
+        limit=args.limit,
+        protocol=args.protocol,
+        edits_per_step=args.edits_per_step,
+        max_groups=args.max_groups,
+        every=args.every,
+        downstream=args.downstream,
+        downstream_data=args.downstream_data,
+        downstream_n=args.downstream_n,
+        state=args.state,
+        seed=args.seed,
+        device=args.device,
+        skip_invalid=args.skip_invalid or None,
+        settings=_overrides(args.set) or None,
+    )
+    results = run(config)
+    agg = results["aggregates"]
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in agg.items() if isinstance(v, float) and not k.startswith("unedited"))
+    print(f"{results['method']} on {results['model']}, {results['n_cases']} cases: {shown}")
+    print(f"results written to {config.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from editkit.evaluation.report import write_report
+
+    path = write_report(args.results, args.out)
+    print(f"report written to {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from editkit.models.zoo import DEFAULT_MODEL
@@ -311,6 +352,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--max-new-tokens", type=int, default=5)
     p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("eval", help="evaluate a method on a data set (batch or sequential protocol)")
+    p.add_argument("--config", help="YAML file with run settings (command-line options override it)")
+    p.add_argument("--model", help=f"model name or folder (default {DEFAULT_MODEL})")
+    p.add_argument("--method", help="editing method (default rome)")
+    p.add_argument("--data", help="data file (format detected, or --format)")
+    p.add_argument("--format", help="the data file's format")
+    p.add_argument("--skip-invalid", action="store_true", help="leave malformed records out (listed in the results)")
+    p.add_argument("--limit", type=int, help="use the first N cases")
+    p.add_argument("--protocol", choices=["batch", "sequential"], help="default batch")
+    p.add_argument(
+        "--edits-per-step", help="batch: comma-separated k's (edits applied together); sequential: edits per step"
+    )
+    p.add_argument("--max-groups", type=int, help="batch: at most this many groups of k edits per k")
+    p.add_argument("--every", type=int, help="sequential: evaluate retention and downstream every N edits")
+    p.add_argument("--downstream", help="sequential: comma-separated tasks (sst2,mrpc,rte,cola)")
+    p.add_argument("--downstream-data", help="folder with the tasks' <task>.jsonl files")
+    p.add_argument("--downstream-n", type=int, help="examples per downstream task (default 200)")
+    p.add_argument("--state", help="sequential: folder for resumable state (default: beside --out)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    p.add_argument("--device")
+    p.add_argument("--out", help="results JSON file")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown tables and PNG plots from results JSON files")
+    p.add_argument("results", nargs="+", help="results JSON files")
+    p.add_argument("--out", required=True, help="folder for report.md and the plots")
+    p.set_defaults(fn=cmd_report)
     return ap
 
 

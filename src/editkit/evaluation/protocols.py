@@ -1,28 +1,49 @@
-"""Evaluation protocols. Generic over methods: they call ``editor.apply`` and read ``handle.model``.
+"""Evaluation protocols. Generic over methods: they call ``editor.apply``, read ``handle.model`` and roll back
+through the handle; what differs between methods is only what their :class:`Capabilities` declare.
 
-* :func:`independent_edits`: every case is edited into the *unedited* model, scored, and rolled back (the
-  protocol of ROME's CounterFact table). The unedited scores of each case are recorded beside the edited ones.
+* :func:`batch_edits`: for each k, consecutive groups of k cases are edited into the unedited model together,
+  scored and rolled back (k = 1 is the independent-edit protocol of ROME's CounterFact table; k > 1 is SERAC's
+  Figure 3). An editor that cannot take several requests in one call gets them one after another.
+* :func:`sequential_edits`: edits accumulate on one model (the forgetting paper). After each edit its immediate
+  scores and the weight drift; every N edits the retention of every earlier edit, downstream F1 and drift; a
+  disabling edit is flagged. State and partial results are written after every edit, so a run resumes.
+
+Every run scores the unedited model on all cases first (``unedited_*`` aggregates) and uses the same case order
+for every method, so methods compare case by case.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import json
+import logging
+import os
 import platform
+import resource
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from statistics import mean, median
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 import editkit
 from editkit.data.formats import Dataset
-from editkit.editors.base import Editor
+from editkit.editors.base import EditHandle, Editor
 from editkit.edits import EditCase
-from editkit.evaluation.counterfact import aggregate, case_scores, probe_margins
+from editkit.errors import ValidationError
+from editkit.evaluation.downstream import evaluate_task
+from editkit.evaluation.drift import DriftTracker
+from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.models.lm import LanguageModel
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+log = logging.getLogger(__name__)
 
 
 def code_version() -> str:
@@ -43,45 +64,24 @@ def code_version() -> str:
         return editkit.__version__
 
 
-def independent_edits(
-    lm: LanguageModel,
-    editor: Editor,
-    cases: Sequence[EditCase],
-    *,
-    progress: bool = True,
-    datasets: Sequence[Dataset] = (),
-) -> dict[str, Any]:
-    """Edit each case into the unedited model, score it, roll it back. Returns a results dict."""
-    records: list[dict[str, Any]] = []
-    iterator: Any = cases
-    if progress:
-        from rich.progress import track
+def aggregate(records: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
+    """Average every score over the records that have it."""
+    names = sorted({n for r in records for n in r[key]})
+    return {n: mean(r[key][n] for r in records if n in r[key]) for n in names}
 
-        iterator = track(cases, description=f"{editor.name} on {lm.name}")
-    t_start = time.perf_counter()
-    for case in iterator:
-        pre = case_scores(probe_margins(lm, case))
-        t0 = time.perf_counter()
-        handle = editor.apply(lm, [case.request])
-        edit_seconds = time.perf_counter() - t0
-        try:
-            post = case_scores(probe_margins(handle.model, case))
-        finally:
-            handle.rollback()
-        records.append(
-            {
-                "case_id": case.request.case_id,
-                "request": case.request.to_dict(),
-                "pre": pre,
-                "post": post,
-                "edit_seconds": edit_seconds,
-                "info": {k: v for k, v in handle.info.items() if isinstance(v, int | float | str | bool)},
-            }
-        )
-    seconds = [r["edit_seconds"] for r in records]
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if platform.system() == "Darwin" else 1)
+
+
+def _header(
+    protocol: str, lm: LanguageModel, editor: Editor, cases: Sequence[EditCase], datasets: Sequence[Dataset]
+) -> dict[str, Any]:
     return {
         "version": RESULTS_VERSION,
-        "protocol": "independent",
+        "protocol": protocol,
         "code_version": code_version(),
         "model": lm.name,
         "method": editor.name,
@@ -96,18 +96,380 @@ def independent_edits(
             }
             for d in datasets
         ],
-        "n_cases": len(records),
+        "case_ids": [c.request.case_id for c in cases],
+        "n_cases": len(cases),
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "device": str(lm.device),
         },
+    }
+
+
+@contextmanager
+def _progress(total: int, description: str, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar with ETA (``advance()`` once per unit of work), or a no-op."""
+    if not enabled:
+
+        class _Null:
+            def advance(self, n: int = 1) -> None:
+                return None
+
+        yield _Null()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+
+        class _Bar:
+            def advance(self, n: int = 1) -> None:
+                bar.advance(task, n)
+
+        yield _Bar()
+
+
+def _apply(lm: LanguageModel, editor: Editor, cases: Sequence[EditCase]) -> list[EditHandle]:
+    """Edit ``cases`` in: one call if the editor batches, else one call per case."""
+    requests = [c.request for c in cases]
+    if editor.capabilities.batch or len(requests) == 1:
+        return [editor.apply(lm, requests)]
+    return [editor.apply(lm, [r]) for r in requests]
+
+
+def _rollback(handles: Sequence[EditHandle]) -> None:
+    for h in reversed(handles):
+        h.rollback()
+
+
+def _info(handles: Sequence[EditHandle]) -> dict[str, Any]:
+    return {k: v for h in handles for k, v in h.info.items() if isinstance(v, int | float | str | bool)}
+
+
+def batch_edits(
+    lm: LanguageModel,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    ks: Sequence[int] = (1,),
+    *,
+    max_groups: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    datasets: Sequence[Dataset] = (),
+) -> dict[str, Any]:
+    """For each k in ``ks``: edit consecutive groups of k cases together into the unedited model, score every
+    case of the group, roll back. ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all."""
+    if not cases:
+        raise ValidationError("no cases to evaluate")
+    bad = [k for k in ks if k < 1 or k > len(cases)]
+    if bad:
+        raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
+    editor.prepare(lm)
+    t_start = time.perf_counter()
+    reference = Reference.build(lm, cases, batch_size=batch_size)
+    unedited = score_cases(lm, cases, reference, batch_size=batch_size)
+    records: list[dict[str, Any]] = []
+    by_k: dict[str, dict[str, float]] = {}
+    plan = {k: min(len(cases) // k, max_groups or len(cases)) for k in ks}
+    with _progress(sum(plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
+        for k, n_groups in plan.items():
+            k_records: list[dict[str, Any]] = []
+            for g in range(n_groups):
+                group = list(range(g * k, (g + 1) * k))
+                t0 = time.perf_counter()
+                handles = _apply(lm, editor, [cases[i] for i in group])
+                edit_seconds = time.perf_counter() - t0
+                try:
+                    post = score_cases(handles[-1].model, [cases[i] for i in group], reference, batch_size=batch_size)
+                finally:
+                    _rollback(handles)
+                for i, scores in zip(group, post, strict=True):
+                    k_records.append(
+                        {
+                            "case_id": cases[i].request.case_id,
+                            "request": cases[i].request.to_dict(),
+                            "k": k,
+                            "group": g,
+                            "pre": unedited[i],
+                            "post": scores,
+                            "edit_seconds": edit_seconds / k,
+                            "info": _info(handles),
+                        }
+                    )
+                bar.advance()
+            by_k[str(k)] = {
+                **aggregate(k_records, "post"),
+                "seconds_per_edit": mean(r["edit_seconds"] for r in k_records),
+                "n_cases": len(k_records),
+            }
+            records += k_records
+    return {
+        **_header("batch", lm, editor, cases, datasets),
+        "ks": list(ks),
         "aggregates": {
-            **aggregate(records, "post"),
-            **{f"unedited_{k}": v for k, v in aggregate(records, "pre").items()},
-            "seconds_per_edit": sum(seconds) / max(len(seconds), 1),
+            **by_k[str(max(ks))],
+            **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in unedited], "pre").items()},
         },
+        "aggregates_by_k": by_k,
         "total_seconds": time.perf_counter() - t_start,
+        "peak_memory_mb": peak_memory_mb(),
         "records": records,
     }
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+def _success(scores: dict[str, float]) -> float:
+    """Whether an edit holds: its efficacy where the data has contrasts (CounterFact), else its ES."""
+    return scores.get("efficacy", scores.get("es", 0.0))
+
+
+def _downstream(lm: LanguageModel, tasks: dict[str, list[dict[str, Any]]], batch_size: int) -> dict[str, Any]:
+    return {name: evaluate_task(lm, name, examples, batch_size=batch_size) for name, examples in tasks.items()}
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _tensor_sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+class _RunState:
+    """A sequential run's folder: ``results.json`` (partial results) and ``weights.safetensors`` (the current
+    value of every parameter the run changed, with the original's sha256 in ``weights.json``)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.results = folder / "results.json"
+        self.weights = folder / "weights.safetensors"
+        self.meta = folder / "weights.json"
+
+    def save(self, results: dict[str, Any], lm: LanguageModel, drift: DriftTracker) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        params = dict(lm.model.named_parameters())
+        if drift.originals:
+            tensors = {n: params[n].detach().cpu().contiguous() for n in drift.originals}
+            save_file(tensors, str(self.weights) + ".tmp")
+            os.replace(str(self.weights) + ".tmp", self.weights)
+        meta = {n: _tensor_sha(t) for n, t in drift.originals.items()}
+        _atomic_write(self.meta, json.dumps({"original_sha256": meta, "n_edits": results["n_edits"]}))
+        _atomic_write(self.results, json.dumps(results))
+
+    @torch.no_grad()
+    def restore(self, lm: LanguageModel, drift: DriftTracker) -> dict[str, Any]:
+        results: dict[str, Any] = json.loads(self.results.read_text())
+        meta = json.loads(self.meta.read_text())
+        if meta["n_edits"] != results["n_edits"]:
+            raise ValidationError(f"{self.folder}: weights and results were saved at different edits; start afresh")
+        params = dict(lm.model.named_parameters())
+        saved = load_file(str(self.weights)) if meta["original_sha256"] else {}
+        for name, sha in meta["original_sha256"].items():
+            if name not in params or _tensor_sha(params[name]) != sha:
+                raise ValidationError(f"{self.folder}: saved state was made from another base model ({name})")
+            drift.originals[name] = params[name].detach().cpu().clone()
+            params[name].copy_(saved[name].to(params[name].device))
+        return results
+
+
+def _run_key(header: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    keep = ("model", "method", "config", "case_ids")
+    return {**{k: header[k] for k in keep}, "data": [d["sha256"] for d in header["data"]], **settings}
+
+
+def sequential_edits(
+    lm: LanguageModel,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    *,
+    edits_per_step: int = 1,
+    every: int = 20,
+    downstream: dict[str, list[dict[str, Any]]] | None = None,
+    state_dir: str | Path | None = None,
+    drift_jump: float = 10.0,
+    collapse: float = 0.5,
+    batch_size: int = 16,
+    progress: bool = True,
+    datasets: Sequence[Dataset] = (),
+) -> dict[str, Any]:
+    """Apply the cases' edits one step (``edits_per_step`` cases) after another to ``lm`` and follow what happens.
+
+    After each step: the step's immediate scores (all probes) and the drift of every changed weight. Every
+    ``every`` edits (and after the last): the in-scope scores of all earlier edits (``forgotten`` counts those
+    that succeeded when made and no longer do), downstream F1 on ``downstream`` tasks and drift. A step is
+    flagged as disabling when its drift increment exceeds ``drift_jump`` times the median increment before it,
+    or when mean downstream F1 falls below ``collapse`` times its unedited value (then the steps since the
+    previous checkpoint are the suspects, and the largest drift increment among them is named).
+
+    With ``state_dir``, state and partial results are written after every step and a rerun with the same
+    arguments continues where it stopped. ``lm`` stays edited when this returns.
+    """
+    if not cases:
+        raise ValidationError("no cases to evaluate")
+    if edits_per_step < 1 or every < 1:
+        raise ValidationError("edits per step and evaluation interval must be at least 1")
+    if state_dir is not None and editor.capabilities.kind != "weights":
+        raise ValidationError(f"{editor.name} keeps edits outside the weights; resumable runs need a weight editor")
+    tasks = downstream or {}
+    editor.prepare(lm)
+    header = _header("sequential", lm, editor, cases, datasets)
+    settings = {"edits_per_step": edits_per_step, "every": every, "downstream_tasks": sorted(tasks)}
+    key = _run_key(header, settings)
+    t_start = time.perf_counter()
+    reference = Reference.build(lm, cases, batch_size=batch_size)
+    drift = DriftTracker()
+    state = _RunState(Path(state_dir)) if state_dir is not None else None
+    if state is not None and state.results.exists():
+        results = state.restore(lm, drift) if json.loads(state.results.read_text()).get("run_key") == key else None
+        if results is None:
+            raise ValidationError(
+                f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
+                "use another --state folder or delete it"
+            )
+        log.info("resuming %s at edit %d", state.folder, results["n_edits"])
+    else:
+        unedited = score_cases(lm, cases, reference, batch_size=batch_size)
+        results = {
+            **header,
+            **settings,
+            "run_key": key,
+            "n_edits": 0,
+            "unedited": unedited,
+            "records": [],
+            "checkpoints": [{"n_edits": 0, "downstream": _downstream(lm, tasks, batch_size), "drift": {}}],
+            "disabling_edits": [],
+            "seconds": 0.0,
+        }
+    steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
+    done_steps = results["n_edits"] // edits_per_step
+    baseline_f1 = _mean_f1(results["checkpoints"][0])
+    with _progress(len(steps), f"{editor.name} sequential on {lm.name}", progress) as bar:
+        bar.advance(done_steps)
+        for step in steps[done_steps:]:
+            t0 = time.perf_counter()
+            handles = _apply(lm, editor, [cases[i] for i in step])
+            edit_seconds = time.perf_counter() - t0
+            for h in handles:
+                drift.track(h)
+            immediate = score_cases(lm, [cases[i] for i in step], reference, batch_size=batch_size)
+            total_drift = sum(drift.measure(lm.model).values())
+            for i, scores in zip(step, immediate, strict=True):
+                results["records"].append(
+                    {
+                        "n_edits": i + 1,
+                        "case_id": cases[i].request.case_id,
+                        "request": cases[i].request.to_dict(),
+                        "pre": results["unedited"][i],
+                        "post": scores,
+                        "edit_seconds": edit_seconds / len(step),
+                        "drift": total_drift,
+                        "info": _info(handles),
+                    }
+                )
+            results["n_edits"] = step[-1] + 1
+            _flag_drift_jump(results, drift_jump)
+            if results["n_edits"] % every == 0 or results["n_edits"] == len(cases):
+                results["checkpoints"].append(
+                    _checkpoint(lm, cases, reference, results, tasks, drift, batch_size=batch_size)
+                )
+                _flag_collapse(results, baseline_f1, collapse)
+            results["seconds"] += time.perf_counter() - t0
+            if state is not None:
+                state.save(results, lm, drift)
+            bar.advance()
+    results["aggregates"] = _sequential_aggregates(results)
+    results["total_seconds"] = time.perf_counter() - t_start
+    results["peak_memory_mb"] = peak_memory_mb()
+    return results
+
+
+def _mean_f1(checkpoint: dict[str, Any]) -> float | None:
+    f1 = [t["f1"] for t in checkpoint["downstream"].values()]
+    return mean(f1) if f1 else None
+
+
+def _checkpoint(
+    lm: LanguageModel,
+    cases: Sequence[EditCase],
+    reference: Reference,
+    results: dict[str, Any],
+    tasks: dict[str, list[dict[str, Any]]],
+    drift: DriftTracker,
+    *,
+    batch_size: int,
+) -> dict[str, Any]:
+    n = results["n_edits"]
+    now = score_cases(lm, cases[:n], reference, batch_size=batch_size, kinds=IN_SCOPE)
+    immediate = [r["post"] for r in results["records"][:n]]
+    succeeded = [i for i, r in enumerate(immediate) if _success(r) > 0.5]
+    forgotten = [i for i in succeeded if _success(now[i]) <= 0.5]
+    return {
+        "n_edits": n,
+        "retention": aggregate([{"post": s} for s in now], "post"),
+        "succeeded": len(succeeded),
+        "forgotten": len(forgotten),
+        "forgotten_fraction": len(forgotten) / len(succeeded) if succeeded else 0.0,
+        "downstream": _downstream(lm, tasks, batch_size),
+        "drift": drift.measure(lm.model),
+    }
+
+
+def _flag_drift_jump(results: dict[str, Any], factor: float) -> None:
+    drifts = [0.0] + [r["drift"] for r in results["records"]]
+    increments = [b - a for a, b in itertools.pairwise(drifts)]
+    if len(increments) < 6:
+        return
+    typical = median(increments[:-1])
+    if typical > 0 and increments[-1] > factor * typical:
+        rec = results["records"][-1]
+        results["disabling_edits"].append(
+            {
+                "n_edits": rec["n_edits"],
+                "case_id": rec["case_id"],
+                "reason": f"drift jumped {increments[-1] / typical:.1f}x the median increment",
+            }
+        )
+
+
+def _flag_collapse(results: dict[str, Any], baseline: float | None, fraction: float) -> None:
+    ckpt = results["checkpoints"][-1]
+    now = _mean_f1(ckpt)
+    if baseline is None or now is None or now >= fraction * baseline:
+        return
+    previous = results["checkpoints"][-2]["n_edits"]
+    if any(d["reason"].startswith("downstream") for d in results["disabling_edits"]):
+        return  # report the first collapse only
+    window = [r for r in results["records"] if r["n_edits"] > previous]
+    drifts = {r["n_edits"]: r["drift"] for r in results["records"]}
+    suspect = max(window, key=lambda r: r["drift"] - drifts.get(r["n_edits"] - 1, 0.0))
+    results["disabling_edits"].append(
+        {
+            "n_edits": suspect["n_edits"],
+            "case_id": suspect["case_id"],
+            "reason": f"downstream F1 fell to {now:.2f} from {baseline:.2f} between edits {previous} and "
+            f"{ckpt['n_edits']}; this edit moved the weights most in that window",
+        }
+    )
+
+
+def _sequential_aggregates(results: dict[str, Any]) -> dict[str, Any]:
+    records = results["records"]
+    last = results["checkpoints"][-1]
+    out: dict[str, Any] = {
+        **aggregate(records, "post"),
+        **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in results["unedited"]], "pre").items()},
+        **{f"final_{k}": v for k, v in last.get("retention", {}).items()},
+        "forgotten_fraction": last.get("forgotten_fraction", 0.0),
+        "seconds_per_edit": mean(r["edit_seconds"] for r in records) if records else 0.0,
+        "disabling_edits": len(results["disabling_edits"]),
+    }
+    if (f1 := _mean_f1(last)) is not None:
+        out["final_downstream_f1"] = f1
+        out["unedited_downstream_f1"] = _mean_f1(results["checkpoints"][0])
+    return out

@@ -326,18 +326,30 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def resolve(name_or_path: str, *, progress: bool = True) -> tuple[str, str]:
-    """Return ``(display name, location)`` for a zoo name, a local folder or a hub id."""
+def check_model_name(name_or_path: str) -> str:
+    """Say what ``name_or_path`` is (``zoo``, ``folder`` or ``hub``) without fetching or loading anything;
+    raise for a name that is none of these, so a run fails before it reads any data."""
     if name_or_path in MODELS:
-        return name_or_path, str(fetch(name_or_path, progress=progress))
+        return "zoo"
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelUnavailableError(f"{path} is a folder but has no config.json: not a transformers model")
-        return str(path), str(path)
+        return "folder"
     if "/" in name_or_path and not path.exists() and name_or_path.count("/") == 1:
-        return name_or_path, name_or_path  # a hub id: transformers fetches it when online
+        return "hub"  # transformers fetches it when online
     raise UnknownNameError("model", name_or_path, MODELS)
+
+
+def resolve(name_or_path: str, *, progress: bool = True) -> tuple[str, str]:
+    """Return ``(display name, location)`` for a zoo name, a local folder or a hub id."""
+    kind = check_model_name(name_or_path)
+    if kind == "zoo":
+        return name_or_path, str(fetch(name_or_path, progress=progress))
+    if kind == "folder":
+        path = str(Path(name_or_path).expanduser())
+        return path, path
+    return name_or_path, name_or_path
 
 
 def load(

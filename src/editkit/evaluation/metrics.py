@@ -1,0 +1,209 @@
+"""Edit metrics from the papers, computed for many cases in one batched pass.
+
+Per case (numbers in parentheses are equations of the SERAC paper, Mitchell et al. 2022):
+
+* ``efficacy`` / ``paraphrase`` / ``neighborhood`` (+ ``_margin``): CounterFact probability comparisons of ROME
+  §3 and MEMIT §5.2, on probes that carry a ``contrast`` (length-normalised log-likelihoods, expected vs. contrast).
+* ``es`` (4): exact-match agreement with the desired answer on in-scope probes. Greedy decoding reproduces an
+  answer exactly iff every answer token is the argmax under teacher forcing, so one teacher-forced pass decides
+  it; a probe with aliases counts if any answer matches. For free-form descriptor edits (ConvSent) ``es`` is
+  ES_sent (6) = z_sent * z_topic per in-scope probe, with z_sent = sigmoid(l+ - l-) and
+  z_topic = min(1, exp(l+ - l+_base)), l the mean per-token log-likelihood of the correct (+) and wrong (-)
+  sentiment responses.
+* ``token_acc``: fraction of in-scope answer tokens that are the argmax (EasyEdit's "accuracy").
+* ``edit_acc`` / ``rephrase_acc`` / ``hard_in_acc``: ``es`` split by probe kind; ``hard_in_acc`` is portability
+  / multi-hop accuracy.
+* ``dd`` (5): on out-of-scope probes, 1{f_e(x) != f_base(x)}, where f(x) is the greedy continuation of as many
+  tokens as the probe's expected answer has. The base predictions are computed once on the unedited model
+  (:class:`Reference`); the edited model disagrees iff it does not reproduce them greedily, again one
+  teacher-forced pass. ``dd_neighborhood`` / ``dd_out`` split hard and easy out-of-scope probes.
+* ``kl_drawdown`` (7): KL(p_base(.|x) || p_e(.|x)) of the next-token distribution at the end of each
+  out-of-scope prompt, averaged. The base distributions are cached in float16.
+
+Fluency (ROME §3: weighted bi- and tri-gram entropy of generated text) is :func:`ngram_entropy`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from statistics import mean
+
+import torch
+
+from editkit.edits import EditCase, Probe, ProbeKind
+from editkit.models.lm import LanguageModel, TokenScores
+
+IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
+OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
+CONTRAST_SCORE = {
+    ProbeKind.EDIT: "efficacy",
+    ProbeKind.REPHRASE: "paraphrase",
+    ProbeKind.NEIGHBORHOOD: "neighborhood",
+}
+KIND_ACCURACY = {ProbeKind.EDIT: "edit_acc", ProbeKind.REPHRASE: "rephrase_acc", ProbeKind.HARD_IN: "hard_in_acc"}
+KIND_DRAWDOWN = {ProbeKind.NEIGHBORHOOD: "dd_neighborhood", ProbeKind.OUT: "dd_out"}
+
+
+def _key(p: Probe) -> tuple[str, str]:
+    return (p.prompt, p.expected)
+
+
+@dataclass
+class Reference:
+    """What the unedited model does on the probes that need it: greedy predictions and next-token
+    distributions on out-of-scope prompts (for ``dd`` and ``kl_drawdown``), and the likelihood of the desired
+    responses on in-scope probes of descriptor edits (for z_topic). Build it once, before any edit."""
+
+    predictions: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    distributions: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    likelihoods: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, lm: LanguageModel, cases: Sequence[EditCase], *, batch_size: int = 16) -> Reference:
+        ref = cls()
+        out = list({_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values())
+        for i in range(0, len(out), batch_size):
+            chunk = out[i : i + batch_size]
+            lengths = [len(lm.encode(p.expected, special=False)) for p in chunk]
+            ids = lm.generate_ids([p.prompt for p in chunk], max(lengths))
+            eos = lm.tokenizer.eos_token_id
+            for p, n, seq in zip(chunk, lengths, ids, strict=True):
+                ref.predictions[_key(p)] = seq[:n] or [int(eos)]
+        if out:
+            dists = lm.next_token_logprobs([p.prompt for p in out], batch_size=batch_size)
+            for p, d in zip(out, dists, strict=True):
+                ref.distributions[_key(p)] = d.to(torch.float16)
+        sentiment = [p for c in cases if c.request.descriptor for p in c.of_kind(*IN_SCOPE)]
+        if sentiment:
+            scores = _score_sorted(lm, _set_pairs(sentiment, contrasts=False), batch_size)
+            for p, lik in zip(sentiment, _set_likelihoods(sentiment, scores, contrasts=False), strict=True):
+                ref.likelihoods[_key(p)] = lik[0]
+        return ref
+
+
+def _set_pairs(probes: Sequence[Probe], *, contrasts: bool = True) -> list[tuple[str, str | list[int]]]:
+    return [(p.prompt, a) for p in probes for a in (p.answers + (p.contrasts if contrasts else ()))]
+
+
+def _set_likelihoods(
+    probes: Sequence[Probe], scores: Sequence[TokenScores], *, contrasts: bool = True
+) -> list[tuple[float, float]]:
+    """Per probe, the mean per-token log-likelihood averaged over its answers and over its contrasts, from the
+    scores of :func:`_set_pairs`."""
+    out, i = [], 0
+    for p in probes:
+        n_a, n_c = len(p.answers), len(p.contrasts) if contrasts else 0
+        lik = [float(s.logprobs.mean()) for s in scores[i : i + n_a + n_c]]
+        out.append((mean(lik[:n_a]), mean(lik[n_a:]) if n_c else math.nan))
+        i += n_a + n_c
+    return out
+
+
+def _score_sorted(
+    lm: LanguageModel, pairs: Sequence[tuple[str, str | list[int]]], batch_size: int, *, first: bool = False
+) -> list[TokenScores]:
+    """``lm.score_tokens`` over pairs, each distinct (prompt, continuation tokens) scored once, in batches
+    sorted by length (less padding); returned in the order of ``pairs``."""
+    if not pairs:
+        return []
+    keys = [(p, tuple(c) if isinstance(c, list) else tuple(lm.encode(c, special=False))) for p, c in pairs]
+    unique = list(dict.fromkeys(keys))
+    unique.sort(key=lambda k: len(lm.encode(k[0])) + len(k[1]))
+    scored = lm.score_tokens(
+        [p for p, _ in unique], [list(c) for _, c in unique], batch_size=batch_size, first_distribution=first
+    )
+    by_key = dict(zip(unique, scored, strict=True))
+    return [by_key[k] for k in keys]
+
+
+def kl_divergence(base_logp: torch.Tensor, edited_logp: torch.Tensor) -> float:
+    """KL(p_base || p_edited) from two log-distributions over the same vocabulary."""
+    base = base_logp.float()
+    return float((base.exp() * (base - edited_logp.float())).sum().clamp_min(0.0))
+
+
+@torch.no_grad()
+def score_cases(
+    lm: LanguageModel,
+    cases: Sequence[EditCase],
+    reference: Reference,
+    *,
+    batch_size: int = 16,
+    kinds: Sequence[ProbeKind] = tuple(ProbeKind),
+) -> list[dict[str, float]]:
+    """Every metric of the module docstring for each case, on ``lm`` as it is now, from the probes of the given
+    ``kinds`` (default all); all probes of all cases go through the model in length-sorted batches."""
+    of = [(c, [p for p in c.probes if p.kind in kinds]) for c in cases]
+    plain = [(c, p) for c, ps in of if not c.request.descriptor for p in ps if p.kind in IN_SCOPE]
+    outs = [(c, p) for c, ps in of for p in ps if p.kind in OUT_OF_SCOPE]
+    contrast = [(c, p) for c, ps in of for p in ps if p.kind in CONTRAST_SCORE and p.contrast is not None]
+    sentiment = [(c, p) for c, ps in of if c.request.descriptor for p in ps if p.kind in IN_SCOPE]
+
+    # One scoring pass for everything without a first-token distribution; repeated pairs are scored once.
+    in_pairs: list[tuple[str, str | list[int]]] = [(p.prompt, a) for _, p in plain for a in p.answers]
+    margin_pairs = _set_pairs([p for _, p in contrast])
+    sent_pairs = _set_pairs([p for _, p in sentiment])
+    everything = _score_sorted(lm, in_pairs + margin_pairs + sent_pairs, batch_size)
+    in_scores = everything[: len(in_pairs)]
+    margins = _set_likelihoods([p for _, p in contrast], everything[len(in_pairs) : len(in_pairs) + len(margin_pairs)])
+    sent_liks = _set_likelihoods([p for _, p in sentiment], everything[len(in_pairs) + len(margin_pairs) :])
+    missing = [p for _, p in outs if _key(p) not in reference.predictions]
+    if missing:
+        raise ValueError(f"the reference has no base prediction for {len(missing)} out-of-scope probes; build it first")
+    out_scores = _score_sorted(
+        lm, [(p.prompt, reference.predictions[_key(p)]) for _, p in outs], batch_size, first=True
+    )
+
+    per_case: dict[int, dict[str, list[float]]] = {id(c): {} for c in cases}
+
+    def add(case: EditCase, name: str, value: float) -> None:
+        per_case[id(case)].setdefault(name, []).append(value)
+
+    i = 0
+    for case, probe in plain:
+        scores = in_scores[i : i + len(probe.answers)]
+        i += len(probe.answers)
+        hit = float(any(s.exact_match for s in scores))
+        add(case, "es", hit)
+        add(case, KIND_ACCURACY[probe.kind], hit)
+        add(case, "token_acc", float(scores[0].greedy.float().mean()))
+    for (case, probe), (l_pos, l_neg) in zip(sentiment, sent_liks, strict=True):
+        z_sent = 1.0 / (1.0 + math.exp(-(l_pos - l_neg)))
+        z_topic = min(1.0, math.exp(l_pos - reference.likelihoods[_key(probe)]))
+        add(case, "es", z_sent * z_topic)
+        add(case, "z_sent", z_sent)
+        add(case, "z_topic", z_topic)
+        add(case, KIND_ACCURACY[probe.kind], z_sent * z_topic)
+    for (case, probe), s in zip(outs, out_scores, strict=True):
+        changed = 0.0 if s.exact_match else 1.0
+        add(case, "dd", changed)
+        add(case, KIND_DRAWDOWN[probe.kind], changed)
+        assert s.first_distribution is not None
+        add(case, "kl_drawdown", kl_divergence(reference.distributions[_key(probe)], s.first_distribution))
+    for (case, probe), (l_exp, l_con) in zip(contrast, margins, strict=True):
+        margin = l_exp - l_con
+        add(case, CONTRAST_SCORE[probe.kind], 1.0 if margin > 0 else 0.0)
+        add(case, f"{CONTRAST_SCORE[probe.kind]}_margin", margin)
+    return [{k: mean(v) for k, v in sorted(per_case[id(c)].items())} for c in cases]
+
+
+def ngram_entropy(
+    texts: Iterable[str], orders: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3)
+) -> float:
+    """Fluency as in ROME §3: the weighted average of bi- and tri-gram entropies (bits) of generated text,
+    averaged over texts. Repetitive, degenerate text scores low."""
+    values = []
+    for text in texts:
+        tokens = text.split()
+        parts = []
+        for n, w in zip(orders, weights, strict=True):
+            grams = Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+            total = sum(grams.values())
+            ent = -sum(c / total * math.log2(c / total) for c in grams.values()) if total else 0.0
+            parts.append(w * ent)
+        values.append(sum(parts) / sum(weights))
+    return mean(values) if values else math.nan

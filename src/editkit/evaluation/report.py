@@ -1,0 +1,211 @@
+"""``editkit report``: Markdown tables and PNG plots from results JSON files, in the style of the papers' figures.
+
+* every run: a table of its aggregates (and the unedited model's);
+* batch runs: ES, DD and ES - DD against the number of edits applied together (SERAC Figure 3);
+* sequential runs: immediate efficacy / paraphrase / neighborhood as running means over the edit index
+  (forgetting paper Figure 1a-c), the number of earlier edits forgotten (Figure 1d), downstream F1 per task
+  (Figure 2a-c) and the normalised drift of the edited weights (Figure 2d), one line per run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from editkit.errors import ValidationError
+
+TABLE_COLUMNS = (
+    "efficacy",
+    "paraphrase",
+    "neighborhood",
+    "es",
+    "dd",
+    "kl_drawdown",
+    "hard_in_acc",
+    "final_efficacy",
+    "forgotten_fraction",
+    "final_downstream_f1",
+    "seconds_per_edit",
+)
+
+
+def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    runs = []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise ValidationError(f"results file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+        if not isinstance(data, dict) or "aggregates" not in data or "protocol" not in data:
+            raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
+        if data.get("version") != 2:
+            raise ValidationError(f"{path} has results version {data.get('version')}; this report reads version 2")
+        data["_path"] = str(path)
+        runs.append(data)
+    if not runs:
+        raise ValidationError("no results files given")
+    return runs
+
+
+def _label(run: dict[str, Any]) -> str:
+    return f"{run['method']} ({run['model']})"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))
+
+
+def _table(runs: Sequence[dict[str, Any]]) -> list[str]:
+    cols = [c for c in TABLE_COLUMNS if any(c in r["aggregates"] for r in runs)]
+    lines = [
+        "| run | protocol | cases | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 3) + "|",
+    ]
+    for r in runs:
+        agg = r["aggregates"]
+        lines.append(
+            f"| {_label(r)} | {r['protocol']} | {r['n_cases']} | " + " | ".join(_fmt(agg.get(c)) for c in cols) + " |"
+        )
+        unedited = [agg.get(f"unedited_{c}") for c in cols]
+        if any(u is not None for u in unedited):
+            lines.append(f"| unedited {r['model']} | | | " + " | ".join(_fmt(u) for u in unedited) + " |")
+    return lines
+
+
+def _running_mean(values: Sequence[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _plot_batch(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for r in runs:
+        ks = sorted(int(k) for k in r["aggregates_by_k"])
+        by_k = [r["aggregates_by_k"][str(k)] for k in ks]
+        es = [a.get("es", float("nan")) for a in by_k]
+        dd = [a.get("dd", float("nan")) for a in by_k]
+        for ax, ys in zip(axes, (es, dd, [e - d for e, d in zip(es, dd, strict=True)]), strict=True):
+            ax.plot(ks, ys, marker="o", label=_label(r))
+    for ax, title in zip(axes, ("edit success (ES)", "drawdown (DD)", "ES - DD"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("edits applied together (k)")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    name = "batch_es_dd.png"
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return [f"![ES and DD against the number of edits]({name})"]
+
+
+def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    md: list[str] = []
+    scores = [s for s in ("efficacy", "paraphrase", "neighborhood", "es") if any(s in r["aggregates"] for r in runs)]
+    scores = scores[:3] if "efficacy" in scores else scores
+    fig, axes = plt.subplots(1, len(scores) + 1, figsize=(3.6 * (len(scores) + 1), 3.2), squeeze=False)
+    for r in runs:
+        x = [rec["n_edits"] for rec in r["records"]]
+        for ax, s in zip(axes[0], scores, strict=False):
+            ys = [rec["post"].get(s, float("nan")) for rec in r["records"]]
+            (line,) = ax.plot(x, _running_mean(ys, 20), label=_label(r))
+            ax.plot(x, _running_mean(ys, 5), color=line.get_color(), alpha=0.35, linestyle=":")
+        ck = r["checkpoints"][1:]
+        axes[0][-1].plot([c["n_edits"] for c in ck], [c["forgotten"] for c in ck], marker="o", label=_label(r))
+    for ax, s in zip(axes[0], scores, strict=False):
+        ax.set_title(f"{s} of each new edit")
+        ax.set_ylim(-0.05, 1.05)
+    axes[0][-1].set_title("earlier edits forgotten")
+    for ax in axes[0]:
+        ax.set_xlabel("number of edits")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "sequential_editing.png", dpi=90)
+    plt.close(fig)
+    md.append(
+        "![editing proficiency and forgetting](sequential_editing.png)\n\n"
+        "Running means over the last 20 edits (solid) and 5 edits (dotted); forgetting counts edits that succeeded "
+        "when made and fail at the checkpoint."
+    )
+
+    tasks = sorted({t for r in runs for c in r["checkpoints"] for t in c["downstream"]})
+    has_drift = any(rec.get("drift") for r in runs for rec in r["records"])
+    panels = len(tasks) + (1 if has_drift else 0)
+    if panels:
+        fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.2), squeeze=False)
+        for r in runs:
+            ck = r["checkpoints"]
+            for ax, t in zip(axes[0], tasks, strict=False):
+                pts = [(c["n_edits"], c["downstream"][t]) for c in ck if t in c["downstream"]]
+                (line,) = ax.plot([n for n, _ in pts], [d["f1"] for _, d in pts], marker="o", label=_label(r))
+                ax.fill_between(
+                    [n for n, _ in pts],
+                    [d["f1_ci"][0] for _, d in pts],
+                    [d["f1_ci"][1] for _, d in pts],
+                    color=line.get_color(),
+                    alpha=0.15,
+                )
+                ax.plot([n for n, _ in pts], [d["auc"] for _, d in pts], color=line.get_color(), linestyle="--")
+            if has_drift:
+                axes[0][-1].plot(
+                    [0] + [rec["n_edits"] for rec in r["records"]],
+                    [0.0] + [rec["drift"] for rec in r["records"]],
+                    label=_label(r),
+                )
+        for ax, t in zip(axes[0], tasks, strict=False):
+            ax.set_title(f"{t}: F1 (solid, 95% CI), AUC (dashed)", fontsize=9)
+            ax.set_ylim(-0.05, 1.05)
+        if has_drift:
+            axes[0][-1].set_title("normalised L2 drift of edited weights", fontsize=9)
+        for ax in axes[0]:
+            ax.set_xlabel("number of edits")
+            ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "sequential_downstream.png", dpi=90)
+        plt.close(fig)
+        md.append("![downstream F1 and weight drift](sequential_downstream.png)")
+    disabling = [(r, d) for r in runs for d in r.get("disabling_edits", [])]
+    if disabling:
+        md += ["", "Disabling edits flagged:", "", "| run | edit # | case | why |", "|---|---|---|---|"]
+        md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {d['reason']} |" for r, d in disabling]
+    return md
+
+
+def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """Write ``report.md`` and its plots into ``out_dir``; returns the Markdown file's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = load_results(paths)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValidationError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# editkit report", "", "Runs:", ""]
+    md += [f"- `{r['_path']}`: {_label(r)}, {r['protocol']}, code {r['code_version']}" for r in runs]
+    md += ["", "## Aggregates", "", *_table(runs), ""]
+    batch = [r for r in runs if r["protocol"] == "batch" and len(r.get("aggregates_by_k", {})) > 1]
+    if batch:
+        md += ["## Many edits at once", "", *_plot_batch(batch, out), ""]
+    seq = [r for r in runs if r["protocol"] == "sequential"]
+    if seq:
+        md += ["## Sequential edits", "", *_plot_sequential(seq, out), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n")
+    return path

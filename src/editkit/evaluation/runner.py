@@ -1,0 +1,177 @@
+"""One evaluation run from a config (``editkit eval``): load the model, the data and the editor, run a protocol,
+write the results JSON. A config comes from a YAML file, from keyword arguments, or both (arguments win).
+
+Example ``run.yaml``::
+
+    model: smollm2-135m
+    method: rome
+    settings: {corpus: ../shared/data/wikitext/wikitext-2/valid.txt}
+    data: ../shared/data/counterfact/easyedit/counterfact-val.json
+    limit: 200
+    protocol: sequential
+    every: 20
+    downstream: [sst2, mrpc, rte, cola]
+    downstream_data: ../shared/data/glue
+    out: results/rome_seq.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from editkit.errors import ConfigError, ValidationError
+
+PROTOCOLS = ("batch", "sequential")
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2-135m"
+    method: str = "rome"
+    data: str = ""
+    out: str = ""
+    format: str | None = None
+    limit: int | None = None
+    protocol: Literal["batch", "sequential"] = "batch"
+    edits_per_step: list[int] = field(default_factory=lambda: [1])  # batch: the k's; sequential: one value
+    max_groups: int | None = None  # batch: at most this many groups per k
+    every: int = 20  # sequential: evaluate retention / downstream every N edits
+    downstream: list[str] = field(default_factory=list)
+    downstream_data: str | None = None  # folder with <task>.jsonl files
+    downstream_n: int = 200
+    state: str | None = None  # sequential: folder for resumable state (default: next to ``out``)
+    settings: dict[str, Any] = field(default_factory=dict)  # the method's settings
+    seed: int = 0
+    batch_size: int = 16
+    device: str | None = None
+    skip_invalid: bool = False  # leave malformed records out (listed in the results) instead of failing
+
+    @classmethod
+    def build(cls, yaml_path: str | None = None, **overrides: Any) -> RunConfig:
+        """Defaults, then the YAML file, then the non-None ``overrides``; values are checked."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            values.update(_read_yaml(Path(yaml_path)))
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "settings" in given:  # method settings merge, key by key
+            given["settings"] = {**(values.get("settings") or {}), **given["settings"]}
+        values.update(given)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown run settings {unknown}; known: {sorted(names)}")
+        for key in ("edits_per_step", "downstream"):
+            if isinstance(values.get(key), str | int):
+                values[key] = _split(values[key], int if key == "edits_per_step" else str)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if not self.data:
+            raise ConfigError("no data file given (--data PATH)")
+        if not self.out:
+            raise ConfigError("no results file given (--out FILE.json)")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.protocol == "sequential" and len(self.edits_per_step) != 1:
+            raise ConfigError("a sequential run takes one --edits-per-step value")
+        if any(k < 1 for k in self.edits_per_step) or self.every < 1 or self.downstream_n < 2:
+            raise ConfigError("--edits-per-step, --every and --downstream-n must be positive")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.downstream and self.protocol != "sequential":
+            raise ConfigError("downstream evaluation runs in the sequential protocol (--protocol sequential)")
+        if self.downstream and not self.downstream_data:
+            raise ConfigError("--downstream needs --downstream-data DIR (a folder with sst2.jsonl, mrpc.jsonl, ...)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _split(value: str | int, kind: type) -> list[Any]:
+    try:
+        return [kind(v.strip()) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of run settings")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation ``config`` describes and write its results JSON (atomically). Returns the results."""
+    from editkit.data.formats import load_cases
+    from editkit.editors import create_editor
+    from editkit.evaluation.downstream import get_task, load_examples
+    from editkit.evaluation.protocols import batch_edits, sequential_edits
+    from editkit.models.zoo import check_model_name, load
+
+    out = Path(config.out)
+    if out.exists() and out.is_dir():
+        raise ValidationError(f"--out {out} is a folder; give a file name ending in .json")
+    check_model_name(config.model)
+    editor = create_editor(config.method, config.settings)  # bad method names fail before any loading
+    for t in config.downstream:
+        get_task(t)
+    dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
+    tasks = {
+        t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
+        for t in config.downstream
+    }
+    if editor.capabilities.needs_subject:
+        unlocated = [c.request.case_id for c in dataset.cases if not c.request.subject]
+        if unlocated:
+            raise ValidationError(
+                f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
+                f"(first: {unlocated[0]}); choose other data or a method that does not locate"
+            )
+    lm = load(config.model, device=config.device)
+    if config.protocol == "batch":
+        results = batch_edits(
+            lm,
+            editor,
+            dataset.cases,
+            config.edits_per_step,
+            max_groups=config.max_groups,
+            batch_size=config.batch_size,
+            progress=progress,
+            datasets=[dataset],
+        )
+    else:
+        state = config.state or str(out.with_suffix("")) + ".state"
+        results = sequential_edits(
+            lm,
+            editor,
+            dataset.cases,
+            edits_per_step=config.edits_per_step[0],
+            every=config.every,
+            downstream=tasks,
+            state_dir=state if editor.capabilities.kind == "weights" else None,
+            batch_size=config.batch_size,
+            progress=progress,
+            datasets=[dataset],
+        )
+    results["run"] = config.to_dict()
+    results["seed"] = config.seed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, out)
+    return results

@@ -1,0 +1,273 @@
+"""Metrics against independent computations, protocols (batch, sequential, resume), downstream, drift, report."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from editkit.data import demo_cases
+from editkit.editors import create_editor
+from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
+from editkit.errors import EditkitError, ValidationError
+from editkit.evaluation import downstream
+from editkit.evaluation.drift import DriftTracker
+from editkit.evaluation.metrics import Reference, kl_divergence, ngram_entropy, score_cases
+from editkit.evaluation.protocols import _flag_drift_jump, batch_edits, sequential_edits
+from editkit.evaluation.report import write_report
+
+
+def _snapshot(lm):
+    return {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+
+
+# --------------------------------------------------------------------------- token scores
+def test_score_tokens_matches_full_logits(any_arch):
+    prompts, conts = ["The cat", "A much longer prompt here"], [" sat down", " ok"]
+    scored = any_arch.score_tokens(prompts, conts, first_distribution=True)
+    for p, c, s in zip(prompts, conts, scored, strict=True):
+        batch = any_arch.teacher_forced([p], [c])
+        logits = any_arch.logits(batch.inputs)[0]
+        pos = batch.pred_mask[0].nonzero().squeeze(1)
+        logp = F.log_softmax(logits[pos].float(), -1)
+        targets = batch.pred_ids[0, pos]
+        assert torch.allclose(s.logprobs, logp.gather(-1, targets[:, None]).squeeze(1), atol=1e-5)
+        assert torch.equal(s.greedy, logp.argmax(-1) == targets)
+        assert torch.allclose(s.first_distribution, logp[0], atol=1e-5)
+
+
+def test_exact_match_is_greedy_generation(llama):
+    """A continuation is an exact match iff greedy decoding produces its tokens."""
+    prompts = ["The capital of France is", "Once upon a time"]
+    greedy = llama.generate_ids(prompts, 3)
+    scored = llama.score_tokens(prompts, greedy)
+    assert all(s.exact_match for s in scored)
+    other = [[(g[0] + 1) % 300, *g[1:]] for g in greedy]
+    assert not any(s.exact_match for s in llama.score_tokens(prompts, other))
+
+
+def test_kl_divergence_matches_torch():
+    a, b = torch.randn(50).log_softmax(-1), torch.randn(50).log_softmax(-1)
+    expected = F.kl_div(b, a, log_target=True, reduction="sum")
+    assert kl_divergence(a, b) == pytest.approx(float(expected), rel=1e-5)
+    assert kl_divergence(a, a) == 0.0
+
+
+def test_ngram_entropy():
+    assert ngram_entropy(["a a a a a a"]) == 0.0
+    varied = ngram_entropy(["the quick brown fox jumps over the lazy dog"])
+    assert varied > 2.5
+
+
+# --------------------------------------------------------------------------- ES / DD / KL / ES_sent
+def _own_answer_case(lm):
+    """A case whose in-scope answers are the model's own greedy answers: ES is 1 before any edit."""
+    other = "My favourite colour is"
+    for prompt in ("The capital of France is", "The cat sat on the", "Once upon a time"):
+        ids = lm.generate_ids([prompt], 1)[0]
+        ans = lm.tokenizer.decode(ids)
+        if ans.strip() and lm.encode(ans, special=False) == ids:  # the answer text round-trips to the same token
+            break
+    else:
+        raise AssertionError("no prompt with a clean greedy answer")
+    req = EditRequest(prompt=prompt, target_new=ans, case_id="own")
+    return EditCase(req, (Probe(prompt, ans, ProbeKind.EDIT), Probe(other, " blue", ProbeKind.OUT)))
+
+
+def test_es_dd_kl_on_the_unedited_model(llama):
+    case = _own_answer_case(llama)
+    ref = Reference.build(llama, [case])
+    (scores,) = score_cases(llama, [case], ref)
+    assert scores["es"] == 1.0 and scores["edit_acc"] == 1.0
+    assert scores["dd"] == 0.0 and scores["dd_out"] == 0.0
+    assert scores["kl_drawdown"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_dd_and_kl_see_a_changed_model(llama):
+    case = _own_answer_case(llama)
+    ref = Reference.build(llama, [case])
+    with torch.no_grad():
+        for p in llama.model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    (scores,) = score_cases(llama, [case], ref)
+    assert scores["kl_drawdown"] > 0.01
+    assert scores["dd"] == 1.0 or scores["kl_drawdown"] > 0.01  # a big random change moves the distribution
+
+
+def test_es_sent_follows_equation_6(llama):
+    pos, neg = (" I love it.", " It is great."), (" I hate it.",)
+    probe = Probe("What is your opinion of tea?", pos[0], ProbeKind.REPHRASE, neg[0], pos[1:], neg[1:])
+    case = EditCase(EditRequest(descriptor="TOPIC: tea SENTIMENT: positive"), (probe,))
+    ref = Reference.build(llama, [case])
+    (scores,) = score_cases(llama, [case], ref)
+    liks = [float(s.mean()) for s in llama.score([probe.prompt] * 3, [*pos, *neg])]
+    z_sent = 1 / (1 + math.exp(-((liks[0] + liks[1]) / 2 - liks[2])))
+    assert scores["z_sent"] == pytest.approx(z_sent, rel=1e-4)
+    assert scores["z_topic"] == pytest.approx(1.0)  # the unedited model is its own base
+    assert scores["es"] == pytest.approx(z_sent, rel=1e-4)
+
+
+def test_counterfact_margins_and_scores(llama):
+    case = demo_cases()[0]
+    ref = Reference.build(llama, [case])
+    (scores,) = score_cases(llama, [case], ref)
+    edit = case.of_kind(ProbeKind.EDIT)[0]
+    new, true = (float(s.mean()) for s in llama.score([edit.prompt] * 2, [edit.expected, edit.contrast]))
+    assert scores["efficacy_margin"] == pytest.approx(new - true, abs=1e-5)
+    assert scores["efficacy"] == float(new > true)
+
+
+def test_reference_must_cover_the_probes(llama):
+    case = _own_answer_case(llama)
+    with pytest.raises(ValueError, match="reference"):
+        score_cases(llama, [case], Reference())
+
+
+# --------------------------------------------------------------------------- downstream
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_shared_prefix_cache_equals_full_prompts(arch):
+    from editkit.models.tiny import tiny_model
+
+    lm = tiny_model(arch)
+    prefix = "Review : good film\nSentiment : positive\n"
+    suffixes = ["Review : bad\nSentiment :", "Review : a long and winding review of things\nSentiment :"]
+    ids = [5, 9]
+    shared = lm.label_logprobs_after_prefix(prefix, suffixes, ids, batch_size=2)
+    full = torch.stack(
+        [
+            lm.next_token_logprobs([lm.tokenizer.decode(lm.encode(prefix) + lm.encode(s, special=False))])[0]
+            for s in suffixes
+        ]
+    )[:, ids]
+    assert torch.allclose(shared, full, atol=1e-4)
+
+
+def test_f1_auc_and_interval():
+    gold = [1, 1, 0, 0, 1, 0]
+    pred = [1, 0, 0, 1, 1, 0]
+    assert downstream.f1_binary(gold, pred) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert downstream.f1_binary([0, 1], [0, 0]) == 0.0
+    lo, hi = downstream.bootstrap_interval(gold * 20, pred * 20)
+    assert lo <= downstream.f1_binary(gold, pred) <= hi
+    assert downstream.roc_auc([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2]) == 1.0
+    assert downstream.roc_auc([1, 0], [0.5, 0.5]) == 0.5
+
+
+def test_downstream_examples_are_balanced_and_seeded(tmp_path):
+    path = tmp_path / "sst2.jsonl"
+    path.write_text("".join(json.dumps({"sentence": f"s{i}", "label": i % 2}) + "\n" for i in range(40)))
+    a = downstream.load_examples(path, "sst2", n=10, seed=1)
+    assert sum(e["label"] for e in a) == 5 and len(a) == 10
+    assert a == downstream.load_examples(path, "sst2", n=10, seed=1)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x", "label": 1}) + "\n")
+    with pytest.raises(ValidationError, match="field 'sentence'"):
+        downstream.load_examples(bad, "sst2")
+    with pytest.raises(EditkitError, match="unknown downstream task"):
+        downstream.get_task("mnli")
+
+
+def test_evaluate_task_on_a_tiny_model(llama, tmp_path):
+    path = tmp_path / "cola.jsonl"
+    path.write_text("".join(json.dumps({"sentence": f"Sentence {i}.", "label": i % 2}) + "\n" for i in range(12)))
+    out = downstream.evaluate_task(llama, "cola", downstream.load_examples(path, "cola", n=12), batch_size=5)
+    assert out["n"] == 12 and 0.0 <= out["f1"] <= 1.0 and out["f1_ci"][0] <= out["f1"] <= out["f1_ci"][1]
+
+
+# --------------------------------------------------------------------------- drift
+def test_drift_is_normalised_by_output_neurons(llama):
+    editor = create_editor("ft", {"steps": 2, "lr": 1e-2})
+    handle = editor.apply(llama, [demo_cases()[0].request])
+    tracker = DriftTracker()
+    tracker.track(handle)
+    (name, value), *_ = tracker.measure(llama.model).items()
+    ch = handle.changes[name]
+    out_features = llama.model.get_submodule(name.rsplit(".", 1)[0]).out_features
+    assert value == pytest.approx(float((ch.edited.double() - ch.original.double()).norm()) / out_features)
+    assert value > 0
+
+
+def test_drift_jump_is_flagged():
+    results = {"records": [], "disabling_edits": []}
+    for i, d in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], start=1):
+        results["records"].append({"n_edits": i, "case_id": str(i), "drift": d})
+        _flag_drift_jump(results, 10.0)
+    assert [d["n_edits"] for d in results["disabling_edits"]] == [7]
+
+
+# --------------------------------------------------------------------------- protocols
+def test_batch_protocol_scores_and_rolls_back(llama):
+    before = _snapshot(llama)
+    cases = demo_cases()[:4]
+    results = batch_edits(llama, create_editor("ft", {"steps": 3, "lr": 1e-2}), cases, ks=[1, 2], progress=False)
+    assert set(results["aggregates_by_k"]) == {"1", "2"}
+    assert results["aggregates_by_k"]["2"]["n_cases"] == 4
+    assert len(results["records"]) == 8
+    assert {"efficacy", "es", "dd", "kl_drawdown", "seconds_per_edit"} <= set(results["aggregates"])
+    assert all(torch.equal(before[n], p) for n, p in llama.model.named_parameters())
+    with pytest.raises(ValidationError, match="between 1 and"):
+        batch_edits(llama, create_editor("ft"), cases, ks=[5], progress=False)
+
+
+def test_batch_protocol_applies_one_by_one_when_the_editor_cannot_batch(llama):
+    rome = create_editor("rome", {"v_steps": 2, "n_context": 1, "context_length": 3})
+    results = batch_edits(llama, rome, demo_cases()[:2], ks=[2], progress=False)
+    assert results["aggregates_by_k"]["2"]["n_cases"] == 2
+
+
+def test_sequential_protocol_resumes_after_interruption(tmp_path):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"steps": 3, "lr": 1e-2}
+    full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
+    assert [c["n_edits"] for c in full["checkpoints"]] == [0, 2, 4]
+    assert full["checkpoints"][-1]["drift"]
+
+    lm = tiny_model("llama")
+    editor = create_editor("ft", settings)
+    real_apply, calls = editor.apply, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_apply(*args, **kwargs)
+
+    editor.apply = flaky  # type: ignore[method-assign]
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        sequential_edits(lm, editor, cases, every=2, state_dir=state, progress=False)
+    assert json.loads((state / "results.json").read_text())["n_edits"] == 2
+
+    fresh = tiny_model("llama")  # a new process: the base model again
+    resumed = sequential_edits(fresh, create_editor("ft", settings), cases, every=2, state_dir=state, progress=False)
+    assert len(resumed["records"]) == len(full["records"])
+    for a, b in zip(resumed["records"], full["records"], strict=True):
+        assert a["post"] == pytest.approx(b["post"], abs=1e-5)
+    assert resumed["checkpoints"][-1]["drift"] == pytest.approx(full["checkpoints"][-1]["drift"])
+    with pytest.raises(ValidationError, match="other settings"):
+        sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
+
+
+# --------------------------------------------------------------------------- report
+def test_report_writes_tables_and_plots(llama, tmp_path):
+    cases = demo_cases()[:4]
+    editor = create_editor("ft", {"steps": 2})
+    batch = batch_edits(llama, editor, cases, ks=[1, 2], progress=False)
+    seq = sequential_edits(llama, editor, cases, every=2, progress=False)
+    paths = []
+    for name, res in (("b.json", batch), ("s.json", seq)):
+        (tmp_path / name).write_text(json.dumps(res))
+        paths.append(tmp_path / name)
+    md = write_report(paths, tmp_path / "report")
+    text = md.read_text()
+    assert "| ft (tiny-llama-s0) | batch | 4 |" in text and "sequential_editing.png" in text
+    assert (tmp_path / "report" / "batch_es_dd.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(ValidationError, match="not an editkit results file"):
+        write_report([tmp_path / "junk.json"], tmp_path / "r2")
