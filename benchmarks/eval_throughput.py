@@ -1,6 +1,6 @@
 """Evaluation throughput on one model: probes scored per second by ``score_cases`` (all metrics, batched,
-length-sorted, repeated pairs scored once), few-shot downstream examples per second, and a profile of where the
-time goes.
+length-sorted, repeated pairs scored once) against the same scoring one sequence at a time; few-shot downstream
+examples per second with the shared prefix cache against full prompts; and a profile of where the time goes.
 
     python benchmarks/eval_throughput.py --cases 50 \
         --data ../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json \
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from editkit.data import load_cases
-from editkit.evaluation.downstream import evaluate_task, load_examples
+from editkit.evaluation.downstream import evaluate_task, get_task, load_examples
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.models.zoo import load
 
@@ -47,6 +47,9 @@ def main() -> None:
     score_cases(lm, cases, ref, batch_size=args.batch_size)
     profile.disable()
     score_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    score_cases(lm, cases, ref, batch_size=1)
+    unbatched_s = time.perf_counter() - t0
     stats = io.StringIO()
     pstats.Stats(profile, stream=stats).sort_stats("tottime").print_stats(8)
     downstream = {}
@@ -54,9 +57,16 @@ def main() -> None:
         examples = load_examples(args.glue / f"{task}.jsonl", task, n=args.examples)
         t0 = time.perf_counter()
         evaluate_task(lm, task, examples, batch_size=args.batch_size)
+        cached_s = time.perf_counter() - t0
+        spec = get_task(task)
+        t0 = time.perf_counter()
+        lm.next_token_logprobs([spec.prefix + spec.render(e) for e in examples], batch_size=args.batch_size)
+        full_s = time.perf_counter() - t0
         downstream[task] = {
-            "seconds": time.perf_counter() - t0,
-            "examples_per_second": len(examples) / (time.perf_counter() - t0),
+            "seconds": cached_s,
+            "examples_per_second": len(examples) / cached_s,
+            "full_prompt_seconds": full_s,
+            "prefix_cache_speedup": full_s / cached_s,
         }
     results = {
         "model": lm.name,
@@ -66,6 +76,8 @@ def main() -> None:
         "reference_seconds": reference_s,
         "score_seconds": score_s,
         "probes_per_second": n_probes / score_s,
+        "unbatched_seconds": unbatched_s,
+        "batching_speedup": unbatched_s / score_s,
         "downstream": downstream,
         "profile_top_tottime": stats.getvalue().splitlines()[:30],
     }
