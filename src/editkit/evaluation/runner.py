@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from editkit.configfile import read_yaml
 from editkit.errors import ConfigError, ValidationError
 
 PROTOCOLS = ("batch", "sequential")
@@ -56,7 +57,7 @@ class RunConfig:
         """Defaults, then the YAML file, then the non-None ``overrides``; values are checked."""
         values: dict[str, Any] = {}
         if yaml_path:
-            values.update(_read_yaml(Path(yaml_path)))
+            values.update(read_yaml(Path(yaml_path)))
         given = {k: v for k, v in overrides.items() if v is not None}
         if "settings" in given:  # method settings merge, key by key
             given["settings"] = {**(values.get("settings") or {}), **given["settings"]}
@@ -99,20 +100,6 @@ def _split(value: str | int, kind: type) -> list[Any]:
         return [kind(v.strip()) for v in str(value).split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of run settings")
-    return {k.replace("-", "_"): v for k, v in data.items()}
 
 
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:

@@ -1,0 +1,23 @@
+"""Reading a YAML config file into a mapping, with errors a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from editkit.errors import ConfigError
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file; dashes in keys become underscores (``edits-per-step`` = ``edits_per_step``)."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
