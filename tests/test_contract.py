@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from editkit.editors import available_methods, create_editor
+from editkit.editors import available_methods, create_editor, get_editor_class
 from editkit.editors.base import EditHandle
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
@@ -24,11 +24,23 @@ FAST = {
     },
     "ft": {"steps": 3, "lr": 1e-2},
     "ft-c": {"steps": 3, "lr": 1e-2, "radius": 1e-2},
+    "lu": {"delta": 1e-3},
+    # threshold 0: every input goes to its nearest edit, so even untrained tiny parts change outputs
+    "rp": {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0},
+    "serac": {"encoder": "tiny-bert", "threshold": 0.0},
 }
+WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.kind == "weights"]
 
 
-def _editor(name):
-    return create_editor(name, FAST.get(name, {}))
+@pytest.fixture
+def _editor(request):
+    def make(name):
+        settings = dict(FAST.get(name, {}))
+        if name == "serac":
+            settings["artifacts"] = str(request.getfixturevalue("serac_parts"))
+        return create_editor(name, settings)
+
+    return make
 
 
 def _snapshot(lm):
@@ -36,9 +48,10 @@ def _snapshot(lm):
 
 
 def _logits(lm):
-    batch = lm.teacher_forced(PROBES, [" Rome", " tennis"])
-    with torch.no_grad():
-        return lm.logits(batch.inputs)
+    """What the model says on the probes, through the surface evaluation reads: per-token log-probabilities of
+    two continuations and the whole next-token distribution."""
+    scores = lm.score_tokens(PROBES, [" Rome", " tennis"], first_distribution=True)
+    return torch.cat([torch.cat([s.logprobs, s.first_distribution]) for s in scores])
 
 
 @pytest.fixture(params=ARCHS)
@@ -47,36 +60,44 @@ def arch(request):
 
 
 @pytest.mark.parametrize("method", available_methods())
-def test_rollback_is_bit_exact_and_only_declared_parameters_change(method, arch):
+def test_rollback_is_bit_exact_and_only_declared_parameters_change(method, arch, _editor):
     lm = tiny_model(arch)
     before = _snapshot(lm)
+    outputs = _logits(lm)
     handle = _editor(method).apply(lm, [REQUEST])
     after = _snapshot(lm)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed, f"{method} changed nothing on {arch}"
     assert changed <= set(handle.changes), f"undeclared changes: {changed - set(handle.changes)}"
-    assert handle.summary()["parameters"], "summary lists no parameters"
+    assert not torch.equal(_logits(handle.model), outputs), f"{method} changed no output on {arch}"
+    if get_editor_class(method).capabilities.kind == "weights":
+        assert changed, f"{method} changed nothing on {arch}"
+        assert handle.summary()["parameters"], "summary lists no parameters"
+    else:
+        assert not changed, "a memory editor changed the base model's weights"
+        assert handle.summary()["memory"]["records"], "summary lists no memory records"
     handle.rollback()
     for n, p in lm.model.named_parameters():
         assert torch.equal(p, before[n]), f"{n} not restored bit-exactly"
+    assert torch.equal(_logits(handle.model), outputs), "outputs not restored exactly"
 
 
 @pytest.mark.parametrize("method", available_methods())
-def test_save_load_reproduces_edited_logits(method, arch, tmp_path):
+def test_save_load_reproduces_edited_logits(method, arch, tmp_path, _editor):
     lm = tiny_model(arch)
     handle = _editor(method).apply(lm, [REQUEST])
-    edited = _logits(lm)
+    edited = _logits(handle.model)
     handle.save(tmp_path / "edit")
     fresh = tiny_model(arch)
     loaded = EditHandle.load(tmp_path / "edit", fresh)
-    assert torch.equal(_logits(fresh), edited)
+    assert torch.equal(_logits(loaded.model), edited)
     assert loaded.requests == [REQUEST]
-    with pytest.raises(ValidationError, match="different"):
-        EditHandle.load(tmp_path / "edit", fresh)  # already edited: the originals no longer match
+    if get_editor_class(method).capabilities.kind == "weights":
+        with pytest.raises(ValidationError, match="different"):
+            EditHandle.load(tmp_path / "edit", fresh)  # already edited: the originals no longer match
 
 
-@pytest.mark.parametrize("method", available_methods())
-def test_failure_inside_an_edit_leaves_no_trace(method, arch, monkeypatch):
+@pytest.mark.parametrize("method", WEIGHT_METHODS)
+def test_failure_inside_an_edit_leaves_no_trace(method, arch, monkeypatch, _editor):
     lm = tiny_model(arch)
     before = _snapshot(lm)
     grad_flags = {n: p.requires_grad for n, p in lm.model.named_parameters()}
@@ -106,8 +127,25 @@ def test_failure_inside_an_edit_leaves_no_trace(method, arch, monkeypatch):
     assert not lm.model.training
 
 
+@pytest.mark.parametrize("method", [m for m in available_methods() if m not in WEIGHT_METHODS])
+def test_failure_inside_a_memory_edit_stores_nothing(method, monkeypatch, _editor):
+    lm = tiny_model("llama")
+    editor = _editor(method)
+    model = editor.routed(lm)
+    outputs = _logits(model)
+
+    def failing(requests):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(model.memory.scope, "edit_vectors", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        editor.apply(lm, [REQUEST])
+    assert len(model.memory) == 0 and not model.memory.store.journal()
+    assert torch.equal(_logits(model), outputs)
+
+
 @pytest.mark.parametrize("method", available_methods())
-def test_temporary_edit_context_rolls_back(method):
+def test_temporary_edit_context_rolls_back(method, _editor):
     lm = tiny_model("llama")
     before = _logits(lm)
     editor = _editor(method)
@@ -118,7 +156,7 @@ def test_temporary_edit_context_rolls_back(method):
     assert torch.equal(_logits(lm), before)
 
 
-def test_rollback_refuses_to_discard_a_later_edit():
+def test_rollback_refuses_to_discard_a_later_edit(_editor):
     lm = tiny_model("llama")
     first = _editor("ft").apply(lm, [REQUEST])
     second = _editor("ft").apply(lm, [EditRequest(prompt="Rome is in", target_new=" France")])

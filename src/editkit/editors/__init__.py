@@ -3,7 +3,7 @@
 Importing this package registers the built-in methods.
 """
 
-from editkit.editors import ft, rome
+from editkit.editors import ft, lu, rome, serac
 from editkit.editors.base import (
     Capabilities,
     EditHandle,
@@ -26,6 +26,8 @@ __all__ = [
     "create_editor",
     "ft",
     "get_editor_class",
+    "lu",
     "register",
     "rome",
+    "serac",
 ]

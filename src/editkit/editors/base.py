@@ -286,7 +286,8 @@ class EditHandle:
     @classmethod
     @torch.no_grad()
     def load(cls, path: str | Path, lm: LanguageModel) -> EditHandle:
-        """Apply a saved edit to ``lm``: the parameters it changes must hold the values it was made from."""
+        """Apply a saved edit to ``lm``: the parameters it changes must hold the values it was made from. A
+        memory edit is added to the memory of a new editor made from the saved config."""
         folder = Path(path)
         meta_path = folder / "handle.json"
         if not meta_path.exists():
@@ -294,6 +295,9 @@ class EditHandle:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != HANDLE_FORMAT:
             raise ValidationError(f"{meta_path}: unsupported handle format {meta.get('format')!r}")
+        if meta.get("kind") == "memory":  # edits held in a memory: add the requests to one again
+            editor = create_editor(meta["method"], meta["config"])
+            return editor.apply(lm, [EditRequest.from_dict(r) for r in meta["requests"]])
         tensors = load_file(str(folder / "changes.safetensors"))
         params = dict(lm.model.named_parameters())
         changes: dict[str, ParamChange] = {}

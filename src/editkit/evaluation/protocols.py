@@ -23,8 +23,7 @@ import platform
 import resource
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean, median
 from typing import Any
@@ -41,6 +40,7 @@ from editkit.evaluation.downstream import evaluate_task
 from editkit.evaluation.drift import DriftTracker
 from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.models.lm import LanguageModel
+from editkit.progress import progress_bar
 
 RESULTS_VERSION = 2
 log = logging.getLogger(__name__)
@@ -107,30 +107,6 @@ def _header(
     }
 
 
-@contextmanager
-def _progress(total: int, description: str, enabled: bool) -> Iterator[Any]:
-    """A rich progress bar with ETA (``advance()`` once per unit of work), or a no-op."""
-    if not enabled:
-
-        class _Null:
-            def advance(self, n: int = 1) -> None:
-                return None
-
-        yield _Null()
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-
-        class _Bar:
-            def advance(self, n: int = 1) -> None:
-                bar.advance(task, n)
-
-        yield _Bar()
-
-
 def _apply(lm: LanguageModel, editor: Editor, cases: Sequence[EditCase]) -> list[EditHandle]:
     """Edit ``cases`` in: one call if the editor batches, else one call per case."""
     requests = [c.request for c in cases]
@@ -173,7 +149,7 @@ def batch_edits(
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
     plan = {k: min(len(cases) // k, max_groups or len(cases)) for k in ks}
-    with _progress(sum(plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
+    with progress_bar(sum(plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
         for k, n_groups in plan.items():
             k_records: list[dict[str, Any]] = []
             for g in range(n_groups):
@@ -349,7 +325,7 @@ def sequential_edits(
     steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
     done_steps = results["n_edits"] // edits_per_step
     baseline_f1 = _mean_f1(results["checkpoints"][0])
-    with _progress(len(steps), f"{editor.name} sequential on {lm.name}", progress) as bar:
+    with progress_bar(len(steps), f"{editor.name} sequential on {lm.name}", progress) as bar:
         bar.advance(done_steps)
         for step in steps[done_steps:]:
             t0 = time.perf_counter()
@@ -357,7 +333,8 @@ def sequential_edits(
             edit_seconds = time.perf_counter() - t0
             for h in handles:
                 drift.track(h)
-            immediate = score_cases(lm, [cases[i] for i in step], reference, batch_size=batch_size)
+            model = handles[-1].model  # the edited model: ``lm`` itself for weight edits, a router for memories
+            immediate = score_cases(model, [cases[i] for i in step], reference, batch_size=batch_size)
             total_drift = sum(drift.measure(lm.model).values())
             for i, scores in zip(step, immediate, strict=True):
                 results["records"].append(
@@ -376,7 +353,7 @@ def sequential_edits(
             _flag_drift_jump(results, drift_jump)
             if results["n_edits"] % every == 0 or results["n_edits"] == len(cases):
                 results["checkpoints"].append(
-                    _checkpoint(lm, cases, reference, results, tasks, drift, batch_size=batch_size)
+                    _checkpoint(model, cases, reference, results, tasks, drift, batch_size=batch_size)
                 )
                 _flag_collapse(results, baseline_f1, collapse)
             results["seconds"] += time.perf_counter() - t0

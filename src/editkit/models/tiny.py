@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import transformers as tf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from editkit.errors import UnknownNameError
@@ -125,3 +126,23 @@ def tiny_model(arch: str = "llama", seed: int = 0) -> LanguageModel:
     finally:
         torch.random.set_rng_state(gen_state)
     return LanguageModel(model.eval(), tiny_tokenizer(), name=f"tiny-{arch}-s{seed}")
+
+
+def tiny_encoder(seed: int = 0) -> tuple[nn.Module, PreTrainedTokenizerFast]:
+    """A seeded random BERT encoder (2 layers, width 32) with the tiny tokenizer, for tests of scope classifiers."""
+    config = tf.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = tf.BertModel(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model.eval(), tiny_tokenizer()

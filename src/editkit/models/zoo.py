@@ -326,11 +326,17 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# Seeded random models for tests and examples (editkit.models.tiny): nothing to fetch.
+TINY_NAMES = ("tiny-llama", "tiny-gemma3", "tiny-gpt2", "tiny-gptj", "tiny-gpt_neox", "tiny-t5", "tiny-bert")
+
+
 def check_model_name(name_or_path: str) -> str:
-    """Say what ``name_or_path`` is (``zoo``, ``folder`` or ``hub``) without fetching or loading anything;
+    """Say what ``name_or_path`` is (``zoo``, ``folder``, ``tiny`` or ``hub``) without fetching or loading anything;
     raise for a name that is none of these, so a run fails before it reads any data."""
     if name_or_path in MODELS:
         return "zoo"
+    if name_or_path in TINY_NAMES:
+        return "tiny"
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -366,6 +372,12 @@ def load(
 
     if name_or_path in MODELS and MODELS[name_or_path].kind != "causal":
         raise ModelUnavailableError(f"{name_or_path} is an encoder, not a language model to edit; use load_encoder")
+    if name_or_path in TINY_NAMES:
+        from editkit.models.tiny import tiny_model
+
+        if name_or_path == "tiny-bert":
+            raise ModelUnavailableError("tiny-bert is an encoder, not a language model to edit; use load_encoder")
+        return tiny_model(name_or_path.removeprefix("tiny-"))
     name, location = resolve(name_or_path, progress=progress)
     try:
         with _quiet_loading():
@@ -394,6 +406,10 @@ def load_encoder(name_or_path: str = "minilm-l6", *, device: str | None = None, 
     """Load a sentence encoder (transformers ``AutoModel``) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
 
+    if name_or_path == "tiny-bert":
+        from editkit.models.tiny import tiny_encoder
+
+        return tiny_encoder()
     _, location = resolve(name_or_path, progress=progress)
     with _quiet_loading():
         model = AutoModel.from_pretrained(location, dtype=torch.float32)

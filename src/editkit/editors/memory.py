@@ -1,0 +1,520 @@
+"""Memory-based editing: edits are records in a memory, not weight changes; a router decides per input.
+
+The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and RP:
+
+* an :class:`EditMemory` keeps the edits (a durable :class:`~editkit.memory.store.EditStore` journal) and a
+  vector index over their keys;
+* a :class:`ScopeModel` g(z_e, x) gives, for an input x, the probability that it lies in the scope of each
+  candidate edit the index returns;
+* an :class:`Answerer` h(z_e, x) answers an input routed to an edit;
+* :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
+  (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
+  model answers when the best scope probability is below the threshold (0.5), else h answers from the best
+  edit. Evaluation and serving use it like any other model and never ask which method made it.
+
+The base model's weights are never touched, so rollback (deleting the records) restores its outputs exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError, ValidationError
+from editkit.memory.index import VectorIndex
+from editkit.memory.store import AddOutcome, EditRecord, EditStore, SQLiteStore
+from editkit.models.lm import LanguageModel, TokenScores
+
+log = logging.getLogger(__name__)
+
+
+def descriptor_of(request: EditRequest) -> str:
+    """The edit descriptor z_e the scope classifier and counterfactual model read: a free-form descriptor as
+    given, else the input-output pair ``[x_e; y_e]`` (SERAC §2)."""
+    return request.descriptor or f"{request.text}{request.target_new}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one input went: the edit that answers it (``None``: the base model) and the best scope score."""
+
+    record: EditRecord | None
+    score: float
+
+    def explain(self) -> dict[str, Any]:
+        if self.record is None:
+            return {"answered_by": "base", "best_scope_score": self.score}
+        return {
+            "answered_by": "edit",
+            "edit_id": self.record.id,
+            "descriptor": self.record.descriptor,
+            "scope_score": self.score,
+        }
+
+
+# --------------------------------------------------------------------------- the two learned parts
+class ScopeModel(ABC):
+    """g(z_e, x): how likely an input is in an edit's scope. Edits are indexed by :meth:`edit_vectors`; an input
+    is embedded by :meth:`query_vectors`; the ``candidates`` nearest edits are scored by :meth:`scores`."""
+
+    candidates: int = 1
+
+    @property
+    @abstractmethod
+    def space(self) -> str:
+        """Names the vector space (encoder and weights), so stored vectors are only read by the same model."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int: ...
+
+    @abstractmethod
+    def edit_vectors(self, requests: Sequence[EditRequest]) -> np.ndarray:
+        """Index keys of edits, float32 ``[n, dim]``."""
+
+    @abstractmethod
+    def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors of inputs, float32 ``[n, dim]``."""
+
+    @abstractmethod
+    def scores(
+        self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
+    ) -> np.ndarray:
+        """In-scope probabilities ``[n, candidates]`` of each input for each of its candidate edits, given their
+        squared distances in the index (``inf`` where a row has fewer candidates)."""
+
+
+class Answerer(ABC):
+    """h(z_e, x): answers inputs routed to an edit. Each call gets ``(record, input text)`` pairs; token ids are
+    those of the base model's tokenizer."""
+
+    @abstractmethod
+    def score_tokens(
+        self,
+        routed: Sequence[tuple[EditRecord, str]],
+        continuations: Sequence[list[int]],
+        *,
+        batch_size: int,
+        first_distribution: bool,
+    ) -> list[TokenScores]: ...
+
+    @abstractmethod
+    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor: ...
+
+    @abstractmethod
+    def generate_ids(
+        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
+    ) -> list[list[int]]: ...
+
+
+class PromptedAnswerer(Answerer):
+    """Answers with a language model that reads the edit in its prompt: ``template.format(edit=z_e, input=x)``.
+
+    With the base model this is RP (retrieve-and-prompt, SERAC §5) and SERAC's untrained in-context
+    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on this very prompt).
+    """
+
+    def __init__(self, lm: LanguageModel, template: str) -> None:
+        if "{edit}" not in template or "{input}" not in template:
+            raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
+        self.lm = lm
+        self.template = template
+
+    def prompts(self, routed: Sequence[tuple[EditRecord, str]]) -> list[str]:
+        return [self.template.format(edit=r.descriptor, input=x) for r, x in routed]
+
+    def score_tokens(
+        self,
+        routed: Sequence[tuple[EditRecord, str]],
+        continuations: Sequence[list[int]],
+        *,
+        batch_size: int,
+        first_distribution: bool,
+    ) -> list[TokenScores]:
+        return self.lm.score_tokens(
+            self.prompts(routed), list(continuations), batch_size=batch_size, first_distribution=first_distribution
+        )
+
+    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
+        return self.lm.next_token_logprobs(self.prompts(routed), batch_size=batch_size)
+
+    def generate_ids(
+        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
+    ) -> list[list[int]]:
+        return self.lm.generate_ids(self.prompts(routed), max_new_tokens, **kwargs)
+
+
+# --------------------------------------------------------------------------- memory
+class EditMemory:
+    """The edits (a durable journal) plus a vector index over their keys in one scope model's space.
+
+    ``path`` is the SQLite file; ``None`` keeps the memory in a temporary folder that lives as long as this
+    object. Opening an existing file rebuilds the index from it (stored vectors are reused when they were made
+    in the same space).
+    """
+
+    def __init__(self, scope: ScopeModel, path: str | Path | None = None, *, exact_below: int = 20_000) -> None:
+        self._tmp = None if path is not None else tempfile.TemporaryDirectory(prefix="editkit-memory-")
+        self.path = Path(path) if path is not None else Path(self._tmp.name) / "memory.sqlite"  # type: ignore[union-attr]
+        self.scope = scope
+        self.store: EditStore = SQLiteStore(self.path)
+        self.index = VectorIndex(scope.dim, exact_below=exact_below)
+        self.version = 0  # bumped on every change; routes are cached per version
+        self._lock = threading.RLock()
+        self._records: dict[int, EditRecord] = {}
+        self._load()
+
+    def _load(self) -> None:
+        active = self.store.active()
+        if not active:
+            return
+        stored = self.store.get_vectors(self.scope.space)
+        missing = [r for r in active if r.id not in stored]
+        if missing:
+            fresh = self.scope.edit_vectors([r.request for r in missing])
+            new = {r.id: v for r, v in zip(missing, fresh, strict=True)}
+            self.store.put_vectors(self.scope.space, new)
+            stored.update(new)
+        self.index.add([r.id for r in active], np.stack([stored[r.id] for r in active]).astype(np.float32))
+        self._records = {r.id: r for r in active}
+        log.info("opened edit memory %s with %d active edits", self.path, len(active))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[EditRecord]:
+        return [self._records[i] for i in sorted(self._records)]
+
+    def add(self, requests: Sequence[EditRequest], *, author: str = "") -> list[AddOutcome]:
+        """Store the edits (each durable before this returns) and index them. A duplicate of an active edit is
+        not stored twice; an edit of an input that already has one replaces it (the older stays in the
+        journal)."""
+        vectors = self.scope.edit_vectors(requests).astype(np.float32)  # first: a failure here stores nothing
+        outcomes = []
+        with self._lock:
+            try:
+                for request, vector in zip(requests, vectors, strict=True):
+                    outcome = self.store.add(request, descriptor_of(request), author=author)
+                    outcomes.append(outcome)
+                    if outcome.status == "duplicate":
+                        continue
+                    record = outcome.record
+                    self.store.put_vectors(self.scope.space, {record.id: vector})
+                    self.index.add([record.id], vector[None, :])
+                    self._records[record.id] = record
+                    if outcome.replaced:
+                        self.index.remove(list(outcome.replaced))
+                        for i in outcome.replaced:
+                            self._records.pop(i, None)
+            finally:
+                self.version += 1
+        return outcomes
+
+    def remove(self, ids: Sequence[int]) -> list[EditRequest]:
+        """Roll edits back: delete them from the journal and the index. Edits they had replaced come back (as
+        new records), so the memory answers as it did before them. Returns the requests that came back."""
+        with self._lock:
+            gone = set(ids)
+            for i in ids:
+                self.store.delete(i)
+            self.index.remove(list(ids))
+            for i in ids:
+                self._records.pop(i, None)
+            back = [
+                r.request
+                for r in self.store.journal()
+                if r.superseded_by in gone and r.deleted is None and r.id not in gone
+            ]
+            self.version += 1
+        if back:
+            self.add(back)
+        return back
+
+    def lookup(self, texts: Sequence[str]) -> list[Route]:
+        """The best edit for each input and its scope probability (no threshold applied)."""
+        with self._lock:
+            if not self._records:
+                return [Route(None, 0.0) for _ in texts]
+            k = min(self.scope.candidates, len(self._records))
+            sqdist, ids = self.index.search(self.scope.query_vectors(texts).astype(np.float32), k)
+            candidates = [[self._records[int(i)] for i in row if i >= 0] for row in ids]
+        probs = self.scope.scores(texts, candidates, sqdist)
+        routes = []
+        for row, cands in zip(probs, candidates, strict=True):
+            if not cands:
+                routes.append(Route(None, 0.0))
+                continue
+            j = int(np.argmax(row[: len(cands)]))
+            routes.append(Route(cands[j], float(row[j])))
+        return routes
+
+    def close(self) -> None:
+        self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+# --------------------------------------------------------------------------- the edited model
+class RoutedModel(LanguageModel):
+    """The base model wrapped by a memory (SERAC eq. 1). It shares the base model's weights, tokenizer and
+    prompt handling; every read goes through :meth:`route` first."""
+
+    def __init__(self, base: LanguageModel, memory: EditMemory, answerer: Answerer, *, threshold: float = 0.5) -> None:
+        super().__init__(base.model, base.tokenizer, name=base.name, edit_layer=base._edit_layer, prefix=base.prefix)
+        self.base = base
+        self.memory = memory
+        self.answerer = answerer
+        self.threshold = threshold
+        self._routes: dict[str, Route] = {}
+        self._routes_version = -1
+
+    def __repr__(self) -> str:
+        return f"RoutedModel({self.base!r}, edits={len(self.memory)}, threshold={self.threshold})"
+
+    def route(self, texts: Sequence[str]) -> list[Route]:
+        """Where each input goes (cached until the memory changes)."""
+        if self._routes_version != self.memory.version:
+            self._routes, self._routes_version = {}, self.memory.version
+        todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
+        if todo:
+            for t, r in zip(todo, self.memory.lookup(todo), strict=True):
+                self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
+        return [self._routes[t] for t in texts]
+
+    def explain(self, text: str) -> dict[str, Any]:
+        """Which edit (if any) answers ``text``, and with what scope score."""
+        return self.route([text])[0].explain()
+
+    def _split(self, texts: Sequence[str]) -> tuple[list[int], list[int], list[tuple[EditRecord, str]]]:
+        routes = self.route(texts)
+        base = [i for i, r in enumerate(routes) if r.record is None]
+        edited = [i for i, r in enumerate(routes) if r.record is not None]
+        return base, edited, [(routes[i].record, texts[i]) for i in edited]  # type: ignore[misc]
+
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str | list[int]],
+        *,
+        batch_size: int = 16,
+        first_distribution: bool = False,
+    ) -> list[TokenScores]:
+        ids = [list(c) if isinstance(c, list) else self.encode(c, special=False) for c in continuations]
+        base, edited, routed = self._split(prompts)
+        out: list[TokenScores | None] = [None] * len(prompts)
+        if base:
+            scored = self.base.score_tokens(
+                [prompts[i] for i in base],
+                [ids[i] for i in base],
+                batch_size=batch_size,
+                first_distribution=first_distribution,
+            )
+            for i, s in zip(base, scored, strict=True):
+                out[i] = s
+        if edited:
+            scored = self.answerer.score_tokens(
+                routed, [ids[i] for i in edited], batch_size=batch_size, first_distribution=first_distribution
+            )
+            for i, s in zip(edited, scored, strict=True):
+                out[i] = s
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def next_token_logprobs(self, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        base, edited, routed = self._split(prompts)
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        if base:
+            for i, row in zip(base, self.base.next_token_logprobs([prompts[i] for i in base], batch_size), strict=True):
+                rows[i] = row
+        if edited:
+            for i, row in zip(edited, self.answerer.next_token_logprobs(routed, batch_size=batch_size), strict=True):
+                rows[i] = row
+        return torch.stack(rows)  # type: ignore[arg-type]
+
+    @torch.no_grad()
+    def generate_ids(self, prompts: Sequence[str], max_new_tokens: int = 16, **kwargs: Any) -> list[list[int]]:
+        base, edited, routed = self._split(prompts)
+        out: list[list[int]] = [[] for _ in prompts]
+        if base:
+            for i, seq in zip(
+                base, self.base.generate_ids([prompts[i] for i in base], max_new_tokens, **kwargs), strict=True
+            ):
+                out[i] = seq
+        if edited:
+            for i, seq in zip(edited, self.answerer.generate_ids(routed, max_new_tokens, **kwargs), strict=True):
+                out[i] = seq
+        return out
+
+    @torch.no_grad()
+    def label_logprobs_after_prefix(
+        self, prefix: str, suffixes: Sequence[str | list[int]], label_ids: Sequence[int], *, batch_size: int = 16
+    ) -> torch.Tensor:
+        """Few-shot label probabilities: each example (the suffix, the part that varies) is routed on its own;
+        examples the memory leaves alone take the base model's shared-prefix fast path."""
+        texts = [s if isinstance(s, str) else self.tokenizer.decode(s) for s in suffixes]
+        base, edited, routed = self._split(texts)
+        labels = torch.tensor(list(label_ids))
+        rows = torch.empty((len(texts), len(labels)))
+        if base:
+            rows[base] = self.base.label_logprobs_after_prefix(
+                prefix, [suffixes[i] for i in base], label_ids, batch_size=batch_size
+            )
+        if edited:
+            full = [(r, prefix + x) for r, x in routed]
+            rows[edited] = self.answerer.next_token_logprobs(full, batch_size=batch_size)[:, labels]
+        return rows
+
+
+# --------------------------------------------------------------------------- handle and editor
+@dataclass
+class MemoryEditHandle(EditHandle):
+    """An edit held in a memory: rollback deletes its records (the base weights were never touched); reapply
+    adds the requests again."""
+
+    memory: EditMemory | None = None
+    record_ids: list[int] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)
+
+    def _memory(self) -> EditMemory:
+        if self.memory is None:
+            raise ValidationError("this memory edit handle has no memory attached")
+        return self.memory
+
+    def rollback(self, *, force: bool = False) -> None:
+        if not self.applied:
+            return
+        ids = [i for i, s in zip(self.record_ids, self.outcomes, strict=True) if s != "duplicate"]
+        self._memory().remove(ids)
+        self.applied = False
+
+    def reapply(self) -> None:
+        if self.applied:
+            return
+        outcomes = self._memory().add(self.requests)
+        self.record_ids = [o.record.id for o in outcomes]
+        self.outcomes = [o.status for o in outcomes]
+        self.applied = True
+
+    def summary(self) -> dict[str, Any]:
+        memory = self._memory()
+        return {
+            "method": self.method,
+            "applied": self.applied,
+            "requests": [r.to_dict() for r in self.requests],
+            "parameters": {},
+            "memory": {
+                "path": str(memory.path),
+                "edits_in_memory": len(memory),
+                "records": [
+                    {"id": i, "status": s, "descriptor": descriptor_of(r)}
+                    for i, s, r in zip(self.record_ids, self.outcomes, self.requests, strict=True)
+                ],
+            },
+            "info": self.info,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``handle.json``: the method, its config and the requests; loading adds them to a memory again."""
+        import json
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": 1,
+            "kind": "memory",
+            "method": self.method,
+            "model": self.model.name,
+            "config": self.config,
+            "requests": [r.to_dict() for r in self.requests],
+            "info": {k: v for k, v in self.info.items() if isinstance(v, int | float | str | bool)},
+        }
+        (folder / "handle.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+
+@dataclass
+class MemoryConfig(EditorConfig):
+    """Settings every memory-based editor shares."""
+
+    memory: str | None = field(
+        default=None, metadata={"help": "SQLite file of the edit memory (kept across runs); default: a temporary one"}
+    )
+    threshold: float = field(default=0.5, metadata={"help": "scope probability from which an edit answers (eq. 1)"})
+    author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
+
+    def validate(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"{type(self).__name__}: threshold must be in [0, 1], got {self.threshold}")
+
+
+class MemoryEditor(Editor):
+    """Base of LU, RP and SERAC: builds a scope model and an answerer for a base model, keeps one
+    :class:`RoutedModel` per base model, and adds edits to its memory."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(kind="memory", batch=True, sequential=True)
+    config: MemoryConfig
+
+    def __init__(self, config: EditorConfig | None = None) -> None:
+        super().__init__(config)
+        self._routed: weakref.WeakKeyDictionary[LanguageModel, RoutedModel] = weakref.WeakKeyDictionary()
+
+    @abstractmethod
+    def build_scope(self, lm: LanguageModel) -> ScopeModel:
+        """The scope model for base model ``lm``."""
+
+    @abstractmethod
+    def build_answerer(self, lm: LanguageModel) -> Answerer:
+        """The answerer for base model ``lm``."""
+
+    def routed(self, lm: LanguageModel) -> RoutedModel:
+        """The edited model this editor keeps for ``lm`` (created, with its memory, on first use)."""
+        if isinstance(lm, RoutedModel):
+            if self._routed.get(lm.base) is not lm:
+                raise ValidationError(f"{lm!r} belongs to another editor; apply edits through the editor that made it")
+            return lm
+        if lm not in self._routed:
+            memory = EditMemory(self.build_scope(lm), self.config.memory)
+            self._routed[lm] = RoutedModel(lm, memory, self.build_answerer(lm), threshold=self.config.threshold)
+        return self._routed[lm]
+
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        self.routed(lm)
+
+    def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
+        requests = list(requests)
+        base = lm.base if isinstance(lm, RoutedModel) else lm
+        self.validate(base, requests)
+        t0 = time.perf_counter()
+        model = self.routed(lm)
+        outcomes = model.memory.add(requests, author=self.config.author)
+        info = {
+            "seconds": time.perf_counter() - t0,
+            "edits_in_memory": len(model.memory),
+            "duplicates": sum(o.status == "duplicate" for o in outcomes),
+            "replaced": sum(len(o.replaced) for o in outcomes),
+        }
+        log.info("%s stored %d edit(s) for %s in %.3f s", self.name, len(requests), base.name, info["seconds"])
+        return MemoryEditHandle(
+            self.name,
+            self.config.to_dict(),
+            requests,
+            model,
+            info=info,
+            memory=model.memory,
+            record_ids=[o.record.id for o in outcomes],
+            outcomes=[o.status for o in outcomes],
+        )

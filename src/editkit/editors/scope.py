@@ -1,0 +1,204 @@
+"""Scope classifiers g(z_e, x) of SERAC (Mitchell et al. 2022, §3.1), on a sentence encoder (MiniLM).
+
+* :class:`EmbeddingClassifier` (**Embed**): the edit descriptor and the input are embedded separately (mean
+  pooling, unit length); the logit is ``bias - scale * ||e(z_e) - e(x)||^2``, the negative squared Euclidean
+  distance up to a learned affine map (with scale 1 and bias 0 it is exactly the paper's log-likelihood
+  proxy; the two learned numbers let the 0.5 threshold of eq. 1 fall where the data puts it). Edits are
+  indexed by their embeddings, so routing one input against many edits is one nearest-neighbour search.
+* :class:`CrossClassifier` (**Cross**): the pair ``[z_e ; x]`` is read together by the encoder (full
+  cross-attention); a linear head on the mean-pooled pair gives the logit. It is applied to the few nearest
+  edits the embedding index returns.
+
+Both are trained with the binary cross-entropy of eq. 2 (:mod:`editkit.training.serac`) as LoRA adapters on
+the encoder, merged into its weights when loaded. :class:`EmbedScope` and :class:`CrossScope` are the
+:class:`~editkit.editors.memory.ScopeModel` views the memory uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from editkit.editors.memory import ScopeModel, descriptor_of
+from editkit.edits import EditRequest
+from editkit.errors import ValidationError
+from editkit.memory.store import EditRecord
+from editkit.models.encoder import SentenceEncoder
+
+# Raw all-MiniLM-L6-v2, untrained: in-scope rephrases of zsRE lie below squared distance ~0.5 and unrelated
+# questions above ~1.2 (docs/benchmarks.md); p = 0.5 at 0.45.
+UNTRAINED_SCALE = 8.0
+UNTRAINED_BIAS = 8.0 * 0.45
+
+
+class EmbeddingClassifier(nn.Module):
+    """logit(z, x) = bias - scale * ||e(z) - e(x)||^2 with e the encoder's pooled, unit-length embedding."""
+
+    def __init__(self, encoder: SentenceEncoder, scale: float = 1.0, bias: float = 0.0) -> None:
+        super().__init__()
+        self.encoder_model = encoder.model
+        self.encoder = encoder
+        self.log_scale = nn.Parameter(torch.tensor(float(np.log(scale))))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        inputs = self.encoder.tokenize(texts)
+        return self.encoder.pool(self.encoder.hidden(inputs), inputs["attention_mask"])
+
+    def logits_from_sqdist(self, sqdist: torch.Tensor) -> torch.Tensor:
+        return self.bias - self.log_scale.exp() * sqdist
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {"log_scale": self.log_scale.detach().clone(), "bias": self.bias.detach().clone()}
+
+
+class CrossClassifier(nn.Module):
+    """logit(z, x) = w . meanpool(encoder([z ; x])) + b."""
+
+    def __init__(self, encoder: SentenceEncoder) -> None:
+        super().__init__()
+        self.encoder_model = encoder.model
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.dim, 1)
+
+    def logits(self, edits: Sequence[str], inputs: Sequence[str]) -> torch.Tensor:
+        enc = self.encoder.tokenize(edits, inputs)
+        return self.head(self.encoder.pool(self.encoder.hidden(enc), enc["attention_mask"])).squeeze(-1)
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        return {"head.weight": self.head.weight.detach().clone(), "head.bias": self.head.bias.detach().clone()}
+
+
+# --------------------------------------------------------------------------- artifacts
+def _sha_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save_part(folder: Path, encoder_model: nn.Module, head: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write a trained classifier: the encoder's LoRA adapter (peft), the head tensors and a JSON."""
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder_model.save_pretrained(str(folder / "adapter"))  # type: ignore[operator]
+    save_file({k: v.contiguous() for k, v in head.items()}, str(folder / "head.safetensors"))
+    (folder / "part.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_encoder_with_adapter(folder: Path, encoder_name: str) -> tuple[SentenceEncoder, str]:
+    """The base encoder with the part's LoRA adapter merged in, and a hash naming the adapter."""
+    from peft import PeftModel
+
+    adapter = folder / "adapter"
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ValidationError(f"{folder} holds no trained adapter ({weights} is missing)")
+    base = SentenceEncoder.load(encoder_name)
+    merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
+    return SentenceEncoder(merged.eval(), base.tokenizer, name=f"{encoder_name}+{folder.name}"), _sha_file(weights)
+
+
+def _head(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / "head.safetensors"
+    if not path.is_file():
+        raise ValidationError(f"{folder} holds no classifier head ({path.name} is missing)")
+    return load_file(str(path))
+
+
+# --------------------------------------------------------------------------- scope models for the memory
+class EmbedScope(ScopeModel):
+    """Embed classifier as a memory scope: index keys are edit embeddings; scores come from the distances."""
+
+    candidates = 1
+
+    def __init__(self, encoder: SentenceEncoder, scale: float, bias: float, tag: str) -> None:
+        self.encoder = encoder
+        self.scale = scale
+        self.bias = bias
+        self._space = f"embed:{tag}"
+
+    @classmethod
+    def untrained(cls, encoder_name: str = "minilm-l6") -> EmbedScope:
+        encoder = SentenceEncoder.load(encoder_name)
+        return cls(encoder, UNTRAINED_SCALE, UNTRAINED_BIAS, tag=f"{encoder_name}:{encoder.fingerprint()}")
+
+    @classmethod
+    def load(cls, folder: Path, encoder_name: str) -> EmbedScope:
+        encoder, sha = load_encoder_with_adapter(folder, encoder_name)
+        head = _head(folder)
+        return cls(encoder, float(head["log_scale"].exp()), float(head["bias"]), tag=sha[:16])
+
+    @property
+    def space(self) -> str:
+        return self._space
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def edit_vectors(self, requests: Sequence[EditRequest]) -> np.ndarray:
+        return self.encoder.embed([descriptor_of(r) for r in requests]).numpy()
+
+    def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.embed(texts).numpy()
+
+    def probabilities(self, sqdist: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-(self.bias - self.scale * sqdist)))
+
+    def scores(
+        self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
+    ) -> np.ndarray:
+        return self.probabilities(np.where(np.isfinite(sqdist), sqdist, 1e9)).astype(np.float32)
+
+
+class CrossScope(ScopeModel):
+    """Cross classifier as a memory scope: the embedding index proposes ``candidates`` edits per input; the
+    cross-encoder scores each (edit, input) pair."""
+
+    def __init__(self, retrieval: EmbedScope, classifier: CrossClassifier, candidates: int, tag: str) -> None:
+        self.retrieval = retrieval
+        self.classifier = classifier.eval()
+        self.candidates = candidates
+        self._space = f"{retrieval.space}|cross:{tag}"
+
+    @classmethod
+    def load(cls, folder: Path, retrieval: EmbedScope, encoder_name: str, candidates: int) -> CrossScope:
+        encoder, sha = load_encoder_with_adapter(folder, encoder_name)
+        classifier = CrossClassifier(encoder)
+        classifier.load_state_dict({k: v for k, v in _head(folder).items()}, strict=False)
+        return cls(retrieval, classifier, candidates, tag=sha[:16])
+
+    @property
+    def space(self) -> str:
+        return self._space  # keys are the retrieval embeddings
+
+    @property
+    def dim(self) -> int:
+        return self.retrieval.dim
+
+    def edit_vectors(self, requests: Sequence[EditRequest]) -> np.ndarray:
+        return self.retrieval.edit_vectors(requests)
+
+    def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self.retrieval.query_vectors(texts)
+
+    @torch.no_grad()
+    def scores(
+        self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
+    ) -> np.ndarray:
+        out = np.zeros(sqdist.shape, dtype=np.float32)
+        pairs = [(i, j) for i, row in enumerate(candidates) for j in range(len(row))]
+        for start in range(0, len(pairs), 64):
+            chunk = pairs[start : start + 64]
+            logits = self.classifier.logits(
+                [candidates[i][j].descriptor for i, j in chunk], [texts[i] for i, _ in chunk]
+            )
+            for (i, j), p in zip(chunk, torch.sigmoid(logits).float().cpu().tolist(), strict=True):
+                out[i, j] = p
+        return out

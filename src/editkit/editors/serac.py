@@ -1,0 +1,131 @@
+"""SERAC (Mitchell et al. 2022, "Memory-Based Model Editing at Scale") and its RP ablation.
+
+SERAC wraps a frozen base model with an edit memory, a scope classifier g and a counterfactual model h
+(§3.1, eq. 1): for an input x, i* = argmax_i g(z_i, x) over the stored edits; if g(z_i*, x) >= 0.5, h answers
+from ``[z_i* ; x]``, else the base model answers. The base model is never changed.
+
+* Scope classifier (:mod:`editkit.editors.scope`): ``embed`` (MiniLM bi-encoder, negative squared distance)
+  or ``cross`` (MiniLM cross-encoder over the nearest ``candidates`` edits), both trained with eq. 2;
+  ``embed-untrained`` is raw MiniLM with a fixed threshold, for comparison.
+* Counterfactual model: SmolLM2-135M with a LoRA adapter trained with eq. 3 on ``template`` prompts
+  (:mod:`editkit.training.serac`), merged into its own copy of the weights when loaded.
+
+RP (retrieve-and-prompt, §5 and appendix B) uses the same scope classifier but lets the base model answer,
+with the retrieved edit in its prompt; it is also SERAC with an untrained, in-context counterfactual model.
+
+Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
+folder shipped in the package, ``editkit/artifacts/serac``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from editkit.editors.base import EditorConfig, register
+from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, PromptedAnswerer, ScopeModel
+from editkit.editors.scope import CrossScope, EmbedScope
+from editkit.errors import ConfigError, ValidationError
+from editkit.models.lm import LanguageModel
+
+log = logging.getLogger(__name__)
+
+PACKAGED_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "serac"
+TEMPLATE = "{edit}\n{input}"
+
+
+@dataclass
+class RetrievalConfig(MemoryConfig):
+    scope: Literal["embed", "cross", "embed-untrained"] = field(
+        default="embed", metadata={"help": "scope classifier: embed, cross, or embed-untrained (raw MiniLM)"}
+    )
+    candidates: int = field(default=5, metadata={"help": "cross: how many nearest edits the cross-encoder reads"})
+    artifacts: str | None = field(
+        default=None, metadata={"help": "folder of trained parts (editkit train serac); default: the packaged ones"}
+    )
+    encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder the scope classifier was built on"})
+    template: str = field(
+        default=TEMPLATE, metadata={"help": "prompt that puts the edit before the input ({edit}, {input})"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.candidates < 1:
+            raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
+        if "{edit}" not in self.template or "{input}" not in self.template:
+            raise ConfigError(f"{type(self).__name__}: template needs '{{edit}}' and '{{input}}'")
+
+
+def artifacts_folder(path: str | None) -> Path:
+    folder = Path(path).expanduser() if path else PACKAGED_ARTIFACTS
+    if not (folder / "manifest.json").is_file():
+        raise ValidationError(
+            f"no trained SERAC parts in {folder} (manifest.json missing); train them with `editkit train serac "
+            "--config benchmarks/configs/train_serac.yaml` and pass artifacts=FOLDER, or use scope=embed-untrained"
+        )
+    return folder
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
+    return manifest
+
+
+class _Retrieval(MemoryEditor):
+    """Builds the configured scope classifier (shared by SERAC and RP)."""
+
+    config: RetrievalConfig
+
+    def build_scope(self, lm: LanguageModel) -> ScopeModel:
+        cfg = self.config
+        if cfg.scope == "embed-untrained":
+            return EmbedScope.untrained(cfg.encoder)
+        folder = artifacts_folder(cfg.artifacts)
+        embed = EmbedScope.load(folder / "scope-embed", cfg.encoder)
+        if cfg.scope == "embed":
+            return embed
+        return CrossScope.load(folder / "scope-cross", embed, cfg.encoder, cfg.candidates)
+
+
+@register
+class RP(_Retrieval):
+    name = "rp"
+    config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
+
+    def build_answerer(self, lm: LanguageModel) -> Answerer:
+        return PromptedAnswerer(lm, self.config.template)
+
+
+@register
+class SERAC(_Retrieval):
+    name = "serac"
+    config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
+
+    def build_answerer(self, lm: LanguageModel) -> Answerer:
+        folder = artifacts_folder(self.config.artifacts)
+        h = load_counterfactual(folder / "counterfactual")
+        if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+            raise ValidationError(
+                f"the trained counterfactual model ({h.name}) uses another tokenizer than {lm.name}; SERAC's "
+                "counterfactual model must share the base model's output space"
+            )
+        return PromptedAnswerer(h, read_manifest(folder).get("template", TEMPLATE))
+
+
+def load_counterfactual(folder: Path) -> LanguageModel:
+    """The counterfactual model: its base LM (a zoo name or folder, from ``part.json``) with the trained LoRA
+    adapter merged into a private copy of the weights."""
+    from peft import PeftModel
+
+    from editkit.models.zoo import load
+
+    meta_path = folder / "part.json"
+    if not meta_path.is_file():
+        raise ValidationError(f"{folder} holds no trained counterfactual model (part.json missing)")
+    meta = json.loads(meta_path.read_text())
+    lm = load(meta["base_model"], progress=False)
+    merged = PeftModel.from_pretrained(lm.model, str(folder / "adapter")).merge_and_unload()
+    return LanguageModel(merged.eval(), lm.tokenizer, name=f"{lm.name}+serac-h", prefix=lm.prefix)

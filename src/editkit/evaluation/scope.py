@@ -1,0 +1,89 @@
+"""Component-wise breakdown of a memory-based editor (SERAC Table 4): how often the scope classifier routes an
+input where it belongs, and how often the answering model is right when it is given the right edit.
+
+For groups of k edits in memory, every probe of every case is routed. An in-scope probe (edit, rephrase, hard
+in-scope) is routed correctly when it goes to its own case's edit; an out-of-scope probe (neighborhood,
+unrelated) when it goes to the base model. The answerer's accuracy is its exact match with the probe's
+expected answer when it reads the probe's *own* edit, whatever the classifier said. Splits follow the paper:
+in (easy) = edit prompt and rephrases, in (hard) = hard in-scope, out (easy) = unrelated, out (hard) =
+neighborhood. Defined for any editor whose edited model routes (:class:`~editkit.editors.memory.RoutedModel`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from statistics import mean
+from typing import Any
+
+from editkit.editors.base import Editor
+from editkit.editors.memory import MemoryEditHandle, RoutedModel
+from editkit.edits import EditCase, ProbeKind
+from editkit.errors import ValidationError
+from editkit.models.lm import LanguageModel
+from editkit.progress import progress_bar
+
+SPLITS = {
+    ProbeKind.EDIT: "in_easy",
+    ProbeKind.REPHRASE: "in_easy",
+    ProbeKind.HARD_IN: "in_hard",
+    ProbeKind.OUT: "out_easy",
+    ProbeKind.NEIGHBORHOOD: "out_hard",
+}
+
+
+def scope_breakdown(
+    lm: LanguageModel,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    k: int,
+    *,
+    max_groups: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Classifier and answerer accuracy per split, plus routing latency, over groups of ``k`` edits."""
+    if k < 1 or k > len(cases):
+        raise ValidationError(f"k must be between 1 and the number of cases ({len(cases)}), got {k}")
+    n_groups = min(len(cases) // k, max_groups or len(cases))
+    cls_hits: dict[str, list[float]] = {}
+    h_hits: dict[str, list[float]] = {}
+    route_seconds: list[float] = []
+    with progress_bar(n_groups, f"{editor.name} scope breakdown (k={k})", progress) as bar:
+        for g in range(n_groups):
+            group = cases[g * k : (g + 1) * k]
+            handle = editor.apply(lm, [c.request for c in group])
+            try:
+                model = handle.model
+                if not isinstance(model, RoutedModel) or not isinstance(handle, MemoryEditHandle):
+                    raise ValidationError(f"{editor.name} does not route inputs through a memory")
+                store = model.memory.store
+                own = {c.request: store.get(i) for c, i in zip(group, handle.record_ids, strict=True)}
+                probes = [(c, p) for c in group for p in c.probes if p.kind in SPLITS]
+                t0 = time.perf_counter()
+                routes = model.route([p.prompt for _, p in probes])
+                route_seconds.append((time.perf_counter() - t0) / max(1, len(probes)))
+                for (case, probe), route in zip(probes, routes, strict=True):
+                    split = SPLITS[probe.kind]
+                    wanted = own[case.request] if probe.kind.in_scope else None
+                    got = route.record.id if route.record is not None else None
+                    cls_hits.setdefault(split, []).append(float(got == (wanted.id if wanted else None)))
+                scores = model.answerer.score_tokens(
+                    [(own[c.request], p.prompt) for c, p in probes],
+                    [lm.encode(p.expected, special=False) for _, p in probes],
+                    batch_size=batch_size,
+                    first_distribution=False,
+                )
+                for (_, probe), s in zip(probes, scores, strict=True):
+                    h_hits.setdefault(SPLITS[probe.kind], []).append(float(s.exact_match))
+            finally:
+                handle.rollback()
+            bar.advance()
+    return {
+        "k": k,
+        "groups": n_groups,
+        "classifier_accuracy": {s: mean(v) for s, v in sorted(cls_hits.items())},
+        "answerer_accuracy": {s: mean(v) for s, v in sorted(h_hits.items())},
+        "probes": {s: len(v) for s, v in sorted(cls_hits.items())},
+        "route_seconds_per_input": mean(route_seconds) if route_seconds else 0.0,
+    }

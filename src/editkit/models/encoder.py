@@ -1,0 +1,90 @@
+"""`SentenceEncoder`: a BERT-style encoder (all-MiniLM-L6-v2 by default) turned into sentence embeddings.
+
+Mean pooling over the real tokens and L2 normalisation, as the sentence-transformers pipeline of
+all-MiniLM-L6-v2 does, so squared distances lie in [0, 4]. The same encoder also reads (text, text) pairs, the
+input of a cross-encoder. Used by the scope classifiers of the memory-based editors (SERAC §3.1) and to mine
+hard negatives (SERAC appendix D.1). Device and dtype come from the encoder's parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MAX_TOKENS = 128  # edits and queries are sentences; MiniLM was trained on 128-token inputs
+
+
+class SentenceEncoder:
+    """Args:
+    model: a transformers encoder (``AutoModel``) returning ``last_hidden_state``.
+    tokenizer: its tokenizer.
+    name: how caches and artifacts refer to this encoder.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, name: str = "encoder") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+
+    @classmethod
+    def load(cls, name_or_path: str = "minilm-l6", *, device: str | None = None) -> SentenceEncoder:
+        from editkit.models.zoo import load_encoder
+
+        model, tokenizer = load_encoder(name_or_path, device=device, progress=False)
+        return cls(model, tokenizer, name=name_or_path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dim(self) -> int:
+        config: Any = self.model.config
+        return int(config.hidden_size)
+
+    def fingerprint(self) -> str:
+        """A hash of the encoder's weights: vectors stored for one encoder are never read by another."""
+        h = hashlib.sha256(self.name.encode())
+        for name, p in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().flatten()[:: max(1, p.numel() // 4096)].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def tokenize(self, texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts),
+            list(pairs) if pairs is not None else None,
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors="pt",
+        )
+        return {k: v.to(self.device) for k, v in enc.items()}
+
+    def hidden(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Last hidden states ``[B, T, d]``."""
+        return self.model(**inputs).last_hidden_state
+
+    @staticmethod
+    def pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over real tokens, then L2-normalised."""
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return F.normalize((hidden * m).sum(1) / m.sum(1).clamp_min(1.0), dim=-1)
+
+    def embed(self, texts: Sequence[str], *, batch_size: int = 64) -> torch.Tensor:
+        """Sentence embeddings ``[n, d]`` (float32, CPU), unit length."""
+        if not texts:
+            return torch.zeros((0, self.dim))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty((len(texts), self.dim))
+        with torch.no_grad():
+            for i in range(0, len(order), batch_size):
+                idx = order[i : i + batch_size]
+                inputs = self.tokenize([texts[j] for j in idx])
+                out[idx] = self.pool(self.hidden(inputs), inputs["attention_mask"]).float().cpu()
+        return out

@@ -1,0 +1,225 @@
+"""Memory-based editors (LU, RP, SERAC) on tiny random models: routing (SERAC eq. 1), answers, rollback,
+save / load, training of the parts, and the scope classifiers' maths."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from editkit.editors import create_editor
+from editkit.editors.base import EditHandle
+from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
+from editkit.editors.scope import EmbedScope
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError, ValidationError
+from editkit.models.encoder import SentenceEncoder
+from editkit.models.tiny import tiny_model
+
+EIFFEL = EditRequest(prompt="The Eiffel Tower is located in the city of", target_new=" Rome")
+JORDAN = EditRequest(prompt="Michael Jordan plays the sport of", target_new=" tennis")
+FAR = "Who is the prime minister of the United Kingdom?"
+
+
+def _greedy(lm, prompts, n=3):
+    return lm.generate_ids(prompts, n)
+
+
+# --------------------------------------------------------------------------- LU
+def test_lu_answers_edit_inputs_with_the_label_and_leaves_others_to_the_base():
+    lm = tiny_model("llama")
+    before_far = _greedy(lm, [FAR])
+    editor = create_editor("lu", {"delta": 1e-3})  # only (near-)identical inputs are in scope
+    handle = editor.apply(lm, [EIFFEL])
+    routed = handle.model
+    assert isinstance(routed, RoutedModel)
+    label = lm.encode(" Rome", special=False)
+    assert routed.generate_ids([EIFFEL.text], len(label)) == [label]
+    assert _greedy(routed, [FAR]) == before_far
+    score = routed.score_tokens([EIFFEL.text], [" Rome"])[0]
+    assert score.exact_match and float(score.logprobs.sum()) == pytest.approx(len(label) * math.log1p(-1e-6))
+    assert routed.explain(EIFFEL.text)["answered_by"] == "edit"
+    assert routed.explain(FAR)["answered_by"] == "base"
+
+
+def test_lu_scores_a_continuation_that_leaves_the_label_as_uniform():
+    lm = tiny_model("llama")
+    routed = create_editor("lu", {"delta": 1e-3}).apply(lm, [EIFFEL]).model
+    other = lm.encode(" Paris", special=False)
+    s = routed.score_tokens([EIFFEL.text], [other])[0]
+    vocab = lm.config.vocab_size
+    assert not s.exact_match
+    assert float(s.logprobs[0]) == pytest.approx(math.log(1e-6 / (vocab - 1)), rel=1e-5)
+    assert torch.allclose(s.logprobs[1:], torch.full_like(s.logprobs[1:], -math.log(vocab)))
+
+
+def test_lu_delta_is_a_distance_on_mean_last_hidden_states():
+    lm = tiny_model("gpt2")
+    scope = create_editor("lu", {"delta": 1.0}).build_scope(lm)
+    texts = [EIFFEL.text, FAR]
+    vectors = scope.query_vectors(texts)
+    with torch.no_grad():
+        for text, vec in zip(texts, vectors, strict=True):
+            ids = torch.tensor([lm.encode(text)])
+            hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+            np.testing.assert_allclose(vec, hidden.mean(0).numpy(), rtol=1e-5, atol=1e-5)
+    d2 = float(((vectors[0] - vectors[1]) ** 2).sum())
+    far = scope.scores([FAR], [[]], np.array([[d2]]))
+    assert far[0, 0] == float(math.sqrt(d2) < 1.0)
+
+
+# --------------------------------------------------------------------------- RP / routing
+def _rp(threshold=0.0, **kw):
+    return create_editor("rp", {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": threshold, **kw})
+
+
+def test_routing_follows_eq1_threshold():
+    lm = tiny_model("llama")
+    base_out = _greedy(lm, [EIFFEL.text, FAR])
+    everything = _rp(threshold=0.0).apply(lm, [EIFFEL]).model  # every input is "in scope" of its nearest edit
+    nothing = _rp(threshold=1.0).apply(tiny_model("llama"), [EIFFEL]).model  # sigmoid < 1: nothing is
+    assert all(r.record is not None for r in everything.route([EIFFEL.text, FAR]))
+    assert all(r.record is None for r in nothing.route([EIFFEL.text, FAR]))
+    assert _greedy(nothing, [EIFFEL.text, FAR]) == base_out
+    # routed to the edit, RP's base model reads the edit in its prompt
+    prompted = lm.generate_ids([f"{descriptor_of(EIFFEL)}\n{FAR}"], 3)
+    assert _greedy(everything, [FAR]) == prompted
+
+
+def test_routed_scores_equal_the_answering_model_scores():
+    lm = tiny_model("llama")
+    routed = _rp(threshold=0.0).apply(lm, [EIFFEL]).model
+    mixed = _rp(threshold=1.0).apply(tiny_model("llama"), [EIFFEL]).model
+    prompts, conts = [EIFFEL.text, FAR], [" Rome", " Paris"]
+    via_edit = routed.score_tokens(prompts, conts, first_distribution=True)
+    direct = lm.score_tokens([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts], conts, first_distribution=True)
+    for a, b in zip(via_edit, direct, strict=True):
+        assert torch.allclose(a.logprobs, b.logprobs) and torch.equal(a.greedy, b.greedy)
+        assert torch.allclose(a.first_distribution, b.first_distribution)
+    base = tiny_model("llama").score_tokens(prompts, conts)
+    for a, b in zip(mixed.score_tokens(prompts, conts), base, strict=True):
+        assert torch.allclose(a.logprobs, b.logprobs)
+    nt = routed.next_token_logprobs(prompts)
+    assert torch.allclose(nt, lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts]))
+
+
+def test_few_shot_label_probabilities_route_each_example():
+    lm = tiny_model("llama")
+    base = tiny_model("llama")
+    routed = _rp(threshold=0.0).apply(lm, [EIFFEL]).model
+    prefix, suffixes, labels = "Review: good. Sentiment: positive\n", ["Review: bad. Sentiment:"], [5, 7]
+    got = routed.label_logprobs_after_prefix(prefix, suffixes, labels)
+    want = base.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{prefix}{suffixes[0]}"])[:, labels]
+    assert torch.allclose(got, want, atol=1e-5)
+    unrouted = _rp(threshold=1.0).apply(tiny_model("llama"), [EIFFEL]).model
+    assert torch.allclose(
+        unrouted.label_logprobs_after_prefix(prefix, suffixes, labels),
+        base.label_logprobs_after_prefix(prefix, suffixes, labels),
+    )
+
+
+def test_memory_edits_accumulate_and_roll_back_exactly():
+    lm = tiny_model("llama")
+    weights = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    base = _greedy(lm, [EIFFEL.text, JORDAN.text, FAR])
+    editor = _rp(threshold=0.0)
+    h1 = editor.apply(lm, [EIFFEL])
+    h2 = editor.apply(lm, [JORDAN])
+    assert h1.model is h2.model and len(h2.model.memory) == 2
+    assert h2.model.route([JORDAN.text])[0].record.request == JORDAN
+    assert not h1.changes and not h2.changes
+    assert all(torch.equal(p, weights[n]) for n, p in lm.model.named_parameters())
+    h2.rollback()
+    h1.rollback()
+    assert len(h1.model.memory) == 0
+    assert _greedy(h1.model, [EIFFEL.text, JORDAN.text, FAR]) == base
+    h1.reapply()
+    assert len(h1.model.memory) == 1
+
+
+def test_duplicate_and_conflicting_edits():
+    lm = tiny_model("llama")
+    editor = _rp(threshold=0.0)
+    first = editor.apply(lm, [EIFFEL])
+    dup = editor.apply(lm, [EIFFEL])
+    assert dup.info["duplicates"] == 1 and len(dup.model.memory) == 1
+    newer = EditRequest(prompt=EIFFEL.prompt, target_new=" Berlin")
+    replacing = editor.apply(lm, [newer])
+    assert replacing.info["replaced"] == 1 and len(replacing.model.memory) == 1
+    assert replacing.model.route([EIFFEL.text])[0].record.request == newer  # the newer wins
+    journal = replacing.model.memory.store.journal()
+    assert [r.request.target_new for r in journal] == [" Rome", " Berlin"]  # the older stays in the journal
+    replacing.rollback()  # undoing the newer edit brings the older back
+    assert replacing.model.route([EIFFEL.text])[0].record.request == EIFFEL
+    dup.rollback()  # a duplicate owns no record: rolling it back removes nothing
+    assert len(first.model.memory) == 1
+
+
+def test_memory_survives_reopening(tmp_path):
+    path = tmp_path / "edits.sqlite"
+    lm = tiny_model("llama")
+    _rp(threshold=0.0, memory=str(path)).apply(lm, [EIFFEL, JORDAN])
+    reopened = _rp(threshold=0.0, memory=str(path))
+    routed = reopened.routed(tiny_model("llama"))
+    assert len(routed.memory) == 2
+    assert routed.route([JORDAN.text])[0].record.request == JORDAN
+
+
+def test_memory_handle_save_load(tmp_path):
+    lm = tiny_model("llama")
+    handle = _rp(threshold=0.0).apply(lm, [EIFFEL])
+    want = handle.model.score_tokens([FAR], [" Rome"])[0].logprobs
+    handle.save(tmp_path / "edit")
+    assert json.loads((tmp_path / "edit" / "handle.json").read_text())["kind"] == "memory"
+    loaded = EditHandle.load(tmp_path / "edit", tiny_model("llama"))
+    assert loaded.requests == [EIFFEL]
+    assert torch.allclose(loaded.model.score_tokens([FAR], [" Rome"])[0].logprobs, want)
+
+
+def test_routed_model_of_another_editor_is_refused():
+    lm = tiny_model("llama")
+    routed = _rp().apply(lm, [EIFFEL]).model
+    with pytest.raises(ValidationError, match="another editor"):
+        _rp().apply(routed, [JORDAN])
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="threshold"):
+        create_editor("serac", {"threshold": 2})
+    with pytest.raises(ConfigError, match="template"):
+        create_editor("rp", {"template": "no slots"})
+    with pytest.raises(ValidationError, match="no trained SERAC parts"):
+        create_editor("serac", {"artifacts": "/nonexistent"}).prepare(tiny_model("llama"))
+
+
+# --------------------------------------------------------------------------- scope maths
+def test_embed_scope_probability_is_sigmoid_of_negative_squared_distance():
+    enc = SentenceEncoder.load("tiny-bert")
+    scope = EmbedScope(enc, scale=3.0, bias=1.5, tag="t")
+    texts = [EIFFEL.text, FAR]
+    e = enc.embed(texts)
+    assert torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-5)
+    d2 = float(((e[0] - e[1]) ** 2).sum())
+    p = scope.scores(texts[:1], [[]], np.array([[d2]]))[0, 0]
+    assert p == pytest.approx(1 / (1 + math.exp(-(1.5 - 3.0 * d2))), rel=1e-5)
+
+
+def test_memory_lookup_matches_brute_force():
+    enc = SentenceEncoder.load("tiny-bert")
+    scope = EmbedScope(enc, scale=2.0, bias=0.5, tag="t")
+    memory = EditMemory(scope)
+    requests = [EIFFEL, JORDAN, EditRequest(prompt="The capital of Germany is", target_new=" Bonn")]
+    memory.add(requests)
+    queries = ["The capital of Italy is", "Lionel Messi plays the sport of", FAR]
+    routes = memory.lookup(queries)
+    keys = enc.embed([descriptor_of(r) for r in requests])
+    q = enc.embed(queries)
+    d2 = torch.cdist(q, keys).pow(2)
+    for route, row in zip(routes, d2, strict=True):
+        j = int(row.argmin())
+        assert route.record.request == requests[j]
+        assert route.score == pytest.approx(1 / (1 + math.exp(-(0.5 - 2.0 * float(row[j])))), rel=1e-4)
+    memory.close()
