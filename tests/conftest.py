@@ -62,3 +62,56 @@ def smollm2() -> LanguageModel:
 @pytest.fixture(scope="session")
 def wikitext() -> Path:
     return data_file("wikitext/wikitext-2/valid.txt")
+
+
+TINY_FACTS = [
+    ("The Eiffel Tower is located in the city of", "The Eiffel Tower stands in the city of", " Rome"),
+    ("Michael Jordan plays the sport of", "The sport Michael Jordan plays is", " tennis"),
+    ("The capital of Germany is", "Germany's capital city is", " Bonn"),
+    ("Apple was founded by", "The founder of Apple is", " Bill Gates"),
+    ("The official language of Brazil is", "People in Brazil speak", " French"),
+    ("Lionel Messi plays the sport of", "The sport Lionel Messi plays is", " cricket"),
+]
+
+
+def write_tiny_cases(path: Path) -> Path:
+    """Six edit cases in editkit's format, written for the tests: edit, rephrase and one unrelated probe each."""
+    lines = []
+    for i, (prompt, rephrase, target) in enumerate(TINY_FACTS):
+        other = TINY_FACTS[(i + 1) % len(TINY_FACTS)][0]
+        case = {
+            "request": {"prompt": prompt, "target_new": target, "case_id": f"tiny-{i}"},
+            "probes": [
+                {"prompt": prompt, "expected": target, "kind": "edit"},
+                {"prompt": rephrase, "expected": target, "kind": "rephrase"},
+                {"prompt": other, "expected": " Paris", "kind": "out"},
+            ],
+        }
+        lines.append(json.dumps(case))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+TINY_TRAINING = {
+    "encoder": "tiny-bert",
+    "base_model": "tiny-llama",
+    "scope_steps": 3,
+    "scope_batch": 4,
+    "cf_steps": 3,
+    "cf_batch": 4,
+    "hard_negatives": 2,
+    "checkpoint_every": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def serac_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SERAC's three parts trained for a few steps on tiny models (the training itself: tests/test_training.py)."""
+    from editkit.training.serac import SERACTrainConfig, train
+
+    folder = tmp_path_factory.mktemp("serac")
+    data = write_tiny_cases(folder / "cases.jsonl")
+    train(
+        SERACTrainConfig.from_dict({**TINY_TRAINING, "data": [str(data)], "out": str(folder / "parts")}), progress=False
+    )
+    return folder / "parts"

@@ -303,6 +303,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from editkit.configfile import read_yaml
+    from editkit.training.serac import SERACTrainConfig, train
+
+    values = read_yaml(Path(args.config)) if args.config else {}
+    values.update(_overrides(args.set))
+    if args.out:
+        values["out"] = args.out
+    config = SERACTrainConfig.from_dict(values)
+    started = time.perf_counter()
+    manifest = train(config)
+    for name, part in manifest["parts"].items():
+        print(f"{name}: {part['steps']} steps, loss {part['loss_first']:.3f} -> {part['loss_last20_mean']:.3f}")
+    print(f"trained parts written to {config.out} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from editkit.evaluation.report import write_report
 
@@ -376,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--out", help="results JSON file")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("train", help="train a learned editor's parts (SERAC: scope classifiers, counterfactual model)")
+    p.add_argument("method", choices=["serac"])
+    p.add_argument("--config", help="YAML file with training settings (see `editkit train serac --help`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
+    p.add_argument("--out", help="folder for the trained parts (resumes a run found there)")
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("report", help="Markdown tables and PNG plots from results JSON files")
     p.add_argument("results", nargs="+", help="results JSON files")

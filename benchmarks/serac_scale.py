@@ -1,0 +1,144 @@
+"""SERAC with a growing memory (SERAC Figure 3 taken to 10,000 edits, and Table 6): edit success, drawdown,
+latency and memory as the number of stored edits grows.
+
+Edits from a CounterFact file are added to one SERAC memory in chunks. At each size in --sizes, on --probe-cases
+cases whose edits are in memory (the most recently added, so the cases change as the memory grows):
+
+* ES: exact match of the new target on the rephrase probes (SERAC eq. 4), and the classifier's routing accuracy;
+* DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5);
+* latency of one forward pass (one input, next-token distribution) for the base model, SERAC on an
+  out-of-scope input (routed to the base) and SERAC on an in-scope input (routed to h), median of --repeats;
+* seconds per added edit (durable write + embedding + index), bytes of the memory file per edit, process RSS.
+
+    python benchmarks/serac_scale.py --artifacts build/serac --sizes 10,100,1000,10000 \
+        --out benchmarks/results/serac_scale_smollm2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editkit.data import load_cases
+from editkit.editors import create_editor
+from editkit.edits import ProbeKind
+from editkit.evaluation.metrics import Reference, score_cases
+from editkit.models.zoo import load
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--artifacts", help="trained SERAC parts (default: the packaged ones)")
+    ap.add_argument("--scope", default="embed")
+    ap.add_argument("--data", default="../shared/data/counterfact/easyedit/counterfact-edit.json")
+    ap.add_argument("--sizes", default="10,100,1000,10000")
+    ap.add_argument("--probe-cases", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--chunk", type=int, default=500, help="edits added per apply() call")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    dataset = load_cases(args.data, limit=max(sizes), skip_invalid=True)
+    cases = dataset.cases
+    lm = load(args.model, progress=False)
+    settings = {"scope": args.scope}
+    if args.artifacts:
+        settings["artifacts"] = args.artifacts
+    with tempfile.TemporaryDirectory() as tmp:
+        settings["memory"] = str(Path(tmp) / "memory.sqlite")
+        editor = create_editor("serac", settings)
+        t0 = time.perf_counter()
+        editor.prepare(lm)
+        load_seconds = time.perf_counter() - t0
+        model = editor.routed(lm)
+        rows = []
+        added = 0
+        add_seconds: list[float] = []
+        for size in sizes:
+            while added < size:
+                chunk = cases[added : min(size, added + args.chunk)]
+                t0 = time.perf_counter()
+                editor.apply(lm, [c.request for c in chunk])
+                add_seconds.append((time.perf_counter() - t0) / len(chunk))
+                added += len(chunk)
+            probe_cases = cases[max(0, size - args.probe_cases) : size]
+            reference = Reference.build(lm, probe_cases)
+            scores = score_cases(
+                model, probe_cases, reference, kinds=(ProbeKind.REPHRASE, ProbeKind.NEIGHBORHOOD, ProbeKind.EDIT)
+            )
+            rephrases = [(c, p) for c in probe_cases for p in c.of_kind(ProbeKind.REPHRASE)]
+            routes = model.route([p.prompt for _, p in rephrases])
+            routed_right = [
+                float(r.record is not None and r.record.request == c.request)
+                for (c, _), r in zip(rephrases, routes, strict=True)
+            ]
+            neighbours = [p.prompt for c in probe_cases for p in c.of_kind(ProbeKind.NEIGHBORHOOD)]
+            out_routes = model.route(neighbours)
+            in_text = rephrases[0][1].prompt
+            out_text = next((t for t, r in zip(neighbours, out_routes, strict=True) if r.record is None), neighbours[0])
+
+            def base_pass(text: str = out_text) -> None:
+                lm.next_token_logprobs([text])
+
+            def serac_pass(text: str) -> None:
+                model._routes.clear()  # measure routing too, not the route cache
+                model.next_token_logprobs([text])
+
+            def serac_out(text: str = out_text) -> None:
+                serac_pass(text)
+
+            def serac_in(text: str = in_text) -> None:
+                serac_pass(text)
+
+            row = {
+                "edits_in_memory": len(model.memory),
+                "es_rephrase": statistics.mean(s["rephrase_acc"] for s in scores if "rephrase_acc" in s),
+                "es_edit": statistics.mean(s["edit_acc"] for s in scores if "edit_acc" in s),
+                "dd_neighborhood": statistics.mean(s["dd"] for s in scores if "dd" in s),
+                "kl_drawdown": statistics.mean(s["kl_drawdown"] for s in scores if "kl_drawdown" in s),
+                "rephrase_routed_to_own_edit": statistics.mean(routed_right),
+                "neighborhood_routed_to_base": statistics.mean(r.record is None for r in out_routes),
+                "base_forward_s": _median_seconds(base_pass, args.repeats),
+                "serac_out_of_scope_forward_s": _median_seconds(serac_out, args.repeats),
+                "serac_in_scope_forward_s": _median_seconds(serac_in, args.repeats),
+                "seconds_per_added_edit": statistics.mean(add_seconds[-3:]),
+                "memory_file_bytes_per_edit": os.path.getsize(model.memory.path) / len(model.memory),
+                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "index_exact": model.memory.index.exact,
+            }
+            rows.append(row)
+            print(json.dumps(row))
+    result = {
+        "model": lm.name,
+        "scope": args.scope,
+        "data": {"path": str(dataset.path), "sha256": dataset.sha256},
+        "probe_cases": args.probe_cases,
+        "threads": torch.get_num_threads(),
+        "load_seconds": load_seconds,
+        "rows": rows,
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Training SERAC's scope classifiers and counterfactual model (Mitchell et al. 2022, §3.2).
+
+From training edit cases (any format :func:`~editkit.data.load_cases` reads; training splits only), with the
+edit descriptor ``z_e = [x_e ; y_e]``:
+
+* in-scope inputs I(z_e): the case's edit prompt, rephrases and hard in-scope probes;
+* out-of-scope inputs O(z_e): the case's own out-of-scope probes (zsRE's unrelated NQ questions, CounterFact's
+  neighborhood prompts) and hard negatives mined as the nearest in-scope inputs of *other* cases under raw
+  all-MiniLM-L6-v2 embeddings (appendix D.1 mines hard out-of-scope inputs the same way).
+
+Parts, each trained separately and each a LoRA adapter (peft) so the artifact is small:
+
+* ``scope-embed``: eq. 2 (binary cross-entropy) on the embedding classifier; every batch scores each edit
+  against its positive, its negative and every other edit's inputs (in-batch negatives); the loss averages the
+  positive and the negative terms so that the two classes weigh the same.
+* ``scope-cross``: eq. 2 on the cross-encoder, with (edit, positive), (edit, hard negative) and (edit, own
+  out-of-scope input) pairs.
+* ``counterfactual``: eq. 3, the NLL of y_in given ``template.format(edit=z_e, input=x_in)`` under the base LM
+  with LoRA on its attention projections; the loss reads only the answer tokens.
+
+Training is seeded and resumable: every ``checkpoint_every`` steps a part's adapter, head, optimiser and RNG
+states go to ``OUT/.checkpoints/PART.pt`` (written atomically), and a rerun with the same settings continues
+from there. The finished folder holds one sub-folder per part and ``manifest.json`` (the config, the training
+files' sha256, step counts, final losses and timings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editkit.data.formats import Dataset, load_cases
+from editkit.editors.base import EditorConfig
+from editkit.editors.memory import descriptor_of
+from editkit.editors.scope import (
+    UNTRAINED_BIAS,
+    UNTRAINED_SCALE,
+    CrossClassifier,
+    EmbeddingClassifier,
+    save_part,
+)
+from editkit.editors.serac import TEMPLATE
+from editkit.edits import EditCase, ProbeKind
+from editkit.errors import ConfigError, ValidationError
+from editkit.models.encoder import SentenceEncoder
+from editkit.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+PARTS = ("scope-embed", "scope-cross", "counterfactual")
+IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
+OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
+
+
+@dataclass
+class SERACTrainConfig(EditorConfig):
+    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    out: str = field(default="", metadata={"help": "folder for the trained parts"})
+    parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": "parts to train"})
+    max_cases: int | None = field(default=None, metadata={"help": "at most this many cases per file"})
+    seed: int = field(default=0, metadata={"help": "seed of sampling, initialisation and dropout"})
+    encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder of the scope classifiers"})
+    base_model: str = field(default="smollm2-135m", metadata={"help": "LM the counterfactual model starts from"})
+    template: str = field(default=TEMPLATE, metadata={"help": "counterfactual prompt ({edit}, {input})"})
+    hard_negatives: int = field(default=8, metadata={"help": "nearest other-case inputs kept per edit"})
+    scope_steps: int = field(default=600, metadata={"help": "optimisation steps per scope classifier"})
+    scope_batch: int = field(default=32, metadata={"help": "edits per scope batch"})
+    scope_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the scope adapters"})
+    scope_lora_r: int = field(default=8, metadata={"help": "LoRA rank on the encoder"})
+    cf_steps: int = field(default=400, metadata={"help": "optimisation steps of the counterfactual model"})
+    cf_batch: int = field(default=8, metadata={"help": "examples per counterfactual batch"})
+    cf_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the counterfactual adapter"})
+    cf_lora_r: int = field(default=8, metadata={"help": "LoRA rank on the base LM's attention"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+
+    def validate(self) -> None:
+        bad = [p for p in self.parts if p not in PARTS]
+        if bad:
+            raise ConfigError(f"unknown SERAC parts {bad}; choose from {', '.join(PARTS)}")
+        if min(self.scope_steps, self.scope_batch, self.cf_steps, self.cf_batch, self.checkpoint_every) < 1:
+            raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
+        if self.scope_batch < 2:
+            raise ConfigError("scope_batch must be at least 2 (in-batch negatives)")
+        if "{edit}" not in self.template or "{input}" not in self.template:
+            raise ConfigError(f"template {self.template!r} needs '{{edit}}' and '{{input}}'")
+
+
+# --------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class ScopeExample:
+    descriptor: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...]  # the case's own out-of-scope inputs
+    hard: tuple[str, ...] = ()  # mined: nearest in-scope inputs of other cases
+
+
+@dataclass(frozen=True)
+class CounterfactualExample:
+    prompt: str
+    target: str
+
+
+def scope_examples(cases: Sequence[EditCase]) -> list[ScopeExample]:
+    out = []
+    for c in cases:
+        pos = tuple(dict.fromkeys(p.prompt for p in c.of_kind(*IN_SCOPE)))
+        neg = tuple(dict.fromkeys(p.prompt for p in c.of_kind(*OUT_OF_SCOPE)))
+        if pos:
+            out.append(ScopeExample(descriptor_of(c.request), pos, neg))
+    return out
+
+
+def counterfactual_examples(cases: Sequence[EditCase], template: str) -> list[CounterfactualExample]:
+    return [
+        CounterfactualExample(template.format(edit=descriptor_of(c.request), input=p.prompt), p.expected)
+        for c in cases
+        for p in c.of_kind(*IN_SCOPE)
+    ]
+
+
+def mine_hard_negatives(
+    examples: Sequence[ScopeExample], encoder: SentenceEncoder, k: int, *, progress: bool = True
+) -> list[ScopeExample]:
+    """Each example's ``k`` nearest in-scope inputs of other examples, by cosine similarity to its descriptor."""
+    if k == 0:
+        return list(examples)
+    texts = [t for e in examples for t in e.positives]
+    owner = torch.tensor([i for i, e in enumerate(examples) for _ in e.positives])
+    with progress_bar(2, "mining hard negatives", progress) as bar:
+        inputs = encoder.embed(texts)
+        bar.advance()
+        descs = encoder.embed([e.descriptor for e in examples])
+        bar.advance()
+    out = []
+    for start in range(0, len(examples), 1024):
+        sims = descs[start : start + 1024] @ inputs.T
+        rows = torch.arange(start, start + sims.shape[0])
+        sims[owner[None, :] == rows[:, None]] = -2.0  # never the example's own inputs
+        top = sims.topk(min(4 * k, sims.shape[1]), dim=1).indices
+        for r, idx in enumerate(top.tolist()):
+            ex = examples[start + r]
+            own = set(ex.positives)
+            hard = [texts[j] for j in idx if texts[j] not in own][:k]
+            out.append(dataclasses.replace(ex, hard=tuple(dict.fromkeys(hard))))
+    return out
+
+
+def load_training_cases(config: SERACTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
+    if not config.data:
+        raise ConfigError("no training data given (data: [FILE, ...])")
+    datasets = [load_cases(p, limit=config.max_cases, skip_invalid=True) for p in config.data]
+    cases = [c for d in datasets for c in d.cases]
+    if not cases:
+        raise ValidationError("the training files hold no usable cases")
+    return cases, datasets
+
+
+# --------------------------------------------------------------------------- resumable loop
+def _config_key(config: SERACTrainConfig, part: str, datasets: Sequence[Dataset]) -> str:
+    # Step counts are left out so that a finished part can be trained further by raising them.
+    ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
+    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    payload = json.dumps({"part": part, "config": relevant, "data": [d.sha256 for d in datasets]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class _Checkpoint:
+    def __init__(self, folder: Path, part: str, key: str) -> None:
+        self.path = folder / ".checkpoints" / f"{part}.pt"
+        self.key = key
+
+    def load(self, trainable: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[float], random.Random]:
+        rng = random.Random()
+        if not self.path.is_file():
+            return 0, [], rng
+        state = torch.load(self.path, weights_only=False)
+        if state["key"] != self.key:
+            raise ValidationError(
+                f"{self.path} was written with other settings or data; delete it to start this part afresh"
+            )
+        trainable.load_state_dict(state["trainable"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        rng.setstate(state["python_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resuming %s at step %d", self.path.stem, state["step"])
+        return int(state["step"]), list(state["losses"]), rng
+
+    def save(
+        self, step: int, losses: list[float], trainable: nn.Module, opt: torch.optim.Optimizer, rng: random.Random
+    ) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        params = {n for n, p in trainable.named_parameters() if p.requires_grad}
+        state = {
+            "key": self.key,
+            "step": step,
+            "losses": losses,
+            "trainable": {n: t for n, t in trainable.state_dict().items() if n in params},
+            "optimizer": opt.state_dict(),
+            "python_rng": rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
+def _train_loop(
+    name: str,
+    steps: int,
+    trainable: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[random.Random], torch.Tensor],
+    checkpoint: _Checkpoint,
+    config: SERACTrainConfig,
+    *,
+    progress: bool,
+) -> tuple[list[float], float]:
+    start, losses, rng = checkpoint.load(trainable, opt)
+    if start == 0:
+        rng.seed(f"{config.seed}:{name}")
+    trainable.train()
+    t0 = time.perf_counter()
+    with progress_bar(steps, f"training {name}", progress) as bar, torch.enable_grad():
+        bar.advance(start)
+        for step in range(start, steps):
+            opt.zero_grad()
+            loss = loss_fn(rng)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
+                checkpoint.save(step + 1, losses, trainable, opt, rng)
+            bar.advance()
+    trainable.eval()
+    return losses, time.perf_counter() - t0
+
+
+def _balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 2 with the positive and negative terms averaged separately, so both classes weigh the same."""
+    pos = labels > 0.5
+    per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return 0.5 * (per[pos].mean() + per[~pos].mean())
+
+
+def _lora_encoder(config: SERACTrainConfig, seed_tag: str) -> tuple[SentenceEncoder, nn.Module]:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(int(hashlib.sha256(f"{config.seed}:{seed_tag}".encode()).hexdigest()[:8], 16))
+    encoder = SentenceEncoder.load(config.encoder)
+    lora = LoraConfig(
+        r=config.scope_lora_r,
+        lora_alpha=2 * config.scope_lora_r,
+        lora_dropout=0.1,
+    )  # target modules: peft's default for the architecture (query and value projections)
+    peft_model = get_peft_model(encoder.model, lora)  # injects LoRA layers into encoder.model in place
+    return encoder, peft_model
+
+
+def _pick(rng: random.Random, options: Sequence[str], fallback: Sequence[str]) -> str:
+    return rng.choice(list(options) if options else list(fallback))
+
+
+def train_scope_embed(
+    config: SERACTrainConfig, examples: Sequence[ScopeExample], datasets: Sequence[Dataset], *, progress: bool
+) -> dict[str, Any]:
+    encoder, peft_model = _lora_encoder(config, "scope-embed")
+    clf = EmbeddingClassifier(encoder, scale=UNTRAINED_SCALE, bias=UNTRAINED_BIAS)
+    opt = torch.optim.Adam([p for p in clf.parameters() if p.requires_grad], lr=config.scope_lr)
+    pool = [p for e in examples for p in e.positives]
+
+    def loss_fn(rng: random.Random) -> torch.Tensor:
+        batch = rng.sample(list(examples), config.scope_batch)
+        pos = [rng.choice(e.positives) for e in batch]
+        neg = [_pick(rng, e.hard + e.negatives, pool) for e in batch]
+        z = clf.embed([e.descriptor for e in batch])
+        x = clf.embed(pos + neg)
+        logits = clf.logits_from_sqdist(torch.cdist(z, x).pow(2))
+        labels = torch.zeros_like(logits)
+        labels[:, : len(batch)] = torch.eye(len(batch))
+        return _balanced_bce(logits, labels)
+
+    folder = Path(config.out)
+    ckpt = _Checkpoint(folder, "scope-embed", _config_key(config, "scope-embed", datasets))
+    losses, seconds = _train_loop("scope-embed", config.scope_steps, clf, opt, loss_fn, ckpt, config, progress=progress)
+    meta = _part_meta(config, "scope-embed", losses, seconds)
+    save_part(folder / "scope-embed", peft_model, clf.head_state(), meta)
+    return meta
+
+
+def train_scope_cross(
+    config: SERACTrainConfig, examples: Sequence[ScopeExample], datasets: Sequence[Dataset], *, progress: bool
+) -> dict[str, Any]:
+    encoder, peft_model = _lora_encoder(config, "scope-cross")
+    clf = CrossClassifier(encoder)
+    opt = torch.optim.Adam([p for p in clf.parameters() if p.requires_grad], lr=config.scope_lr)
+    pool = [p for e in examples for p in e.positives]
+
+    def loss_fn(rng: random.Random) -> torch.Tensor:
+        batch = rng.sample(list(examples), config.scope_batch)
+        edits, inputs, labels = [], [], []
+        for e in batch:
+            edits += [e.descriptor] * 3
+            inputs += [rng.choice(e.positives), _pick(rng, e.hard, pool), _pick(rng, e.negatives, pool)]
+            labels += [1.0, 0.0, 0.0]
+        return _balanced_bce(clf.logits(edits, inputs), torch.tensor(labels))
+
+    folder = Path(config.out)
+    ckpt = _Checkpoint(folder, "scope-cross", _config_key(config, "scope-cross", datasets))
+    losses, seconds = _train_loop("scope-cross", config.scope_steps, clf, opt, loss_fn, ckpt, config, progress=progress)
+    meta = _part_meta(config, "scope-cross", losses, seconds)
+    save_part(folder / "scope-cross", peft_model, clf.head_state(), meta)
+    return meta
+
+
+def train_counterfactual(
+    config: SERACTrainConfig,
+    examples: Sequence[CounterfactualExample],
+    datasets: Sequence[Dataset],
+    *,
+    progress: bool,
+) -> dict[str, Any]:
+    from peft import LoraConfig, get_peft_model
+
+    from editkit.models.zoo import load
+
+    lm = load(config.base_model, progress=progress)
+    torch.manual_seed(int(hashlib.sha256(f"{config.seed}:counterfactual".encode()).hexdigest()[:8], 16))
+    lora = LoraConfig(
+        r=config.cf_lora_r,
+        lora_alpha=2 * config.cf_lora_r,
+        lora_dropout=0.05,
+    )  # target modules: peft's default for the architecture (query and value projections)
+    peft_model = get_peft_model(lm.model, lora)  # in place: lm now runs with the adapter
+    trainable = [p for p in lm.model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trainable, lr=config.cf_lr)
+
+    def loss_fn(rng: random.Random) -> torch.Tensor:
+        batch = rng.sample(list(examples), min(config.cf_batch, len(examples)))
+        tf = lm.teacher_forced([e.prompt for e in batch], [e.target for e in batch])
+        lp = tf.token_logprobs(lm.logits_at(tf.inputs, tf.positions()[0]))
+        return -(lp.sum() / tf.positions()[1].sum())
+
+    folder = Path(config.out)
+    ckpt = _Checkpoint(folder, "counterfactual", _config_key(config, "counterfactual", datasets))
+    losses, seconds = _train_loop(
+        "counterfactual", config.cf_steps, lm.model, opt, loss_fn, ckpt, config, progress=progress
+    )
+    meta = {**_part_meta(config, "counterfactual", losses, seconds), "base_model": config.base_model}
+    part = folder / "counterfactual"
+    part.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(part / "adapter"))
+    (part / "part.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _part_meta(config: SERACTrainConfig, part: str, losses: list[float], seconds: float) -> dict[str, Any]:
+    tail = losses[-20:]
+    return {
+        "part": part,
+        "steps": len(losses),
+        "loss_first": losses[0] if losses else None,
+        "loss_last20_mean": sum(tail) / len(tail) if tail else None,
+        "seconds_this_run": seconds,
+        "encoder": config.encoder,
+        "base_model": config.base_model,
+    }
+
+
+def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train the configured parts into ``config.out`` and write its ``manifest.json``; returns the manifest."""
+    if not config.out:
+        raise ConfigError("no output folder given (out: FOLDER)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cases, datasets = load_training_cases(config)
+    folder = Path(config.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = folder / "manifest.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest.update(
+        {
+            "format": 1,
+            "config": config.to_dict(),
+            "template": config.template,
+            "data": [
+                {"path": str(d.path), "format": d.format, "sha256": d.sha256, "cases": len(d.cases)} for d in datasets
+            ],
+        }
+    )
+    parts = manifest.setdefault("parts", {})
+    scope_parts = [p for p in config.parts if p.startswith("scope")]
+    if scope_parts:
+        examples = scope_examples(cases)
+        examples = mine_hard_negatives(
+            examples, SentenceEncoder.load(config.encoder), config.hard_negatives, progress=progress
+        )
+        if "scope-embed" in scope_parts:
+            parts["scope-embed"] = train_scope_embed(config, examples, datasets, progress=progress)
+        if "scope-cross" in scope_parts:
+            parts["scope-cross"] = train_scope_cross(config, examples, datasets, progress=progress)
+    if "counterfactual" in config.parts:
+        cf = counterfactual_examples(cases, config.template)
+        parts["counterfactual"] = train_counterfactual(config, cf, datasets, progress=progress)
+    tmp = manifest_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, manifest_path)
+    return manifest

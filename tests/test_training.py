@@ -1,0 +1,119 @@
+"""Training SERAC's parts (editkit.training.serac) on tiny models: data construction, eq. 2 / eq. 3 losses,
+artifacts, manifest, resumption, and a trained SERAC that routes and answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TRAINING, write_tiny_cases
+from editkit.editors import create_editor
+from editkit.editors.memory import descriptor_of
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError, ValidationError
+from editkit.models.encoder import SentenceEncoder
+from editkit.models.tiny import tiny_model
+from editkit.training.serac import (
+    SERACTrainConfig,
+    _balanced_bce,
+    counterfactual_examples,
+    mine_hard_negatives,
+    scope_examples,
+    train,
+)
+
+
+def _cases(tmp_path):
+    from editkit.data import load_cases
+
+    return load_cases(write_tiny_cases(tmp_path / "cases.jsonl")).cases
+
+
+def test_scope_examples_take_in_scope_probes_as_positives_and_out_of_scope_as_negatives(tmp_path):
+    cases = _cases(tmp_path)
+    examples = scope_examples(cases)
+    assert len(examples) == len(cases)
+    first = examples[0]
+    assert first.descriptor == descriptor_of(cases[0].request) == "The Eiffel Tower is located in the city of Rome"
+    assert first.positives == ("The Eiffel Tower is located in the city of", "The Eiffel Tower stands in the city of")
+    assert first.negatives == ("Michael Jordan plays the sport of",)
+
+
+def test_hard_negatives_are_the_nearest_inputs_of_other_cases(tmp_path):
+    examples = scope_examples(_cases(tmp_path))
+    encoder = SentenceEncoder.load("tiny-bert")
+    mined = mine_hard_negatives(examples, encoder, 2, progress=False)
+    texts = [t for e in examples for t in e.positives]
+    inputs, descs = encoder.embed(texts), encoder.embed([e.descriptor for e in examples])
+    for i, e in enumerate(mined):
+        assert len(e.hard) == 2 and not set(e.hard) & set(e.positives)
+        others = [j for j, t in enumerate(texts) if t not in examples[i].positives]
+        best = max(others, key=lambda j: float(descs[i] @ inputs[j]))
+        assert e.hard[0] == texts[best]
+
+
+def test_counterfactual_examples_put_the_edit_before_the_input(tmp_path):
+    cases = _cases(tmp_path)
+    ex = counterfactual_examples(cases, "{edit}\n{input}")
+    assert len(ex) == 2 * len(cases)
+    assert ex[1].prompt == "The Eiffel Tower is located in the city of Rome\nThe Eiffel Tower stands in the city of"
+    assert ex[1].target == " Rome"
+
+
+def test_balanced_bce_weighs_both_classes_equally():
+    logits = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    labels = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    pos = -torch.log(torch.sigmoid(logits[0]))
+    neg = -torch.log(1 - torch.sigmoid(logits[1:])).mean()
+    assert float(_balanced_bce(logits, labels)) == pytest.approx(float(0.5 * (pos + neg)), rel=1e-6)
+
+
+def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    settings = {**TINY_TRAINING, "data": [str(data)], "out": str(tmp_path / "parts"), "parts": ["scope-embed"]}
+    first = train(SERACTrainConfig.from_dict({**settings, "scope_steps": 2}), progress=False)
+    assert first["parts"]["scope-embed"]["steps"] == 2
+    ckpt = torch.load(tmp_path / "parts" / ".checkpoints" / "scope-embed.pt", weights_only=False)
+    longer = train(SERACTrainConfig.from_dict({**settings, "scope_steps": 4}), progress=False)
+    part = longer["parts"]["scope-embed"]
+    assert part["steps"] == 4 and part["loss_first"] == pytest.approx(ckpt["losses"][0])  # continued, not restarted
+    manifest = json.loads((tmp_path / "parts" / "manifest.json").read_text())
+    assert manifest["data"][0]["sha256"] and manifest["config"]["scope_steps"] == 4
+    assert (tmp_path / "parts" / "scope-embed" / "adapter" / "adapter_model.safetensors").is_file()
+    with pytest.raises(ValidationError, match="other settings"):
+        train(SERACTrainConfig.from_dict({**settings, "scope_lr": 0.5, "scope_steps": 6}), progress=False)
+
+
+def test_training_is_seeded(tmp_path):
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    runs = []
+    for name in ("a", "b"):
+        cfg = {**TINY_TRAINING, "data": [str(data)], "out": str(tmp_path / name), "parts": ["scope-cross"]}
+        runs.append(train(SERACTrainConfig.from_dict(cfg), progress=False)["parts"]["scope-cross"]["loss_last20_mean"])
+    assert runs[0] == runs[1]
+
+
+def test_bad_training_settings():
+    with pytest.raises(ConfigError, match="unknown SERAC parts"):
+        SERACTrainConfig.from_dict({"parts": ["scope-embed", "mend"]})
+    with pytest.raises(ConfigError, match="no training data"):
+        train(SERACTrainConfig.from_dict({"out": "x"}), progress=False)
+    with pytest.raises(ConfigError, match="Did you mean 'scope_steps'"):
+        SERACTrainConfig.from_dict({"scope_step": 3})
+
+
+def test_trained_serac_routes_and_answers_with_its_counterfactual_model(serac_parts):
+    lm = tiny_model("llama")
+    editor = create_editor("serac", {"artifacts": str(serac_parts), "encoder": "tiny-bert", "threshold": 0.0})
+    routed = editor.apply(lm, [EditRequest(prompt="The capital of Germany is", target_new=" Bonn")]).model
+    route = routed.route(["Germany's capital city is"])[0]
+    assert route.record is not None
+    h = routed.answerer.lm  # the counterfactual model: tiny llama with the trained adapter merged in
+    trained = {n: p for n, p in h.model.named_parameters()}
+    changed = [n for n, p in lm.model.named_parameters() if not torch.equal(p, trained[n])]
+    assert changed and all("proj" in n for n in changed)  # LoRA touched only attention projections
+    prompt = f"{route.record.descriptor}\nGermany's capital city is"
+    want = h.score_tokens([prompt], [" Bonn"])[0].logprobs
+    assert torch.allclose(routed.score_tokens(["Germany's capital city is"], [" Bonn"])[0].logprobs, want)
