@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, REPO
+from editkit.configfile import read_yaml
 from editkit.editors import create_editor
 from editkit.evaluation.downstream import get_task
-from editkit.configfile import read_yaml
 from editkit.evaluation.runner import RunConfig
 from editkit.training.serac import SERACTrainConfig
 

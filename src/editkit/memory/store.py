@@ -347,7 +347,7 @@ class SQLiteStore(EditStore):
                     edit_id INTEGER NOT NULL,
                     vector BLOB NOT NULL,
                     PRIMARY KEY (space, edit_id)
-                ) WITHOUT ROWID"""
+                )"""  # a rowid table: a 1.5 KB vector would spill to an overflow page in a WITHOUT ROWID one
             )
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             self._db.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
