@@ -141,6 +141,9 @@ def test_counterfact_probe_directions():
     edit, neigh = case.of_kind(ProbeKind.EDIT)[0], case.of_kind(ProbeKind.NEIGHBORHOOD)[0]
     assert edit.expected == case.request.target_new and edit.contrast == case.request.target_true
     assert neigh.contrast == case.request.target_new
+    ported = load_cases(data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json"), limit=1)
+    (hard,) = ported.cases[0].of_kind(ProbeKind.HARD_IN)
+    assert hard.prompt.startswith("What famous food") and hard.expected == " Cheesesteaks"
 
 
 def test_real_files_load_and_known_bad_records_are_reported():
