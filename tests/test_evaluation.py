@@ -259,6 +259,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     editor = create_editor("ft", {"steps": 2})
     batch = batch_edits(llama, editor, cases, ks=[1, 2], progress=False)
     seq = sequential_edits(llama, editor, cases, every=2, progress=False)
+    seq["run"] = {"label": "ft-2-steps"}  # as the runner records RunConfig.label
     paths = []
     for name, res in (("b.json", batch), ("s.json", seq)):
         (tmp_path / name).write_text(json.dumps(res))
@@ -266,6 +267,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     md = write_report(paths, tmp_path / "report")
     text = md.read_text()
     assert "| ft (tiny-llama-s0) | batch | 4 |" in text and "sequential_editing.png" in text
+    assert "| ft-2-steps (tiny-llama-s0) | sequential | 4 |" in text
     assert (tmp_path / "report" / "batch_es_dd.png").stat().st_size > 1000
     assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
     (tmp_path / "junk.json").write_text("{}")

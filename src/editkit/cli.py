@@ -278,6 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.config,
         model=args.model,
         method=args.method,
+        label=args.label,
         data=args.data,
         out=args.out,
         format=args.format,
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file with run settings (command-line options override it)")
     p.add_argument("--model", help=f"model name or folder (default {DEFAULT_MODEL})")
     p.add_argument("--method", help="editing method (default rome)")
+    p.add_argument("--label", help="the run's name in reports (default: the method's name)")
     p.add_argument("--data", help="data file (format detected, or --format)")
     p.add_argument("--format", help="the data file's format")
     p.add_argument("--skip-invalid", action="store_true", help="leave malformed records out (listed in the results)")

@@ -53,7 +53,8 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 
 def _label(run: dict[str, Any]) -> str:
-    return f"{run['method']} ({run['model']})"
+    name = (run.get("run") or {}).get("label") or run["method"]
+    return f"{name} ({run['model']})"
 
 
 def _fmt(v: Any) -> str:

@@ -34,6 +34,7 @@ PROTOCOLS = ("batch", "sequential")
 class RunConfig:
     model: str = "smollm2-135m"
     method: str = "rome"
+    label: str | None = None  # the run's name in reports (default: the method's name)
     data: str = ""
     out: str = ""
     format: str | None = None
