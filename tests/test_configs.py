@@ -11,33 +11,61 @@ import pytest
 from conftest import DATA, REPO
 from editkit.configfile import read_yaml
 from editkit.editors import create_editor
+from editkit.errors import ConfigError
 from editkit.evaluation.downstream import get_task
-from editkit.evaluation.runner import RunConfig
+from editkit.evaluation.runner import RunConfig, matrix_configs
 from editkit.training.serac import SERACTrainConfig
 
-CONFIGS = sorted(p for p in (REPO / "benchmarks" / "configs").glob("*.yaml") if not p.name.startswith("train_"))
-TRAINING = sorted((REPO / "benchmarks" / "configs").glob("train_*.yaml"))
+SHIPPED = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
+TRAINING = [p for p in SHIPPED if p.name.startswith("train_")]
+MATRICES = [p for p in SHIPPED if p.name.startswith("matrix_")]
+CONFIGS = [p for p in SHIPPED if p not in TRAINING and p not in MATRICES]
 
 
 def test_there_are_shipped_configs():
     assert CONFIGS, "benchmarks/configs holds no run configs"
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_config_is_valid(path: Path):
-    config = RunConfig.build(str(path))
+def _check(path: Path, config: RunConfig) -> None:
     editor = create_editor(config.method, config.settings)
     assert editor.name == config.method
     for task in config.downstream:
         get_task(task)
     if not DATA.is_dir():
-        pytest.skip(f"benchmark data {DATA} not available")
+        return  # benchmark data not available: only the settings are checked
     # config paths are relative to the repository root, with shared/ beside it
     for rel in (config.data, config.downstream_data, config.settings.get("corpus")):
         if rel:
             assert (REPO / rel).exists(), f"{path.name}: {rel} does not exist"
     for task in config.downstream:
         assert (REPO / str(config.downstream_data) / f"{task}.jsonl").is_file()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_config_is_valid(path: Path):
+    _check(path, RunConfig.build(str(path)))
+
+
+@pytest.mark.parametrize("path", MATRICES, ids=[p.name for p in MATRICES])
+def test_shipped_matrix_is_valid(path: Path):
+    configs = matrix_configs(path)
+    assert len({c.out for c in configs}) == len(configs), "two runs of the matrix write the same file"
+    for config in configs:
+        _check(path, config)
+
+
+def test_matrix_limits_and_errors(tmp_path: Path):
+    path = tmp_path / "m.yaml"
+    path.write_text(
+        "out_dir: out\nedits_per_step: [10]\ndatasets: {a: {data: x.json, limit: 100}}\n"
+        "runs: [{label: l1, method: ft, limit: 20, edits_per_step: [1, 5]}, {label: l2, method: rome}]\n"
+    )
+    first, second = matrix_configs(path)
+    assert (first.limit, first.edits_per_step, first.out, first.label) == (20, [1, 5], "out/a_l1.json", "l1")
+    assert (second.limit, second.edits_per_step, second.method) == (100, [10], "rome")
+    path.write_text("out_dir: out\ndatasets: {a: {data: x.json}}\nruns: [{label: l1, method: ft, k: 3}]\n")
+    with pytest.raises(ConfigError, match=r"unknown: \['k'\]"):
+        matrix_configs(path)
 
 
 @pytest.mark.parametrize("path", TRAINING, ids=[p.name for p in TRAINING])

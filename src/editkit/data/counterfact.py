@@ -2,8 +2,8 @@
 
 A record holds ``requested_rewrite`` (``prompt`` with ``{}`` for the subject, ``subject``, ``target_new.str``,
 ``target_true.str``), ``paraphrase_prompts`` and ``neighborhood_prompts``; the portability subsets add a
-``portability`` question that follows from the new fact (``New Question`` / ``New Answer``), a hard in-scope probe. Targets are scored as
-continuations, so they get the leading space a tokenizer expects after a prompt.
+``portability`` question that follows from the new fact (``New Question`` / ``New Answer``), a hard in-scope
+probe. Targets are scored as continuations, so they get the leading space a tokenizer expects after a prompt.
 """
 
 from __future__ import annotations

@@ -96,6 +96,46 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_step", "max_groups"})
+
+
+def matrix_configs(path: str | Path) -> list[RunConfig]:
+    """The batch-protocol RunConfig of every (data set, run) pair of a matrix file, in file order; results go to
+    ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step`` and
+    ``max_groups``, ``datasets`` (name -> ``{data, limit}``) and ``runs`` (each ``{label, method}`` with optional
+    ``settings``, ``limit`` (the lower of the run's and the data set's applies), ``edits_per_step``, ``max_groups``)."""
+    matrix = read_yaml(Path(path))
+    for key in ("out_dir", "datasets", "runs"):
+        if not matrix.get(key):
+            raise ConfigError(f"{path}: the matrix needs {key!r}")
+    configs = []
+    for name, ds in matrix["datasets"].items():
+        for r in matrix["runs"]:
+            unknown = sorted(set(r) - MATRIX_RUN_KEYS)
+            if unknown or "label" not in r or "method" not in r:
+                raise ConfigError(
+                    f"{path}: run {r.get('label')!r} needs label and method and takes only {sorted(MATRIX_RUN_KEYS)}"
+                    + (f" (unknown: {unknown})" if unknown else "")
+                )
+            limits = [v for v in (ds.get("limit"), r.get("limit")) if v is not None]
+            configs.append(
+                RunConfig.build(
+                    None,
+                    model=matrix.get("model"),
+                    method=r["method"],
+                    label=r["label"],
+                    data=ds.get("data"),
+                    limit=min(limits) if limits else None,
+                    protocol="batch",
+                    edits_per_step=r.get("edits_per_step", matrix.get("edits_per_step")),
+                    max_groups=r.get("max_groups", matrix.get("max_groups")),
+                    settings=r.get("settings"),
+                    out=str(Path(matrix["out_dir"]) / f"{name}_{r['label']}.json"),
+                )
+            )
+    return configs
+
+
 def _split(value: str | int, kind: type) -> list[Any]:
     try:
         return [kind(v.strip()) for v in str(value).split(",") if v.strip()]
