@@ -1,22 +1,54 @@
-"""Progress bars for long loops: rich bars with ETA, or nothing."""
+"""Progress for long loops: a rich bar with ETA on a terminal; on a pipe or log file (a background job), a plain
+line to stderr every ``LINE_EVERY_SECONDS`` with the count, elapsed time and ETA; or nothing."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
+
+LINE_EVERY_SECONDS = 30.0
+
+
+class _Null:
+    def advance(self, n: int = 1) -> None:
+        return None
+
+
+class _Lines:
+    """Progress as occasional lines, for output that is not a terminal."""
+
+    def __init__(self, total: int, description: str, stream: IO[str], every: float) -> None:
+        self.total, self.description, self.stream, self.every = total, description, stream, every
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done >= self.total:
+            self.last = now
+            self.stream.write(self.line(now) + "\n")
+            self.stream.flush()
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        return f"{self.description}: {self.done}/{self.total}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Any]:
-    """A rich progress bar with ETA (``advance(n)`` once per unit of work), or a no-op when not ``enabled``."""
+def progress_bar(total: int, description: str, enabled: bool = True, *, stream: IO[str] | None = None) -> Iterator[Any]:
+    """Progress of ``total`` units of work (call ``advance(n)`` once per unit): a rich bar on a terminal, lines
+    on any other ``stream`` (default stderr), nothing when not ``enabled``."""
     if not enabled:
-
-        class _Null:
-            def advance(self, n: int = 1) -> None:
-                return None
-
         yield _Null()
+        return
+    out = stream or sys.stderr
+    if not out.isatty():
+        yield _Lines(total, description, out, LINE_EVERY_SECONDS)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
