@@ -1,0 +1,64 @@
+"""SERAC Tables 4 and 5 in kind: scope-classifier and counterfactual-model accuracy on in-easy / in-hard /
+out-easy / out-hard inputs (``editkit.evaluation.scope.scope_breakdown``), for each classifier (embedding and
+cross-attention, trained; raw MiniLM for comparison) on each held-out data set, with groups of k edits in memory.
+
+    python benchmarks/serac_scope.py --k 10 --groups 20 --out benchmarks/results/serac_scope_smollm2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from editkit.data import load_cases
+from editkit.editors import create_editor
+from editkit.evaluation.scope import scope_breakdown
+from editkit.models.zoo import load
+
+DATA = {
+    "zsre": "../shared/data/zsre/mend_format/zsre_mend_eval_portability_gpt4.json",
+    "counterfact": "../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--artifacts", help="trained SERAC parts (default: the packaged ones)")
+    ap.add_argument("--scopes", default="embed,cross,embed-untrained")
+    ap.add_argument("--k", type=int, default=10, help="edits in memory per group")
+    ap.add_argument("--groups", type=int, default=20)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    lm = load(args.model)
+    results: dict[str, dict[str, object]] = {}
+    started = time.perf_counter()
+    for name, path in DATA.items():
+        dataset = load_cases(path, limit=args.k * args.groups)
+        for scope in args.scopes.split(","):
+            settings = {"scope": scope, **({"artifacts": args.artifacts} if args.artifacts else {})}
+            editor = create_editor("serac", settings)
+            editor.prepare(lm)
+            results.setdefault(name, {})[scope] = {
+                "data": {"path": path, "sha256": dataset.sha256},
+                **scope_breakdown(lm, editor, dataset.cases, args.k, max_groups=args.groups),
+            }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "benchmark": "serac_scope",
+                "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "model": lm.name,
+                "seconds_total": time.perf_counter() - started,
+                "results": results,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
