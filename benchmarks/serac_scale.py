@@ -8,7 +8,8 @@ cases whose edits are in memory (the most recently added, so the cases change as
 * DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5);
 * latency of one forward pass (one input, next-token distribution) for the base model, SERAC on an
   out-of-scope input (routed to the base) and SERAC on an in-scope input (routed to h), median of --repeats;
-* seconds per added edit (durable write + embedding + index), bytes of the memory file per edit, process RSS.
+* seconds per added edit, one at a time (the last --single-adds edits before each size) and in chunks (durable
+  write + embedding + index), bytes of the memory file per edit, process RSS.
 
     python benchmarks/serac_scale.py --artifacts build/serac --sizes 10,100,1000,10000 \
         --out benchmarks/results/serac_scale_smollm2.json
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import statistics
@@ -32,6 +34,8 @@ from editkit.editors import create_editor
 from editkit.edits import ProbeKind
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.models.zoo import load
+
+log = logging.getLogger("serac_scale")
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -54,9 +58,10 @@ def main() -> None:
     ap.add_argument("--probe-cases", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--chunk", type=int, default=500, help="edits added per apply() call")
+    ap.add_argument("--single-adds", type=int, default=5, help="edits added one at a time before each size")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = sorted(int(s) for s in args.sizes.split(","))
     dataset = load_cases(args.data, limit=max(sizes), skip_invalid=True)
     cases = dataset.cases
@@ -75,12 +80,19 @@ def main() -> None:
         added = 0
         add_seconds: list[float] = []
         for size in sizes:
-            while added < size:
-                chunk = cases[added : min(size, added + args.chunk)]
+            singles = min(args.single_adds, size - added)
+            while added < size - singles:
+                chunk = cases[added : min(size - singles, added + args.chunk)]
                 t0 = time.perf_counter()
                 editor.apply(lm, [c.request for c in chunk])
                 add_seconds.append((time.perf_counter() - t0) / len(chunk))
                 added += len(chunk)
+            single_seconds = []
+            for case in cases[added:size]:  # the last few edits one at a time, as a user adds them
+                t0 = time.perf_counter()
+                editor.apply(lm, [case.request])
+                single_seconds.append(time.perf_counter() - t0)
+                added += 1
             probe_cases = cases[max(0, size - args.probe_cases) : size]
             reference = Reference.build(lm, probe_cases)
             scores = score_cases(
@@ -121,13 +133,14 @@ def main() -> None:
                 "base_forward_s": _median_seconds(base_pass, args.repeats),
                 "serac_out_of_scope_forward_s": _median_seconds(serac_out, args.repeats),
                 "serac_in_scope_forward_s": _median_seconds(serac_in, args.repeats),
-                "seconds_per_added_edit": statistics.mean(add_seconds[-3:]),
+                "seconds_per_added_edit_in_chunks": statistics.mean(add_seconds[-3:]) if add_seconds else None,
+                "seconds_per_single_add": statistics.median(single_seconds),
                 "memory_file_bytes_per_edit": os.path.getsize(model.memory.path) / len(model.memory),
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "index_exact": model.memory.index.exact,
             }
             rows.append(row)
-            print(json.dumps(row))
+            log.info("%s", json.dumps(row))
     result = {
         "model": lm.name,
         "scope": args.scope,
