@@ -12,12 +12,14 @@ import torch
 
 from editkit.editors import create_editor
 from editkit.editors.base import EditHandle
-from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
+from editkit.editors.memory import EditMemory, PromptedAnswerer, RoutedModel, descriptor_of
 from editkit.editors.scope import EmbedScope
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
+from editkit.models.bridge import TokenBridge
 from editkit.models.encoder import SentenceEncoder
-from editkit.models.tiny import tiny_model
+from editkit.models.lm import LanguageModel
+from editkit.models.tiny import tiny_model, tiny_tokenizer
 
 EIFFEL = EditRequest(prompt="The Eiffel Tower is located in the city of", target_new=" Rome")
 JORDAN = EditRequest(prompt="Michael Jordan plays the sport of", target_new=" tennis")
@@ -222,4 +224,47 @@ def test_memory_lookup_matches_brute_force():
         j = int(row.argmin())
         assert route.record.request == requests[j]
         assert route.score == pytest.approx(1 / (1 + math.exp(-(0.5 - 2.0 * float(row[j])))), rel=1e-4)
+    memory.close()
+
+
+# --------------------------------------------------------------------------- another tokenizer
+def _other_family():
+    """A model whose tokenizer differs from the tiny models' (fewer BPE merges), as Gemma's differs from SmolLM2's."""
+    other = tiny_model("llama", seed=1)
+    return LanguageModel(other.model, tiny_tokenizer(vocab=300), name="tiny-other")
+
+
+def test_bridge_moves_ids_through_text_and_keeps_distribution_ratios():
+    base, h = tiny_model("llama"), _other_family()
+    bridge = TokenBridge(base, h)
+    ids = base.encode(" Rome, the city of Paris", special=False)
+    assert bridge.to_target(ids) == h.encode(" Rome, the city of Paris", special=False) != ids
+    assert bridge.to_source(bridge.to_target(ids)) == ids
+    mapping = bridge.vocab_map()
+    assert base.tokenizer.decode([int(torch.nonzero(mapping >= 0)[5])]) == h.tokenizer.decode(
+        [int(mapping[mapping >= 0][5])]
+    )
+    logp = h.next_token_logprobs(["The Eiffel Tower is"])[0]
+    moved = bridge.distribution_to_source(logp)
+    assert moved.shape[-1] == base.next_token_logprobs(["x"]).shape[-1]
+    assert torch.logsumexp(moved, -1).item() == pytest.approx(0.0, abs=1e-5)
+    a, b = [int(i) for i in torch.nonzero(mapping >= 0)[:2, 0]]
+    assert (moved[a] - moved[b]).item() == pytest.approx((logp[mapping[a]] - logp[mapping[b]]).item(), abs=1e-5)
+
+
+def test_an_answerer_of_another_family_scores_the_same_text():
+    base, h = tiny_model("llama"), _other_family()
+    answerer = PromptedAnswerer(h, "{edit}\n{input}", bridge=TokenBridge(base, h))
+    memory = EditMemory(EmbedScope.untrained("tiny-bert"))
+    memory.add([EIFFEL])
+    record = memory.records()[0]
+    prompt = f"{record.descriptor}\n{EIFFEL.text}"
+    (via,) = answerer.score_tokens(
+        [(record, EIFFEL.text)], [base.encode(" Rome", special=False)], batch_size=2, first_distribution=True
+    )
+    (direct,) = h.score_tokens([prompt], [" Rome"], first_distribution=True)
+    assert torch.allclose(via.logprobs, direct.logprobs) and torch.equal(via.greedy, direct.greedy)
+    assert via.first_distribution.shape == base.next_token_logprobs(["x"])[0].shape
+    (generated,) = answerer.generate_ids([(record, EIFFEL.text)], 4)
+    assert base.tokenizer.decode(generated) == h.tokenizer.decode(h.generate_ids([prompt], 4)[0])
     memory.close()

@@ -14,7 +14,8 @@ from editkit.editors.memory import descriptor_of
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.encoder import SentenceEncoder
-from editkit.models.tiny import tiny_model
+from editkit.models.lm import LanguageModel
+from editkit.models.tiny import tiny_model, tiny_tokenizer
 from editkit.training.serac import (
     SERACTrainConfig,
     _balanced_bce,
@@ -117,3 +118,20 @@ def test_trained_serac_routes_and_answers_with_its_counterfactual_model(serac_pa
     prompt = f"{route.record.descriptor}\nGermany's capital city is"
     want = h.score_tokens([prompt], [" Bonn"])[0].logprobs
     assert torch.allclose(routed.score_tokens(["Germany's capital city is"], [" Bonn"])[0].logprobs, want)
+
+
+def test_trained_serac_serves_a_base_model_of_another_family_without_retraining(serac_parts):
+    """SERAC reused on a base model with another tokenizer (Gemma in place of SmolLM2): routing and answers are
+    unchanged; only ids and distributions pass through a token bridge."""
+    other = LanguageModel(tiny_model("llama", seed=1).model, tiny_tokenizer(vocab=300), name="tiny-other")
+    editor = create_editor("serac", {"artifacts": str(serac_parts), "encoder": "tiny-bert", "threshold": 0.0})
+    bonn = EditRequest(prompt="The capital of Germany is", target_new=" Bonn")
+    routed = editor.apply(other, [bonn]).model
+    h = routed.answerer.lm
+    assert routed.answerer.bridge is not None and h.tokenizer.get_vocab() != other.tokenizer.get_vocab()
+    prompt = f"{descriptor_of(bonn)}\nGermany's capital is"
+    want = h.score_tokens([prompt], [" Bonn"])[0].logprobs
+    got = routed.score_tokens(["Germany's capital is"], [" Bonn"])[0].logprobs
+    assert torch.allclose(got, want)
+    (ids,) = routed.generate_ids(["Germany's capital is"], 3)
+    assert other.tokenizer.decode(ids) == h.tokenizer.decode(h.generate_ids([prompt], 3)[0])

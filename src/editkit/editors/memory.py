@@ -17,6 +17,7 @@ The base model's weights are never touched, so rollback (deleting the records) r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -36,6 +37,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
 from editkit.memory.store import AddOutcome, EditRecord, EditStore, SQLiteStore
+from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel, TokenScores
 
 log = logging.getLogger(__name__)
@@ -124,14 +126,16 @@ class PromptedAnswerer(Answerer):
     """Answers with a language model that reads the edit in its prompt: ``template.format(edit=z_e, input=x)``.
 
     With the base model this is RP (retrieve-and-prompt, SERAC §5) and SERAC's untrained in-context
-    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on this very prompt).
+    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on this very prompt). A
+    ``bridge`` translates ids and distributions when ``lm`` has another tokenizer than the base model.
     """
 
-    def __init__(self, lm: LanguageModel, template: str) -> None:
+    def __init__(self, lm: LanguageModel, template: str, *, bridge: TokenBridge | None = None) -> None:
         if "{edit}" not in template or "{input}" not in template:
             raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
         self.lm = lm
         self.template = template
+        self.bridge = bridge  # when ``lm`` has another tokenizer than the base model
 
     def prompts(self, routed: Sequence[tuple[EditRecord, str]]) -> list[str]:
         return [self.template.format(edit=r.descriptor, input=x) for r, x in routed]
@@ -144,17 +148,28 @@ class PromptedAnswerer(Answerer):
         batch_size: int,
         first_distribution: bool,
     ) -> list[TokenScores]:
-        return self.lm.score_tokens(
-            self.prompts(routed), list(continuations), batch_size=batch_size, first_distribution=first_distribution
+        bridge = self.bridge
+        ids = [bridge.to_target(c) for c in continuations] if bridge else list(continuations)
+        scores = self.lm.score_tokens(
+            self.prompts(routed), ids, batch_size=batch_size, first_distribution=first_distribution
         )
+        if bridge and first_distribution:
+            return [
+                dataclasses.replace(s, first_distribution=bridge.distribution_to_source(s.first_distribution))
+                for s in scores
+                if s.first_distribution is not None
+            ]
+        return scores
 
     def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
-        return self.lm.next_token_logprobs(self.prompts(routed), batch_size=batch_size)
+        rows = self.lm.next_token_logprobs(self.prompts(routed), batch_size=batch_size)
+        return self.bridge.distribution_to_source(rows) if self.bridge else rows
 
     def generate_ids(
         self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
     ) -> list[list[int]]:
-        return self.lm.generate_ids(self.prompts(routed), max_new_tokens, **kwargs)
+        out = self.lm.generate_ids(self.prompts(routed), max_new_tokens, **kwargs)
+        return [self.bridge.to_source(seq) for seq in out] if self.bridge else out
 
 
 # --------------------------------------------------------------------------- memory

@@ -8,7 +8,8 @@ from ``[z_i* ; x]``, else the base model answers. The base model is never change
   or ``cross`` (MiniLM cross-encoder over the nearest ``candidates`` edits), both trained with eq. 2;
   ``embed-untrained`` is raw MiniLM with a fixed threshold, for comparison.
 * Counterfactual model: SmolLM2-135M with a LoRA adapter trained with eq. 3 on ``template`` prompts
-  (:mod:`editkit.training.serac`), merged into its own copy of the weights when loaded.
+  (:mod:`editkit.training.serac`), merged into its own copy of the weights when loaded. It serves base models
+  of other families too, through a :class:`~editkit.models.bridge.TokenBridge` (the parts are not retrained).
 
 RP (retrieve-and-prompt, §5 and appendix B) uses the same scope classifier but lets the base model answer,
 with the retrieved edit in its prompt; it is also SERAC with an untrained, in-context counterfactual model.
@@ -29,6 +30,7 @@ from editkit.editors.base import EditorConfig, register
 from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, PromptedAnswerer, ScopeModel
 from editkit.editors.scope import CrossScope, EmbedScope
 from editkit.errors import ConfigError, ValidationError
+from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -107,12 +109,11 @@ class SERAC(_Retrieval):
     def build_answerer(self, lm: LanguageModel) -> Answerer:
         folder = artifacts_folder(self.config.artifacts)
         h = load_counterfactual(folder / "counterfactual")
+        bridge = None
         if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            raise ValidationError(
-                f"the trained counterfactual model ({h.name}) uses another tokenizer than {lm.name}; SERAC's "
-                "counterfactual model must share the base model's output space"
-            )
-        return PromptedAnswerer(h, read_manifest(folder).get("template", TEMPLATE))
+            log.info("counterfactual model %s answers for %s through a token bridge", h.name, lm.name)
+            bridge = TokenBridge(lm, h)
+        return PromptedAnswerer(h, read_manifest(folder).get("template", TEMPLATE), bridge=bridge)
 
 
 def load_counterfactual(folder: Path) -> LanguageModel:

@@ -31,13 +31,13 @@ Who is the prime minister of the United Kingdom? The president of France lives i
 """
 
 
-@lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
+@lru_cache(maxsize=4)
+def _tokenizer_json(vocab: int) -> str:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         special_tokens=["<pad>", "<eos>", "<bos>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -46,9 +46,12 @@ def _tokenizer_json() -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
+    """The tiny models' byte-level BPE tokenizer; a smaller ``vocab`` gives another tokenizer of the same text."""
+    if not 259 < vocab <= VOCAB:
+        raise ValueError(f"vocab must be in (259, {VOCAB}] (256 bytes and 3 special tokens), got {vocab}")
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab)),
         pad_token="<pad>",
         eos_token="<eos>",
         bos_token="<bos>",
