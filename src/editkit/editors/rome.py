@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,9 @@ from editkit.models.lm import LanguageModel
 
 
 @dataclass
-class ROMEConfig(EditorConfig):
-    layer: int | None = field(default=None, metadata={"help": "layer to edit; default: the model's edit layer"})
+class LocateEditConfig(EditorConfig):
+    """Settings ROME and MEMIT share: how k* is averaged, how the target residual is optimised, where C comes from."""
+
     n_context: int = field(
         default=10, metadata={"help": "sampled context prefixes averaged into k* (plus the bare prompt)"}
     )
@@ -66,12 +67,31 @@ class ROMEConfig(EditorConfig):
     )
 
     def validate(self) -> None:
+        name = type(self).__name__
         if self.v_steps < 1 or self.n_context < 0 or self.context_length < 1:
-            raise ConfigError("ROME: v_steps and context_length must be >= 1, n_context >= 0")
+            raise ConfigError(f"{name}: v_steps and context_length must be >= 1, n_context >= 0")
         if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
-            raise ConfigError("ROME: v_lr and clamp_norm_factor must be positive")
+            raise ConfigError(f"{name}: v_lr and clamp_norm_factor must be positive")
         if self.corpus is not None and not Path(self.corpus).is_file():
-            raise ConfigError(f"ROME: corpus file {self.corpus} does not exist")
+            raise ConfigError(f"{name}: corpus file {self.corpus} does not exist")
+
+
+@dataclass
+class ROMEConfig(LocateEditConfig):
+    layer: int | None = field(default=None, metadata={"help": "layer to edit; default: the model's edit layer"})
+
+
+@dataclass
+class TargetResidual:
+    """What one edit's optimisation yields: k* (the mean key over contexts), k_0 (the bare prompt's key), the
+    original output of the optimised site at the bare prompt's subject token, and the residual delta that makes
+    the model say the new target when added there."""
+
+    k_star: torch.Tensor
+    k_bare: torch.Tensor
+    v_init: torch.Tensor
+    delta: torch.Tensor
+    info: dict[str, Any]
 
 
 def subject_last_index(lm: LanguageModel, text: str, subject_end: int) -> int:
@@ -116,6 +136,11 @@ class _PassThrough(nn.Module):
         return _with_hidden(self.like, hidden)
 
 
+def _hidden(out: Any) -> torch.Tensor:
+    """The hidden states in a module's output (a layer may return a tuple)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def _with_hidden(like: Any, hidden: torch.Tensor) -> Any:
     if isinstance(like, torch.Tensor):
         return hidden
@@ -140,24 +165,15 @@ def replay_prefix(layers: nn.ModuleList, upto: int, cached_input: torch.Tensor, 
             layers[i] = mod
 
 
-@register
-class ROME(WeightEditor):
-    name = "rome"
-    config_cls = ROMEConfig
-    capabilities = Capabilities(kind="weights", batch=False, sequential=True, needs_subject=True)
-    config: ROMEConfig
+class LocateEditor(WeightEditor):
+    """What ROME and MEMIT share: seeded context prefixes, the key statistics, and the optimisation of the
+    residual that makes the model say a new target when added at the subject's last token of one site."""
 
-    def __init__(self, config: ROMEConfig | None = None) -> None:
+    config: LocateEditConfig
+
+    def __init__(self, config: LocateEditConfig | None = None) -> None:
         super().__init__(config)
         self._contexts: dict[tuple[Any, ...], list[str]] = {}
-
-    def layer(self, lm: LanguageModel) -> int:
-        layer = self.config.layer if self.config.layer is not None else lm.default_edit_layer
-        lm.adapter.check_layer(lm.model, layer)
-        return layer
-
-    def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
-        return [lm.adapter.weight_name(self.layer(lm), "mlp_out")]
 
     # ---- context prefixes (ROME: "we sample ... prefixes to average k* over contexts")
     def context_templates(self, lm: LanguageModel) -> list[str]:
@@ -176,10 +192,6 @@ class ROME(WeightEditor):
             self._contexts[key] = ["{}"] + [f"{t}. {{}}" for t in clean]
         return self._contexts[key]
 
-    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
-        self.context_templates(lm)
-        self.covariance(lm, self.layer(lm), progress=progress)
-
     def covariance(self, lm: LanguageModel, layer: int, progress: bool = False) -> torch.Tensor | None:
         if self.config.corpus is None:
             return None
@@ -189,38 +201,32 @@ class ROME(WeightEditor):
             progress=progress,
         )
 
-    def compute(
-        self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        (req,) = requests
-        layer = self.layer(lm)
-        name = lm.adapter.weight_name(layer, "mlp_out")
-        k_star, k_bare, delta, info = self.compute_key_and_residual(lm, req, layer)
-        cov = self.covariance(lm, layer)
-        w = params[name].detach()
-        update = rank_one_update(k_star, delta, cov, anchor=k_bare).to(w.device, w.dtype)
-        return {name: w + lm.adapter.from_out_in(update)}, info
+    def rendered(self, lm: LanguageModel, req: EditRequest) -> tuple[list[str], list[int]]:
+        """The request's prompt in every context template, and the index of the subject's last token in each."""
+        assert req.subject is not None
+        texts, idx = [], []
+        for ctx in self.context_templates(lm):
+            text, end = _render(ctx.replace("{}", req.template, 1) if ctx != "{}" else req.template, req.subject)
+            texts.append(text)
+            idx.append(subject_last_index(lm, text, end))
+        return texts, idx
 
-    def compute_key_and_residual(
-        self, lm: LanguageModel, req: EditRequest, layer: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """k* (mean key over contexts), k_0 (the bare prompt's key) and the optimised residual delta."""
+    def target_residual(
+        self, lm: LanguageModel, req: EditRequest, layer: int, site: Literal["mlp_out", "block"] = "mlp_out"
+    ) -> TargetResidual:
+        """Optimise the residual delta added to the output of ``site`` (layer ``layer``'s MLP output projection for
+        ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the subject's last token."""
         cfg = self.config
         assert req.subject is not None
-        template = req.template
-        texts, ends = [], []
-        for ctx in self.context_templates(lm):
-            text, end = _render(ctx.replace("{}", template, 1) if ctx != "{}" else template, req.subject)
-            texts.append(text)
-            ends.append(end)
+        texts, ctx_idx = self.rendered(lm, req)
         kl_text, kl_end = _render("{} is a", req.subject)
         all_texts = [*texts, kl_text]
-        subject_idx = [subject_last_index(lm, t, e) for t, e in zip(all_texts, [*ends, kl_end], strict=True)]
+        subject_idx = [*ctx_idx, subject_last_index(lm, kl_text, kl_end)]
         fast = cfg.fast_path and lm.adapter.sequential_layers and not lm.is_encoder_decoder
         run: _Passes = (
-            _FastPasses(lm, layer, all_texts, subject_idx, req.target_new)
+            _FastPasses(lm, layer, site, all_texts, subject_idx, req.target_new)
             if fast
-            else _ReferencePasses(lm, layer, all_texts, subject_idx, req.target_new)
+            else _ReferencePasses(lm, layer, site, all_texts, subject_idx, req.target_new)
         )
         n_rw = len(texts)
         for p in lm.model.parameters():
@@ -261,14 +267,49 @@ class ROME(WeightEditor):
             "delta_norm": delta.norm().item(),
             "fast_path": fast,
         }
-        return k_star.detach().cpu(), keys[0].float().cpu(), delta.detach().float().cpu(), info
+        return TargetResidual(
+            k_star.detach().cpu(), keys[0].float().cpu(), v_init.cpu(), delta.detach().float().cpu(), info
+        )
+
+
+@register
+class ROME(LocateEditor):
+    name = "rome"
+    config_cls = ROMEConfig
+    capabilities = Capabilities(kind="weights", batch=False, sequential=True, needs_subject=True)
+    config: ROMEConfig
+
+    def layer(self, lm: LanguageModel) -> int:
+        layer = self.config.layer if self.config.layer is not None else lm.default_edit_layer
+        lm.adapter.check_layer(lm.model, layer)
+        return layer
+
+    def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
+        return [lm.adapter.weight_name(self.layer(lm), "mlp_out")]
+
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        self.context_templates(lm)
+        self.covariance(lm, self.layer(lm), progress=progress)
+
+    def compute(
+        self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        (req,) = requests
+        layer = self.layer(lm)
+        name = lm.adapter.weight_name(layer, "mlp_out")
+        r = self.target_residual(lm, req, layer)
+        cov = self.covariance(lm, layer)
+        w = params[name].detach()
+        update = rank_one_update(r.k_star, r.delta, cov, anchor=r.k_bare).to(w.device, w.dtype)
+        return {name: w + lm.adapter.from_out_in(update)}, r.info
 
 
 class _Passes(ABC):
     """The forward passes of v* optimisation over the rewriting prompts plus the KL prompt (last row).
 
-    ``capture`` returns the keys at each row's subject token, the original projection output for row 0, and
-    logits at ``index``; ``step(delta)`` returns logits at ``index`` with delta added at the subject tokens.
+    ``capture`` returns the keys at each row's subject token, the original output of the site (the MLP output
+    projection, or the whole layer) for row 0, and logits at ``index``; ``step(delta)`` returns logits at
+    ``index`` with delta added to the site's output at the subject tokens.
     ``index`` selects each rewriting row's target-predicting positions and, in column 0, the KL row's subject
     position; ``targets``/``valid`` give the target token at each selected position.
     """
@@ -276,9 +317,10 @@ class _Passes(ABC):
     targets: torch.Tensor
     valid: torch.Tensor
 
-    def __init__(self, lm: LanguageModel, layer: int) -> None:
+    def __init__(self, lm: LanguageModel, layer: int, site: str) -> None:
         self.lm = lm
         self.mlp_out = lm.adapter.module(lm.model, layer, "mlp_out")
+        self.site = self.mlp_out if site == "mlp_out" else lm.adapter.layer_list(lm.model)[layer]
 
     @abstractmethod
     def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
@@ -290,8 +332,10 @@ class _Passes(ABC):
 class _ReferencePasses(_Passes):
     """Plain full forward passes over right-padded prompts (any architecture, encoder-decoders included)."""
 
-    def __init__(self, lm: LanguageModel, layer: int, texts: list[str], subject_idx: list[int], target: str) -> None:
-        super().__init__(lm, layer)
+    def __init__(
+        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
+    ) -> None:
+        super().__init__(lm, layer, site)
         self.batch = lm.teacher_forced(texts, [target] * len(texts))
         self.rows = torch.arange(len(texts), device=lm.device)
         self.idx = torch.tensor(subject_idx, device=lm.device)
@@ -309,20 +353,20 @@ class _ReferencePasses(_Passes):
         def grab_key(_m: nn.Module, args: tuple[Any, ...]) -> None:
             got["keys"] = args[0][self.rows, self.idx].detach()
 
-        def grab_out(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
-            got["v"] = out[0, self.idx[0]].detach()
+        def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["v"] = _hidden(out)[0, self.idx[0]].detach()
 
-        with hooks([(self.mlp_out, "forward_pre", grab_key), (self.mlp_out, "forward", grab_out)]):
+        with hooks([(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]):
             logits = self.lm.logits_at(self.batch.inputs, self.index)
         return got["keys"], got["v"], logits
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
-        def add_delta(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[self.rows, self.idx] = out[self.rows, self.idx] + delta.to(out.dtype)
-            return out
+        def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = _hidden(out).clone()
+            hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta.to(hidden.dtype)
+            return _with_hidden(out, hidden)
 
-        with hooks([(self.mlp_out, "forward", add_delta)]):
+        with hooks([(self.site, "forward", add_delta)]):
             return self.lm.logits_at(self.batch.inputs, self.index)
 
 
@@ -336,8 +380,10 @@ class _FastPasses(_Passes):
     the subject on: about a third of the tokens and four fifths of the layers of a full pass on SmolLM2.
     """
 
-    def __init__(self, lm: LanguageModel, layer: int, texts: list[str], subject_idx: list[int], target: str) -> None:
-        super().__init__(lm, layer)
+    def __init__(
+        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
+    ) -> None:
+        super().__init__(lm, layer, site)
         self.layer = layer
         self.layers = lm.adapter.layer_list(lm.model)
         target_ids = lm.encode(target, special=False)
@@ -394,8 +440,8 @@ class _FastPasses(_Passes):
         def grab_key(_m: nn.Module, args: tuple[Any, ...]) -> None:
             got["keys"] = args[0][:, 0].detach()
 
-        def grab_out(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
-            got["v"] = out[0, 0].detach()
+        def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["v"] = _hidden(out)[0, 0].detach()
 
         def grab_layer_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             got["layer_in"] = (args[0] if args else kwargs["hidden_states"]).detach()
@@ -403,7 +449,7 @@ class _FastPasses(_Passes):
         def grab_prev_out(_m: nn.Module, _args: Any, out: Any) -> None:
             got["like"] = out
 
-        specs: list[Any] = [(self.mlp_out, "forward_pre", grab_key), (self.mlp_out, "forward", grab_out)]
+        specs: list[Any] = [(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]
         if self.layer > 0:
             specs.append((self.layers[self.layer - 1], "forward", grab_prev_out))
         with hooks(specs):
@@ -416,12 +462,12 @@ class _FastPasses(_Passes):
         return got["keys"], got["v"], logits
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
-        def add_delta(_m: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
-            out = out.clone()
-            out[:, 0] = out[:, 0] + delta.to(out.dtype)
-            return out
+        def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = _hidden(out).clone()
+            hidden[:, 0] = hidden[:, 0] + delta.to(hidden.dtype)
+            return _with_hidden(out, hidden)
 
-        with hooks([(self.mlp_out, "forward", add_delta)]):
+        with hooks([(self.site, "forward", add_delta)]):
             if self.layer == 0:
                 return self.lm.logits_at(self._inputs(), self.index)
             assert self.layer_in is not None
@@ -443,4 +489,4 @@ def rank_one_update(
     return (torch.outer(delta.double(), u) / (u @ a)).float()
 
 
-__all__ = ["ROME", "ROMEConfig", "rank_one_update"]
+__all__ = ["ROME", "LocateEditConfig", "LocateEditor", "ROMEConfig", "TargetResidual", "rank_one_update"]
