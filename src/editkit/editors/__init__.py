@@ -3,7 +3,7 @@
 Importing this package registers the built-in methods.
 """
 
-from editkit.editors import ft, lu, rome, serac
+from editkit.editors import ft, lu, memit, rome, serac
 from editkit.editors.base import (
     Capabilities,
     EditHandle,
@@ -27,6 +27,7 @@ __all__ = [
     "ft",
     "get_editor_class",
     "lu",
+    "memit",
     "register",
     "rome",
     "serac",

@@ -122,7 +122,7 @@ class _Replay(nn.Module):
         self.__dict__.update(attrs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return _with_hidden(self.like, self.value)
+        return _withlayer_output_hidden(self.like, self.value)
 
 
 class _PassThrough(nn.Module):
@@ -133,15 +133,15 @@ class _PassThrough(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs["hidden_states"]
-        return _with_hidden(self.like, hidden)
+        return _withlayer_output_hidden(self.like, hidden)
 
 
-def _hidden(out: Any) -> torch.Tensor:
+def layer_output_hidden(out: Any) -> torch.Tensor:
     """The hidden states in a module's output (a layer may return a tuple)."""
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def _with_hidden(like: Any, hidden: torch.Tensor) -> Any:
+def _withlayer_output_hidden(like: Any, hidden: torch.Tensor) -> Any:
     if isinstance(like, torch.Tensor):
         return hidden
     return (hidden, *like[1:])
@@ -354,7 +354,7 @@ class _ReferencePasses(_Passes):
             got["keys"] = args[0][self.rows, self.idx].detach()
 
         def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
-            got["v"] = _hidden(out)[0, self.idx[0]].detach()
+            got["v"] = layer_output_hidden(out)[0, self.idx[0]].detach()
 
         with hooks([(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]):
             logits = self.lm.logits_at(self.batch.inputs, self.index)
@@ -362,9 +362,9 @@ class _ReferencePasses(_Passes):
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
-            hidden = _hidden(out).clone()
+            hidden = layer_output_hidden(out).clone()
             hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta.to(hidden.dtype)
-            return _with_hidden(out, hidden)
+            return _withlayer_output_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
             return self.lm.logits_at(self.batch.inputs, self.index)
@@ -441,7 +441,7 @@ class _FastPasses(_Passes):
             got["keys"] = args[0][:, 0].detach()
 
         def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
-            got["v"] = _hidden(out)[0, 0].detach()
+            got["v"] = layer_output_hidden(out)[0, 0].detach()
 
         def grab_layer_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             got["layer_in"] = (args[0] if args else kwargs["hidden_states"]).detach()
@@ -463,9 +463,9 @@ class _FastPasses(_Passes):
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
-            hidden = _hidden(out).clone()
+            hidden = layer_output_hidden(out).clone()
             hidden[:, 0] = hidden[:, 0] + delta.to(hidden.dtype)
-            return _with_hidden(out, hidden)
+            return _withlayer_output_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
             if self.layer == 0:
@@ -489,4 +489,12 @@ def rank_one_update(
     return (torch.outer(delta.double(), u) / (u @ a)).float()
 
 
-__all__ = ["ROME", "LocateEditConfig", "LocateEditor", "ROMEConfig", "TargetResidual", "rank_one_update"]
+__all__ = [
+    "ROME",
+    "LocateEditConfig",
+    "LocateEditor",
+    "ROMEConfig",
+    "TargetResidual",
+    "layer_output_hidden",
+    "rank_one_update",
+]

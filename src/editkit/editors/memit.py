@@ -1,0 +1,170 @@
+"""MEMIT: Mass-Editing Memory in a Transformer (Meng et al., 2023).
+
+Many edits at once, spread over a range of MLP layers R = [l_1 .. L]:
+
+* For each edit i, a target hidden state z_i = h_i^L + delta_i of the residual stream after layer L at the
+  subject's last token, with delta_i optimised as ROME optimises v* (new target's NLL over context-prefixed
+  prompts, essence-drift KL, norm clamp), but added to the whole layer's output instead of the MLP's
+  (:meth:`~editkit.editors.rome.LocateEditor.target_residual` with ``site="block"``).
+* Then, for each layer l of R from the lowest up (MEMIT Algorithm 1): keys K_l (each edit's key at l, averaged
+  over the context prefixes, under the weights as updated so far), the residual still missing at layer L,
+  R_l = (z - h^L) / (number of layers left), and the update
+
+      Delta_l = R_l K_l^T (lambda C_l + K_l K_l^T)^{-1}
+
+  (MEMIT eq. 14), the least-squares change of W_l that maps K_l to W_l K_l + R_l while keeping the corpus keys'
+  outputs (second moment C_l, weight ``mom2_update_weight`` = lambda) in place. Without a corpus C = I.
+
+C_l is measured on the model as it is when the editor first sees it (``prepare``) and kept for the editor's
+life, as MEMIT's reference implementation does: after sequential edits, the preserved statistics remain those
+of the original model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from editkit.editors.base import Capabilities, register
+from editkit.editors.rome import LocateEditConfig, LocateEditor, layer_output_hidden
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError
+from editkit.models.hooks import hooks
+from editkit.models.lm import LanguageModel
+
+
+@dataclass
+class MEMITConfig(LocateEditConfig):
+    layers: list[int] | None = field(
+        default=None, metadata={"help": "layers to edit (ascending); default: 5 layers up to the model's edit layer"}
+    )
+    mom2_update_weight: float = field(
+        default=15_000.0, metadata={"help": "lambda: weight of the preserved keys' second moment (MEMIT eq. 14)"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.layers is not None and (not self.layers or self.layers != sorted(set(self.layers))):
+            raise ConfigError(f"MEMITConfig: layers must be distinct and ascending, got {self.layers}")
+        if self.mom2_update_weight <= 0:
+            raise ConfigError("MEMITConfig: mom2_update_weight must be positive")
+
+
+def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float) -> torch.Tensor:
+    """``[out, in]`` update ``R K^T (weight C + K K^T)^{-1}`` for residuals ``R`` ``[out, n]`` and keys ``K``
+    ``[in, n]`` (MEMIT eq. 14); ``cov`` None means C = I."""
+    k = keys.double()
+    c = torch.eye(k.shape[0], dtype=torch.float64) if cov is None else cov.double()
+    adj = torch.linalg.solve(weight * c + k @ k.T, k)  # [in, n], the matrix is symmetric
+    return (resid.double() @ adj.T).float()
+
+
+@register
+class MEMIT(LocateEditor):
+    name = "memit"
+    config_cls = MEMITConfig
+    capabilities = Capabilities(kind="weights", batch=True, sequential=True, needs_subject=True)
+    config: MEMITConfig
+
+    def __init__(self, config: MEMITConfig | None = None) -> None:
+        super().__init__(config)
+        self._covs: dict[tuple[int, int], torch.Tensor | None] = {}
+
+    def layers(self, lm: LanguageModel) -> list[int]:
+        if self.config.layers is not None:
+            layers = list(self.config.layers)
+        else:
+            last = lm.default_edit_layer
+            layers = list(range(max(0, last - 4), last + 1))
+        for layer in layers:
+            lm.adapter.check_layer(lm.model, layer)
+        return layers
+
+    def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
+        return [lm.adapter.weight_name(layer, "mlp_out") for layer in self.layers(lm)]
+
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        self.context_templates(lm)
+        for layer in self.layers(lm):
+            self.preserved_covariance(lm, layer, progress=progress)
+
+    def preserved_covariance(self, lm: LanguageModel, layer: int, *, progress: bool = False) -> torch.Tensor | None:
+        """C_l of the model as the editor first saw it (see the module docstring)."""
+        key = (id(lm.model), layer)
+        if key not in self._covs:
+            self._covs[key] = self.covariance(lm, layer, progress=progress)
+        return self._covs[key]
+
+    def subject_states(
+        self, lm: LanguageModel, requests: Sequence[EditRequest], key_layer: int, out_layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per request, at the subject's last token: the key entering ``key_layer``'s MLP output projection,
+        averaged over the context prefixes (``[n, d_in]``), and the output of layer ``out_layer`` on the bare
+        prompt (``[n, d_model]``)."""
+        texts: list[str] = []
+        targets: list[str] = []
+        idx: list[int] = []
+        owner: list[int] = []
+        for i, req in enumerate(requests):
+            t, j = self.rendered(lm, req)  # the bare prompt comes first
+            texts += t
+            targets += [req.target_new] * len(t)
+            idx += j
+            owner += [i] * len(t)
+        batch = lm.teacher_forced(texts, targets)
+        rows = torch.arange(len(texts), device=lm.device)
+        pos = torch.tensor(idx, device=lm.device)
+        got: dict[str, torch.Tensor] = {}
+
+        def grab_key(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            got["keys"] = args[0][rows, pos].detach().float()
+
+        def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["out"] = layer_output_hidden(out)[rows, pos].detach().float()
+
+        mlp_out = lm.adapter.module(lm.model, key_layer, "mlp_out")
+        block = lm.adapter.layer_list(lm.model)[out_layer]
+        with torch.no_grad(), hooks([(mlp_out, "forward_pre", grab_key), (block, "forward", grab_out)]):
+            lm.logits_at(batch.inputs, torch.zeros((len(texts), 1), dtype=torch.long, device=lm.device))
+        group = torch.tensor(owner, device=lm.device)
+        n = len(requests)
+        sums = torch.zeros((n, got["keys"].shape[1]), device=lm.device).index_add_(0, group, got["keys"])
+        keys = sums / torch.bincount(group, minlength=n).unsqueeze(1).float()
+        first = torch.tensor([owner.index(i) for i in range(n)], device=lm.device)
+        return keys.cpu(), got["out"][first].cpu()
+
+    def compute(
+        self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        layers = self.layers(lm)
+        last = layers[-1]
+        residuals = [self.target_residual(lm, req, last, site="block") for req in requests]
+        targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
+        new: dict[str, torch.Tensor] = {}
+        per_layer = []
+        for i, layer in enumerate(layers):
+            keys, current = self.subject_states(lm, requests, layer, last)
+            resid = (targets - current) / (len(layers) - i)
+            update = memit_update(resid.T, keys.T, self.preserved_covariance(lm, layer), self.config.mom2_update_weight)
+            name = lm.adapter.weight_name(layer, "mlp_out")
+            w = params[name]
+            with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
+                w.add_(lm.adapter.from_out_in(update).to(w.device, w.dtype))
+            new[name] = w.detach().clone()
+            per_layer.append(
+                {"layer": layer, "residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}
+            )
+        info = {
+            "layers": layers,
+            "steps": [r.info["steps"] for r in residuals],
+            "nll_last": [r.info["nll_last"] for r in residuals],
+            "per_layer": per_layer,
+        }
+        return new, info
+
+
+__all__ = ["MEMIT", "MEMITConfig", "memit_update"]

@@ -1,0 +1,93 @@
+"""MEMIT's maths against an independent least-squares solution, its layer schedule, and batch edits on tiny
+models (fast path against full passes, the residual at the last layer, the preserved statistics)."""
+
+import numpy as np
+import pytest
+import torch
+
+from editkit.editors import create_editor
+from editkit.editors.memit import memit_update
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError
+from editkit.models.tiny import tiny_model
+
+FAST = {"v_steps": 8, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4}
+TOWER = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
+JORDAN = EditRequest(prompt="The sport of {}", subject="Michael Jordan", target_new=" soccer")
+
+
+def test_update_is_the_regularised_least_squares_solution():
+    """Delta = argmin ||Delta K - R||^2 + lambda tr(Delta C Delta^T), solved as a stacked least-squares problem."""
+    rng = np.random.default_rng(0)
+    d_in, d_out, n, lam = 10, 6, 4, 3.0
+    corpus = rng.normal(size=(200, d_in)) @ rng.normal(size=(d_in, d_in))
+    cov = corpus.T @ corpus / 200
+    keys, resid = rng.normal(size=(d_in, n)), rng.normal(size=(d_out, n))
+    chol = np.linalg.cholesky(cov)
+    a = np.vstack([keys.T, np.sqrt(lam) * chol.T])  # rows: the edits' keys, then the preserved directions
+    b = np.vstack([resid.T, np.zeros((d_in, d_out))])
+    expected = np.linalg.lstsq(a, b, rcond=None)[0].T
+    got = memit_update(torch.tensor(resid), torch.tensor(keys), torch.tensor(cov), lam).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    # Without a corpus C = I: ridge regression; a tiny lambda solves the edits exactly.
+    exact = memit_update(torch.tensor(resid), torch.tensor(keys), None, 1e-8).double().numpy()
+    np.testing.assert_allclose(exact @ keys, resid, atol=1e-4)
+
+
+def test_default_layers_end_at_the_edit_layer_and_bad_layers_are_refused():
+    lm = tiny_model("llama")
+    editor = create_editor("memit")
+    assert editor.layers(lm)[-1] == lm.default_edit_layer and len(editor.layers(lm)) <= 5
+    assert create_editor("memit", {"layers": [0, 2]}).target_parameters(lm, [TOWER]) == [
+        lm.adapter.weight_name(0, "mlp_out"),
+        lm.adapter.weight_name(2, "mlp_out"),
+    ]
+    with pytest.raises(ConfigError, match="ascending"):
+        create_editor("memit", {"layers": [2, 1]})
+
+
+def test_a_batch_edit_raises_every_target_and_changes_only_the_layer_range():
+    lm = tiny_model("llama")
+    before = [lm.score([r.text], [r.target_new])[0].sum() for r in (TOWER, JORDAN)]
+    # keys of the tiny random model are small (norm ~0.1), so lambda is small too
+    editor = create_editor("memit", {**FAST, "layers": [1, 2], "v_steps": 25, "mom2_update_weight": 1e-3})
+    handle = editor.apply(lm, [TOWER, JORDAN])
+    assert sorted(handle.changes) == sorted(lm.adapter.weight_name(i, "mlp_out") for i in (1, 2))
+    after = [lm.score([r.text], [r.target_new])[0].sum() for r in (TOWER, JORDAN)]
+    assert all(a > b + 0.3 for a, b in zip(after, before, strict=True))
+    assert len(handle.info["per_layer"]) == 2 and len(handle.info["steps"]) == 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fast_path_gives_the_same_edit_as_full_forward_passes(arch):
+    """The residual-stream target comes from the same cached passes as ROME's v*."""
+    results = []
+    for fast in (True, False):
+        lm = tiny_model(arch)
+        handle = create_editor("memit", {**FAST, "layers": [1, 2], "fast_path": fast}).apply(lm, [TOWER, JORDAN])
+        results.append({n: c.edited - c.original for n, c in handle.changes.items()})
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-4, rtol=1e-3)
+
+
+def test_one_layer_with_a_small_lambda_reaches_the_target_hidden_state():
+    """With one layer, lambda -> 0 and C = I, the update maps the edit's averaged key to exactly the residual
+    the optimisation asked for, so the layer's output at the subject moves by (nearly) that residual."""
+    lm = tiny_model("llama")
+    editor = create_editor("memit", {**FAST, "layers": [2], "n_context": 0, "mom2_update_weight": 1e-6})
+    residual = editor.target_residual(lm, TOWER, 2, site="block")
+    _, before = editor.subject_states(lm, [TOWER], 2, 2)
+    editor.apply(lm, [TOWER])
+    _, after = editor.subject_states(lm, [TOWER], 2, 2)
+    torch.testing.assert_close(after[0] - before[0], residual.delta, atol=1e-3, rtol=1e-3)
+
+
+def test_preserved_statistics_are_those_of_the_model_first_seen(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("The Eiffel Tower is in Paris. Michael Jordan plays basketball. " * 40)
+    lm = tiny_model("llama")
+    editor = create_editor("memit", {**FAST, "layers": [1, 2], "corpus": str(corpus), "mom2_n_tokens": 500})
+    editor.prepare(lm)
+    first = editor.preserved_covariance(lm, 2)
+    editor.apply(lm, [TOWER])  # layer 1 changes, so the keys entering layer 2 change too
+    assert editor.preserved_covariance(lm, 2) is first
