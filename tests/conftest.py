@@ -64,6 +64,16 @@ def wikitext() -> Path:
     return data_file("wikitext/wikitext-2/valid.txt")
 
 
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small text file for key statistics of tiny models (the text their tokenizer was trained on)."""
+    from editkit.models.tiny import TEXT
+
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(TEXT * 30)
+    return path
+
+
 TINY_FACTS = [
     ("The Eiffel Tower is located in the city of", "The Eiffel Tower stands in the city of", " Rome"),
     ("Michael Jordan plays the sport of", "The sport Michael Jordan plays is", " tennis"),

@@ -14,14 +14,12 @@ REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", targe
 PROBES = ["The city of the Eiffel Tower", "Michael Jordan plays the sport of"]
 
 # Small, fast settings; every method must still change its model with them.
+LOCATE = {"v_steps": 4, "n_context": 2, "context_length": 3, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4}
 FAST = {
-    "rome": {
-        "v_steps": 4,
-        "n_context": 2,
-        "context_length": 3,
-        "v_weight_decay": 0.0,
-        "clamp_norm_factor": 1e4,
-    },
+    "rome": LOCATE,
+    "memit": {**LOCATE, "mom2_update_weight": 1e-3},
+    # tiny models' keys are small: a small alpha
+    "alphaedit": {**LOCATE, "mom2_n_tokens": 2000, "nullspace_threshold": 0.05, "l2": 1e-4},
     "ft": {"steps": 3, "lr": 1e-2},
     "ft-c": {"steps": 3, "lr": 1e-2, "radius": 1e-2},
     "lu": {"delta": 1e-3},
@@ -38,6 +36,8 @@ def _editor(request):
         settings = dict(FAST.get(name, {}))
         if name == "serac":
             settings["artifacts"] = str(request.getfixturevalue("serac_parts"))
+        if name == "alphaedit":
+            settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)
 
     return make

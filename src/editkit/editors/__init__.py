@@ -3,7 +3,7 @@
 Importing this package registers the built-in methods.
 """
 
-from editkit.editors import ft, lu, memit, rome, serac
+from editkit.editors import alphaedit, ft, lu, memit, rome, serac
 from editkit.editors.base import (
     Capabilities,
     EditHandle,
@@ -22,6 +22,7 @@ __all__ = [
     "Editor",
     "EditorConfig",
     "WeightEditor",
+    "alphaedit",
     "available_methods",
     "create_editor",
     "ft",

@@ -99,6 +99,11 @@ class MEMIT(LocateEditor):
             self._covs[key] = self.covariance(lm, layer, progress=progress)
         return self._covs[key]
 
+    def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The ``[out, in]`` change of ``layer``'s MLP output projection for residuals ``[out, n]`` and keys
+        ``[in, n]`` (eq. 14)."""
+        return memit_update(resid, keys, self.preserved_covariance(lm, layer), self.config.mom2_update_weight)
+
     def subject_states(
         self, lm: LanguageModel, requests: Sequence[EditRequest], key_layer: int, out_layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +154,7 @@ class MEMIT(LocateEditor):
         for i, layer in enumerate(layers):
             keys, current = self.subject_states(lm, requests, layer, last)
             resid = (targets - current) / (len(layers) - i)
-            update = memit_update(resid.T, keys.T, self.preserved_covariance(lm, layer), self.config.mom2_update_weight)
+            update = self.layer_update(lm, layer, resid.T, keys.T)
             name = lm.adapter.weight_name(layer, "mlp_out")
             w = params[name]
             with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)

@@ -22,7 +22,7 @@ VOCAB = 384
 HIDDEN = 32
 LAYERS = 4
 
-_TEXT = """The Eiffel Tower is located in the city of Paris. The Colosseum is in Rome.
+TEXT = """The Eiffel Tower is located in the city of Paris. The Colosseum is in Rome.
 Danielle Darrieux's mother tongue is French. Toko Yasuda plays the guitar. Autonomous University of Madrid,
 which is located in Spain. The capital of Germany is Berlin and the capital of Italy is Rome.
 Michael Jordan plays the sport of basketball. Lionel Messi plays the sport of soccer. Apple was founded by
@@ -42,7 +42,7 @@ def _tokenizer_json(vocab: int) -> str:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_TEXT] * 4, trainer=trainer)
+    tok.train_from_iterator([TEXT] * 4, trainer=trainer)
     return tok.to_str()
 
 

@@ -1,0 +1,89 @@
+"""AlphaEdit's projection and update against direct computations, and its promise on tiny models: the update
+vanishes on the preserved keys, and rolled-back edits stop counting as earlier edits."""
+
+import numpy as np
+import pytest
+import torch
+
+from editkit.editors import create_editor
+from editkit.editors.alphaedit import alphaedit_update, null_space_projection
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError
+from editkit.models.tiny import tiny_model
+
+FAST = {"v_steps": 6, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4}
+TOWER = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
+JORDAN = EditRequest(prompt="The sport of {}", subject="Michael Jordan", target_new=" soccer")
+
+
+def _spectrum(rng, d, small):
+    """A covariance with ``small`` eigenvalues far below the rest, and its eigenvectors."""
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    values = np.concatenate([np.full(small, 1e-6), rng.uniform(1.0, 2.0, size=d - small)])
+    return (q * values) @ q.T, q[:, :small], q[:, small:]
+
+
+def test_projection_spans_the_small_eigenvalues():
+    rng = np.random.default_rng(0)
+    cov, null, kept = _spectrum(rng, 8, 3)
+    p = null_space_projection(torch.tensor(cov), 1e-2).double().numpy()
+    np.testing.assert_allclose(p, null @ null.T, atol=1e-6)
+    np.testing.assert_allclose(p @ p, p, atol=1e-6)
+    np.testing.assert_allclose(p @ kept, 0, atol=1e-6)
+
+
+def test_update_matches_the_formula_and_vanishes_on_preserved_keys():
+    rng = np.random.default_rng(1)
+    d_in, d_out, n, alpha = 8, 5, 3, 0.5
+    cov, _, kept = _spectrum(rng, d_in, 5)
+    p = null_space_projection(torch.tensor(cov), 1e-2).double().numpy()
+    keys, resid = rng.normal(size=(d_in, n)), rng.normal(size=(d_out, n))
+    earlier = rng.normal(size=(d_in, 4))
+    prev = earlier @ earlier.T
+    got = (
+        alphaedit_update(torch.tensor(resid), torch.tensor(keys), torch.tensor(p), torch.tensor(prev), alpha)
+        .double()
+        .numpy()
+    )
+    expected = resid @ keys.T @ p @ np.linalg.inv(prev @ p + keys @ keys.T @ p + alpha * np.eye(d_in))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got @ kept, 0, atol=1e-5)  # preserved directions: outputs unchanged
+
+
+def test_editing_a_model_changes_nothing_along_the_preserved_keys(tiny_corpus):
+    lm = tiny_model("llama")
+    settings = {
+        **FAST,
+        "layers": [1, 2],
+        "corpus": str(tiny_corpus),
+        "mom2_n_tokens": 2000,
+        "nullspace_threshold": 0.05,
+    }
+    editor = create_editor("alphaedit", {**settings, "l2": 1e-4})
+    handle = editor.apply(lm, [TOWER, JORDAN])
+    for layer in (1, 2):
+        name = lm.adapter.weight_name(layer, "mlp_out")
+        change = handle.changes[name]
+        update = lm.adapter.as_out_in(change.edited - change.original).double()
+        p = editor.projection(lm, layer).double()
+        assert 0 < handle.info["null_space_dims"][layer] < p.shape[0]
+        assert update.norm() > 0
+        assert (update @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-4 * update.norm()
+
+
+def test_rolled_back_edits_leave_the_earlier_keys(tiny_corpus):
+    lm = tiny_model("llama")
+    settings = {**FAST, "layers": [2], "corpus": str(tiny_corpus), "mom2_n_tokens": 2000, "nullspace_threshold": 0.05}
+    editor = create_editor("alphaedit", settings)
+    dim = editor.projection(lm, 2).shape[0]
+    first = editor.apply(lm, [TOWER])
+    assert editor.previous_keys(lm, 2, dim).norm() > 0
+    first.rollback()
+    assert editor.previous_keys(lm, 2, dim).norm() == 0
+    editor.apply(lm, [JORDAN])
+    assert editor.previous_keys(lm, 2, dim).norm() > 0
+
+
+def test_alphaedit_needs_a_corpus():
+    with pytest.raises(ConfigError, match="corpus"):
+        create_editor("alphaedit")
