@@ -214,6 +214,20 @@ def test_vectors_round_trip_per_space(store: SQLiteStore) -> None:
     assert list(store.get_vectors("lu@def")) == [a]  # failed puts stored nothing
 
 
+def test_an_edit_and_its_vectors_are_one_write(store: SQLiteStore) -> None:
+    """SERAC's adds store the record and its key together: one fsync, and never one without the other."""
+    added = store.add(PM, "a", vectors={"minilm@abc": np.ones(4)}).record
+    np.testing.assert_array_equal(store.get_vectors("minilm@abc")[added.id], np.ones(4, dtype=np.float32))
+    dup = store.add(PM, "a", vectors={"minilm@abc": np.zeros(4)})
+    assert dup.status == "duplicate" and store.get_vectors("minilm@abc")[added.id][0] == 1.0
+    before = len(store.journal())
+    with pytest.raises(ValidationError, match="one length"):
+        store.add(q(1), "b", vectors={"minilm@abc": np.ones(5)})
+    with pytest.raises(ValidationError, match="not finite"):
+        store.add(q(2), "c", vectors={"minilm@abc": np.full(4, np.inf)})
+    assert len(store.journal()) == before  # a bad vector leaves no record behind
+
+
 def test_reopening_keeps_everything_and_ids_keep_increasing(tmp_path: Path) -> None:
     path = tmp_path / "memory.sqlite"
     with SQLiteStore(path) as s:

@@ -222,12 +222,13 @@ class EditMemory:
         with self._lock:
             try:
                 for request, vector in zip(requests, vectors, strict=True):
-                    outcome = self.store.add(request, descriptor_of(request), author=author)
+                    outcome = self.store.add(
+                        request, descriptor_of(request), author=author, vectors={self.scope.space: vector}
+                    )
                     outcomes.append(outcome)
                     if outcome.status == "duplicate":
                         continue
                     record = outcome.record
-                    self.store.put_vectors(self.scope.space, {record.id: vector})
                     self.index.add([record.id], vector[None, :])
                     self._records[record.id] = record
                     if outcome.replaced:

@@ -134,12 +134,36 @@ def _is_duplicate(record: EditRecord, request: EditRequest, descriptor: str) -> 
     )
 
 
+def _vector_blob(space: str, edit_id: Any, vector: np.ndarray) -> tuple[int, bytes]:
+    """Check one edit's vector of a space; returns its length and its stored bytes."""
+    if not isinstance(space, str) or not space.strip():
+        raise ValidationError(f"a vector space needs a non-empty name, got {space!r}")
+    arr = np.asarray(vector)
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "fiu":
+        raise ValidationError(
+            f"the vector of edit {edit_id} in space {space!r} must be a non-empty 1-D array of numbers, "
+            f"got shape {list(arr.shape)} of {arr.dtype}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValidationError(f"the vector of edit {edit_id} in space {space!r} is not finite")
+    return int(arr.shape[0]), arr.astype(_VECTOR_DTYPE).tobytes()
+
+
 class EditStore(ABC):
     """Where edits are kept. Implementations make every write durable before returning and follow the rules in
     the module docstring; export and import are written once, here, over the abstract methods."""
 
     @abstractmethod
-    def add(self, request: EditRequest, descriptor: str, *, author: str = "") -> AddOutcome: ...
+    def add(
+        self,
+        request: EditRequest,
+        descriptor: str,
+        *,
+        author: str = "",
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> AddOutcome:
+        """Store an edit, with its ``vectors`` (space -> vector) in the same durable write. A duplicate stores
+        nothing, its vectors included."""
 
     @abstractmethod
     def get(self, edit_id: int) -> EditRecord:
@@ -442,11 +466,25 @@ class SQLiteStore(EditStore):
         return AddOutcome(record, "replaced" if older else "added", older)
 
     # ------------------------------------------------------------------ the interface
-    def add(self, request: EditRequest, descriptor: str, *, author: str = "") -> AddOutcome:
-        """Store an edit; durable (fsynced) when this returns. See the module docstring for the rules."""
+    def add(
+        self,
+        request: EditRequest,
+        descriptor: str,
+        *,
+        author: str = "",
+        vectors: Mapping[str, np.ndarray] | None = None,
+    ) -> AddOutcome:
+        """Store an edit and its ``vectors`` (space -> vector) in one transaction, durable (fsynced) when this
+        returns. See the module docstring for the rules."""
         check_edit(request, descriptor, author)
+        checked = {space: _vector_blob(space, "being added", v) for space, v in (vectors or {}).items()}
         with self._lock, self._transaction():
             outcome = self._add(request, descriptor, author)
+            if outcome.status != "duplicate":
+                for space, (dim, blob) in checked.items():
+                    self._check_dims(space, {dim})
+                    row = (space, outcome.record.id, blob)
+                    self._db.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", row)
         log.debug("%s edit %d (%r)", outcome.status, outcome.record.id, conflict_key(request, descriptor))
         return outcome
 
@@ -491,39 +529,28 @@ class SQLiteStore(EditStore):
             ).fetchone()
         return int(row[0])
 
+    def _check_dims(self, space: str, dims: set[int]) -> None:
+        """Inside a transaction: every vector of a space has one length."""
+        stored = self._db.execute("SELECT length(vector) FROM vectors WHERE space = ? LIMIT 1", (space,)).fetchone()
+        if stored is not None:
+            dims = dims | {int(stored[0]) // _VECTOR_DTYPE.itemsize}
+        if len(dims) > 1:
+            raise ValidationError(f"vectors of space {space!r} must all have one length, got lengths {sorted(dims)}")
+
     def put_vectors(self, space: str, vectors: Mapping[int, np.ndarray]) -> None:
         """Cache vectors of existing edits in ``space``, all in one transaction. Every vector of a space has the
         same length; an id that is not in the journal is a :class:`ValidationError`."""
-        if not isinstance(space, str) or not space.strip():
-            raise ValidationError(f"a vector space needs a non-empty name, got {space!r}")
-        rows = []
-        dims = set()
+        ids, checked = [], []
         for edit_id, vector in vectors.items():
-            arr = np.asarray(vector)
-            if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "fiu":
-                raise ValidationError(
-                    f"the vector of edit {edit_id} in space {space!r} must be a non-empty 1-D array of numbers, "
-                    f"got shape {list(arr.shape)} of {arr.dtype}"
-                )
-            if not np.isfinite(arr).all():
-                raise ValidationError(f"the vector of edit {edit_id} in space {space!r} is not finite")
-            dims.add(arr.shape[0])
             try:
-                key = operator.index(edit_id)
+                ids.append(operator.index(edit_id))
             except TypeError:
                 raise ValidationError(f"an edit id must be an integer, got {edit_id!r}") from None
-            rows.append((space, key, arr.astype(_VECTOR_DTYPE).tobytes()))
-        if not rows:
+            checked.append(_vector_blob(space, edit_id, vector))
+        if not ids:
             return
         with self._lock, self._transaction():
-            stored = self._db.execute("SELECT length(vector) FROM vectors WHERE space = ? LIMIT 1", (space,)).fetchone()
-            if stored is not None:
-                dims.add(int(stored[0]) // _VECTOR_DTYPE.itemsize)
-            if len(dims) > 1:
-                raise ValidationError(
-                    f"vectors of space {space!r} must all have one length, got lengths {sorted(dims)}"
-                )
-            ids = [r[1] for r in rows]
+            self._check_dims(space, {dim for dim, _ in checked})
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 found = {
@@ -533,7 +560,10 @@ class SQLiteStore(EditStore):
                 unknown = [i for i in chunk if i not in found]
                 if unknown:
                     raise ValidationError(f"cannot store a vector for edit {unknown[0]}: no such edit in {self.path}")
-            self._db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
+                [(space, i, blob) for i, (_, blob) in zip(ids, checked, strict=True)],
+            )
 
     def get_vectors(self, space: str) -> dict[int, np.ndarray]:
         with self._lock:
