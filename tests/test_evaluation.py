@@ -177,6 +177,18 @@ def test_evaluate_task_on_a_tiny_model(llama, tmp_path):
     assert out["n"] == 12 and 0.0 <= out["f1"] <= 1.0 and out["f1_ci"][0] <= out["f1"] <= out["f1_ci"][1]
 
 
+def test_sequential_aggregates_report_downstream_f1_and_auc(llama, tmp_path):
+    path = tmp_path / "sst2.jsonl"
+    path.write_text("".join(json.dumps({"sentence": f"Film {i} was.", "label": i % 2}) + "\n" for i in range(8)))
+    tasks = {"sst2": downstream.load_examples(path, "sst2", n=8)}
+    editor = create_editor("ft", {"steps": 2, "lr": 1e-2})
+    out = sequential_edits(llama, editor, demo_cases()[:2], every=2, downstream=tasks, progress=False)
+    agg, first, last = out["aggregates"], out["checkpoints"][0], out["checkpoints"][-1]
+    assert agg["unedited_sst2_auc"] == first["downstream"]["sst2"]["auc"]
+    assert agg["final_sst2_auc"] == last["downstream"]["sst2"]["auc"]
+    assert agg["final_downstream_f1"] == last["downstream"]["sst2"]["f1"]
+
+
 # --------------------------------------------------------------------------- drift
 def test_drift_is_normalised_by_output_neurons(llama):
     editor = create_editor("ft", {"steps": 2, "lr": 1e-2})

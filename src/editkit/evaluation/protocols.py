@@ -449,4 +449,8 @@ def _sequential_aggregates(results: dict[str, Any]) -> dict[str, Any]:
     if (f1 := _mean_f1(last)) is not None:
         out["final_downstream_f1"] = f1
         out["unedited_downstream_f1"] = _mean_f1(results["checkpoints"][0])
+        # F1 of the positive label also moves with a model's label bias; AUC reads the ranking only.
+        for when, ckpt in (("final", last), ("unedited", results["checkpoints"][0])):
+            for task, scores in ckpt["downstream"].items():
+                out[f"{when}_{task}_auc"] = scores["auc"]
     return out

@@ -27,6 +27,7 @@ TABLE_COLUMNS = (
     "final_efficacy",
     "forgotten_fraction",
     "final_downstream_f1",
+    "final_sst2_auc",
     "seconds_per_edit",
 )
 
