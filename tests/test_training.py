@@ -87,6 +87,21 @@ def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
         train(SERACTrainConfig.from_dict({**settings, "scope_lr": 0.5, "scope_steps": 6}), progress=False)
 
 
+def test_an_interrupted_run_keeps_the_parts_it_finished(tmp_path, monkeypatch):
+    import editkit.training.serac as serac_training
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serac_training, "train_counterfactual", killed)
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    settings = {**TINY_TRAINING, "data": [str(data)], "out": str(tmp_path / "parts"), "scope_steps": 2}
+    with pytest.raises(KeyboardInterrupt):
+        train(SERACTrainConfig.from_dict({**settings, "parts": ["scope-embed", "counterfactual"]}), progress=False)
+    manifest = json.loads((tmp_path / "parts" / "manifest.json").read_text())
+    assert list(manifest["parts"]) == ["scope-embed"] and manifest["parts"]["scope-embed"]["steps"] == 2
+
+
 def test_training_is_seeded(tmp_path):
     data = write_tiny_cases(tmp_path / "cases.jsonl")
     runs = []

@@ -402,6 +402,14 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
         }
     )
     parts = manifest.setdefault("parts", {})
+
+    def finished(part: str, meta: dict[str, Any]) -> None:
+        # The manifest is rewritten after every part: an interrupted run keeps the parts it finished usable.
+        parts[part] = meta
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, manifest_path)
+
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
         examples = scope_examples(cases)
@@ -409,13 +417,10 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
             examples, SentenceEncoder.load(config.encoder), config.hard_negatives, progress=progress
         )
         if "scope-embed" in scope_parts:
-            parts["scope-embed"] = train_scope_embed(config, examples, datasets, progress=progress)
+            finished("scope-embed", train_scope_embed(config, examples, datasets, progress=progress))
         if "scope-cross" in scope_parts:
-            parts["scope-cross"] = train_scope_cross(config, examples, datasets, progress=progress)
+            finished("scope-cross", train_scope_cross(config, examples, datasets, progress=progress))
     if "counterfactual" in config.parts:
         cf = counterfactual_examples(cases, config.template)
-        parts["counterfactual"] = train_counterfactual(config, cf, datasets, progress=progress)
-    tmp = manifest_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+        finished("counterfactual", train_counterfactual(config, cf, datasets, progress=progress))
     return manifest
