@@ -8,6 +8,7 @@ cases whose edits are in memory (the most recently added, so the cases change as
 * DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5);
 * latency of one forward pass (one input, next-token distribution) for the base model, SERAC on an
   out-of-scope input (routed to the base) and SERAC on an in-scope input (routed to h), median of --repeats;
+  and of a 16-token greedy generation, base against SERAC out of scope (routing happens once per input);
 * seconds per added edit, one at a time (the last --single-adds edits before each size) and in chunks (durable
   write + embedding + index), bytes of the memory file per edit, process RSS.
 
@@ -122,6 +123,13 @@ def main() -> None:
             def serac_in(text: str = in_text) -> None:
                 serac_pass(text)
 
+            def base_generate(text: str = out_text) -> None:
+                lm.generate_ids([text], 16)
+
+            def serac_generate(text: str = out_text) -> None:
+                model._routes.clear()
+                model.generate_ids([text], 16)
+
             row = {
                 "edits_in_memory": len(model.memory),
                 "es_rephrase": statistics.mean(s["rephrase_acc"] for s in scores if "rephrase_acc" in s),
@@ -133,6 +141,8 @@ def main() -> None:
                 "base_forward_s": _median_seconds(base_pass, args.repeats),
                 "serac_out_of_scope_forward_s": _median_seconds(serac_out, args.repeats),
                 "serac_in_scope_forward_s": _median_seconds(serac_in, args.repeats),
+                "base_generate16_s": _median_seconds(base_generate, max(3, args.repeats // 4)),
+                "serac_out_of_scope_generate16_s": _median_seconds(serac_generate, max(3, args.repeats // 4)),
                 "seconds_per_added_edit_in_chunks": statistics.mean(add_seconds[-3:]) if add_seconds else None,
                 "seconds_per_single_add": statistics.median(single_seconds),
                 "memory_file_bytes_per_edit": os.path.getsize(model.memory.path) / len(model.memory),
