@@ -102,6 +102,23 @@ def test_an_interrupted_run_keeps_the_parts_it_finished(tmp_path, monkeypatch):
     assert list(manifest["parts"]) == ["scope-embed"] and manifest["parts"]["scope-embed"]["steps"] == 2
 
 
+def test_mined_hard_negatives_are_reused_by_a_rerun(tmp_path, monkeypatch):
+    import editkit.training.serac as serac_training
+
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    settings = {**TINY_TRAINING, "data": [str(data)], "out": str(tmp_path / "parts"), "parts": ["scope-embed"]}
+    first = train(SERACTrainConfig.from_dict({**settings, "scope_steps": 1}), progress=False)
+
+    def no_mining(*args, **kwargs):
+        raise AssertionError("mined again")
+
+    monkeypatch.setattr(serac_training, "mine_hard_negatives", no_mining)
+    again = train(SERACTrainConfig.from_dict({**settings, "scope_steps": 2}), progress=False)
+    assert again["parts"]["scope-embed"]["steps"] == 2 and first["parts"]["scope-embed"]["steps"] == 1
+    with pytest.raises(AssertionError, match="mined again"):  # other settings: mined afresh
+        train(SERACTrainConfig.from_dict({**settings, "hard_negatives": 1}), progress=False)
+
+
 def test_training_is_seeded(tmp_path):
     data = write_tiny_cases(tmp_path / "cases.jsonl")
     runs = []

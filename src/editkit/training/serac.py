@@ -159,6 +159,30 @@ def mine_hard_negatives(
     return out
 
 
+def _mined_examples(
+    config: SERACTrainConfig, cases: Sequence[EditCase], datasets: Sequence[Dataset], *, progress: bool
+) -> list[ScopeExample]:
+    """Scope examples with their mined hard negatives, cached in ``OUT/.checkpoints`` (mining embeds every
+    training input: minutes on a CPU) and reused by a rerun with the same data, encoder and settings."""
+    key = hashlib.sha256(
+        json.dumps([config.encoder, config.hard_negatives, config.max_cases, [d.sha256 for d in datasets]]).encode()
+    ).hexdigest()
+    path = Path(config.out) / ".checkpoints" / "hard_negatives.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("key") == key:
+            return [ScopeExample(e[0], tuple(e[1]), tuple(e[2]), tuple(e[3])) for e in cached["examples"]]
+    examples = mine_hard_negatives(
+        scope_examples(cases), SentenceEncoder.load(config.encoder), config.hard_negatives, progress=progress
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [[e.descriptor, e.positives, e.negatives, e.hard] for e in examples]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "examples": rows}))
+    os.replace(tmp, path)
+    return examples
+
+
 def load_training_cases(config: SERACTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
     if not config.data:
         raise ConfigError("no training data given (data: [FILE, ...])")
@@ -412,10 +436,7 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
-        examples = scope_examples(cases)
-        examples = mine_hard_negatives(
-            examples, SentenceEncoder.load(config.encoder), config.hard_negatives, progress=progress
-        )
+        examples = _mined_examples(config, cases, datasets, progress=progress)
         if "scope-embed" in scope_parts:
             finished("scope-embed", train_scope_embed(config, examples, datasets, progress=progress))
         if "scope-cross" in scope_parts:
