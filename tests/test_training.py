@@ -83,6 +83,8 @@ def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
     manifest = json.loads((tmp_path / "parts" / "manifest.json").read_text())
     assert manifest["data"][0]["sha256"] and manifest["config"]["scope_steps"] == 4
     assert (tmp_path / "parts" / "scope-embed" / "adapter" / "adapter_model.safetensors").is_file()
+    adapter = json.loads((tmp_path / "parts" / "scope-embed" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "tiny-bert"  # a zoo name: no machine path in shipped parts
     with pytest.raises(ValidationError, match="other settings"):
         train(SERACTrainConfig.from_dict({**settings, "scope_lr": 0.5, "scope_steps": 6}), progress=False)
 

@@ -291,6 +291,7 @@ def _lora_encoder(config: SERACTrainConfig, seed_tag: str) -> tuple[SentenceEnco
         lora_dropout=0.1,
     )  # target modules: peft's default for the architecture (query and value projections)
     peft_model = get_peft_model(encoder.model, lora)  # injects LoRA layers into encoder.model in place
+    peft_model.peft_config["default"].base_model_name_or_path = config.encoder  # a zoo name, not a cache path
     return encoder, peft_model
 
 
@@ -386,6 +387,7 @@ def train_counterfactual(
     meta = {**_part_meta(config, "counterfactual", losses, seconds), "base_model": config.base_model}
     part = folder / "counterfactual"
     part.mkdir(parents=True, exist_ok=True)
+    peft_model.peft_config["default"].base_model_name_or_path = config.base_model  # a zoo name, not a cache path
     peft_model.save_pretrained(str(part / "adapter"))
     (part / "part.json").write_text(json.dumps(meta, indent=2))
     return meta
