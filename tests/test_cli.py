@@ -119,6 +119,12 @@ USER_ERRORS = {
         None,
         "sequential",
     ),
+    "eval: guard without sequential": (["eval", "--data", "x.json", "--guard", "--out", "{out}"], None, "sequential"),
+    "eval: unknown guard setting": (
+        ["eval", "--data", "{file}", "--protocol", "sequential", "--guard-set", "drift_limit=3", "--out", "{out}"],
+        _file(json.dumps([EASYEDIT])),
+        "Did you mean 'drift_factor'",
+    ),
     "report: missing results": (["report", "{missing}", "--out", "{out}"], None, "does not exist"),
     "report: not a results file": (["report", "{file}", "--out", "{out}"], _file("{}"), "not an editkit results"),
 }

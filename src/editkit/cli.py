@@ -295,6 +295,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         skip_invalid=args.skip_invalid or None,
         settings=_overrides(args.set) or None,
+        guard=_overrides(args.guard_set) if args.guard or args.guard_set else None,
     )
     results = run(config)
     agg = results["aggregates"]
@@ -390,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--downstream-data", help="folder with the tasks' <task>.jsonl files")
     p.add_argument("--downstream-n", type=int, help="examples per downstream task (default 200)")
     p.add_argument("--state", help="sequential: folder for resumable state (default: beside --out)")
+    p.add_argument(
+        "--guard", action="store_true", help="sequential, weight editors: reject edits that would disable the model"
+    )
+    p.add_argument(
+        "--guard-set", action="append", default=[], metavar="KEY=VALUE", help="guard setting (implies --guard)"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--device")

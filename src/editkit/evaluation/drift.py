@@ -15,7 +15,7 @@ from torch import nn
 from editkit.editors.base import EditHandle
 
 
-def _neurons(model: nn.Module, name: str, param: torch.Tensor) -> int:
+def neurons(model: nn.Module, name: str, param: torch.Tensor) -> int:
     owner = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
     for attr in ("out_features", "nf"):
         value = getattr(owner, attr, None)
@@ -41,5 +41,16 @@ class DriftTracker:
         out = {}
         for name, original in self.originals.items():
             current = params[name].detach().cpu().double()
-            out[name] = float((current - original.double()).norm() / _neurons(model, name, current))
+            out[name] = float((current - original.double()).norm() / neurons(model, name, current))
         return out
+
+
+@torch.no_grad()
+def edit_drift(model: nn.Module, handle: EditHandle) -> float:
+    """How far one edit moved the weights: the sum over the parameters it changed of
+    ``||W_after - W_before||_2 / neurons`` (the increment a sequential run's drift curve takes at this edit)."""
+    total = 0.0
+    for name, change in handle.changes.items():
+        delta = change.edited.double() - change.original.double()
+        total += float(delta.norm() / neurons(model, name, change.edited))
+    return total

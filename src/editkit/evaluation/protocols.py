@@ -34,10 +34,11 @@ from safetensors.torch import load_file, save_file
 import editkit
 from editkit.data.formats import Dataset
 from editkit.editors.base import EditHandle, Editor
-from editkit.edits import EditCase
+from editkit.edits import EditCase, EditRequest
 from editkit.errors import ValidationError
 from editkit.evaluation.downstream import evaluate_task
 from editkit.evaluation.drift import DriftTracker
+from editkit.evaluation.guard import EditGuard, EditRejected
 from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
@@ -113,6 +114,26 @@ def _apply(lm: LanguageModel, editor: Editor, cases: Sequence[EditCase]) -> list
     if editor.capabilities.batch or len(requests) == 1:
         return [editor.apply(lm, requests)]
     return [editor.apply(lm, [r]) for r in requests]
+
+
+def _guarded_apply(
+    lm: LanguageModel, editor: Editor, cases: Sequence[EditCase], guard: EditGuard
+) -> tuple[list[EditHandle], dict[int, EditRejected], dict[int, dict[str, Any]]]:
+    """As :func:`_apply`, each call through ``guard``: the handles of the kept edits and, by position in
+    ``cases``, the rejections and the kept edits' guard checks (a batched call is kept or rejected whole)."""
+    requests = [c.request for c in cases]
+    together = editor.capabilities.batch or len(cases) == 1
+    calls = [list(range(len(cases)))] if together else [[i] for i in range(len(cases))]
+    handles: list[EditHandle] = []
+    rejected: dict[int, EditRejected] = {}
+    checks: dict[int, dict[str, Any]] = {}
+    for call in calls:
+        try:
+            handles.append(guard.apply(editor, lm, [requests[i] for i in call]))
+            checks.update(dict.fromkeys(call, handles[-1].info["guard"]))
+        except EditRejected as exc:
+            rejected.update(dict.fromkeys(call, exc))
+    return handles, rejected, checks
 
 
 def _rollback(handles: Sequence[EditHandle]) -> None:
@@ -273,6 +294,7 @@ def sequential_edits(
     batch_size: int = 16,
     progress: bool = True,
     datasets: Sequence[Dataset] = (),
+    guard: EditGuard | None = None,
 ) -> dict[str, Any]:
     """Apply the cases' edits one step (``edits_per_step`` cases) after another to ``lm`` and follow what happens.
 
@@ -283,6 +305,9 @@ def sequential_edits(
     or when mean downstream F1 falls below ``collapse`` times its unedited value (then the steps since the
     previous checkpoint are the suspects, and the largest drift increment among them is named).
 
+    With ``guard``, every edit goes through :meth:`EditGuard.apply`; a rejected edit leaves the model as it
+    was, is scored as it stands (it failed) and is listed in ``rejected_edits``.
+
     With ``state_dir``, state and partial results are written after every step and a rerun with the same
     arguments continues where it stopped. ``lm`` stays edited when this returns.
     """
@@ -290,12 +315,16 @@ def sequential_edits(
         raise ValidationError("no cases to evaluate")
     if edits_per_step < 1 or every < 1:
         raise ValidationError("edits per step and evaluation interval must be at least 1")
+    if guard is not None and editor.capabilities.kind != "weights":
+        raise ValidationError(f"the guard checks weight edits; {editor.name} keeps its edits outside the weights")
     if state_dir is not None and editor.capabilities.kind != "weights":
         raise ValidationError(f"{editor.name} keeps edits outside the weights; resumable runs need a weight editor")
     tasks = downstream or {}
     editor.prepare(lm)
     header = _header("sequential", lm, editor, cases, datasets)
-    settings = {"edits_per_step": edits_per_step, "every": every, "downstream_tasks": sorted(tasks)}
+    settings: dict[str, Any] = {"edits_per_step": edits_per_step, "every": every, "downstream_tasks": sorted(tasks)}
+    if guard is not None:
+        settings["guard"] = {"config": guard.config.to_dict(), "canary": guard.canary}
     key = _run_key(header, settings)
     t_start = time.perf_counter()
     reference = Reference.build(lm, cases, batch_size=batch_size)
@@ -309,6 +338,9 @@ def sequential_edits(
                 "use another --state folder or delete it"
             )
         log.info("resuming %s at edit %d", state.folder, results["n_edits"])
+        if guard is not None:
+            kept = [r for r in results["records"] if "rejected" not in r]
+            guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
     else:
         unedited = score_cases(lm, cases, reference, batch_size=batch_size)
         results = {
@@ -320,6 +352,7 @@ def sequential_edits(
             "records": [],
             "checkpoints": [{"n_edits": 0, "downstream": _downstream(lm, tasks, batch_size), "drift": {}}],
             "disabling_edits": [],
+            "rejected_edits": [],
             "seconds": 0.0,
         }
     steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
@@ -329,26 +362,40 @@ def sequential_edits(
         bar.advance(done_steps)
         for step in steps[done_steps:]:
             t0 = time.perf_counter()
-            handles = _apply(lm, editor, [cases[i] for i in step])
+            step_cases = [cases[i] for i in step]
+            rejected: dict[int, EditRejected] = {}
+            checks: dict[int, dict[str, Any]] = {}
+            if guard is None:
+                handles = _apply(lm, editor, step_cases)
+            else:
+                handles, rejected, checks = _guarded_apply(lm, editor, step_cases, guard)
             edit_seconds = time.perf_counter() - t0
             for h in handles:
                 drift.track(h)
-            model = handles[-1].model  # the edited model: ``lm`` itself for weight edits, a router for memories
-            immediate = score_cases(model, [cases[i] for i in step], reference, batch_size=batch_size)
+            # the edited model: ``lm`` itself for weight edits, a router for memories
+            model = handles[-1].model if handles else lm
+            immediate = score_cases(model, step_cases, reference, batch_size=batch_size)
             total_drift = sum(drift.measure(lm.model).values())
-            for i, scores in zip(step, immediate, strict=True):
-                results["records"].append(
-                    {
-                        "n_edits": i + 1,
-                        "case_id": cases[i].request.case_id,
-                        "request": cases[i].request.to_dict(),
-                        "pre": results["unedited"][i],
-                        "post": scores,
-                        "edit_seconds": edit_seconds / len(step),
-                        "drift": total_drift,
-                        "info": _info(handles),
-                    }
-                )
+            for j, (i, scores) in enumerate(zip(step, immediate, strict=True)):
+                record = {
+                    "n_edits": i + 1,
+                    "case_id": cases[i].request.case_id,
+                    "request": cases[i].request.to_dict(),
+                    "pre": results["unedited"][i],
+                    "post": scores,
+                    "edit_seconds": edit_seconds / len(step),
+                    "drift": total_drift,
+                    "info": _info(handles),
+                }
+                if j in rejected:
+                    record["rejected"] = rejected[j].reasons
+                    record["guard"] = rejected[j].checks
+                    results["rejected_edits"].append(
+                        {"n_edits": i + 1, "case_id": record["case_id"], "reasons": rejected[j].reasons}
+                    )
+                elif j in checks:
+                    record["guard"] = checks[j]
+                results["records"].append(record)
             results["n_edits"] = step[-1] + 1
             _flag_drift_jump(results, drift_jump)
             if results["n_edits"] % every == 0 or results["n_edits"] == len(cases):
@@ -446,6 +493,10 @@ def _sequential_aggregates(results: dict[str, Any]) -> dict[str, Any]:
         "seconds_per_edit": mean(r["edit_seconds"] for r in records) if records else 0.0,
         "disabling_edits": len(results["disabling_edits"]),
     }
+    if "guard" in results:
+        out["rejected_edits"] = len(results.get("rejected_edits", []))
+        guarded = [r["guard"]["seconds"] for r in records if "seconds" in r.get("guard", {})]
+        out["guard_seconds_per_edit"] = mean(guarded) if guarded else 0.0
     if (f1 := _mean_f1(last)) is not None:
         out["final_downstream_f1"] = f1
         out["unedited_downstream_f1"] = _mean_f1(results["checkpoints"][0])

@@ -22,10 +22,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
 from editkit.errors import ConfigError, ValidationError
+
+if TYPE_CHECKING:
+    from editkit.evaluation.guard import EditGuard
 
 PROTOCOLS = ("batch", "sequential")
 
@@ -47,6 +50,9 @@ class RunConfig:
     downstream_data: str | None = None  # folder with <task>.jsonl files
     downstream_n: int = 200
     state: str | None = None  # sequential: folder for resumable state (default: next to ``out``)
+    # sequential, weight editors: the edit guard's settings (GuardConfig's, plus ``canary``: the canary tasks,
+    # default [sst2] when downstream_data is given, and ``canary_n``: examples per task, default 32); None: off
+    guard: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # the method's settings
     seed: int = 0
     batch_size: int = 16
@@ -60,8 +66,9 @@ class RunConfig:
         if yaml_path:
             values.update(read_yaml(Path(yaml_path)))
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "settings" in given:  # method settings merge, key by key
-            given["settings"] = {**(values.get("settings") or {}), **given["settings"]}
+        for key in ("settings", "guard"):  # method and guard settings merge, key by key
+            if key in given:
+                given[key] = {**(values.get(key) or {}), **given[key]}
         values.update(given)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
@@ -91,6 +98,11 @@ class RunConfig:
             raise ConfigError("downstream evaluation runs in the sequential protocol (--protocol sequential)")
         if self.downstream and not self.downstream_data:
             raise ConfigError("--downstream needs --downstream-data DIR (a folder with sst2.jsonl, mrpc.jsonl, ...)")
+        if self.guard is not None:
+            if self.protocol != "sequential":
+                raise ConfigError("the edit guard runs in the sequential protocol (--protocol sequential)")
+            if self.guard.get("canary") and not self.downstream_data:
+                raise ConfigError("guard canary tasks need --downstream-data DIR")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +155,28 @@ def _split(value: str | int, kind: type) -> list[Any]:
         raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
 
 
+def _guard(config: RunConfig, evaluated: dict[str, list[dict[str, Any]]]) -> EditGuard:
+    """The run's edit guard; its canary examples are drawn with another seed and never among the examples the
+    run evaluates downstream."""
+    from editkit.evaluation.downstream import load_examples
+    from editkit.evaluation.guard import EditGuard, GuardConfig
+
+    settings = dict(config.guard or {})
+    tasks = settings.pop("canary", ["sst2"] if config.downstream_data else [])
+    n = settings.pop("canary_n", 32)
+    if isinstance(tasks, str):
+        tasks = _split(tasks, str)
+    if not isinstance(n, int | str) or int(n) < 2:
+        raise ConfigError(f"guard canary_n must be an integer of at least 2, got {n!r}")
+    canary = {}
+    for t in tasks:
+        drawn = load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=4 * int(n), seed=config.seed + 1)
+        unseen = [e for e in drawn if e not in evaluated.get(t, [])]
+        zeros, ones = ([e for e in unseen if e["label"] == label] for label in (0, 1))
+        canary[t] = zeros[: int(n) // 2] + ones[: int(n) - int(n) // 2]
+    return EditGuard(GuardConfig.from_dict(settings), canary=canary, batch_size=config.batch_size)
+
+
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the evaluation ``config`` describes and write its results JSON (atomically). Returns the results."""
     from editkit.data.formats import load_cases
@@ -170,6 +204,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                 f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
                 f"(first: {unlocated[0]}); choose other data or a method that does not locate"
             )
+    guard = _guard(config, tasks) if config.guard is not None else None
     lm = load(config.model, device=config.device)
     if config.protocol == "batch":
         results = batch_edits(
@@ -195,6 +230,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             batch_size=config.batch_size,
             progress=progress,
             datasets=[dataset],
+            guard=guard,
         )
     results["run"] = config.to_dict()
     results["seed"] = config.seed
