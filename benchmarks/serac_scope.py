@@ -1,6 +1,8 @@
 """SERAC Tables 4 and 5 in kind: scope-classifier and counterfactual-model accuracy on in-easy / in-hard /
 out-easy / out-hard inputs (``editkit.evaluation.scope.scope_breakdown``), for each classifier (embedding and
-cross-attention, trained; raw MiniLM for comparison) on each held-out data set, with groups of k edits in memory.
+cross-attention, trained; raw MiniLM for comparison) on each held-out data set, with groups of k edits in memory;
+the classifier also at other thresholds than eq. 1's 0.5 (a sensitivity analysis on the evaluation data, not a
+tuning: the editors keep 0.5).
 
     python benchmarks/serac_scope.py --k 10 --groups 20 --out benchmarks/results/serac_scope_smollm2.json
 """
@@ -30,6 +32,9 @@ def main() -> None:
     ap.add_argument("--scopes", default="embed,cross,embed-untrained")
     ap.add_argument("--k", type=int, default=10, help="edits in memory per group")
     ap.add_argument("--groups", type=int, default=20)
+    ap.add_argument(
+        "--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="scope thresholds for the sensitivity analysis"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     lm = load(args.model)
@@ -43,7 +48,14 @@ def main() -> None:
             editor.prepare(lm)
             results.setdefault(name, {})[scope] = {
                 "data": {"path": path, "sha256": dataset.sha256},
-                **scope_breakdown(lm, editor, dataset.cases, args.k, max_groups=args.groups),
+                **scope_breakdown(
+                    lm,
+                    editor,
+                    dataset.cases,
+                    args.k,
+                    max_groups=args.groups,
+                    thresholds=[float(t) for t in args.thresholds.split(",")],
+                ),
             }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_tiny_cases
+from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.editors.base import EditHandle
 from editkit.editors.memory import EditMemory, PromptedAnswerer, RoutedModel, descriptor_of
 from editkit.editors.scope import EmbedScope
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
+from editkit.evaluation.scope import scope_breakdown
 from editkit.models.bridge import TokenBridge
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
@@ -268,3 +271,28 @@ def test_an_answerer_of_another_family_scores_the_same_text():
     (generated,) = answerer.generate_ids([(record, EIFFEL.text)], 4)
     assert base.tokenizer.decode(generated) == h.tokenizer.decode(h.generate_ids([prompt], 4)[0])
     memory.close()
+
+
+def test_scope_breakdown_reads_the_classifier_at_each_threshold(tmp_path):
+    lm = tiny_model("llama")
+    cases = load_cases(write_tiny_cases(tmp_path / "cases.jsonl")).cases
+    editor = _rp(threshold=0.5)
+    out = scope_breakdown(lm, editor, cases, 3, thresholds=[0.0, 0.5, 1.0], progress=False)
+    assert out["groups"] == 2 and out["threshold"] == 0.5
+    everything, nothing = out["classifier_accuracy_by_threshold"]["0.0"], out["classifier_accuracy_by_threshold"]["1.0"]
+    assert everything["out_easy"] == 0.0 and nothing["out_easy"] == 1.0 and nothing["in_easy"] == 0.0
+    assert out["classifier_accuracy"] == out["classifier_accuracy_by_threshold"]["0.5"]
+    # at 0.5, against routing computed here: an in-scope probe is right when it goes to its own edit
+    hits = {"in_easy": [], "out_easy": []}
+    for g in range(2):
+        group = cases[3 * g : 3 * g + 3]
+        handle = editor.apply(lm, [c.request for c in group])
+        own = dict(zip([c.request for c in group], handle.record_ids, strict=True))
+        for c in group:
+            for p in c.probes:
+                route = handle.model.route([p.prompt])[0]
+                got = route.record.id if route.record is not None else None
+                split = "out_easy" if p.kind.value == "out" else "in_easy"
+                hits[split].append(float(got == (own[c.request] if split == "in_easy" else None)))
+        handle.rollback()
+    assert out["classifier_accuracy"] == pytest.approx({s: sum(v) / len(v) for s, v in hits.items()})

@@ -41,12 +41,18 @@ def scope_breakdown(
     max_groups: int | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    thresholds: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Classifier and answerer accuracy per split, plus routing latency, over groups of ``k`` edits."""
+    """Classifier and answerer accuracy per split, plus routing latency, over groups of ``k`` edits. The
+    classifier is read at the editor's own threshold and, for a sensitivity analysis, at each of
+    ``thresholds`` (``classifier_accuracy_by_threshold``)."""
     if k < 1 or k > len(cases):
         raise ValidationError(f"k must be between 1 and the number of cases ({len(cases)}), got {k}")
     n_groups = min(len(cases) // k, max_groups or len(cases))
+    levels = sorted({*thresholds})
     cls_hits: dict[str, list[float]] = {}
+    by_level: dict[float, dict[str, list[float]]] = {t: {} for t in levels}
+    threshold: float | None = None
     h_hits: dict[str, list[float]] = {}
     route_seconds: list[float] = []
     with progress_bar(n_groups, f"{editor.name} scope breakdown (k={k})", progress) as bar:
@@ -58,16 +64,19 @@ def scope_breakdown(
                 if not isinstance(model, RoutedModel) or not isinstance(handle, MemoryEditHandle):
                     raise ValidationError(f"{editor.name} does not route inputs through a memory")
                 store = model.memory.store
+                threshold = model.threshold
                 own = {c.request: store.get(i) for c, i in zip(group, handle.record_ids, strict=True)}
                 probes = [(c, p) for c in group for p in c.probes if p.kind in SPLITS]
                 t0 = time.perf_counter()
-                routes = model.route([p.prompt for _, p in probes])
+                raw = model.memory.lookup([p.prompt for _, p in probes])  # best edit and score, no threshold
                 route_seconds.append((time.perf_counter() - t0) / max(1, len(probes)))
-                for (case, probe), route in zip(probes, routes, strict=True):
+                for (case, probe), route in zip(probes, raw, strict=True):
                     split = SPLITS[probe.kind]
-                    wanted = own[case.request] if probe.kind.in_scope else None
-                    got = route.record.id if route.record is not None else None
-                    cls_hits.setdefault(split, []).append(float(got == (wanted.id if wanted else None)))
+                    wanted = own[case.request].id if probe.kind.in_scope else None
+                    best = route.record.id if route.record is not None else None
+                    for level, hits in ((threshold, cls_hits), *((t, by_level[t]) for t in levels)):
+                        got = best if route.score >= level else None
+                        hits.setdefault(split, []).append(float(got == wanted))
                 scores = model.answerer.score_tokens(
                     [(own[c.request], p.prompt) for c, p in probes],
                     [lm.encode(p.expected, special=False) for _, p in probes],
@@ -82,7 +91,11 @@ def scope_breakdown(
     return {
         "k": k,
         "groups": n_groups,
+        "threshold": threshold,
         "classifier_accuracy": {s: mean(v) for s, v in sorted(cls_hits.items())},
+        "classifier_accuracy_by_threshold": {
+            str(t): {s: mean(v) for s, v in sorted(hits.items())} for t, hits in by_level.items()
+        },
         "answerer_accuracy": {s: mean(v) for s, v in sorted(h_hits.items())},
         "probes": {s: len(v) for s, v in sorted(cls_hits.items())},
         "route_seconds_per_input": mean(route_seconds) if route_seconds else 0.0,
