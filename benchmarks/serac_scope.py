@@ -4,7 +4,8 @@ cross-attention, trained; raw MiniLM for comparison) on each held-out data set, 
 the classifier also at other thresholds than eq. 1's 0.5 (a sensitivity analysis on the evaluation data, not a
 tuning: the editors keep 0.5).
 
-    python benchmarks/serac_scope.py --k 10 --groups 20 --out benchmarks/results/serac_scope_smollm2.json
+    python benchmarks/serac_scope.py --k 10 --groups 20 [--distinct-subjects] \
+        --out benchmarks/results/serac_scope_smollm2.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--scopes", default="embed,cross,embed-untrained")
     ap.add_argument("--k", type=int, default=10, help="edits in memory per group")
     ap.add_argument("--groups", type=int, default=20)
+    ap.add_argument("--distinct-subjects", action="store_true", help="no two edits of a group about one subject")
     ap.add_argument(
         "--thresholds", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="scope thresholds for the sensitivity analysis"
     )
@@ -55,6 +57,7 @@ def main() -> None:
                     args.k,
                     max_groups=args.groups,
                     thresholds=[float(t) for t in args.thresholds.split(",")],
+                    distinct_subjects=args.distinct_subjects,
                 ),
             }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation import downstream
 from editkit.evaluation.drift import DriftTracker
 from editkit.evaluation.metrics import Reference, kl_divergence, ngram_entropy, score_cases
-from editkit.evaluation.protocols import _flag_drift_jump, batch_edits, sequential_edits
+from editkit.evaluation.protocols import _flag_drift_jump, batch_edits, edit_groups, sequential_edits
 from editkit.evaluation.report import write_report
 
 
@@ -222,6 +222,32 @@ def test_batch_protocol_scores_and_rolls_back(llama):
     assert all(torch.equal(before[n], p) for n, p in llama.model.named_parameters())
     with pytest.raises(ValidationError, match="between 1 and"):
         batch_edits(llama, create_editor("ft"), cases, ks=[5], progress=False)
+
+
+def _case(subject: str, n: int) -> EditCase:
+    request = EditRequest(prompt=f"{{}} fact {n} is", subject=subject, target_new=" x", case_id=f"{subject}{n}")
+    return EditCase(request, [Probe(request.text, " x", ProbeKind.EDIT)])
+
+
+def test_edit_groups_keep_subjects_apart_in_file_order():
+    cases = [_case(s, i) for i, s in enumerate("AABCBAD")]
+    assert edit_groups(cases, 3) == [[0, 1, 2], [3, 4, 5]]
+    groups = edit_groups(cases, 3, distinct_subjects=True)
+    assert groups == [[0, 2, 3], [1, 4, 6]]  # the second A waits for the next group; the third A finds none
+    for g in groups:
+        assert len({cases[i].request.subject for i in g}) == 3
+
+
+def test_batch_protocol_with_distinct_subjects(llama):
+    cases = [_case(s, i) for i, s in enumerate("AABC")]
+    ft = create_editor("ft", {"steps": 1})
+    results = batch_edits(llama, ft, cases, ks=[2], distinct_subjects=True, progress=False)
+    groups = {}
+    for r in results["records"]:
+        groups.setdefault(r["group"], []).append(r["case_id"])
+    assert groups == {0: ["A0", "B2"], 1: ["A1", "C3"]} and results["distinct_subjects"] is True
+    with pytest.raises(ValidationError, match="distinct subjects"):
+        batch_edits(llama, create_editor("ft"), cases[:2], ks=[2], distinct_subjects=True, progress=False)
 
 
 def test_batch_protocol_applies_one_by_one_when_the_editor_cannot_batch(llama):

@@ -286,6 +286,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         edits_per_step=args.edits_per_step,
         max_groups=args.max_groups,
+        distinct_subjects=args.distinct_subjects or None,
         every=args.every,
         downstream=args.downstream,
         downstream_data=args.downstream_data,
@@ -386,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--edits-per-step", help="batch: comma-separated k's (edits applied together); sequential: edits per step"
     )
     p.add_argument("--max-groups", type=int, help="batch: at most this many groups of k edits per k")
+    p.add_argument(
+        "--distinct-subjects", action="store_true", help="batch: no two edits of a group about the same subject"
+    )
     p.add_argument("--every", type=int, help="sequential: evaluate retention and downstream every N edits")
     p.add_argument("--downstream", help="sequential: comma-separated tasks (sst2,mrpc,rte,cola)")
     p.add_argument("--downstream-data", help="folder with the tasks' <task>.jsonl files")

@@ -145,6 +145,34 @@ def _info(handles: Sequence[EditHandle]) -> dict[str, Any]:
     return {k: v for h in handles for k, v in h.info.items() if isinstance(v, int | float | str | bool)}
 
 
+def edit_groups(cases: Sequence[EditCase], k: int, *, distinct_subjects: bool = False) -> list[list[int]]:
+    """Groups of ``k`` case positions: consecutive, or with ``distinct_subjects`` such that no two edits of a
+    group are about the same subject (the request's subject, else its prompt). Some data files list several
+    edits of one subject in a row (zsRE's eval file: five manufacturers of one ship), and edits that contradict
+    each other in one group test nothing a user would ask for. Cases are taken in file order; one that would
+    repeat a subject waits for the next group; what finds no full group is left out."""
+    if not distinct_subjects:
+        return [list(range(g * k, (g + 1) * k)) for g in range(len(cases) // k)]
+    waiting = list(range(len(cases)))
+    groups = []
+    while len(waiting) >= k:
+        group: list[int] = []
+        seen: set[str] = set()
+        for i in waiting:
+            key = (cases[i].request.subject or cases[i].request.text).strip().lower()
+            if key not in seen:
+                group.append(i)
+                seen.add(key)
+                if len(group) == k:
+                    break
+        if len(group) < k:
+            break
+        groups.append(group)
+        taken = set(group)
+        waiting = [i for i in waiting if i not in taken]
+    return groups
+
+
 def batch_edits(
     lm: LanguageModel,
     editor: Editor,
@@ -152,12 +180,14 @@ def batch_edits(
     ks: Sequence[int] = (1,),
     *,
     max_groups: int | None = None,
+    distinct_subjects: bool = False,
     batch_size: int = 16,
     progress: bool = True,
     datasets: Sequence[Dataset] = (),
 ) -> dict[str, Any]:
-    """For each k in ``ks``: edit consecutive groups of k cases together into the unedited model, score every
-    case of the group, roll back. ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all."""
+    """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model,
+    score every case of the group, roll back. ``aggregates`` are those of the largest k; ``aggregates_by_k``
+    has them all."""
     if not cases:
         raise ValidationError("no cases to evaluate")
     bad = [k for k in ks if k < 1 or k > len(cases)]
@@ -169,12 +199,13 @@ def batch_edits(
     unedited = score_cases(lm, cases, reference, batch_size=batch_size)
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
-    plan = {k: min(len(cases) // k, max_groups or len(cases)) for k in ks}
-    with progress_bar(sum(plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
-        for k, n_groups in plan.items():
+    plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
+    if not all(plan.values()):
+        raise ValidationError(f"no group of {min(k for k, g in plan.items() if not g)} edits with distinct subjects")
+    with progress_bar(sum(len(g) for g in plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
+        for k, groups in plan.items():
             k_records: list[dict[str, Any]] = []
-            for g in range(n_groups):
-                group = list(range(g * k, (g + 1) * k))
+            for g, group in enumerate(groups):
                 t0 = time.perf_counter()
                 handles = _apply(lm, editor, [cases[i] for i in group])
                 edit_seconds = time.perf_counter() - t0
@@ -205,6 +236,7 @@ def batch_edits(
     return {
         **_header("batch", lm, editor, cases, datasets),
         "ks": list(ks),
+        "distinct_subjects": distinct_subjects,
         "aggregates": {
             **by_k[str(max(ks))],
             **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in unedited], "pre").items()},

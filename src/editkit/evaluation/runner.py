@@ -45,6 +45,7 @@ class RunConfig:
     protocol: Literal["batch", "sequential"] = "batch"
     edits_per_step: list[int] = field(default_factory=lambda: [1])  # batch: the k's; sequential: one value
     max_groups: int | None = None  # batch: at most this many groups per k
+    distinct_subjects: bool = False  # batch: no two edits of a group about one subject (protocols.edit_groups)
     every: int = 20  # sequential: evaluate retention / downstream every N edits
     downstream: list[str] = field(default_factory=list)
     downstream_data: str | None = None  # folder with <task>.jsonl files
@@ -94,6 +95,8 @@ class RunConfig:
             raise ConfigError("--edits-per-step, --every and --downstream-n must be positive")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.distinct_subjects and self.protocol != "batch":
+            raise ConfigError("--distinct-subjects groups the edits of the batch protocol (--protocol batch)")
         if self.downstream and self.protocol != "sequential":
             raise ConfigError("downstream evaluation runs in the sequential protocol (--protocol sequential)")
         if self.downstream and not self.downstream_data:
@@ -113,9 +116,10 @@ MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_
 
 def matrix_configs(path: str | Path) -> list[RunConfig]:
     """The batch-protocol RunConfig of every (data set, run) pair of a matrix file, in file order; results go to
-    ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step`` and
-    ``max_groups``, ``datasets`` (name -> ``{data, limit}``) and ``runs`` (each ``{label, method}`` with optional
-    ``settings``, ``limit`` (the lower of the run's and the data set's applies), ``edits_per_step``, ``max_groups``)."""
+    ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step``,
+    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit}``) and ``runs`` (each
+    ``{label, method}`` with optional ``settings``, ``limit`` (the lower of the run's and the data set's applies),
+    ``edits_per_step``, ``max_groups``)."""
     matrix = read_yaml(Path(path))
     for key in ("out_dir", "datasets", "runs"):
         if not matrix.get(key):
@@ -141,6 +145,7 @@ def matrix_configs(path: str | Path) -> list[RunConfig]:
                     protocol="batch",
                     edits_per_step=r.get("edits_per_step", matrix.get("edits_per_step")),
                     max_groups=r.get("max_groups", matrix.get("max_groups")),
+                    distinct_subjects=matrix.get("distinct_subjects"),
                     settings=r.get("settings"),
                     out=str(Path(matrix["out_dir"]) / f"{name}_{r['label']}.json"),
                 )
@@ -213,6 +218,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             dataset.cases,
             config.edits_per_step,
             max_groups=config.max_groups,
+            distinct_subjects=config.distinct_subjects,
             batch_size=config.batch_size,
             progress=progress,
             datasets=[dataset],

@@ -20,6 +20,7 @@ from editkit.editors.base import Editor
 from editkit.editors.memory import MemoryEditHandle, RoutedModel
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ValidationError
+from editkit.evaluation.protocols import edit_groups
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
 
@@ -42,13 +43,15 @@ def scope_breakdown(
     batch_size: int = 16,
     progress: bool = True,
     thresholds: Sequence[float] = (),
+    distinct_subjects: bool = False,
 ) -> dict[str, Any]:
     """Classifier and answerer accuracy per split, plus routing latency, over groups of ``k`` edits. The
     classifier is read at the editor's own threshold and, for a sensitivity analysis, at each of
     ``thresholds`` (``classifier_accuracy_by_threshold``)."""
     if k < 1 or k > len(cases):
         raise ValidationError(f"k must be between 1 and the number of cases ({len(cases)}), got {k}")
-    n_groups = min(len(cases) // k, max_groups or len(cases))
+    groups = edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups]
+    n_groups = len(groups)
     levels = sorted({*thresholds})
     cls_hits: dict[str, list[float]] = {}
     by_level: dict[float, dict[str, list[float]]] = {t: {} for t in levels}
@@ -56,8 +59,8 @@ def scope_breakdown(
     h_hits: dict[str, list[float]] = {}
     route_seconds: list[float] = []
     with progress_bar(n_groups, f"{editor.name} scope breakdown (k={k})", progress) as bar:
-        for g in range(n_groups):
-            group = cases[g * k : (g + 1) * k]
+        for positions in groups:
+            group = [cases[i] for i in positions]
             handle = editor.apply(lm, [c.request for c in group])
             try:
                 model = handle.model
