@@ -154,6 +154,34 @@ def test_trained_serac_routes_and_answers_with_its_counterfactual_model(serac_pa
     assert torch.allclose(routed.score_tokens(["Germany's capital city is"], [" Bonn"])[0].logprobs, want)
 
 
+def test_cross_scope_scores_the_embedding_candidates_with_the_trained_cross_encoder(serac_parts):
+    from editkit.editors.scope import CrossScope
+
+    lm = tiny_model("llama")
+    settings = {"artifacts": str(serac_parts), "encoder": "tiny-bert", "threshold": 0.0, "candidates": 2}
+    editor = create_editor("serac", {**settings, "scope": "cross"})
+    requests = [
+        EditRequest(prompt="The capital of Germany is", target_new=" Bonn"),
+        EditRequest(prompt="The Eiffel Tower is located in", target_new=" Rome"),
+        EditRequest(prompt="Michael Jordan plays", target_new=" tennis"),
+    ]
+    routed = editor.apply(lm, requests).model
+    scope = routed.memory.scope
+    assert isinstance(scope, CrossScope)
+    text = "Germany's capital city is"
+    route = routed.route([text])[0]
+    # independently: the embedding index's two nearest edits, each scored by sigmoid(cross logit)
+    query = torch.tensor(scope.retrieval.query_vectors([text]))[0]
+    keys = torch.tensor(scope.retrieval.edit_vectors(requests))
+    nearest = ((keys - query) ** 2).sum(-1).argsort()[:2].tolist()
+    with torch.no_grad():
+        logits = scope.classifier.logits([descriptor_of(requests[i]) for i in nearest], [text] * 2)
+    probs = torch.sigmoid(logits)
+    best = int(probs.argmax())
+    assert route.record is not None and route.record.request == requests[nearest[best]]
+    assert route.score == pytest.approx(float(probs[best]), abs=1e-5)
+
+
 def test_trained_serac_serves_a_base_model_of_another_family_without_retraining(serac_parts):
     """SERAC reused on a base model with another tokenizer (Gemma in place of SmolLM2): routing and answers are
     unchanged; only ids and distributions pass through a token bridge."""
