@@ -27,7 +27,9 @@ def test_there_are_shipped_configs():
 
 
 def _check(path: Path, config: RunConfig) -> None:
-    editor = create_editor(config.method, config.settings)
+    # a corpus path is checked by the method's config when it is built: only where the benchmark data is
+    settings = {k: v for k, v in config.settings.items() if k != "corpus" or DATA.is_dir()}
+    editor = create_editor(config.method, settings)
     assert editor.name == config.method
     for task in config.downstream:
         get_task(task)
