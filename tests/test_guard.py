@@ -179,5 +179,8 @@ def test_run_config_guard_draws_canaries_apart_from_evaluated_examples(tmp_path)
     assert len(canary) == 10 and sum(e["label"] for e in canary) == 5
     assert not any(e in evaluated["sst2"] for e in canary)
     assert guard.config.drift_factor == 5.0
+    bad = RunConfig.build(None, data="x.jsonl", out="r.json", protocol="sequential", guard={"canary_n": "many"})
+    with pytest.raises(ConfigError, match="canary_n must be an integer"):
+        _guard(bad, {})
     with pytest.raises(ConfigError, match="sequential protocol"):
         RunConfig.build(None, data="x.jsonl", out="r.json", guard={})

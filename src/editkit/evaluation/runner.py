@@ -168,17 +168,21 @@ def _guard(config: RunConfig, evaluated: dict[str, list[dict[str, Any]]]) -> Edi
 
     settings = dict(config.guard or {})
     tasks = settings.pop("canary", ["sst2"] if config.downstream_data else [])
-    n = settings.pop("canary_n", 32)
+    given = settings.pop("canary_n", 32)
     if isinstance(tasks, str):
         tasks = _split(tasks, str)
-    if not isinstance(n, int | str) or int(n) < 2:
-        raise ConfigError(f"guard canary_n must be an integer of at least 2, got {n!r}")
+    try:
+        n = int(given)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 2 or isinstance(given, float | bool):
+        raise ConfigError(f"guard canary_n must be an integer of at least 2, got {given!r}")
     canary = {}
     for t in tasks:
-        drawn = load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=4 * int(n), seed=config.seed + 1)
+        drawn = load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=4 * n, seed=config.seed + 1)
         unseen = [e for e in drawn if e not in evaluated.get(t, [])]
         zeros, ones = ([e for e in unseen if e["label"] == label] for label in (0, 1))
-        canary[t] = zeros[: int(n) // 2] + ones[: int(n) - int(n) // 2]
+        canary[t] = zeros[: n // 2] + ones[: n - n // 2]
     return EditGuard(GuardConfig.from_dict(settings), canary=canary, batch_size=config.batch_size)
 
 
