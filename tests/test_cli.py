@@ -152,3 +152,18 @@ def test_argparse_errors_exit_2(argv, capsys):
         main(argv)
     assert info.value.code == 2
     assert "usage: editkit" in capsys.readouterr().err
+
+
+def test_quickstart_answers_after_the_edit_with_the_edited_model(monkeypatch, capsys):
+    """A memory editor leaves the base model's weights alone: "after" must be read from the handle's model."""
+    from editkit.data import demo_cases
+    from editkit.models import zoo
+    from editkit.models.tiny import tiny_model
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    assert main(["quickstart", "--method", "lu", "--limit", "1", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    request = demo_cases()[0].request
+    row = next(line for line in out.splitlines() if request.text in line and "edit" in line)
+    after = row.split("│")[-2].strip()
+    assert after.startswith(request.target_new.strip()), row  # LU answers an edit's own input with its label

@@ -221,7 +221,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             )
         )
     t0 = time.perf_counter()
-    after = _answers(lm, prompts, args.max_new_tokens)
+    after = _answers(handles[-1].model, prompts, args.max_new_tokens)  # a memory editor routes
     timings.append((f"answer {len(prompts)} prompts (after)", time.perf_counter() - t0))
 
     table = Table(title=f"{editor.name} on {lm.name}: {len(cases)} edits applied one after another")
