@@ -63,6 +63,12 @@ class GuardConfig(EditorConfig):
             raise ConfigError("guard: max_canary_drop and max_recall_drop must be positive")
 
 
+def _record_fall(checks: dict[str, Any], name: str, before: float, after: float, limit: float) -> bool:
+    """Write ``name`` and ``name_before`` into ``checks``; whether the score fell by more than ``limit``."""
+    checks[name], checks[f"{name}_before"] = after, before
+    return before - after > limit
+
+
 @dataclass
 class _Accepted:
     request: EditRequest
@@ -140,22 +146,19 @@ class EditGuard:
                     f"(limit {cfg.drift_factor:g}x)"
                 )
         if self.canary and self._canary_now is not None:
-            checks["canary_auc"] = self._canary_score(lm)
-            checks["canary_auc_before"] = self._canary_now
-            drop = self._canary_now - checks["canary_auc"]
-            if drop > cfg.max_canary_drop:
+            auc = self._canary_score(lm)
+            if auc is not None and _record_fall(checks, "canary_auc", self._canary_now, auc, cfg.max_canary_drop):
                 reasons.append(
-                    f"canary AUC on {', '.join(self.canary)} falls {self._canary_now:.2f} -> "
-                    f"{checks['canary_auc']:.2f} (limit: a fall of {cfg.max_canary_drop:g})"
+                    f"canary AUC on {', '.join(self.canary)} falls {self._canary_now:.2f} -> {auc:.2f} "
+                    f"(limit: a fall of {cfg.max_canary_drop:g})"
                 )
         if recent and self._recall_now is not None:
-            checks["recall_logprob"] = self._recall_score(lm, recent)
-            checks["recall_logprob_before"] = self._recall_now
-            drop = self._recall_now - checks["recall_logprob"]
-            if drop > cfg.max_recall_drop:
+            recall = self._recall_score(lm, recent)
+            limit = cfg.max_recall_drop
+            if recall is not None and _record_fall(checks, "recall_logprob", self._recall_now, recall, limit):
                 reasons.append(
-                    f"the last {len(recent)} accepted edits' targets lose {drop:.1f} nats per token "
-                    f"(limit {cfg.max_recall_drop:g})"
+                    f"the last {len(recent)} accepted edits' targets lose {self._recall_now - recall:.1f} nats per "
+                    f"token (limit {limit:g})"
                 )
         return reasons, checks
 
