@@ -31,3 +31,14 @@ def test_disabled_progress_writes_nothing():
     with progress_bar(3, "quiet", enabled=False, stream=out) as bar:
         bar.advance(3)
     assert out.getvalue() == ""
+
+
+def test_a_resumed_run_counts_from_where_it_stopped_and_estimates_from_its_own_rate(monkeypatch):
+    clock = iter([0.0, 10.0])  # started at 0 s; one new step done at 10 s
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(progress, "LINE_EVERY_SECONDS", 0.0)
+    out = io.StringIO()
+    with progress_bar(100, "edits", stream=out, start=90) as bar:
+        bar.advance()
+    # 91 of 100 done; one step in 10 s leaves 9 steps, 90 s (not 10 / 91 * 9 = 1 s from the resumed count).
+    assert out.getvalue().strip() == "edits: 91/100, 10 s elapsed, ETA 90 s"

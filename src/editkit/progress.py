@@ -20,9 +20,9 @@ class _Null:
 class _Lines:
     """Progress as occasional lines, for output that is not a terminal."""
 
-    def __init__(self, total: int, description: str, stream: IO[str], every: float) -> None:
+    def __init__(self, total: int, description: str, stream: IO[str], every: float, start: int = 0) -> None:
         self.total, self.description, self.stream, self.every = total, description, stream, every
-        self.done = 0
+        self.done = self.start = start
         self.started = self.last = time.monotonic()
 
     def advance(self, n: int = 1) -> None:
@@ -35,26 +35,30 @@ class _Lines:
 
     def line(self, now: float) -> str:
         elapsed = now - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        new = self.done - self.start  # work done before (a resumed run) says nothing of this run's rate
+        eta = elapsed / new * (self.total - self.done) if new else float("nan")
         return f"{self.description}: {self.done}/{self.total}, {elapsed:.0f} s elapsed, ETA {eta:.0f} s"
 
 
 @contextmanager
-def progress_bar(total: int, description: str, enabled: bool = True, *, stream: IO[str] | None = None) -> Iterator[Any]:
-    """Progress of ``total`` units of work (call ``advance(n)`` once per unit): a rich bar on a terminal, lines
-    on any other ``stream`` (default stderr), nothing when not ``enabled``."""
+def progress_bar(
+    total: int, description: str, enabled: bool = True, *, stream: IO[str] | None = None, start: int = 0
+) -> Iterator[Any]:
+    """Progress of ``total`` units of work (call ``advance(n)`` once per unit), ``start`` of them done before (a
+    resumed run; the ETA counts only this run's rate): a rich bar on a terminal, lines on any other ``stream``
+    (default stderr), nothing when not ``enabled``."""
     if not enabled:
         yield _Null()
         return
     out = stream or sys.stderr
     if not out.isatty():
-        yield _Lines(total, description, out, LINE_EVERY_SECONDS)
+        yield _Lines(total, description, out, LINE_EVERY_SECONDS, start)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(description, total=total)
+        task = bar.add_task(description, total=total, completed=start)
 
         class _Bar:
             def advance(self, n: int = 1) -> None:

@@ -390,8 +390,7 @@ def sequential_edits(
     steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
     done_steps = results["n_edits"] // edits_per_step
     baseline_f1 = _mean_f1(results["checkpoints"][0])
-    with progress_bar(len(steps), f"{editor.name} sequential on {lm.name}", progress) as bar:
-        bar.advance(done_steps)
+    with progress_bar(len(steps), f"{editor.name} sequential on {lm.name}", progress, start=done_steps) as bar:
         for step in steps[done_steps:]:
             t0 = time.perf_counter()
             step_cases = [cases[i] for i in step]

@@ -258,8 +258,7 @@ def _train_loop(
         rng.seed(f"{config.seed}:{name}")
     trainable.train()
     t0 = time.perf_counter()
-    with progress_bar(steps, f"training {name}", progress) as bar, torch.enable_grad():
-        bar.advance(start)
+    with progress_bar(steps, f"training {name}", progress, start=start) as bar, torch.enable_grad():
         for step in range(start, steps):
             opt.zero_grad()
             loss = loss_fn(rng)
