@@ -11,7 +11,7 @@ import torch
 from editkit.data import demo_cases
 from editkit.editors import create_editor
 from editkit.errors import ConfigError, ValidationError
-from editkit.evaluation import downstream
+from editkit.evaluation import downstream, protocols
 from editkit.evaluation.guard import EditGuard, EditRejected, GuardConfig
 from editkit.evaluation.protocols import sequential_edits
 from editkit.evaluation.runner import RunConfig, _guard
@@ -159,6 +159,21 @@ def test_sequential_run_with_guard_records_rejections_and_resumes(tmp_path):
     assert [r.get("rejected") for r in resumed["records"]] == [r.get("rejected") for r in out["records"]]
     for a, b in zip(resumed["records"], out["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)
+
+
+def test_a_rejected_edit_is_neither_succeeded_nor_forgotten(monkeypatch):
+    # Every record counts as a success, so only the rejection can keep edit 3 out of the tally.
+    monkeypatch.setattr(protocols, "_success", lambda scores: 1.0)
+    cases = demo_cases()[:5]
+    out = sequential_edits(
+        tiny_model("llama"),
+        _one_outsized(cases),
+        cases,
+        every=5,
+        guard=EditGuard(GuardConfig(min_history=2, recall_edits=0)),
+        progress=False,
+    )
+    assert out["checkpoints"][-1]["succeeded"] == 4 and out["checkpoints"][-1]["forgotten"] == 0
 
 
 def test_run_config_guard_draws_canaries_apart_from_evaluated_examples(tmp_path):

@@ -461,8 +461,9 @@ def _checkpoint(
 ) -> dict[str, Any]:
     n = results["n_edits"]
     now = score_cases(lm, cases[:n], reference, batch_size=batch_size, kinds=IN_SCOPE)
-    immediate = [r["post"] for r in results["records"][:n]]
-    succeeded = [i for i, r in enumerate(immediate) if _success(r) > 0.5]
+    # An edit the guard rejected was never applied: neither succeeded nor forgotten, whatever its scores.
+    records = results["records"][:n]
+    succeeded = [i for i, r in enumerate(records) if "rejected" not in r and _success(r["post"]) > 0.5]
     forgotten = [i for i in succeeded if _success(now[i]) <= 0.5]
     return {
         "n_edits": n,
