@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   - the quickstart: fetch SmolLM2-135M, edit it with ROME, show before / after
+#   make demo   - the quickstart: fetch SmolLM2-135M (and MiniLM, for SERAC), edit with ROME, show before / after
 #   make test   - the test suite (fast tests + real-model tests on SmolLM2)
 # Everything lives in .venv; models are cached in $EDITKIT_CACHE (default ~/.cache/editkit).
 
@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 models: setup
-	$(BIN)/python -c "from editkit.models.zoo import fetch; fetch('smollm2-135m')"
+	$(BIN)/python -c "from editkit.models.zoo import fetch; fetch('smollm2-135m'); fetch('minilm-l6')"
 
 demo: models
 	$(BIN)/editkit quickstart $(if $(CORPUS),--corpus $(CORPUS))

@@ -98,3 +98,19 @@ def test_rome_counterfact_scores_on_twenty_cases(smollm2, wikitext):
     assert agg["efficacy"] >= 0.95
     assert agg["paraphrase"] >= 0.6
     assert agg["neighborhood"] >= 0.6
+
+
+@pytest.mark.parametrize("scope", ["embed", "cross"])
+def test_packaged_serac_answers_in_scope_inputs_from_the_edit_and_leaves_the_rest(smollm2, scope):
+    """The trained parts shipped in the package (both scope classifiers, the counterfactual model)."""
+    jordan = EditRequest(prompt="{} plays the sport of", subject="Michael Jordan", target_new=" tennis")
+    editor = create_editor("serac", {"scope": scope})
+    handle = editor.apply(smollm2, [EIFFEL, jordan])
+    try:
+        routes = handle.model.route([PARAPHRASE, "The sport Michael Jordan is known for is", UNRELATED])
+        assert [r.record.request if r.record else None for r in routes] == [EIFFEL, jordan, None]
+        edited, other = handle.model.generate([PARAPHRASE, UNRELATED], 3)
+        assert edited.strip().startswith("Rome")
+        assert other == smollm2.generate([UNRELATED], 3)[0]
+    finally:
+        handle.rollback()

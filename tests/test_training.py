@@ -87,6 +87,11 @@ def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
     assert adapter["base_model_name_or_path"] == "tiny-bert"  # a zoo name: no machine path in shipped parts
     with pytest.raises(ValidationError, match="other settings"):
         train(SERACTrainConfig.from_dict({**settings, "scope_lr": 0.5, "scope_steps": 6}), progress=False)
+    # Another part trained later into the same folder: each part keeps the settings it was trained with.
+    later = train(SERACTrainConfig.from_dict({**settings, "parts": ["scope-cross"], "scope_steps": 3}), progress=False)
+    assert later["config"]["parts"] == ["scope-cross"]
+    assert later["parts"]["scope-embed"]["config"]["scope_steps"] == 4
+    assert later["parts"]["scope-cross"]["config"]["scope_steps"] == 3 and later["parts"]["scope-cross"]["steps"] == 3
 
 
 def test_an_interrupted_run_keeps_the_parts_it_finished(tmp_path, monkeypatch):

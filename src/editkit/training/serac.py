@@ -402,6 +402,9 @@ def _part_meta(config: SERACTrainConfig, part: str, losses: list[float], seconds
         "seconds_this_run": seconds,
         "encoder": config.encoder,
         "base_model": config.base_model,
+        # The manifest's top-level config is the last command's; a folder trained part by part (other steps,
+        # other parts) keeps here the settings each part was trained with.
+        "config": config.to_dict(),
     }
 
 
