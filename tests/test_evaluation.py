@@ -298,6 +298,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     batch = batch_edits(llama, editor, cases, ks=[1, 2], progress=False)
     seq = sequential_edits(llama, editor, cases, every=2, progress=False)
     seq["run"] = {"label": "ft-2-steps"}  # as the runner records RunConfig.label
+    seq["rejected_edits"] = [{"n_edits": 3, "case_id": "c3", "reasons": ["too far", "too forgetful"]}]  # as a guard
     paths = []
     for name, res in (("b.json", batch), ("s.json", seq)):
         (tmp_path / name).write_text(json.dumps(res))
@@ -306,6 +307,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     text = md.read_text()
     assert "| ft (tiny-llama-s0) | batch | 4 |" in text and "sequential_editing.png" in text
     assert "| ft-2-steps (tiny-llama-s0) | sequential | 4 |" in text
+    assert "| ft-2-steps (tiny-llama-s0) | 3 | c3 | too far; too forgetful |" in text
     assert (tmp_path / "report" / "batch_es_dd.png").stat().st_size > 1000
     assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
     (tmp_path / "junk.json").write_text("{}")

@@ -186,6 +186,11 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     if disabling:
         md += ["", "Disabling edits flagged:", "", "| run | edit # | case | why |", "|---|---|---|---|"]
         md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {d['reason']} |" for r, d in disabling]
+    rejected = [(r, d) for r in runs for d in r.get("rejected_edits", [])]
+    if rejected:
+        md += ["", "Edits the guard rejected (the model was left as it was):", "", "| run | edit # | case | why |"]
+        md += ["|---|---|---|---|"]
+        md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {'; '.join(d['reasons'])} |" for r, d in rejected]
     return md
 
 
