@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from editkit.editors import stats
-from editkit.editors.stats import StatsRequest, key_fingerprint, second_moment
+from editkit.editors.stats import StatsRequest, key_fingerprint, second_moment, second_moments
+from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 
 TEXT = (
@@ -42,6 +43,38 @@ def test_second_moment_matches_independent_computation(corpus):
     chunks = stats._corpus_chunks(lm, corpus, 128, 16)
     assert len(chunks) == 8
     torch.testing.assert_close(got, _independent(lm, 1, chunks), rtol=1e-5, atol=1e-7)
+
+
+def _forward_calls(lm, fn):
+    calls = []
+    h = lm.adapter.layer_list(lm.model)[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        return fn(), len(calls)
+    finally:
+        h.remove()
+
+
+def test_several_layers_in_one_pass_equal_each_computed_alone(corpus):
+    lm = tiny_model("llama")
+    reqs = [StatsRequest(layer=layer, corpus=corpus, n_tokens=128, seq_len=16, batch_size=3) for layer in (1, 0)]
+    chunks = stats._corpus_chunks(lm, corpus, 128, 16)
+    got, passes = _forward_calls(lm, lambda: second_moments(lm, reqs))
+    assert passes == 3  # both layers from one pass over the 8 windows, in batches of 3
+    for req, mom2 in zip(reqs, got, strict=True):
+        torch.testing.assert_close(mom2, _independent(lm, req.layer, chunks), rtol=1e-5, atol=1e-7)
+    # One layer's cache file lost: that layer is computed again, the other read back.
+    stats._MEMO.clear()
+    files = sorted((stats.cache_dir() / "stats").glob("*.safetensors"))
+    assert len(files) == 2
+    files[0].unlink()
+    again, passes = _forward_calls(lm, lambda: second_moments(lm, reqs))
+    assert passes == 3
+    for a, b in zip(again, got, strict=True):
+        torch.testing.assert_close(a, b)
+    _, passes = _forward_calls(lm, lambda: second_moments(lm, reqs))
+    assert passes == 0
+    with pytest.raises(ValidationError, match="one corpus"):
+        second_moments(lm, [reqs[0], StatsRequest(layer=0, corpus=corpus, n_tokens=64, seq_len=16)])
 
 
 def test_layers_above_are_not_run(corpus):

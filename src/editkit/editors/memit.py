@@ -89,8 +89,9 @@ class MEMIT(LocateEditor):
 
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         self.context_templates(lm)
-        for layer in self.layers(lm):
-            self.preserved_covariance(lm, layer, progress=progress)
+        layers = [layer for layer in self.layers(lm) if (id(lm.model), layer) not in self._covs]
+        for layer, cov in self.covariances(lm, layers, progress=progress).items():
+            self._covs[(id(lm.model), layer)] = cov
 
     def preserved_covariance(self, lm: LanguageModel, layer: int, *, progress: bool = False) -> torch.Tensor | None:
         """C_l of the model as the editor first saw it (see the module docstring)."""

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, register
-from editkit.editors.stats import StatsRequest, second_moment
+from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import hooks
@@ -193,13 +193,20 @@ class LocateEditor(WeightEditor):
         return self._contexts[key]
 
     def covariance(self, lm: LanguageModel, layer: int, progress: bool = False) -> torch.Tensor | None:
+        return self.covariances(lm, [layer], progress=progress)[layer]
+
+    def covariances(
+        self, lm: LanguageModel, layers: Sequence[int], progress: bool = False
+    ) -> dict[int, torch.Tensor | None]:
+        """The key statistics of ``layers`` (one pass over the corpus for those not cached), or None for each
+        when no corpus is configured."""
         if self.config.corpus is None:
-            return None
-        return second_moment(
-            lm,
-            StatsRequest(layer=layer, corpus=Path(self.config.corpus), n_tokens=self.config.mom2_n_tokens),
-            progress=progress,
-        )
+            return dict.fromkeys(layers)
+        reqs = [
+            StatsRequest(layer=layer, corpus=Path(self.config.corpus), n_tokens=self.config.mom2_n_tokens)
+            for layer in layers
+        ]
+        return dict(zip(layers, second_moments(lm, reqs, progress=progress), strict=True))
 
     def rendered(self, lm: LanguageModel, req: EditRequest) -> tuple[list[str], list[int]]:
         """The request's prompt in every context template, and the index of the subject's last token in each."""

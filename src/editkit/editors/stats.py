@@ -2,9 +2,10 @@
 layer's MLP output projection (ROME eq. 2 / MEMIT's C_0).
 
 The forward pass stops at the measured layer (a hook raises once the keys are captured), so the layers above
-it are never run. Results are cached on disk under ``$EDITKIT_CACHE/stats`` and in memory, keyed by
-everything that affects them: a fingerprint of the parameters below the measured projection and the model
-config, the layer, the corpus file's sha256, the token count, the sequence length and the dtype.
+it are never run; several layers (MEMIT's) are measured in one pass that stops at the highest. Results are
+cached on disk under ``$EDITKIT_CACHE/stats`` and in memory, keyed by everything that affects them: a
+fingerprint of the parameters below the measured projection and the model config, the layer, the corpus
+file's sha256, the token count, the sequence length and the dtype.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from editkit.errors import ValidationError
-from editkit.models.hooks import StopForward, hooks
+from editkit.models.hooks import HookKind, StopForward, hooks
 from editkit.models.lm import LanguageModel
 from editkit.models.zoo import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 2
+STATS_VERSION = 3
 _MEMO: dict[str, torch.Tensor] = {}
 _FINGERPRINTS: dict[tuple[Any, ...], str] = {}
 
@@ -89,7 +91,43 @@ def _corpus_chunks(lm: LanguageModel, corpus: Path, n_tokens: int, seq_len: int)
 
 def second_moment(lm: LanguageModel, req: StatsRequest, *, progress: bool = False) -> torch.Tensor:
     """E[k k^T] (float32, CPU) for keys at ``req.layer``, cached on disk and in memory."""
-    lm.adapter.check_layer(lm.model, req.layer)
+    return second_moments(lm, [req], progress=progress)[0]
+
+
+def second_moments(lm: LanguageModel, reqs: Sequence[StatsRequest], *, progress: bool = False) -> list[torch.Tensor]:
+    """E[k k^T] for several layers over one corpus (MEMIT's edited layers), in the order of ``reqs``.
+
+    Cached layers are read back; the others are computed together in one pass over the corpus that stops at
+    the highest of them, instead of one pass per layer.
+    """
+    if len({(Path(r.corpus), r.n_tokens, r.seq_len, r.batch_size) for r in reqs}) > 1:
+        raise ValidationError("statistics of several layers are computed over one corpus and token count")
+    found: dict[int, torch.Tensor] = {}
+    todo: dict[int, tuple[str, Path, dict[str, Any]]] = {}
+    for req in reqs:
+        lm.adapter.check_layer(lm.model, req.layer)
+        key, path, key_fields = _cache_entry(lm, req)
+        if (mom2 := _cached(key, path, req.layer)) is not None:
+            found[req.layer] = mom2
+        else:
+            todo[req.layer] = (key, path, key_fields)
+    if todo:
+        first = reqs[0]
+        t0 = time.perf_counter()
+        computed, count = _compute(lm, sorted(todo), first, Path(first.corpus), progress=progress)
+        for layer, mom2 in computed.items():
+            key, path, key_fields = todo[layer]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            meta = {k: str(v) for k, v in key_fields.items()} | {"count": str(count)}
+            save_file({"mom2": mom2}, str(tmp), metadata=meta)
+            tmp.replace(path)
+            _MEMO[key] = found[layer] = mom2
+        log.info("key statistics for layer(s) %s: %d tokens in %.1f s", sorted(todo), count, time.perf_counter() - t0)
+    return [found[r.layer] for r in reqs]
+
+
+def _cache_entry(lm: LanguageModel, req: StatsRequest) -> tuple[str, Path, dict[str, Any]]:
     corpus = Path(req.corpus)
     key_fields = {
         "version": STATS_VERSION,
@@ -101,41 +139,47 @@ def second_moment(lm: LanguageModel, req: StatsRequest, *, progress: bool = Fals
         "dtype": str(lm.dtype),
     }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
+    return key, cache_dir() / "stats" / f"{key}.safetensors", key_fields
+
+
+def _cached(key: str, path: Path, layer: int) -> torch.Tensor | None:
     if key in _MEMO:
         return _MEMO[key]
-    path = cache_dir() / "stats" / f"{key}.safetensors"
-    if path.exists():
-        try:
-            mom2 = load_file(str(path))["mom2"]
-            _MEMO[key] = mom2
-            log.info("loaded key statistics for layer %d from %s", req.layer, path)
-            return mom2
-        except Exception as exc:  # a truncated or corrupted cache file: recompute
-            log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
-    t0 = time.perf_counter()
-    mom2, count = _compute(lm, req, corpus, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"mom2": mom2}, str(tmp), metadata={k: str(v) for k, v in key_fields.items()} | {"count": str(count)})
-    tmp.replace(path)
-    log.info("key statistics for layer %d: %d tokens in %.1f s", req.layer, count, time.perf_counter() - t0)
+    if not path.exists():
+        return None
+    try:
+        mom2 = load_file(str(path))["mom2"]
+    except Exception as exc:  # a truncated or corrupted cache file: recompute
+        log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
+        return None
     _MEMO[key] = mom2
+    log.info("loaded key statistics for layer %d from %s", layer, path)
     return mom2
 
 
 @torch.no_grad()
-def _compute(lm: LanguageModel, req: StatsRequest, corpus: Path, *, progress: bool) -> tuple[torch.Tensor, int]:
+def _compute(
+    lm: LanguageModel, layers: Sequence[int], req: StatsRequest, corpus: Path, *, progress: bool
+) -> tuple[dict[int, torch.Tensor], int]:
+    """One pass over the corpus with a hook on each layer's MLP output projection; the highest one ends the
+    forward pass. Each batch's k^T k is taken in float32 (a sum over at most a few thousand tokens) and
+    accumulated in float64."""
     chunks = _corpus_chunks(lm, corpus, req.n_tokens, req.seq_len)
-    target = lm.adapter.module(lm.model, req.layer, "mlp_out")
-    acc: torch.Tensor | None = None
+    top = max(layers)
+    acc: dict[int, torch.Tensor] = {}
     count = 0
 
-    def capture(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        nonlocal acc, count
-        k = args[0].reshape(-1, args[0].shape[-1]).double()
-        acc = k.T @ k if acc is None else acc + k.T @ k
-        count += k.shape[0]
-        raise StopForward
+    def capture(layer: int) -> Callable[[torch.nn.Module, tuple[Any, ...]], None]:
+        def hook(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+            nonlocal count
+            k = args[0].reshape(-1, args[0].shape[-1]).float()
+            kk = (k.T @ k).double()
+            acc[layer] = acc[layer] + kk if layer in acc else kk
+            if layer == top:
+                count += k.shape[0]
+                raise StopForward
+
+        return hook
 
     run = lm.model.get_encoder() if lm.is_encoder_decoder else lm.model  # type: ignore[operator]
     batches = range(0, len(chunks), req.batch_size)
@@ -143,11 +187,14 @@ def _compute(lm: LanguageModel, req: StatsRequest, corpus: Path, *, progress: bo
     if progress:
         from rich.progress import track
 
-        bar = track(batches, description=f"key statistics, layer {req.layer}", transient=True)
-    with hooks([(target, "forward_pre", capture)]):
+        names = ", ".join(str(layer) for layer in layers)
+        bar = track(batches, description=f"key statistics, layer(s) {names}", transient=True)
+    targets: list[tuple[torch.nn.Module, HookKind, Callable[..., None]]] = [
+        (lm.adapter.module(lm.model, layer, "mlp_out"), "forward_pre", capture(layer)) for layer in layers
+    ]
+    with hooks(targets):
         for i in bar if bar is not None else batches:
             ids = torch.tensor(chunks[i : i + req.batch_size], device=lm.device)
             with contextlib.suppress(StopForward):
                 run(input_ids=ids, use_cache=False) if not lm.is_encoder_decoder else run(input_ids=ids)
-    assert acc is not None
-    return (acc / count).float().cpu(), count
+    return {layer: (a / count).float().cpu() for layer, a in acc.items()}, count
