@@ -22,6 +22,7 @@ of the original model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from editkit.editors.base import Capabilities, register
 from editkit.editors.rome import LocateEditConfig, LocateEditor, layer_output_hidden
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
-from editkit.models.hooks import hooks
+from editkit.models.hooks import StopForward, hooks
 from editkit.models.lm import LanguageModel
 
 
@@ -131,10 +132,12 @@ class MEMIT(LocateEditor):
 
         def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
             got["out"] = layer_output_hidden(out)[rows, pos].detach().float()
+            raise StopForward  # nothing above ``out_layer`` is needed
 
         mlp_out = lm.adapter.module(lm.model, key_layer, "mlp_out")
         block = lm.adapter.layer_list(lm.model)[out_layer]
-        with torch.no_grad(), hooks([(mlp_out, "forward_pre", grab_key), (block, "forward", grab_out)]):
+        hooked = hooks([(mlp_out, "forward_pre", grab_key), (block, "forward", grab_out)])
+        with torch.no_grad(), hooked, contextlib.suppress(StopForward):
             lm.logits_at(batch.inputs, torch.zeros((len(texts), 1), dtype=torch.long, device=lm.device))
         group = torch.tensor(owner, device=lm.device)
         n = len(requests)
