@@ -1,9 +1,10 @@
-"""ROME speed on one model: key statistics (cold and cached), seconds per edit and per optimisation step with
-the fast path and with plain full passes, and a profile of one edit.
+"""Speed of the locate-and-edit editors (ROME, MEMIT, AlphaEdit) on one model: the key statistics each needs
+(cold into an empty cache, then a cached reload), seconds per edit and per optimisation step with the fast path
+and with plain full passes, and a profile of one edit.
 
-    python benchmarks/rome_speed.py --cases 10 \
+    python benchmarks/editor_speed.py --methods rome,memit,alphaedit --cases 10 \
         --data ../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json \
-        --corpus ../shared/data/wikitext/wikitext-2/valid.txt --out benchmarks/results/rome_speed_smollm2.json
+        --corpus ../shared/data/wikitext/wikitext-2/valid.txt --out benchmarks/results/editor_speed_smollm2.json
 """
 
 from __future__ import annotations
@@ -16,78 +17,110 @@ import pstats
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from editkit.data import load_cases
 from editkit.editors import create_editor, stats
-from editkit.editors.stats import StatsRequest, second_moment
+from editkit.editors.base import WeightEditor
+from editkit.edits import EditCase
+from editkit.models.lm import LanguageModel
 from editkit.models.zoo import load
 
+METHODS = ("rome", "memit", "alphaedit")
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data", required=True, type=Path)
-    ap.add_argument("--corpus", required=True, type=Path)
-    ap.add_argument("--cases", type=int, default=10)
-    ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
-    lm = load(args.model, progress=False)
-    layer = lm.default_edit_layer
-    out: dict = {"model": lm.name, "layer": layer}
 
-    # Key statistics: a cold pass into an empty cache, then a reload from disk in a fresh in-memory memo.
+def preparation_seconds(lm: LanguageModel, method: str, corpus: Path) -> dict[str, float]:
+    """``prepare`` (context prefixes, key statistics of every edited layer, AlphaEdit's null space) into an
+    empty cache, then again with the statistics read back from disk."""
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         saved = os.environ.get("EDITKIT_CACHE")
         os.environ["EDITKIT_CACHE"] = tmp
         try:
-            req = StatsRequest(layer=layer, corpus=args.corpus)
-            t0 = time.perf_counter()
-            second_moment(lm, req)
-            out["stats_cold_seconds"] = time.perf_counter() - t0
-            stats._MEMO.clear()
-            t0 = time.perf_counter()
-            second_moment(lm, req)
-            out["stats_cached_seconds"] = time.perf_counter() - t0
+            for key in ("prepare_cold_seconds", "prepare_cached_seconds"):
+                stats._MEMO.clear()
+                editor = create_editor(method, {"corpus": str(corpus)})
+                t0 = time.perf_counter()
+                editor.prepare(lm)
+                out[key] = time.perf_counter() - t0
         finally:
             if saved is None:
                 os.environ.pop("EDITKIT_CACHE")
             else:
                 os.environ["EDITKIT_CACHE"] = saved
-    out["stats_tokens"] = req.n_tokens
+    return out
 
-    cases = load_cases(args.data, limit=args.cases).cases
+
+def steps_of(info: dict[str, Any]) -> int:
+    steps = info["steps"]
+    return sum(steps) if isinstance(steps, list) else int(steps)  # MEMIT-style editors: one count per edit
+
+
+def edit_seconds(lm: LanguageModel, method: str, corpus: Path, cases: list[EditCase]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for fast in (True, False):
-        editor = create_editor("rome", {"corpus": str(args.corpus), "fast_path": fast})
+        editor = create_editor(method, {"corpus": str(corpus), "fast_path": fast})
         editor.prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
         seconds, steps = [], []
         for case in cases:
             t0 = time.perf_counter()
             handle = editor.apply(lm, [case.request])
             seconds.append(time.perf_counter() - t0)
-            steps.append(handle.info["steps"])
+            steps.append(steps_of(handle.info))
             handle.rollback()
-        key = "fast" if fast else "reference"
-        out[key] = {
+        out["fast" if fast else "reference"] = {
             "seconds_per_edit": sum(seconds) / len(seconds),
+            "seconds_median": sorted(seconds)[len(seconds) // 2],
             "steps_per_edit": sum(steps) / len(steps),
             "seconds_per_step": sum(seconds) / sum(steps),
         }
+    return out
 
-    editor = create_editor("rome", {"corpus": str(args.corpus)})
+
+def profile_one(lm: LanguageModel, method: str, corpus: Path, case: EditCase) -> list[dict[str, Any]]:
+    editor = create_editor(method, {"corpus": str(corpus)})
     editor.prepare(lm)
     prof = cProfile.Profile()
     prof.enable()
-    editor.apply(lm, [cases[0].request]).rollback()
+    editor.apply(lm, [case.request]).rollback()
     prof.disable()
-    st = pstats.Stats(prof)
-    rows = []
-    for (file, line, fn), (_cc, _nc, tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-        rows.append({"function": f"{Path(file).name}:{line}:{fn}", "cumulative": ct, "own": tt})
+    rows = [
+        {"function": f"{Path(file).name}:{line}:{fn}", "cumulative": ct, "own": tt}
+        for (file, line, fn), (_cc, _nc, tt, ct, _callers) in pstats.Stats(prof).stats.items()  # type: ignore[attr-defined]
+    ]
     rows.sort(key=lambda r: r["own"], reverse=True)
-    out["profile_top_own_time"] = rows[:12]
+    return rows[:12]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of: {', '.join(METHODS)}")
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--cases", type=int, default=10)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    methods = args.methods.split(",")
+    if unknown := [m for m in methods if m not in METHODS]:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; this benchmark times {', '.join(METHODS)}")
+    lm = load(args.model, progress=False)
+    cases = load_cases(args.data, limit=args.cases).cases
+    out: dict[str, Any] = {"model": lm.name, "cases": len(cases), "methods": {}}
+    for method in methods:
+        editor = create_editor(method, {"corpus": str(args.corpus)})
+        assert isinstance(editor, WeightEditor)
+        out["methods"][method] = {
+            "edited": editor.target_parameters(lm, []),
+            "stats_tokens": editor.config.to_dict()["mom2_n_tokens"],
+            **preparation_seconds(lm, method, args.corpus),
+            **edit_seconds(lm, method, args.corpus, cases),
+            "profile_top_own_time": profile_one(lm, method, args.corpus, cases[0]),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
-    print(json.dumps({k: v for k, v in out.items() if k != "profile_top_own_time"}, indent=1))
+    summary = {m: {k: v for k, v in r.items() if k != "profile_top_own_time"} for m, r in out["methods"].items()}
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
