@@ -5,7 +5,8 @@ Edits from a CounterFact file are added to one SERAC memory in chunks. At each s
 cases whose edits are in memory (the most recently added, so the cases change as the memory grows):
 
 * ES: exact match of the new target on the rephrase probes (SERAC eq. 4), and the classifier's routing accuracy;
-* DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5);
+* DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5),
+  and the share of those probes that name a subject with an edit of its own in memory (in scope of that edit);
 * latency of one forward pass (one input, next-token distribution) for the base model, SERAC on an
   out-of-scope input (routed to the base) and SERAC on an in-scope input (routed to h), median of --repeats;
   and of a 16-token greedy generation, base against SERAC out of scope (routing happens once per input);
@@ -32,6 +33,7 @@ import torch
 
 from editkit.data import load_cases
 from editkit.editors import create_editor
+from editkit.editors.serac import SERAC
 from editkit.edits import ProbeKind
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.models.zoo import load
@@ -73,6 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings["memory"] = str(Path(tmp) / "memory.sqlite")
         editor = create_editor("serac", settings)
+        assert isinstance(editor, SERAC)
         t0 = time.perf_counter()
         editor.prepare(lm)
         load_seconds = time.perf_counter() - t0
@@ -106,6 +109,9 @@ def main() -> None:
                 for (c, _), r in zip(rephrases, routes, strict=True)
             ]
             neighbours = [p.prompt for c in probe_cases for p in c.of_kind(ProbeKind.NEIGHBORHOOD)]
+            # A neighborhood prompt about a subject that has its own edit in memory is in scope of that edit.
+            subjects = {c.request.subject for c in cases[:size] if c.request.subject and len(c.request.subject) > 3}
+            naming_edited = [any(s in text for s in subjects) for text in neighbours]
             out_routes = model.route(neighbours)
             in_text = rephrases[0][1].prompt
             out_text = next((t for t, r in zip(neighbours, out_routes, strict=True) if r.record is None), neighbours[0])
@@ -138,6 +144,7 @@ def main() -> None:
                 "kl_drawdown": statistics.mean(s["kl_drawdown"] for s in scores if "kl_drawdown" in s),
                 "rephrase_routed_to_own_edit": statistics.mean(routed_right),
                 "neighborhood_routed_to_base": statistics.mean(r.record is None for r in out_routes),
+                "neighborhood_naming_an_edited_subject": statistics.mean(naming_edited),
                 "base_forward_s": _median_seconds(base_pass, args.repeats),
                 "serac_out_of_scope_forward_s": _median_seconds(serac_out, args.repeats),
                 "serac_in_scope_forward_s": _median_seconds(serac_in, args.repeats),
