@@ -69,6 +69,12 @@ def test_balanced_bce_weighs_both_classes_equally():
     pos = -torch.log(torch.sigmoid(logits[0]))
     neg = -torch.log(1 - torch.sigmoid(logits[1:])).mean()
     assert float(_balanced_bce(logits, labels)) == pytest.approx(float(0.5 * (pos + neg)), rel=1e-6)
+    # A weight on the hard negative (index 2) moves that share of the negative term onto it alone.
+    hard = torch.tensor([False, False, True, False])
+    hard_term = -torch.log(1 - torch.sigmoid(logits[2]))
+    want = 0.5 * (pos + 0.75 * neg + 0.25 * hard_term)
+    assert float(_balanced_bce(logits, labels, hard, 0.25)) == pytest.approx(float(want), rel=1e-6)
+    assert float(_balanced_bce(logits, labels, hard, 0.0)) == pytest.approx(float(0.5 * (pos + neg)), rel=1e-6)
 
 
 def test_training_writes_parts_and_manifest_and_resumes(tmp_path):

@@ -78,6 +78,13 @@ class SERACTrainConfig(EditorConfig):
     hard_negatives: int = field(default=8, metadata={"help": "nearest other-case inputs kept per edit"})
     scope_steps: int = field(default=400, metadata={"help": "optimisation steps per scope classifier"})
     scope_batch: int = field(default=32, metadata={"help": "edits per scope batch"})
+    scope_hard_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "embedding classifier: share of eq. 2's negative term given to each edit's own hard negative "
+            "(0: it is averaged with all in-batch negatives)"
+        },
+    )
     scope_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the scope adapters"})
     scope_lora_r: int = field(default=8, metadata={"help": "LoRA rank on the encoder"})
     cf_steps: int = field(default=300, metadata={"help": "optimisation steps of the counterfactual model"})
@@ -95,6 +102,8 @@ class SERACTrainConfig(EditorConfig):
             raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
         if self.scope_batch < 2:
             raise ConfigError("scope_batch must be at least 2 (in-batch negatives)")
+        if not 0.0 <= self.scope_hard_weight <= 1.0:
+            raise ConfigError(f"scope_hard_weight must lie in [0, 1], not {self.scope_hard_weight}")
         if "{edit}" not in self.template or "{input}" not in self.template:
             raise ConfigError(f"template {self.template!r} needs '{{edit}}' and '{{input}}'")
 
@@ -272,11 +281,21 @@ def _train_loop(
     return losses, time.perf_counter() - t0
 
 
-def _balanced_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 2 with the positive and negative terms averaged separately, so both classes weigh the same."""
+def _balanced_bce(
+    logits: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor | None = None, hard_weight: float = 0.0
+) -> torch.Tensor:
+    """Eq. 2 with the positive and negative terms averaged separately, so both classes weigh the same.
+
+    With ``hard`` (a mask of negatives) and ``hard_weight`` w, the negative term is ``(1 - w)`` times the mean
+    over all negatives plus ``w`` times the mean over the ``hard`` ones: the few negatives that matter are not
+    drowned by the many easy in-batch ones.
+    """
     pos = labels > 0.5
     per = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    return 0.5 * (per[pos].mean() + per[~pos].mean())
+    neg = per[~pos].mean()
+    if hard is not None and hard_weight > 0:
+        neg = (1 - hard_weight) * neg + hard_weight * per[hard & ~pos].mean()
+    return 0.5 * (per[pos].mean() + neg)
 
 
 def _lora_encoder(config: SERACTrainConfig, seed_tag: str) -> tuple[SentenceEncoder, nn.Module]:
@@ -315,7 +334,9 @@ def train_scope_embed(
         logits = clf.logits_from_sqdist(torch.cdist(z, x).pow(2))
         labels = torch.zeros_like(logits)
         labels[:, : len(batch)] = torch.eye(len(batch))
-        return _balanced_bce(logits, labels)
+        hard = torch.zeros_like(logits, dtype=torch.bool)
+        hard[:, len(batch) :] = torch.eye(len(batch), dtype=torch.bool)  # each edit's own sampled negative
+        return _balanced_bce(logits, labels, hard, config.scope_hard_weight)
 
     folder = Path(config.out)
     ckpt = _Checkpoint(folder, "scope-embed", _config_key(config, "scope-embed", datasets))
