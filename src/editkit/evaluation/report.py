@@ -90,22 +90,36 @@ def _running_mean(values: Sequence[float], window: int) -> list[float]:
 
 
 def _plot_batch(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    """ES, DD and ES - DD against k on fixed axes (small differences should look small); where a run has
+    rephrase probes, their accuracy alone is drawn dashed beside ES (which also averages the edit prompts and
+    any hard in-scope probes)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    dd_top = 0.1
     for r in runs:
         ks = sorted(int(k) for k in r["aggregates_by_k"])
         by_k = [r["aggregates_by_k"][str(k)] for k in ks]
         es = [a.get("es", float("nan")) for a in by_k]
         dd = [a.get("dd", float("nan")) for a in by_k]
+        dd_top = max([dd_top, *(1.1 * d for d in dd if d == d)])
+        lines = []
         for ax, ys in zip(axes, (es, dd, [e - d for e, d in zip(es, dd, strict=True)]), strict=True):
-            ax.plot(ks, ys, marker="o", label=_label(r))
+            lines += ax.plot(ks, ys, marker="o", label=_label(r))
+        if any("rephrase_acc" in a for a in by_k):
+            rephrase = [a.get("rephrase_acc", float("nan")) for a in by_k]
+            color = lines[0].get_color()
+            axes[0].plot(ks, rephrase, ls="--", marker=".", color=color, label=f"{_label(r)}, rephrases")
+            axes[2].plot(ks, [e - d for e, d in zip(rephrase, dd, strict=True)], ls="--", marker=".", color=color)
     for ax, title in zip(axes, ("edit success (ES)", "drawdown (DD)", "ES - DD"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("edits applied together (k)")
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_ylim(0, min(1.02, dd_top))
+    axes[2].set_ylim(min(0.0, axes[2].get_ylim()[0]), 1.02)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     name = "batch_es_dd.png"
     fig.savefig(out / name, dpi=90)
