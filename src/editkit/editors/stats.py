@@ -114,7 +114,7 @@ def second_moments(lm: LanguageModel, reqs: Sequence[StatsRequest], *, progress:
     if todo:
         first = reqs[0]
         t0 = time.perf_counter()
-        computed, count = _compute(lm, sorted(todo), first, Path(first.corpus), progress=progress)
+        computed, count = _compute(lm, sorted(todo), first, progress=progress)
         for layer, mom2 in computed.items():
             key, path, key_fields = todo[layer]
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,12 +159,12 @@ def _cached(key: str, path: Path, layer: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def _compute(
-    lm: LanguageModel, layers: Sequence[int], req: StatsRequest, corpus: Path, *, progress: bool
+    lm: LanguageModel, layers: Sequence[int], req: StatsRequest, *, progress: bool
 ) -> tuple[dict[int, torch.Tensor], int]:
     """One pass over the corpus with a hook on each layer's MLP output projection; the highest one ends the
     forward pass. Each batch's k^T k is taken in float32 (a sum over at most a few thousand tokens) and
     accumulated in float64."""
-    chunks = _corpus_chunks(lm, corpus, req.n_tokens, req.seq_len)
+    chunks = _corpus_chunks(lm, Path(req.corpus), req.n_tokens, req.seq_len)
     top = max(layers)
     acc: dict[int, torch.Tensor] = {}
     count = 0

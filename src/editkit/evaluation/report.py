@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ def _plot_batch(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         by_k = [r["aggregates_by_k"][str(k)] for k in ks]
         es = [a.get("es", float("nan")) for a in by_k]
         dd = [a.get("dd", float("nan")) for a in by_k]
-        dd_top = max([dd_top, *(1.1 * d for d in dd if d == d)])
+        dd_top = max([dd_top, *(1.1 * d for d in dd if not math.isnan(d))])
         lines = []
         for ax, ys in zip(axes, (es, dd, [e - d for e, d in zip(es, dd, strict=True)]), strict=True):
             lines += ax.plot(ks, ys, marker="o", label=_label(r))
