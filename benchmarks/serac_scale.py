@@ -161,6 +161,7 @@ def main() -> None:
     result = {
         "model": lm.name,
         "scope": args.scope,
+        "provenance": editor.provenance(),
         "data": {"path": str(dataset.path), "sha256": dataset.sha256},
         "probe_cases": args.probe_cases,
         "threads": torch.get_num_threads(),

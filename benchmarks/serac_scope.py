@@ -60,6 +60,7 @@ def main() -> None:
             editor.prepare(lm)
             results.setdefault(name, {})[scope] = {
                 "data": {"path": path, "sha256": dataset.sha256},
+                "provenance": editor.provenance(),
                 **scope_breakdown(
                     lm,
                     editor,

@@ -291,6 +291,33 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path):
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
 
 
+def test_sequential_run_extends_to_more_cases(tmp_path):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"steps": 3, "lr": 1e-2}
+    full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
+    state = tmp_path / "state"
+    short = sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases[:2], every=2, state_dir=state, progress=False
+    )
+    assert short["n_cases"] == 2 and "extended" not in short
+    longer = sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
+    )
+    assert longer["n_cases"] == 4 and [e["to_cases"] for e in longer["extended"]] == [4]
+    for a, b in zip(longer["unedited"], full["unedited"], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    for a, b in zip(longer["records"], full["records"], strict=True):
+        assert a["post"] == pytest.approx(b["post"], abs=1e-5)
+    assert [c["n_edits"] for c in longer["checkpoints"]] == [0, 2, 4]
+    assert longer["checkpoints"][-1]["forgotten"] == full["checkpoints"][-1]["forgotten"]
+    with pytest.raises(ValidationError, match="other settings"):  # other cases, not an extension
+        sequential_edits(
+            tiny_model("llama"), create_editor("ft", settings), cases[1:], every=2, state_dir=state, progress=False
+        )
+
+
 # --------------------------------------------------------------------------- report
 def test_report_writes_tables_and_plots(llama, tmp_path):
     cases = demo_cases()[:4]

@@ -200,6 +200,25 @@ def test_bad_settings_are_config_errors():
         create_editor("serac", {"artifacts": "/nonexistent"}).prepare(tiny_model("llama"))
 
 
+def test_provenance_names_the_trained_parts_by_content(tmp_path):
+    import shutil
+
+    from editkit.editors.serac import PACKAGED_ARTIFACTS
+
+    assert set(create_editor("serac").provenance()) == {"scope-embed", "counterfactual"}
+    assert set(create_editor("rp", {"scope": "cross"}).provenance()) == {"scope-embed", "scope-cross"}
+    assert create_editor("rp", {"scope": "embed-untrained"}).provenance() == {}
+    assert create_editor("ft").provenance() == {}
+    copy = tmp_path / "parts"
+    shutil.copytree(PACKAGED_ARTIFACTS, copy)
+    packaged = create_editor("rp").provenance()
+    assert create_editor("rp", {"artifacts": str(copy)}).provenance() == packaged
+    head = copy / "scope-embed" / "head.safetensors"
+    data = head.read_bytes()
+    head.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert create_editor("rp", {"artifacts": str(copy)}).provenance() != packaged
+
+
 # --------------------------------------------------------------------------- scope maths
 def test_embed_scope_probability_is_sigmoid_of_negative_squared_distance():
     enc = SentenceEncoder.load("tiny-bert")

@@ -369,6 +369,11 @@ class Editor(ABC):
                 r.require_subject(self.name)
             lm.check_fits(r.text + r.target_new)
 
+    def provenance(self) -> dict[str, str]:
+        """What besides the config decides this editor's behaviour (trained parts it loads, by content hash),
+        recorded with every result. Default: nothing."""
+        return {}
+
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         """Compute ahead what every edit of ``lm`` will need (statistics, sampled contexts), so that the first
         edit is not slower than the rest. Optional: ``apply`` does it on demand. Default: nothing to do."""

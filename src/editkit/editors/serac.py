@@ -20,6 +20,7 @@ folder shipped in the package, ``editkit/artifacts/serac``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -76,10 +77,28 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
+def part_fingerprint(folder: Path) -> str:
+    """sha256 (first 16 hex digits) over a trained part's files, names and contents."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class _Retrieval(MemoryEditor):
     """Builds the configured scope classifier (shared by SERAC and RP)."""
 
     config: RetrievalConfig
+
+    def parts(self) -> list[str]:
+        """The trained parts this configuration loads."""
+        return {"embed": ["scope-embed"], "cross": ["scope-embed", "scope-cross"]}.get(self.config.scope, [])
+
+    def provenance(self) -> dict[str, str]:
+        if not self.parts():
+            return {}
+        folder = artifacts_folder(self.config.artifacts)
+        return {part: part_fingerprint(folder / part) for part in self.parts()}
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         cfg = self.config
@@ -105,6 +124,9 @@ class RP(_Retrieval):
 class SERAC(_Retrieval):
     name = "serac"
     config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
+
+    def parts(self) -> list[str]:
+        return [*super().parts(), "counterfactual"]
 
     def build_answerer(self, lm: LanguageModel) -> Answerer:
         folder = artifacts_folder(self.config.artifacts)

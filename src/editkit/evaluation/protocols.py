@@ -87,6 +87,7 @@ def _header(
         "model": lm.name,
         "method": editor.name,
         "config": editor.config.to_dict(),
+        "provenance": editor.provenance(),
         "data": [
             {
                 "path": str(d.path),
@@ -312,6 +313,15 @@ def _run_key(header: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]
     return {**{k: header[k] for k in keep}, "data": [d["sha256"] for d in header["data"]], **settings}
 
 
+def _extends(saved: dict[str, Any] | None, key: dict[str, Any]) -> bool:
+    """Whether ``key`` is the saved run's key with more cases appended (same data, model, method, settings)."""
+    if saved is None or saved.keys() != key.keys():
+        return False
+    ids, more = saved["case_ids"], key["case_ids"]
+    same = all(saved[k] == key[k] for k in key if k != "case_ids")
+    return same and len(more) > len(ids) and more[: len(ids)] == ids
+
+
 def sequential_edits(
     lm: LanguageModel,
     editor: Editor,
@@ -341,7 +351,9 @@ def sequential_edits(
     was, is scored as it stands (it failed) and is listed in ``rejected_edits``.
 
     With ``state_dir``, state and partial results are written after every step and a rerun with the same
-    arguments continues where it stopped. ``lm`` stays edited when this returns.
+    arguments continues where it stopped. A rerun with more cases whose first ones are the saved run's (a
+    higher ``--limit``) extends it: the new cases are scored on the unedited model, then edited after the
+    saved ones; ``extended`` records each extension. ``lm`` stays edited when this returns.
     """
     if not cases:
         raise ValidationError("no cases to evaluate")
@@ -363,12 +375,25 @@ def sequential_edits(
     drift = DriftTracker()
     state = _RunState(Path(state_dir)) if state_dir is not None else None
     if state is not None and state.results.exists():
-        results = state.restore(lm, drift) if json.loads(state.results.read_text()).get("run_key") == key else None
-        if results is None:
+        saved_key = json.loads(state.results.read_text()).get("run_key")
+        extra: list[dict[str, Any]] = []
+        if saved_key != key and _extends(saved_key, key):
+            # more cases than the saved run: their unedited scores come from the model before it is restored
+            extra = score_cases(lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size)
+        elif saved_key != key:
             raise ValidationError(
                 f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
                 "use another --state folder or delete it"
             )
+        results = state.restore(lm, drift)
+        if extra:
+            log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
+            results["extended"] = [
+                *results.get("extended", []),
+                {"from_cases": results["n_cases"], "to_cases": len(cases), "code_version": header["code_version"]},
+            ]
+            results.update(case_ids=header["case_ids"], n_cases=len(cases), run_key=key)
+            results["unedited"] += extra
         log.info("resuming %s at edit %d", state.folder, results["n_edits"])
         if guard is not None:
             kept = [r for r in results["records"] if "rejected" not in r]
