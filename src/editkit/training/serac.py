@@ -75,14 +75,14 @@ class SERACTrainConfig(EditorConfig):
     encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder of the scope classifiers"})
     base_model: str = field(default="smollm2-135m", metadata={"help": "LM the counterfactual model starts from"})
     template: str = field(default=TEMPLATE, metadata={"help": "counterfactual prompt ({edit}, {input})"})
-    hard_negatives: int = field(default=8, metadata={"help": "nearest other-case inputs kept per edit"})
+    hard_negatives: int = field(default=32, metadata={"help": "nearest other-case inputs kept per edit"})
     scope_steps: int = field(default=400, metadata={"help": "optimisation steps per scope classifier"})
     scope_batch: int = field(default=32, metadata={"help": "edits per scope batch"})
     scope_hard_weight: float = field(
-        default=0.0,
+        default=0.5,
         metadata={
             "help": "embedding classifier: share of eq. 2's negative term given to each edit's own hard negative "
-            "(0: it is averaged with all in-batch negatives)"
+            "(0: it is averaged with all in-batch negatives, as in SERAC)"
         },
     )
     scope_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the scope adapters"})
