@@ -35,6 +35,7 @@ import torch
 
 from editkit.edits import EditCase, Probe, ProbeKind
 from editkit.models.lm import LanguageModel, TokenScores
+from editkit.progress import progress_bar
 
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
 OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
@@ -63,16 +64,22 @@ class Reference:
 
     @classmethod
     @torch.no_grad()
-    def build(cls, lm: LanguageModel, cases: Sequence[EditCase], *, batch_size: int = 16) -> Reference:
+    def build(
+        cls, lm: LanguageModel, cases: Sequence[EditCase], *, batch_size: int = 16, progress: bool = False
+    ) -> Reference:
         ref = cls()
         out = list({_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values())
-        for i in range(0, len(out), batch_size):
-            chunk = out[i : i + batch_size]
-            lengths = [len(lm.encode(p.expected, special=False)) for p in chunk]
-            ids = lm.generate_ids([p.prompt for p in chunk], max(lengths))
-            eos = lm.tokenizer.eos_token_id
-            for p, n, seq in zip(chunk, lengths, ids, strict=True):
-                ref.predictions[_key(p)] = seq[:n] or [int(eos)]
+        with progress_bar(
+            len(out), f"unedited {lm.name} on {len(out)} out-of-scope probes", progress and bool(out)
+        ) as bar:
+            for i in range(0, len(out), batch_size):
+                chunk = out[i : i + batch_size]
+                lengths = [len(lm.encode(p.expected, special=False)) for p in chunk]
+                ids = lm.generate_ids([p.prompt for p in chunk], max(lengths))
+                eos = lm.tokenizer.eos_token_id
+                for p, n, seq in zip(chunk, lengths, ids, strict=True):
+                    ref.predictions[_key(p)] = seq[:n] or [int(eos)]
+                bar.advance(len(chunk))
         if out:
             dists = lm.next_token_logprobs([p.prompt for p in out], batch_size=batch_size)
             for p, d in zip(out, dists, strict=True):

@@ -196,7 +196,7 @@ def batch_edits(
         raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
     editor.prepare(lm)
     t_start = time.perf_counter()
-    reference = Reference.build(lm, cases, batch_size=batch_size)
+    reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
     unedited = score_cases(lm, cases, reference, batch_size=batch_size)
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
@@ -371,7 +371,7 @@ def sequential_edits(
         settings["guard"] = {"config": guard.config.to_dict(), "canary": guard.canary}
     key = _run_key(header, settings)
     t_start = time.perf_counter()
-    reference = Reference.build(lm, cases, batch_size=batch_size)
+    reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
     drift = DriftTracker()
     state = _RunState(Path(state_dir)) if state_dir is not None else None
     if state is not None and state.results.exists():
