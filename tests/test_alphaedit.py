@@ -8,7 +8,7 @@ import torch
 from editkit.editors import create_editor
 from editkit.editors.alphaedit import alphaedit_update, null_space_projection
 from editkit.edits import EditRequest
-from editkit.errors import ConfigError
+from editkit.errors import ConfigError, ValidationError
 from editkit.models.tiny import tiny_model
 
 FAST = {"v_steps": 6, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4}
@@ -87,3 +87,42 @@ def test_rolled_back_edits_leave_the_earlier_keys(tiny_corpus):
 def test_alphaedit_needs_a_corpus():
     with pytest.raises(ConfigError, match="corpus"):
         create_editor("alphaedit")
+
+
+def _settings(corpus):
+    return {**FAST, "layers": [1, 2], "corpus": str(corpus), "mom2_n_tokens": 2000, "nullspace_threshold": 0.05}
+
+
+def test_earlier_keys_are_the_sum_of_each_edits_keys_and_forget_a_dropped_rollback(tiny_corpus):
+    lm = tiny_model("llama")
+    editor = create_editor("alphaedit", _settings(tiny_corpus))
+    dim = editor.projection(lm, 2).shape[0]
+    kept = editor.apply(lm, [TOWER, JORDAN])
+    state = editor.export_state(lm)
+    assert state["counts"].tolist() == [2] and state["keys.2"].shape == (dim, 2)
+    k = state["keys.2"].double()
+    torch.testing.assert_close(editor.previous_keys(lm, 2, dim), k @ k.T, rtol=0, atol=0)
+    dropped = editor.apply(lm, [EditRequest(prompt="The capital of {}", subject="France", target_new=" Lyon")])
+    assert editor.export_state(lm)["counts"].tolist() == [2, 1]
+    dropped.rollback()
+    del dropped  # a rolled-back edit whose handle is gone is still not applied
+    torch.testing.assert_close(editor.previous_keys(lm, 2, dim), k @ k.T, rtol=0, atol=0)
+    assert editor.export_state(lm)["counts"].tolist() == [2]
+    kept.rollback()
+    assert editor.export_state(lm) == {} and editor.previous_keys(lm, 2, dim).norm() == 0
+
+
+def test_a_new_editor_takes_over_the_exported_keys(tiny_corpus):
+    lm = tiny_model("llama")
+    first = create_editor("alphaedit", _settings(tiny_corpus))
+    first.apply(lm, [TOWER])
+    first.apply(lm, [JORDAN])
+    second = create_editor("alphaedit", _settings(tiny_corpus))
+    second.import_state(lm, first.export_state(lm))
+    dim = first.projection(lm, 1).shape[0]
+    for layer in (1, 2):
+        torch.testing.assert_close(second.previous_keys(lm, layer, dim), first.previous_keys(lm, layer, dim))
+    with pytest.raises(ValidationError, match="layers"):
+        create_editor("alphaedit", {**_settings(tiny_corpus), "layers": [2]}).import_state(lm, first.export_state(lm))
+    with pytest.raises(ValidationError, match="keeps nothing"):
+        create_editor("memit", {**FAST, "layers": [1, 2]}).import_state(lm, first.export_state(lm))

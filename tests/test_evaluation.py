@@ -291,6 +291,43 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path):
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
 
 
+def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(tmp_path, tiny_corpus):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {
+        "layers": [1, 2],
+        "corpus": str(tiny_corpus),
+        "mom2_n_tokens": 2000,
+        "nullspace_threshold": 0.05,
+        "l2": 1e-3,  # small beside the earlier edits' keys, so that forgetting them would show
+        "v_steps": 4,
+        "n_context": 2,
+        "context_length": 4,
+    }
+    full_lm = tiny_model("llama")
+    sequential_edits(full_lm, create_editor("alphaedit", settings), cases, every=2, progress=False)
+
+    state = tmp_path / "state"
+    sequential_edits(
+        tiny_model("llama"), create_editor("alphaedit", settings), cases[:2], every=2, state_dir=state, progress=False
+    )
+    assert json.loads((state / "weights.json").read_text())["editor_state"] == ["counts", "keys.1", "keys.2"]
+    resumed_lm = tiny_model("llama")  # a new process: the base model and a new editor
+    sequential_edits(resumed_lm, create_editor("alphaedit", settings), cases, every=2, state_dir=state, progress=False)
+    full, resumed = dict(full_lm.model.named_parameters()), dict(resumed_lm.model.named_parameters())
+    for name in (full_lm.adapter.weight_name(layer, "mlp_out") for layer in (1, 2)):
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-6)
+
+    meta = json.loads((state / "weights.json").read_text())
+    del meta["editor_state"]  # a folder saved before the editor's state was kept
+    (state / "weights.json").write_text(json.dumps(meta))
+    with pytest.raises(ValidationError, match="start afresh"):
+        sequential_edits(
+            tiny_model("llama"), create_editor("alphaedit", settings), cases, every=2, state_dir=state, progress=False
+        )
+
+
 def test_sequential_run_extends_to_more_cases(tmp_path):
     from editkit.models.tiny import tiny_model
 

@@ -16,14 +16,17 @@ the update is zero on every key that P removes: the outputs of the preserved key
 edits follow. That is the remedy the forgetting study asks for: MEMIT's damage accumulates through keys it
 was told to preserve only softly.
 
-Earlier edits are tracked per model through their handles: an edit rolled back no longer counts in K_p.
+Earlier edits are tracked per model: each apply keeps its keys (a few KB per layer) and follows its handle's
+rollbacks, so an edit rolled back no longer counts in K_p; K_p K_p^T is a running sum, recomputed only after a
+rollback. ``export_state`` / ``import_state`` carry the keys over to a new process (a resumed sequential run);
+an edit re-applied with ``EditHandle.load`` brings no keys, so a new editor does not protect it.
 AlphaEdit needs a corpus: without one C = I has no null space.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -32,10 +35,19 @@ from torch import nn
 from editkit.editors.base import EditHandle, register
 from editkit.editors.memit import MEMIT, MEMITConfig
 from editkit.edits import EditRequest
-from editkit.errors import ConfigError
+from editkit.errors import ConfigError, ValidationError
 from editkit.models.lm import LanguageModel
 
-_Made = tuple["weakref.ref[EditHandle]", dict[int, torch.Tensor]]
+
+@dataclass
+class _Made:
+    """One apply of the editor to a model: its keys per layer (``[in, n]``) and whether it is applied now."""
+
+    keys: dict[int, torch.Tensor]
+    applied: bool = True
+
+    def follow(self, applied: bool) -> None:
+        self.applied = applied
 
 
 @dataclass
@@ -86,8 +98,11 @@ class AlphaEdit(MEMIT):
     def __init__(self, config: AlphaEditConfig | None = None) -> None:
         super().__init__(config)
         self._projections: dict[tuple[int, int], torch.Tensor] = {}
-        # Per model: (handle, {layer: K K^T}) of every edit made; those whose handle is applied count as K_p.
+        # Per model: every apply made, in order; and per layer (entries summed, their K_p K_p^T).
         self._history: weakref.WeakKeyDictionary[nn.Module, list[_Made]] = weakref.WeakKeyDictionary()
+        self._grams: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[tuple[int, ...], torch.Tensor]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._pending: dict[int, torch.Tensor] = {}
 
     def projection(self, lm: LanguageModel, layer: int) -> torch.Tensor:
@@ -99,24 +114,32 @@ class AlphaEdit(MEMIT):
         return self._projections[key]
 
     def previous_keys(self, lm: LanguageModel, layer: int, dim: int) -> torch.Tensor:
-        """K_p K_p^T at ``layer``: the keys of this editor's edits that are applied to ``lm`` now. An edit whose
-        handle is gone can no longer be rolled back, so it counts as applied."""
-        total = torch.zeros((dim, dim), dtype=torch.float64)
-        for ref, grams in self._history.get(lm.model, []):
-            handle = ref()
-            if handle is None or handle.applied:
-                total += grams[layer]
+        """K_p K_p^T at ``layer`` (float64): the keys of this editor's edits that are applied to ``lm`` now,
+        summed in the order they were made. Edits added since the last call are added to the kept sum; after a
+        rollback or reapply the sum is made again."""
+        made = self._history.get(lm.model, [])
+        active = tuple(i for i, m in enumerate(made) if m.applied)
+        grams = self._grams.setdefault(lm.model, {})
+        cached = grams.get(layer)
+        if cached is None or active[: len(cached[0])] != cached[0]:
+            cached = ((), torch.zeros((dim, dim), dtype=torch.float64))
+        summed, total = cached
+        for i in active[len(summed) :]:
+            k = made[i].keys[layer].double()
+            total = total + k @ k.T
+        grams[layer] = (active, total)
         return total
 
     def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        self._pending[layer] = keys.double() @ keys.double().T
-        return alphaedit_update(
+        update = alphaedit_update(
             resid,
             keys,
             self.projection(lm, layer),
-            self.previous_keys(lm, layer, keys.shape[0]),
+            self.previous_keys(lm, layer, keys.shape[0]).to(keys.device),
             self.config.l2,
         )
+        self._pending[layer] = keys.detach().cpu().clone()
+        return update
 
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         super().prepare(lm, progress=progress)
@@ -126,10 +149,39 @@ class AlphaEdit(MEMIT):
     def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
         self._pending = {}
         handle = super().apply(lm, requests)
-        self._history.setdefault(lm.model, []).append((weakref.ref(handle), self._pending))
+        made = _Made(self._pending)
+        handle.watchers.append(made.follow)
+        self._history.setdefault(lm.model, []).append(made)
         dims = {layer: int((self.projection(lm, layer).diagonal().sum()).round()) for layer in self.layers(lm)}
         handle.info["null_space_dims"] = dims
         return handle
+
+    def export_state(self, lm: LanguageModel) -> dict[str, torch.Tensor]:
+        """The keys of the edits applied now: ``keys.LAYER`` ``[in, total]`` and ``counts`` (keys per edit)."""
+        made = [m for m in self._history.get(lm.model, []) if m.applied]
+        if not made:
+            return {}
+        state = {"counts": torch.tensor([next(iter(m.keys.values())).shape[1] for m in made])}
+        for layer in made[0].keys:
+            state[f"keys.{layer}"] = torch.cat([m.keys[layer] for m in made], dim=1).contiguous()
+        return state
+
+    def import_state(self, lm: LanguageModel, tensors: Mapping[str, torch.Tensor]) -> None:
+        if not tensors:
+            return
+        layers = sorted(int(k.removeprefix("keys.")) for k in tensors if k.startswith("keys."))
+        if "counts" not in tensors or layers != sorted(self.layers(lm)):
+            raise ValidationError(
+                f"alphaedit: saved state holds keys of layers {layers}, this editor edits {sorted(self.layers(lm))}"
+            )
+        counts = [int(n) for n in tensors["counts"].tolist()]
+        if any(tensors[f"keys.{layer}"].shape[1] != sum(counts) for layer in layers):
+            raise ValidationError("alphaedit: saved state's keys do not add up to its counts")
+        history = self._history.setdefault(lm.model, [])
+        start = 0
+        for n in counts:
+            history.append(_Made({layer: tensors[f"keys.{layer}"][:, start : start + n].clone() for layer in layers}))
+            start += n
 
 
 __all__ = ["AlphaEdit", "AlphaEditConfig", "alphaedit_update", "null_space_projection"]

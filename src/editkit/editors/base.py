@@ -17,7 +17,7 @@ import time
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +191,9 @@ class EditHandle:
 
     ``model`` is the edited model surface. For weight edits it is the same :class:`LanguageModel` that was
     edited (its parameters now hold the edited values); ``changes`` maps parameter names to their original and
-    edited tensors (CPU copies), so rollback is exact to the bit.
+    edited tensors (CPU copies), so rollback is exact to the bit. ``watchers`` are called with the new value of
+    ``applied`` whenever a rollback or reapply changes it (an editor that remembers its edits, like AlphaEdit,
+    follows them this way without keeping the handle alive).
     """
 
     method: str
@@ -201,6 +203,12 @@ class EditHandle:
     changes: dict[str, ParamChange] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     applied: bool = True
+    watchers: list[Callable[[bool], None]] = field(default_factory=list, repr=False, compare=False)
+
+    def _set_applied(self, applied: bool) -> None:
+        self.applied = applied
+        for watch in self.watchers:
+            watch(applied)
 
     # ---- undo / redo
     def _params(self) -> dict[str, torch.nn.Parameter]:
@@ -228,7 +236,7 @@ class EditHandle:
                     )
         for name, ch in self.changes.items():
             params[name].copy_(ch.original.to(params[name].device))
-        self.applied = False
+        self._set_applied(False)
 
     @torch.no_grad()
     def reapply(self) -> None:
@@ -237,7 +245,7 @@ class EditHandle:
         params = self._params()
         for name, ch in self.changes.items():
             params[name].copy_(ch.edited.to(params[name].device))
-        self.applied = True
+        self._set_applied(True)
 
     def __enter__(self) -> EditHandle:
         return self
@@ -378,6 +386,18 @@ class Editor(ABC):
         """Compute ahead what every edit of ``lm`` will need (statistics, sampled contexts), so that the first
         edit is not slower than the rest. Optional: ``apply`` does it on demand. Default: nothing to do."""
         return None
+
+    def export_state(self, lm: LanguageModel) -> dict[str, torch.Tensor]:
+        """What this editor remembers of the edits it has made to ``lm`` and that shapes its next edits
+        (AlphaEdit: their keys), as tensors, so that a run stopped in one process goes on the same in another
+        (:meth:`import_state`). Default: nothing; the next edit depends on the model's weights alone."""
+        return {}
+
+    def import_state(self, lm: LanguageModel, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Take over what :meth:`export_state` returned, in a new editor, once ``lm`` holds the weights it was
+        exported with: those edits then count as this editor's own, applied."""
+        if tensors:
+            raise ValidationError(f"{self.name} keeps nothing between edits; got saved state {sorted(tensors)}")
 
     @abstractmethod
     def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:

@@ -415,7 +415,7 @@ class MemoryEditHandle(EditHandle):
             return
         ids = [i for i, s in zip(self.record_ids, self.outcomes, strict=True) if s != "duplicate"]
         self._memory().remove(ids)
-        self.applied = False
+        self._set_applied(False)
 
     def reapply(self) -> None:
         if self.applied:
@@ -423,7 +423,7 @@ class MemoryEditHandle(EditHandle):
         outcomes = self._memory().add(self.requests)
         self.record_ids = [o.record.id for o in outcomes]
         self.outcomes = [o.status for o in outcomes]
-        self.applied = True
+        self._set_applied(True)
 
     def summary(self) -> dict[str, Any]:
         memory = self._memory()

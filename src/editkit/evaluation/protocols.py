@@ -272,32 +272,47 @@ def _tensor_sha(t: torch.Tensor) -> str:
 
 
 class _RunState:
-    """A sequential run's folder: ``results.json`` (partial results) and ``weights.safetensors`` (the current
-    value of every parameter the run changed, with the original's sha256 in ``weights.json``)."""
+    """A sequential run's folder: ``results.json`` (partial results), ``weights.safetensors`` (the current
+    value of every parameter the run changed, with the original's sha256 in ``weights.json``) and
+    ``editor.safetensors`` (what the editor remembers of its edits, :meth:`Editor.export_state`, if anything)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.results = folder / "results.json"
         self.weights = folder / "weights.safetensors"
+        self.editor = folder / "editor.safetensors"
         self.meta = folder / "weights.json"
 
-    def save(self, results: dict[str, Any], lm: LanguageModel, drift: DriftTracker) -> None:
+    def save(self, results: dict[str, Any], lm: LanguageModel, drift: DriftTracker, editor: Editor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         params = dict(lm.model.named_parameters())
         if drift.originals:
             tensors = {n: params[n].detach().cpu().contiguous() for n in drift.originals}
             save_file(tensors, str(self.weights) + ".tmp")
             os.replace(str(self.weights) + ".tmp", self.weights)
-        meta = {n: _tensor_sha(t) for n, t in drift.originals.items()}
-        _atomic_write(self.meta, json.dumps({"original_sha256": meta, "n_edits": results["n_edits"]}))
+        remembered = editor.export_state(lm)
+        if remembered:
+            save_file({k: t.detach().cpu().contiguous() for k, t in remembered.items()}, str(self.editor) + ".tmp")
+            os.replace(str(self.editor) + ".tmp", self.editor)
+        meta = {
+            "original_sha256": {n: _tensor_sha(t) for n, t in drift.originals.items()},
+            "editor_state": sorted(remembered),
+            "n_edits": results["n_edits"],
+        }
+        _atomic_write(self.meta, json.dumps(meta))
         _atomic_write(self.results, json.dumps(results))
 
     @torch.no_grad()
-    def restore(self, lm: LanguageModel, drift: DriftTracker) -> dict[str, Any]:
+    def restore(self, lm: LanguageModel, drift: DriftTracker, editor: Editor) -> dict[str, Any]:
         results: dict[str, Any] = json.loads(self.results.read_text())
         meta = json.loads(self.meta.read_text())
         if meta["n_edits"] != results["n_edits"]:
             raise ValidationError(f"{self.folder}: weights and results were saved at different edits; start afresh")
+        if "editor_state" not in meta and type(editor).export_state is not Editor.export_state:
+            raise ValidationError(
+                f"{self.folder} was saved by an editkit that did not keep what {editor.name} remembers of its "
+                "edits; resumed, its next edits would ignore the earlier ones: start afresh"
+            )
         params = dict(lm.model.named_parameters())
         saved = load_file(str(self.weights)) if meta["original_sha256"] else {}
         for name, sha in meta["original_sha256"].items():
@@ -305,6 +320,8 @@ class _RunState:
                 raise ValidationError(f"{self.folder}: saved state was made from another base model ({name})")
             drift.originals[name] = params[name].detach().cpu().clone()
             params[name].copy_(saved[name].to(params[name].device))
+        if meta.get("editor_state"):
+            editor.import_state(lm, load_file(str(self.editor)))
         return results
 
 
@@ -385,7 +402,7 @@ def sequential_edits(
                 f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
                 "use another --state folder or delete it"
             )
-        results = state.restore(lm, drift)
+        results = state.restore(lm, drift, editor)
         if extra:
             log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
             results["extended"] = [
@@ -461,7 +478,7 @@ def sequential_edits(
                 _flag_collapse(results, baseline_f1, collapse)
             results["seconds"] += time.perf_counter() - t0
             if state is not None:
-                state.save(results, lm, drift)
+                state.save(results, lm, drift, editor)
             bar.advance()
     results["aggregates"] = _sequential_aggregates(results)
     results["total_seconds"] = time.perf_counter() - t_start
