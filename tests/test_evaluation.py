@@ -126,6 +126,24 @@ def test_reference_must_cover_the_probes(llama):
         score_cases(llama, [case], Reference())
 
 
+def test_reference_saves_loads_and_extends_only_what_it_lacks(llama, tmp_path):
+    cases = demo_cases()[:3]
+    ref = Reference.build(llama, cases[:2])
+    ref.save(tmp_path)
+    back = Reference.load(tmp_path)
+    assert back.predictions == ref.predictions and back.likelihoods == ref.likelihoods
+    assert back.distributions.keys() == ref.distributions.keys()
+    for k, d in ref.distributions.items():
+        assert torch.equal(back.distributions[k], d)
+    assert back.extend(llama, cases[:2]) == 0
+    assert back.extend(llama, cases) == len(Reference.build(llama, cases[2:]).predictions) > 0
+    assert score_cases(llama, cases, back) == score_cases(llama, cases, Reference.build(llama, cases))
+    assert Reference.load(tmp_path / "nothing").predictions == {}
+    (tmp_path / "reference.json").write_text(json.dumps({"probes": [], "predictions": [], "likelihoods": []}))
+    with pytest.raises(ValidationError, match="do not match"):
+        Reference.load(tmp_path)
+
+
 # --------------------------------------------------------------------------- downstream
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
 def test_shared_prefix_cache_equals_full_prompts(arch):
@@ -256,7 +274,7 @@ def test_batch_protocol_applies_one_by_one_when_the_editor_cannot_batch(llama):
     assert results["aggregates_by_k"]["2"]["n_cases"] == 2
 
 
-def test_sequential_protocol_resumes_after_interruption(tmp_path):
+def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     from editkit.models.tiny import tiny_model
 
     cases = demo_cases()[:4]
@@ -282,7 +300,11 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path):
     assert json.loads((state / "results.json").read_text())["n_edits"] == 2
 
     fresh = tiny_model("llama")  # a new process: the base model again
+    built = []
+    real_extend = Reference.extend
+    monkeypatch.setattr(Reference, "extend", lambda self, *a, **k: built.append(real_extend(self, *a, **k)) or 0)
     resumed = sequential_edits(fresh, create_editor("ft", settings), cases, every=2, state_dir=state, progress=False)
+    assert built == [0]  # the unedited model's answers came from the state folder
     assert len(resumed["records"]) == len(full["records"])
     for a, b in zip(resumed["records"], full["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)

@@ -25,15 +25,20 @@ Fluency (ROME §3: weighted bi- and tri-gram entropy of generated text) is :func
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import mean
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from editkit.edits import EditCase, Probe, ProbeKind
+from editkit.errors import ValidationError
 from editkit.models.lm import LanguageModel, TokenScores
 from editkit.progress import progress_bar
 
@@ -63,12 +68,24 @@ class Reference:
     likelihoods: dict[tuple[str, str], float] = field(default_factory=dict)
 
     @classmethod
-    @torch.no_grad()
     def build(
         cls, lm: LanguageModel, cases: Sequence[EditCase], *, batch_size: int = 16, progress: bool = False
     ) -> Reference:
         ref = cls()
-        out = list({_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values())
+        ref.extend(lm, cases, batch_size=batch_size, progress=progress)
+        return ref
+
+    @torch.no_grad()
+    def extend(
+        self, lm: LanguageModel, cases: Sequence[EditCase], *, batch_size: int = 16, progress: bool = False
+    ) -> int:
+        """Add what the unedited ``lm`` does on the cases' probes that the reference does not hold yet; returns
+        how many probes were added."""
+        out = [
+            p
+            for p in {_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values()
+            if _key(p) not in self.predictions
+        ]
         with progress_bar(
             len(out), f"unedited {lm.name} on {len(out)} out-of-scope probes", progress and bool(out)
         ) as bar:
@@ -78,17 +95,52 @@ class Reference:
                 ids = lm.generate_ids([p.prompt for p in chunk], max(lengths))
                 eos = lm.tokenizer.eos_token_id
                 for p, n, seq in zip(chunk, lengths, ids, strict=True):
-                    ref.predictions[_key(p)] = seq[:n] or [int(eos)]
+                    self.predictions[_key(p)] = seq[:n] or [int(eos)]
                 bar.advance(len(chunk))
         if out:
             dists = lm.next_token_logprobs([p.prompt for p in out], batch_size=batch_size)
             for p, d in zip(out, dists, strict=True):
-                ref.distributions[_key(p)] = d.to(torch.float16)
-        sentiment = [p for c in cases if c.request.descriptor for p in c.of_kind(*IN_SCOPE)]
+                self.distributions[_key(p)] = d.to(torch.float16)
+        sentiment = [
+            p for c in cases if c.request.descriptor for p in c.of_kind(*IN_SCOPE) if _key(p) not in self.likelihoods
+        ]
         if sentiment:
             scores = _score_sorted(lm, _set_pairs(sentiment, contrasts=False), batch_size)
             for p, lik in zip(sentiment, _set_likelihoods(sentiment, scores, contrasts=False), strict=True):
-                ref.likelihoods[_key(p)] = lik[0]
+                self.likelihoods[_key(p)] = lik[0]
+        return len(out) + len(sentiment)
+
+    def save(self, folder: Path) -> None:
+        """Write ``reference.safetensors`` (the distributions, a row per probe) and ``reference.json`` (the
+        probes, predictions and likelihoods; written last, so that a file pair is complete or absent)."""
+        keys = list(self.distributions)
+        tensors = {"distributions": torch.stack([self.distributions[k] for k in keys])} if keys else {}
+        save_file(tensors, str(folder / "reference.safetensors.tmp"))
+        os.replace(folder / "reference.safetensors.tmp", folder / "reference.safetensors")
+        meta = {
+            "probes": [list(k) for k in keys],
+            "predictions": [self.predictions[k] for k in keys],
+            "likelihoods": [[*k, v] for k, v in self.likelihoods.items()],
+        }
+        (folder / "reference.json.tmp").write_text(json.dumps(meta))
+        os.replace(folder / "reference.json.tmp", folder / "reference.json")
+
+    @classmethod
+    def load(cls, folder: Path) -> Reference:
+        """What :meth:`save` wrote; an empty reference when ``folder`` holds none."""
+        if not (folder / "reference.json").exists():
+            return cls()
+        meta = json.loads((folder / "reference.json").read_text())
+        keys = [(p, e) for p, e in meta["probes"]]
+        saved = load_file(str(folder / "reference.safetensors"))
+        rows = saved.get("distributions", torch.empty((0, 0), dtype=torch.float16))
+        if rows.shape[0] != len(keys) or len(meta["predictions"]) != len(keys):
+            raise ValidationError(f"{folder}: reference.json and reference.safetensors do not match; delete both")
+        ref = cls()
+        for i, k in enumerate(keys):
+            ref.predictions[k] = meta["predictions"][i]
+            ref.distributions[k] = rows[i]
+        ref.likelihoods = {(p, e): v for p, e, v in meta["likelihoods"]}
         return ref
 
 

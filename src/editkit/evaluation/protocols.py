@@ -388,20 +388,26 @@ def sequential_edits(
         settings["guard"] = {"config": guard.config.to_dict(), "canary": guard.canary}
     key = _run_key(header, settings)
     t_start = time.perf_counter()
-    reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
     drift = DriftTracker()
     state = _RunState(Path(state_dir)) if state_dir is not None else None
+    saved_key = None
     if state is not None and state.results.exists():
         saved_key = json.loads(state.results.read_text()).get("run_key")
-        extra: list[dict[str, Any]] = []
-        if saved_key != key and _extends(saved_key, key):
-            # more cases than the saved run: their unedited scores come from the model before it is restored
-            extra = score_cases(lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size)
-        elif saved_key != key:
+        if saved_key != key and not _extends(saved_key, key):
             raise ValidationError(
                 f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
                 "use another --state folder or delete it"
             )
+    # The unedited model's answers, kept in the state folder: a resumed run of many cases does not redo them.
+    reference = Reference.load(state.folder) if state is not None and saved_key is not None else Reference()
+    if reference.extend(lm, cases, batch_size=batch_size, progress=progress) and state is not None:
+        state.folder.mkdir(parents=True, exist_ok=True)
+        reference.save(state.folder)
+    if state is not None and saved_key is not None:
+        extra: list[dict[str, Any]] = []
+        if saved_key != key:
+            # more cases than the saved run: their unedited scores come from the model before it is restored
+            extra = score_cases(lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size)
         results = state.restore(lm, drift, editor)
         if extra:
             log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
