@@ -144,6 +144,28 @@ def test_reference_saves_loads_and_extends_only_what_it_lacks(llama, tmp_path):
         Reference.load(tmp_path)
 
 
+def test_a_reference_refuses_another_model(llama, tmp_path):
+    from editkit.models.tiny import tiny_model
+
+    Reference.build(llama, demo_cases()[:1]).save(tmp_path)
+    other = tiny_model("gpt2")
+    with pytest.raises(ValidationError, match="made on"):
+        Reference.load(tmp_path).extend(other, demo_cases()[:1])
+
+
+def test_scoring_in_chunks_gives_the_scores_of_one_pass(llama, monkeypatch):
+    import editkit.evaluation.metrics as metrics
+
+    cases = demo_cases()[:6]
+    ref = Reference.build(llama, cases)
+    whole = score_cases(llama, cases, ref)
+    monkeypatch.setattr(metrics, "CHUNK_PROBES", 3)  # a chunk or two of cases at a time
+    chunked = score_cases(llama, cases, ref)
+    assert len(chunked) == len(cases)
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.keys() == b.keys() and a == pytest.approx(b, abs=1e-4)
+
+
 # --------------------------------------------------------------------------- downstream
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
 def test_shared_prefix_cache_equals_full_prompts(arch):
@@ -311,6 +333,27 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     assert resumed["checkpoints"][-1]["drift"] == pytest.approx(full["checkpoints"][-1]["drift"])
     with pytest.raises(ValidationError, match="other settings"):
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
+
+
+def test_a_run_stopped_before_its_first_edit_keeps_its_reference(tmp_path, monkeypatch):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:3]
+    editor = create_editor("ft", {"steps": 2})
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    editor.apply = stop  # type: ignore[method-assign]
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        sequential_edits(tiny_model("llama"), editor, cases, state_dir=state, progress=False)
+    assert (state / "reference.json").exists() and not (state / "results.json").exists()
+    built = []
+    real_extend = Reference.extend
+    monkeypatch.setattr(Reference, "extend", lambda self, *a, **k: built.append(real_extend(self, *a, **k)) or 0)
+    sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 2}), cases, state_dir=state, progress=False)
+    assert built == [0]
 
 
 def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(tmp_path, tiny_corpus):

@@ -398,8 +398,9 @@ def sequential_edits(
                 f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
                 "use another --state folder or delete it"
             )
-    # The unedited model's answers, kept in the state folder: a resumed run of many cases does not redo them.
-    reference = Reference.load(state.folder) if state is not None and saved_key is not None else Reference()
+    # The unedited model's answers, kept in the state folder: a resumed run of many cases does not redo them,
+    # nor does a rerun of one stopped before its first save of results (the reference is keyed by probe).
+    reference = Reference.load(state.folder) if state is not None else Reference()
     if reference.extend(lm, cases, batch_size=batch_size, progress=progress) and state is not None:
         state.folder.mkdir(parents=True, exist_ok=True)
         reference.save(state.folder)
