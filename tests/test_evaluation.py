@@ -442,3 +442,39 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValidationError, match="not an editkit results file"):
         write_report([tmp_path / "junk.json"], tmp_path / "r2")
+    assert "edits before catastrophic forgetting" in text
+
+
+def _synthetic_run(aucs, forgotten, successes):
+    """A sequential run of len(successes) edits with checkpoints every 10: the sst2 (best) and rte AUCs and the
+    forgotten counts at each checkpoint, whether each new edit succeeded."""
+    records = [
+        {"n_edits": i + 1, "post": {"efficacy": float(ok), "neighborhood": 0.7}} for i, ok in enumerate(successes)
+    ]
+    checkpoints = [
+        {
+            "n_edits": 10 * j,
+            "downstream": {"sst2": {"auc": auc}, "rte": {"auc": 0.5}},
+            "forgotten": f,
+            "succeeded": 10 * j,
+            "forgotten_fraction": f / (10 * j) if j else 0.0,
+        }
+        for j, (auc, f) in enumerate(zip(aucs, forgotten, strict=True))
+    ]
+    agg = {"efficacy": sum(successes) / len(successes), "neighborhood": 0.7, "unedited_neighborhood": 0.75}
+    return {"n_edits": len(successes), "records": records, "checkpoints": checkpoints, "aggregates": agg}
+
+
+def test_forgetting_summary_places_catastrophic_forgetting():
+    from editkit.evaluation.report import forgetting_summary
+
+    # SST-2 AUC 0.9 -> 0.7 (= 0.5 + 0.4 / 2: half the margin lost) at edit 20
+    s = forgetting_summary(_synthetic_run([0.9, 0.85, 0.7, 0.6], [0, 0, 1, 2], [1] * 30))
+    assert (s["cf_at"], s["task"], s["task_auc"]) == (20, "sst2", (0.9, 0.6))
+    assert s["forgotten"] == (2, 30)
+    # no collapse of the task, but 6 of 10 forgotten at edit 10
+    assert forgetting_summary(_synthetic_run([0.9, 0.88, 0.88], [0, 6, 6], [1] * 20))["cf_at"] == 10
+    # new edits stop taking: 10 of 10, then 4 of 10
+    late = forgetting_summary(_synthetic_run([0.9, 0.88, 0.88], [0, 0, 0], [1] * 10 + [1, 0] * 2 + [0] * 6))
+    assert late["cf_at"] == 20 and late["efficacy_before_cf"] == pytest.approx(12 / 20)
+    assert forgetting_summary(_synthetic_run([0.9, 0.88, 0.86], [0, 0, 1], [1] * 20))["cf_at"] is None

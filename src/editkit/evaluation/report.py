@@ -4,11 +4,13 @@
 * batch runs: ES, DD and ES - DD against the number of edits applied together (SERAC Figure 3);
 * sequential runs: immediate efficacy / paraphrase / neighborhood as running means over the edit index
   (forgetting paper Figure 1a-c), the number of earlier edits forgotten (Figure 1d), downstream F1 per task
-  (Figure 2a-c) and the normalised drift of the edited weights (Figure 2d), one line per run.
+  (Figure 2a-c) and the normalised drift of the edited weights (Figure 2d), one line per run; and the
+  forgetting paper's Table 3 in kind, measured (:func:`forgetting_summary`) where the paper gives words.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Sequence
@@ -209,6 +211,98 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     return md
 
 
+def _success(scores: dict[str, float]) -> float:
+    return scores.get("efficacy", scores.get("es", 0.0))
+
+
+def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """The forgetting paper's Table 3 (properties of an editor at scale) for one sequential run, in numbers.
+
+    The downstream signal is the task the unedited model does best (highest AUC: on SmolLM2 only SST-2 is
+    above chance). Catastrophic forgetting (CF) is placed at the first checkpoint where any of these holds:
+    that task's AUC has lost half its margin over chance (AUC <= 0.5 + (AUC_0 - 0.5) / 2); half or more of the
+    earlier successful edits are forgotten; the edits made since the previous checkpoint succeed less than half
+    as often as those of the first interval. ``cf_at`` is ``None`` when no checkpoint qualifies."""
+    checkpoints = run["checkpoints"]
+    base = checkpoints[0]["downstream"]
+    task = max(base, key=lambda t: base[t]["auc"]) if base else None
+    floor = 0.5 + (base[task]["auc"] - 0.5) / 2 if task else None
+    records = [r for r in run["records"] if "rejected" not in r]
+    kept_rate: list[float] = []
+    cf_at, reason = None, ""
+    for prev, ck in itertools.pairwise(checkpoints):
+        window = [_success(r["post"]) > 0.5 for r in records if prev["n_edits"] < r["n_edits"] <= ck["n_edits"]]
+        if window:
+            kept_rate.append(sum(window) / len(window))
+        auc = ck["downstream"].get(task, {}).get("auc") if task else None
+        if floor is not None and auc is not None and auc <= floor:
+            cf_at, reason = ck["n_edits"], f"{task} AUC {auc:.2f}"
+        elif ck["forgotten_fraction"] >= 0.5:
+            cf_at, reason = ck["n_edits"], f"{ck['forgotten_fraction']:.0%} of earlier edits forgotten"
+        elif len(kept_rate) > 1 and kept_rate[-1] < kept_rate[0] / 2:
+            cf_at, reason = ck["n_edits"], f"new edits succeed {kept_rate[-1]:.0%} of the time"
+        if cf_at is not None:
+            break
+    before_cf = [r for r in records if cf_at is None or r["n_edits"] <= cf_at]
+    agg = run["aggregates"]
+    last = checkpoints[-1]
+    return {
+        "n_edits": run["n_edits"],
+        "efficacy": agg.get("efficacy", agg.get("es")),
+        "efficacy_before_cf": sum(_success(r["post"]) > 0.5 for r in before_cf) / len(before_cf) if before_cf else None,
+        "neighborhood": agg.get("neighborhood"),
+        "unedited_neighborhood": agg.get("unedited_neighborhood"),
+        "cf_at": cf_at,
+        "cf_reason": reason,
+        "task": task,
+        "task_auc": (base[task]["auc"], last["downstream"][task]["auc"])
+        if task and task in last["downstream"]
+        else None,
+        "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
+        "disabling_edits": len(run.get("disabling_edits", [])),
+    }
+
+
+def _forgetting_table(runs: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [(_label(r), forgetting_summary(r)) for r in runs]
+    lines = [
+        "| property (forgetting paper, Table 3) | " + " | ".join(label for label, _ in rows) + " |",
+        "|---" * (len(rows) + 1) + "|",
+    ]
+
+    def row(name: str, cells: Sequence[str]) -> None:
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+
+    row("edits made", [str(s["n_edits"]) for _, s in rows])
+    row(
+        "editing efficacy (new edits; until CF)",
+        [f"{_fmt(s['efficacy'])}; {_fmt(s['efficacy_before_cf'])}" for _, s in rows],
+    )
+    row(
+        "edit locality (neighborhood of new edits; unedited)",
+        [f"{_fmt(s['neighborhood'])}; {_fmt(s['unedited_neighborhood'])}" for _, s in rows],
+    )
+    row(
+        "edits before catastrophic forgetting",
+        [f"{s['cf_at']} ({s['cf_reason']})" if s["cf_at"] else f"none in {s['n_edits']}" for _, s in rows],
+    )
+    row(
+        "downstream loss (AUC of the best task, unedited -> end)",
+        [f"{s['task']} {s['task_auc'][0]:.2f} -> {s['task_auc'][1]:.2f}" if s["task_auc"] else "" for _, s in rows],
+    )
+    row(
+        "earlier edits forgotten at the end",
+        [f"{f} of {n} ({f / n:.1%})" if n else "0" for _, s in rows for f, n in [s["forgotten"]]],
+    )
+    row("disabling edits flagged in the run", [str(s["disabling_edits"]) for _, s in rows])
+    lines += [
+        "",
+        "CF is the first checkpoint where the best task's AUC has lost half its margin over chance, half the "
+        "earlier edits are forgotten, or new edits succeed less than half as often as in the first interval.",
+    ]
+    return lines
+
+
 def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> Path:
     """Write ``report.md`` and its plots into ``out_dir``; returns the Markdown file's path."""
     import matplotlib
@@ -228,6 +322,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> Path:
     seq = [r for r in runs if r["protocol"] == "sequential"]
     if seq:
         md += ["## Sequential edits", "", *_plot_sequential(seq, out), ""]
+        md += ["### At scale: Table 3 of the forgetting paper, measured", "", *_forgetting_table(seq), ""]
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path
