@@ -203,18 +203,21 @@ def score_cases(
     *,
     batch_size: int = 16,
     kinds: Sequence[ProbeKind] = tuple(ProbeKind),
+    progress: bool = False,
 ) -> list[dict[str, float]]:
     """Every metric of the module docstring for each case, on ``lm`` as it is now, from the probes of the given
     ``kinds`` (default all). The probes of up to :data:`CHUNK_PROBES` cases' worth go through the model together
     in length-sorted batches; chunks bound the memory held by out-of-scope next-token distributions (a
-    vocabulary-sized row each)."""
+    vocabulary-sized row each). ``progress`` shows a bar over the cases, a chunk at a time."""
     out: list[dict[str, float]] = []
     start, n_probes = 0, 0
-    for i, case in enumerate(cases):
-        n_probes += len(case.probes)
-        if n_probes >= CHUNK_PROBES or i == len(cases) - 1:
-            out += _score_chunk(lm, cases[start : i + 1], reference, batch_size, kinds)
-            start, n_probes = i + 1, 0
+    with progress_bar(len(cases), f"scoring {len(cases)} cases on {lm.name}", progress) as bar:
+        for i, case in enumerate(cases):
+            n_probes += len(case.probes)
+            if n_probes >= CHUNK_PROBES or i == len(cases) - 1:
+                out += _score_chunk(lm, cases[start : i + 1], reference, batch_size, kinds)
+                bar.advance(i + 1 - start)
+                start, n_probes = i + 1, 0
     return out
 
 

@@ -197,7 +197,7 @@ def batch_edits(
     editor.prepare(lm)
     t_start = time.perf_counter()
     reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
-    unedited = score_cases(lm, cases, reference, batch_size=batch_size)
+    unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
     plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
@@ -408,7 +408,9 @@ def sequential_edits(
         extra: list[dict[str, Any]] = []
         if saved_key != key:
             # more cases than the saved run: their unedited scores come from the model before it is restored
-            extra = score_cases(lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size)
+            extra = score_cases(
+                lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
+            )
         results = state.restore(lm, drift, editor)
         if extra:
             log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
@@ -423,7 +425,7 @@ def sequential_edits(
             kept = [r for r in results["records"] if "rejected" not in r]
             guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
     else:
-        unedited = score_cases(lm, cases, reference, batch_size=batch_size)
+        unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
         results = {
             **header,
             **settings,
