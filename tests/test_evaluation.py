@@ -335,6 +335,57 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
 
 
+def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path, monkeypatch):
+    import editkit.evaluation.protocols as protocols
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"steps": 3, "lr": 1e-2}
+    full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
+    real_write, results_writes = protocols._atomic_write, []
+
+    def killed(path, text):  # killed after edit 3's weights were written, before its results
+        if path.name == "results.json":
+            results_writes.append(1)
+            if len(results_writes) == 3:
+                raise KeyboardInterrupt
+        real_write(path, text)
+
+    monkeypatch.setattr(protocols, "_atomic_write", killed)
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        sequential_edits(
+            tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
+        )
+    monkeypatch.setattr(protocols, "_atomic_write", real_write)
+    assert json.loads((state / "results.json").read_text())["n_edits"] == 2 and (state / "weights-3.json").exists()
+    resumed = sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
+    )
+    for a, b in zip(resumed["records"], full["records"], strict=True):
+        assert a["post"] == pytest.approx(b["post"], abs=1e-5)
+    assert sorted(f.name for f in state.glob("weights*")) == ["weights-4.json", "weights-4.safetensors"]
+
+
+def test_a_folder_with_the_older_file_names_resumes(tmp_path):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"steps": 3, "lr": 1e-2}
+    full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
+    state = tmp_path / "state"
+    sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases[:2], every=2, state_dir=state, progress=False
+    )
+    (state / "weights-2.json").rename(state / "weights.json")  # as editkit wrote them before
+    (state / "weights-2.safetensors").rename(state / "weights.safetensors")
+    resumed = sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
+    )
+    assert resumed["records"][-1]["post"] == pytest.approx(full["records"][-1]["post"], abs=1e-5)
+    assert not (state / "weights.json").exists()
+
+
 def test_a_run_stopped_before_its_first_edit_keeps_its_reference(tmp_path, monkeypatch):
     from editkit.models.tiny import tiny_model
 
@@ -377,16 +428,21 @@ def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(t
     sequential_edits(
         tiny_model("llama"), create_editor("alphaedit", settings), cases[:2], every=2, state_dir=state, progress=False
     )
-    assert json.loads((state / "weights.json").read_text())["editor_state"] == ["counts", "keys.1", "keys.2"]
+    assert json.loads((state / "weights-2.json").read_text())["editor_state"] == ["counts", "keys.1", "keys.2"]
+    assert sorted(f.name for f in state.glob("*-*")) == [
+        "editor-2.safetensors",
+        "weights-2.json",
+        "weights-2.safetensors",
+    ]
     resumed_lm = tiny_model("llama")  # a new process: the base model and a new editor
     sequential_edits(resumed_lm, create_editor("alphaedit", settings), cases, every=2, state_dir=state, progress=False)
     full, resumed = dict(full_lm.model.named_parameters()), dict(resumed_lm.model.named_parameters())
     for name in (full_lm.adapter.weight_name(layer, "mlp_out") for layer in (1, 2)):
         torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=1e-6)
 
-    meta = json.loads((state / "weights.json").read_text())
+    meta = json.loads((state / "weights-4.json").read_text())
     del meta["editor_state"]  # a folder saved before the editor's state was kept
-    (state / "weights.json").write_text(json.dumps(meta))
+    (state / "weights-4.json").write_text(json.dumps(meta))
     with pytest.raises(ValidationError, match="start afresh"):
         sequential_edits(
             tiny_model("llama"), create_editor("alphaedit", settings), cases, every=2, state_dir=state, progress=False

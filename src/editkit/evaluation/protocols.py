@@ -272,40 +272,60 @@ def _tensor_sha(t: torch.Tensor) -> str:
 
 
 class _RunState:
-    """A sequential run's folder: ``results.json`` (partial results), ``weights.safetensors`` (the current
-    value of every parameter the run changed, with the original's sha256 in ``weights.json``) and
-    ``editor.safetensors`` (what the editor remembers of its edits, :meth:`Editor.export_state`, if anything)."""
+    """A sequential run's folder: ``results.json`` (partial results) and, for the state after edit n,
+    ``weights-n.safetensors`` (the current value of every parameter the run changed, with the original's
+    sha256 in ``weights-n.json``) and ``editor-n.safetensors`` (what the editor remembers of its edits,
+    :meth:`Editor.export_state`, if anything). The tensors are written before ``results.json``, which is
+    written last and says which n to read, so a run killed at any moment leaves a complete state: the
+    previous step's or the new one. Older files are removed once the new results are written."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.results = folder / "results.json"
-        self.weights = folder / "weights.safetensors"
-        self.editor = folder / "editor.safetensors"
-        self.meta = folder / "weights.json"
+
+    def _files(self, n_edits: int) -> tuple[Path, Path, Path]:
+        return (
+            self.folder / f"weights-{n_edits}.safetensors",
+            self.folder / f"editor-{n_edits}.safetensors",
+            self.folder / f"weights-{n_edits}.json",
+        )
 
     def save(self, results: dict[str, Any], lm: LanguageModel, drift: DriftTracker, editor: Editor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        weights, remembered_file, meta_file = self._files(results["n_edits"])
         params = dict(lm.model.named_parameters())
         if drift.originals:
             tensors = {n: params[n].detach().cpu().contiguous() for n in drift.originals}
-            save_file(tensors, str(self.weights) + ".tmp")
-            os.replace(str(self.weights) + ".tmp", self.weights)
+            save_file(tensors, str(weights) + ".tmp")
+            os.replace(str(weights) + ".tmp", weights)
         remembered = editor.export_state(lm)
         if remembered:
-            save_file({k: t.detach().cpu().contiguous() for k, t in remembered.items()}, str(self.editor) + ".tmp")
-            os.replace(str(self.editor) + ".tmp", self.editor)
+            save_file({k: t.detach().cpu().contiguous() for k, t in remembered.items()}, str(remembered_file) + ".tmp")
+            os.replace(str(remembered_file) + ".tmp", remembered_file)
         meta = {
             "original_sha256": {n: _tensor_sha(t) for n, t in drift.originals.items()},
             "editor_state": sorted(remembered),
             "n_edits": results["n_edits"],
         }
-        _atomic_write(self.meta, json.dumps(meta))
+        _atomic_write(meta_file, json.dumps(meta))
         _atomic_write(self.results, json.dumps(results))
+        current = {weights, remembered_file, meta_file}
+        for pattern in ("weights*.safetensors", "editor*.safetensors", "weights*.json"):
+            for old in self.folder.glob(pattern):
+                if old not in current:
+                    old.unlink()
 
     @torch.no_grad()
     def restore(self, lm: LanguageModel, drift: DriftTracker, editor: Editor) -> dict[str, Any]:
         results: dict[str, Any] = json.loads(self.results.read_text())
-        meta = json.loads(self.meta.read_text())
+        weights, remembered_file, meta_file = self._files(results["n_edits"])
+        if not meta_file.exists():  # a folder written before the file names carried the edit count
+            weights, remembered_file, meta_file = (
+                self.folder / "weights.safetensors",
+                self.folder / "editor.safetensors",
+                self.folder / "weights.json",
+            )
+        meta = json.loads(meta_file.read_text())
         if meta["n_edits"] != results["n_edits"]:
             raise ValidationError(f"{self.folder}: weights and results were saved at different edits; start afresh")
         if "editor_state" not in meta and type(editor).export_state is not Editor.export_state:
@@ -314,14 +334,14 @@ class _RunState:
                 "edits; resumed, its next edits would ignore the earlier ones: start afresh"
             )
         params = dict(lm.model.named_parameters())
-        saved = load_file(str(self.weights)) if meta["original_sha256"] else {}
+        saved = load_file(str(weights)) if meta["original_sha256"] else {}
         for name, sha in meta["original_sha256"].items():
             if name not in params or _tensor_sha(params[name]) != sha:
                 raise ValidationError(f"{self.folder}: saved state was made from another base model ({name})")
             drift.originals[name] = params[name].detach().cpu().clone()
             params[name].copy_(saved[name].to(params[name].device))
         if meta.get("editor_state"):
-            editor.import_state(lm, load_file(str(self.editor)))
+            editor.import_state(lm, load_file(str(remembered_file)))
         return results
 
 
