@@ -367,6 +367,17 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path
     assert sorted(f.name for f in state.glob("weights*")) == ["weights-4.json", "weights-4.safetensors"]
 
 
+def test_a_state_folder_in_use_is_refused(tmp_path):
+    from editkit.evaluation.protocols import _RunState
+    from editkit.models.tiny import tiny_model
+
+    state = tmp_path / "state"
+    with _RunState(state).locked(), pytest.raises(ValidationError, match="in use"):  # as by another process
+        sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 1}), demo_cases()[:1], state_dir=state)
+    run = sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 1}), demo_cases()[:1], state_dir=state)
+    assert run["n_edits"] == 1  # the lock went with the first holder
+
+
 def test_a_folder_with_the_older_file_names_resumes(tmp_path):
     from editkit.models.tiny import tiny_model
 

@@ -14,6 +14,8 @@ for every method, so methods compare case by case.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
@@ -23,7 +25,7 @@ import platform
 import resource
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from statistics import mean, median
 from typing import Any
@@ -283,6 +285,21 @@ class _RunState:
         self.folder = folder
         self.results = folder / "results.json"
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's lock file for the run: a second process on the same folder (a rerun while the first
+        still runs) would interleave its saves with the first's."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ValidationError(f"{self.folder} is in use by another running editkit process") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _files(self, n_edits: int) -> tuple[Path, Path, Path]:
         return (
             self.folder / f"weights-{n_edits}.safetensors",
@@ -410,109 +427,110 @@ def sequential_edits(
     t_start = time.perf_counter()
     drift = DriftTracker()
     state = _RunState(Path(state_dir)) if state_dir is not None else None
-    saved_key = None
-    if state is not None and state.results.exists():
-        saved_key = json.loads(state.results.read_text()).get("run_key")
-        if saved_key != key and not _extends(saved_key, key):
-            raise ValidationError(
-                f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
-                "use another --state folder or delete it"
-            )
-    # The unedited model's answers, kept in the state folder: a resumed run of many cases does not redo them,
-    # nor does a rerun of one stopped before its first save of results (the reference is keyed by probe).
-    reference = Reference.load(state.folder) if state is not None else Reference()
-    if reference.extend(lm, cases, batch_size=batch_size, progress=progress) and state is not None:
-        state.folder.mkdir(parents=True, exist_ok=True)
-        reference.save(state.folder)
-    if state is not None and saved_key is not None:
-        extra: list[dict[str, Any]] = []
-        if saved_key != key:
-            # more cases than the saved run: their unedited scores come from the model before it is restored
-            extra = score_cases(
-                lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
-            )
-        results = state.restore(lm, drift, editor)
-        if extra:
-            log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
-            results["extended"] = [
-                *results.get("extended", []),
-                {"from_cases": results["n_cases"], "to_cases": len(cases), "code_version": header["code_version"]},
-            ]
-            results.update(case_ids=header["case_ids"], n_cases=len(cases), run_key=key)
-            results["unedited"] += extra
-        log.info("resuming %s at edit %d", state.folder, results["n_edits"])
-        if guard is not None:
-            kept = [r for r in results["records"] if "rejected" not in r]
-            guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
-    else:
-        unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
-        results = {
-            **header,
-            **settings,
-            "run_key": key,
-            "n_edits": 0,
-            "unedited": unedited,
-            "records": [],
-            "checkpoints": [{"n_edits": 0, "downstream": _downstream(lm, tasks, batch_size), "drift": {}}],
-            "disabling_edits": [],
-            "rejected_edits": [],
-            "seconds": 0.0,
-        }
-    steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
-    done_steps = results["n_edits"] // edits_per_step
-    baseline_f1 = _mean_f1(results["checkpoints"][0])
-    with progress_bar(len(steps), f"{editor.name} sequential on {lm.name}", progress, start=done_steps) as bar:
-        for step in steps[done_steps:]:
-            t0 = time.perf_counter()
-            step_cases = [cases[i] for i in step]
-            rejected: dict[int, EditRejected] = {}
-            checks: dict[int, dict[str, Any]] = {}
-            if guard is None:
-                handles = _apply(lm, editor, step_cases)
-            else:
-                handles, rejected, checks = _guarded_apply(lm, editor, step_cases, guard)
-            edit_seconds = time.perf_counter() - t0
-            for h in handles:
-                drift.track(h)
-            # the edited model: ``lm`` itself for weight edits, a router for memories
-            model = handles[-1].model if handles else lm
-            immediate = score_cases(model, step_cases, reference, batch_size=batch_size)
-            total_drift = sum(drift.measure(lm.model).values())
-            for j, (i, scores) in enumerate(zip(step, immediate, strict=True)):
-                record = {
-                    "n_edits": i + 1,
-                    "case_id": cases[i].request.case_id,
-                    "request": cases[i].request.to_dict(),
-                    "pre": results["unedited"][i],
-                    "post": scores,
-                    "edit_seconds": edit_seconds / len(step),
-                    "drift": total_drift,
-                    "info": _info(handles),
-                }
-                if j in rejected:
-                    record["rejected"] = rejected[j].reasons
-                    record["guard"] = rejected[j].checks
-                    results["rejected_edits"].append(
-                        {"n_edits": i + 1, "case_id": record["case_id"], "reasons": rejected[j].reasons}
-                    )
-                elif j in checks:
-                    record["guard"] = checks[j]
-                results["records"].append(record)
-            results["n_edits"] = step[-1] + 1
-            _flag_drift_jump(results, drift_jump)
-            if results["n_edits"] % every == 0 or results["n_edits"] == len(cases):
-                results["checkpoints"].append(
-                    _checkpoint(model, cases, reference, results, tasks, drift, batch_size=batch_size)
+    with state.locked() if state is not None else contextlib.nullcontext():
+        saved_key = None
+        if state is not None and state.results.exists():
+            saved_key = json.loads(state.results.read_text()).get("run_key")
+            if saved_key != key and not _extends(saved_key, key):
+                raise ValidationError(
+                    f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
+                    "use another --state folder or delete it"
                 )
-                _flag_collapse(results, baseline_f1, collapse)
-            results["seconds"] += time.perf_counter() - t0
-            if state is not None:
-                state.save(results, lm, drift, editor)
-            bar.advance()
-    results["aggregates"] = _sequential_aggregates(results)
-    results["total_seconds"] = time.perf_counter() - t_start
-    results["peak_memory_mb"] = peak_memory_mb()
-    return results
+        # The unedited model's answers, kept in the state folder: a resumed run of many cases does not redo them,
+        # nor does a rerun of one stopped before its first save of results (the reference is keyed by probe).
+        reference = Reference.load(state.folder) if state is not None else Reference()
+        if reference.extend(lm, cases, batch_size=batch_size, progress=progress) and state is not None:
+            state.folder.mkdir(parents=True, exist_ok=True)
+            reference.save(state.folder)
+        if state is not None and saved_key is not None:
+            extra: list[dict[str, Any]] = []
+            if saved_key != key:
+                # more cases than the saved run: their unedited scores come from the model before it is restored
+                extra = score_cases(
+                    lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
+                )
+            results = state.restore(lm, drift, editor)
+            if extra:
+                log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
+                results["extended"] = [
+                    *results.get("extended", []),
+                    {"from_cases": results["n_cases"], "to_cases": len(cases), "code_version": header["code_version"]},
+                ]
+                results.update(case_ids=header["case_ids"], n_cases=len(cases), run_key=key)
+                results["unedited"] += extra
+            log.info("resuming %s at edit %d", state.folder, results["n_edits"])
+            if guard is not None:
+                kept = [r for r in results["records"] if "rejected" not in r]
+                guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
+        else:
+            unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
+            results = {
+                **header,
+                **settings,
+                "run_key": key,
+                "n_edits": 0,
+                "unedited": unedited,
+                "records": [],
+                "checkpoints": [{"n_edits": 0, "downstream": _downstream(lm, tasks, batch_size), "drift": {}}],
+                "disabling_edits": [],
+                "rejected_edits": [],
+                "seconds": 0.0,
+            }
+        steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
+        done_steps = results["n_edits"] // edits_per_step
+        baseline_f1 = _mean_f1(results["checkpoints"][0])
+        with progress_bar(len(steps), f"{editor.name} sequential on {lm.name}", progress, start=done_steps) as bar:
+            for step in steps[done_steps:]:
+                t0 = time.perf_counter()
+                step_cases = [cases[i] for i in step]
+                rejected: dict[int, EditRejected] = {}
+                checks: dict[int, dict[str, Any]] = {}
+                if guard is None:
+                    handles = _apply(lm, editor, step_cases)
+                else:
+                    handles, rejected, checks = _guarded_apply(lm, editor, step_cases, guard)
+                edit_seconds = time.perf_counter() - t0
+                for h in handles:
+                    drift.track(h)
+                # the edited model: ``lm`` itself for weight edits, a router for memories
+                model = handles[-1].model if handles else lm
+                immediate = score_cases(model, step_cases, reference, batch_size=batch_size)
+                total_drift = sum(drift.measure(lm.model).values())
+                for j, (i, scores) in enumerate(zip(step, immediate, strict=True)):
+                    record = {
+                        "n_edits": i + 1,
+                        "case_id": cases[i].request.case_id,
+                        "request": cases[i].request.to_dict(),
+                        "pre": results["unedited"][i],
+                        "post": scores,
+                        "edit_seconds": edit_seconds / len(step),
+                        "drift": total_drift,
+                        "info": _info(handles),
+                    }
+                    if j in rejected:
+                        record["rejected"] = rejected[j].reasons
+                        record["guard"] = rejected[j].checks
+                        results["rejected_edits"].append(
+                            {"n_edits": i + 1, "case_id": record["case_id"], "reasons": rejected[j].reasons}
+                        )
+                    elif j in checks:
+                        record["guard"] = checks[j]
+                    results["records"].append(record)
+                results["n_edits"] = step[-1] + 1
+                _flag_drift_jump(results, drift_jump)
+                if results["n_edits"] % every == 0 or results["n_edits"] == len(cases):
+                    results["checkpoints"].append(
+                        _checkpoint(model, cases, reference, results, tasks, drift, batch_size=batch_size)
+                    )
+                    _flag_collapse(results, baseline_f1, collapse)
+                results["seconds"] += time.perf_counter() - t0
+                if state is not None:
+                    state.save(results, lm, drift, editor)
+                bar.advance()
+        results["aggregates"] = _sequential_aggregates(results)
+        results["total_seconds"] = time.perf_counter() - t_start
+        results["peak_memory_mb"] = peak_memory_mb()
+        return results
 
 
 def _mean_f1(checkpoint: dict[str, Any]) -> float | None:
