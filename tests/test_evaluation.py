@@ -545,3 +545,22 @@ def test_forgetting_summary_places_catastrophic_forgetting():
     late = forgetting_summary(_synthetic_run([0.9, 0.88, 0.88], [0, 0, 0], [1] * 10 + [1, 0] * 2 + [0] * 6))
     assert late["cf_at"] == 20 and late["efficacy_before_cf"] == pytest.approx(12 / 20)
     assert forgetting_summary(_synthetic_run([0.9, 0.88, 0.86], [0, 0, 1], [1] * 20))["cf_at"] is None
+
+
+def test_report_reads_a_running_sequential_runs_state(tmp_path):
+    from editkit.evaluation.report import load_results
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    editor = create_editor("ft", {"steps": 2})
+    state = tmp_path / "state"
+    sequential_edits(tiny_model("llama"), editor, cases[:2], every=2, state_dir=state, progress=False)
+    partial = json.loads((state / "results.json").read_text())
+    assert "aggregates" not in partial  # what a run still going on has written
+    (run,) = load_results([state / "results.json"])
+    assert run["aggregates"]["efficacy"] == pytest.approx(sum(r["post"]["efficacy"] for r in partial["records"]) / 2)
+    assert "2 of 2 edits so far" in write_report([state / "results.json"], tmp_path / "r").read_text()
+    del partial["records"]
+    (tmp_path / "broken.json").write_text(json.dumps(partial))
+    with pytest.raises(ValidationError, match="without records"):
+        load_results([tmp_path / "broken.json"])

@@ -527,7 +527,7 @@ def sequential_edits(
                 if state is not None:
                     state.save(results, lm, drift, editor)
                 bar.advance()
-        results["aggregates"] = _sequential_aggregates(results)
+        results["aggregates"] = sequential_aggregates(results)
         results["total_seconds"] = time.perf_counter() - t_start
         results["peak_memory_mb"] = peak_memory_mb()
         return results
@@ -603,7 +603,8 @@ def _flag_collapse(results: dict[str, Any], baseline: float | None, fraction: fl
     )
 
 
-def _sequential_aggregates(results: dict[str, Any]) -> dict[str, Any]:
+def sequential_aggregates(results: dict[str, Any]) -> dict[str, Any]:
+    """A sequential run's ``aggregates`` from its records and checkpoints (also of a run still going on)."""
     records = results["records"]
     last = results["checkpoints"][-1]
     out: dict[str, Any] = {

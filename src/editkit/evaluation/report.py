@@ -45,10 +45,21 @@ def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValidationError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-        if not isinstance(data, dict) or "aggregates" not in data or "protocol" not in data:
+        if not isinstance(data, dict) or "protocol" not in data:
             raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
         if data.get("version") != 2:
             raise ValidationError(f"{path} has results version {data.get('version')}; this report reads version 2")
+        if data["protocol"] == "sequential" and "aggregates" not in data:
+            # the partial results in a sequential run's state folder, read while the run goes on
+            from editkit.evaluation.protocols import sequential_aggregates
+
+            if "records" not in data or "checkpoints" not in data:
+                raise ValidationError(f"{path} is a sequential run's file without records or checkpoints")
+            data["aggregates"] = sequential_aggregates(data)
+            name = (data.get("run") or {}).get("label") or data["method"]
+            data["run"] = {"label": f"{name}, {data['n_edits']} of {data['n_cases']} edits so far"}
+        if "aggregates" not in data:
+            raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
         data["_path"] = str(path)
         runs.append(data)
     if not runs:
