@@ -411,11 +411,24 @@ def test_a_run_stopped_before_its_first_edit_keeps_its_reference(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         sequential_edits(tiny_model("llama"), editor, cases, state_dir=state, progress=False)
     assert (state / "reference.json").exists() and not (state / "results.json").exists()
+    saved = json.loads((state / "unedited.json").read_text())
+    assert saved["model"] == "tiny-llama-s0" and len(saved["scores"]) == 3
+    saved["scores"][0]["efficacy"] = 0.123  # a mark: the rerun must take these scores, not recompute them
+    (state / "unedited.json").write_text(json.dumps(saved))
     built = []
     real_extend = Reference.extend
     monkeypatch.setattr(Reference, "extend", lambda self, *a, **k: built.append(real_extend(self, *a, **k)) or 0)
-    sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 2}), cases, state_dir=state, progress=False)
-    assert built == [0]
+    run = sequential_edits(
+        tiny_model("llama"), create_editor("ft", {"steps": 2}), cases, state_dir=state, progress=False
+    )
+    assert built == [0] and run["unedited"][0]["efficacy"] == 0.123
+    other = tmp_path / "other"  # other cases: the saved scores are not theirs
+    other.mkdir()
+    (other / "unedited.json").write_text(json.dumps(saved))
+    run = sequential_edits(
+        tiny_model("llama"), create_editor("ft", {"steps": 2}), cases[:2], state_dir=other, progress=False
+    )
+    assert run["unedited"][0]["efficacy"] != 0.123
 
 
 def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(tmp_path, tiny_corpus):
