@@ -27,8 +27,11 @@ def test_there_are_shipped_configs():
 
 
 def _check(path: Path, config: RunConfig) -> None:
-    # a corpus path is checked by the method's config when it is built: only where the benchmark data is
-    settings = {k: v for k, v in config.settings.items() if k != "corpus" or DATA.is_dir()}
+    # a corpus path is checked by the method's config when it is built: where the benchmark data is absent,
+    # any existing file stands in for it (AlphaEdit cannot be built without one)
+    settings = dict(config.settings)
+    if "corpus" in settings and not DATA.is_dir():
+        settings["corpus"] = __file__
     editor = create_editor(config.method, settings)
     assert editor.name == config.method
     for task in config.downstream:
