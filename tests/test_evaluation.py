@@ -244,10 +244,27 @@ def test_drift_is_normalised_by_output_neurons(llama):
 
 def test_drift_jump_is_flagged():
     results = {"records": [], "disabling_edits": []}
-    for i, d in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], start=1):
+    for i, d in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], start=1):  # records without their own drift
         results["records"].append({"n_edits": i, "case_id": str(i), "drift": d})
         _flag_drift_jump(results, 10.0)
     assert [d["n_edits"] for d in results["disabling_edits"]] == [7]
+    # with each step's own drift: the total's increments shrink as the total grows (random directions add up
+    # as a square root), and only an edit that is itself large is flagged
+    results = {"records": [], "disabling_edits": []}
+    own = [1.0] * 60 + [5.0] + [1.0] * 3 + [12.0]
+    for i, d in enumerate(own, start=1):
+        total = sum(x**2 for x in own[:i]) ** 0.5
+        results["records"].append({"n_edits": i, "case_id": str(i), "drift": total, "edit_drift": d})
+        _flag_drift_jump(results, 10.0)
+    assert [d["n_edits"] for d in results["disabling_edits"]] == [65]  # increments alone would flag 61 too
+    assert "own drift was 12.0x" in results["disabling_edits"][0]["reason"]
+    for r in results["records"]:
+        del r["edit_drift"]
+    flagged = {"records": [], "disabling_edits": []}
+    for r in results["records"]:
+        flagged["records"].append(r)
+        _flag_drift_jump(flagged, 10.0)
+    assert [d["n_edits"] for d in flagged["disabling_edits"]] == [61, 65]
 
 
 # --------------------------------------------------------------------------- protocols
@@ -304,6 +321,8 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
     assert [c["n_edits"] for c in full["checkpoints"]] == [0, 2, 4]
     assert full["checkpoints"][-1]["drift"]
+    first = full["records"][0]  # after one edit, its own drift is the whole drift
+    assert first["edit_drift"] == pytest.approx(first["drift"]) and all(r["edit_drift"] > 0 for r in full["records"])
 
     lm = tiny_model("llama")
     editor = create_editor("ft", settings)

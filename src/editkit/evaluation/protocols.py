@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ from editkit.editors.base import EditHandle, Editor
 from editkit.edits import EditCase, EditRequest
 from editkit.errors import ValidationError
 from editkit.evaluation.downstream import evaluate_task
-from editkit.evaluation.drift import DriftTracker
+from editkit.evaluation.drift import DriftTracker, edit_drift
 from editkit.evaluation.guard import EditGuard, EditRejected
 from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.models.lm import LanguageModel
@@ -423,9 +422,10 @@ def sequential_edits(
     After each step: the step's immediate scores (all probes) and the drift of every changed weight. Every
     ``every`` edits (and after the last): the in-scope scores of all earlier edits (``forgotten`` counts those
     that succeeded when made and no longer do), downstream F1 on ``downstream`` tasks and drift. A step is
-    flagged as disabling when its drift increment exceeds ``drift_jump`` times the median increment before it,
-    or when mean downstream F1 falls below ``collapse`` times its unedited value (then the steps since the
-    previous checkpoint are the suspects, and the largest drift increment among them is named).
+    flagged as disabling when its own drift (``edit_drift``: how far this step moved the weights) exceeds
+    ``drift_jump`` times the median of the steps before it, or when mean downstream F1 falls below ``collapse``
+    times its unedited value (then the steps since the previous checkpoint are the suspects, and the one that
+    moved the weights most is named).
 
     With ``guard``, every edit goes through :meth:`EditGuard.apply`; a rejected edit leaves the model as it
     was, is scored as it stands (it failed) and is listed in ``rejected_edits``.
@@ -522,6 +522,7 @@ def sequential_edits(
                 model = handles[-1].model if handles else lm
                 immediate = score_cases(model, step_cases, reference, batch_size=batch_size)
                 total_drift = sum(drift.measure(lm.model).values())
+                own_drift = sum(edit_drift(lm.model, h) for h in handles)
                 for j, (i, scores) in enumerate(zip(step, immediate, strict=True)):
                     record = {
                         "n_edits": i + 1,
@@ -531,6 +532,7 @@ def sequential_edits(
                         "post": scores,
                         "edit_seconds": edit_seconds / len(step),
                         "drift": total_drift,
+                        "edit_drift": own_drift,
                         "info": _info(handles),
                     }
                     if j in rejected:
@@ -591,19 +593,31 @@ def _checkpoint(
     }
 
 
+def _step_drift(records: Sequence[dict[str, Any]], i: int) -> float:
+    """How far record ``i``'s step moved the weights: its own drift (``edit_drift``) or, in records written
+    before editkit kept it, the increment of the total drift (which shrinks as the total grows)."""
+    if "edit_drift" in records[i]:
+        own: float = records[i]["edit_drift"]
+        return own
+    return records[i]["drift"] - (records[i - 1]["drift"] if i else 0.0)
+
+
 def _flag_drift_jump(results: dict[str, Any], factor: float) -> None:
-    drifts = [0.0] + [r["drift"] for r in results["records"]]
-    increments = [b - a for a, b in itertools.pairwise(drifts)]
-    if len(increments) < 6:
+    """Flag the latest step if it moved the weights more than ``factor`` times the median step before it (its
+    own drift against the other steps' own drift, where the records have it)."""
+    records = results["records"]
+    own = "edit_drift" in records[-1]
+    sizes = [_step_drift(records, i) for i in range(len(records)) if ("edit_drift" in records[i]) == own]
+    if len(sizes) < 6:
         return
-    typical = median(increments[:-1])
-    if typical > 0 and increments[-1] > factor * typical:
-        rec = results["records"][-1]
+    typical = median(sizes[:-1])
+    if typical > 0 and sizes[-1] > factor * typical:
+        what = "its own drift was" if own else "drift jumped"
         results["disabling_edits"].append(
             {
-                "n_edits": rec["n_edits"],
-                "case_id": rec["case_id"],
-                "reason": f"drift jumped {increments[-1] / typical:.1f}x the median increment",
+                "n_edits": records[-1]["n_edits"],
+                "case_id": records[-1]["case_id"],
+                "reason": f"{what} {sizes[-1] / typical:.1f}x the median {'edit' if own else 'increment'}",
             }
         )
 
@@ -616,9 +630,9 @@ def _flag_collapse(results: dict[str, Any], baseline: float | None, fraction: fl
     previous = results["checkpoints"][-2]["n_edits"]
     if any(d["reason"].startswith("downstream") for d in results["disabling_edits"]):
         return  # report the first collapse only
-    window = [r for r in results["records"] if r["n_edits"] > previous]
-    drifts = {r["n_edits"]: r["drift"] for r in results["records"]}
-    suspect = max(window, key=lambda r: r["drift"] - drifts.get(r["n_edits"] - 1, 0.0))
+    records = results["records"]
+    window = [i for i, r in enumerate(records) if r["n_edits"] > previous]
+    suspect = records[max(window, key=lambda i: _step_drift(records, i))]
     results["disabling_edits"].append(
         {
             "n_edits": suspect["n_edits"],
