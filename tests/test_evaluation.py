@@ -576,7 +576,11 @@ def test_forgetting_summary_places_catastrophic_forgetting():
     # new edits stop taking: 10 of 10, then 4 of 10
     late = forgetting_summary(_synthetic_run([0.9, 0.88, 0.88], [0, 0, 0], [1] * 10 + [1, 0] * 2 + [0] * 6))
     assert late["cf_at"] == 20 and late["efficacy_before_cf"] == pytest.approx(12 / 20)
-    assert forgetting_summary(_synthetic_run([0.9, 0.88, 0.86], [0, 0, 1], [1] * 20))["cf_at"] is None
+    calm = _synthetic_run([0.9, 0.88, 0.86], [0, 0, 1], [1] * 20)
+    assert forgetting_summary(calm)["cf_at"] is None and forgetting_summary(calm)["own_drift"] is None
+    for i, r in enumerate(calm["records"]):
+        r["edit_drift"] = 30.0 if i == 7 else 1.0 + (i % 2)  # median 1.5 (1s and 2s), one edit at 20x
+    assert forgetting_summary(calm)["own_drift"] == (20.0, 1, 20)
 
 
 def test_report_reads_a_running_sequential_runs_state(tmp_path):

@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from editkit.errors import ValidationError
@@ -254,6 +255,8 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
             cf_at, reason = ck["n_edits"], f"new edits succeed {kept_rate[-1]:.0%} of the time"
         if cf_at is not None:
             break
+    own = [r["edit_drift"] for r in records if "edit_drift" in r]
+    typical = median(own) if own else 0.0
     before_cf = [r for r in records if cf_at is None or r["n_edits"] <= cf_at]
     agg = run["aggregates"]
     last = checkpoints[-1]
@@ -271,6 +274,8 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
         else None,
         "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
         "disabling_edits": len(run.get("disabling_edits", [])),
+        # each step's own drift, where the run recorded it: the largest against the median, and how many are 10x
+        "own_drift": (max(own) / typical, sum(d > 10 * typical for d in own), len(own)) if typical > 0 else None,
     }
 
 
@@ -306,6 +311,10 @@ def _forgetting_table(runs: Sequence[dict[str, Any]]) -> list[str]:
         [f"{f} of {n} ({f / n:.1%})" if n else "0" for _, s in rows for f, n in [s["forgotten"]]],
     )
     row("disabling edits flagged in the run", [str(s["disabling_edits"]) for _, s in rows])
+    row(
+        "largest edit's own drift, x the median (edits >= 10x)",
+        [f"{d[0]:.1f}x ({d[1]} of {d[2]})" if (d := s["own_drift"]) else "not recorded" for _, s in rows],
+    )
     lines += [
         "",
         "CF is the first checkpoint where the best task's AUC has lost half its margin over chance, half the "
