@@ -255,7 +255,8 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
             cf_at, reason = ck["n_edits"], f"new edits succeed {kept_rate[-1]:.0%} of the time"
         if cf_at is not None:
             break
-    own = [r["edit_drift"] for r in records if "edit_drift" in r]
+    # each edit's own drift: as the guard measured it (also for the edits it rejected), else as the run recorded it
+    own = [d for r in run["records"] if (d := (r.get("guard") or {}).get("drift", r.get("edit_drift"))) is not None]
     typical = median(own) if own else 0.0
     before_cf = [r for r in records if cf_at is None or r["n_edits"] <= cf_at]
     agg = run["aggregates"]
@@ -274,7 +275,7 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
         else None,
         "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
         "disabling_edits": len(run.get("disabling_edits", [])),
-        # each step's own drift, where the run recorded it: the largest against the median, and how many are 10x
+        # the largest own drift against the median, and how many are 10x, where the run has them
         "own_drift": (max(own) / typical, sum(d > 10 * typical for d in own), len(own)) if typical > 0 else None,
     }
 
