@@ -144,13 +144,18 @@ def test_reference_saves_loads_and_extends_only_what_it_lacks(llama, tmp_path):
         Reference.load(tmp_path)
 
 
-def test_a_reference_refuses_another_model(llama, tmp_path):
+def test_a_reference_refuses_another_model(tmp_path):
     from editkit.models.tiny import tiny_model
 
-    Reference.build(llama, demo_cases()[:1]).save(tmp_path)
-    other = tiny_model("gpt2")
-    with pytest.raises(ValidationError, match="made on"):
-        Reference.load(tmp_path).extend(other, demo_cases()[:1])
+    lm = tiny_model("llama")
+    Reference.build(lm, demo_cases()[:1]).save(tmp_path)
+    assert Reference.load(tmp_path).extend(tiny_model("llama"), demo_cases()[:1]) == 0  # the same weights again
+    with pytest.raises(ValidationError, match="made on another model"):
+        Reference.load(tmp_path).extend(tiny_model("gpt2"), demo_cases()[:1])
+    with torch.no_grad():
+        next(lm.model.parameters())[0, 0] += 1.0  # same name, other weights
+    with pytest.raises(ValidationError, match="made on another model"):
+        Reference.load(tmp_path).extend(lm, demo_cases()[:1])
 
 
 def test_scoring_in_chunks_gives_the_scores_of_one_pass(llama, monkeypatch):
@@ -431,7 +436,7 @@ def test_a_run_stopped_before_its_first_edit_keeps_its_reference(tmp_path, monke
         sequential_edits(tiny_model("llama"), editor, cases, state_dir=state, progress=False)
     assert (state / "reference.json").exists() and not (state / "results.json").exists()
     saved = json.loads((state / "unedited.json").read_text())
-    assert saved["model"] == "tiny-llama-s0" and len(saved["scores"]) == 3
+    assert saved["model"] == tiny_model("llama").fingerprint() and len(saved["scores"]) == 3
     saved["scores"][0]["efficacy"] = 0.123  # a mark: the rerun must take these scores, not recompute them
     (state / "unedited.json").write_text(json.dumps(saved))
     built = []

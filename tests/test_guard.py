@@ -163,7 +163,7 @@ def test_sequential_run_with_guard_records_rejections_and_resumes(tmp_path):
 
 def test_a_rejected_edit_is_neither_succeeded_nor_forgotten(monkeypatch):
     # Every record counts as a success, so only the rejection can keep edit 3 out of the tally.
-    monkeypatch.setattr(protocols, "_success", lambda scores: 1.0)
+    monkeypatch.setattr(protocols, "edit_success", lambda scores: 1.0)
     cases = demo_cases()[:5]
     out = sequential_edits(
         tiny_model("llama"),

@@ -69,7 +69,7 @@ class Reference:
     predictions: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     distributions: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     likelihoods: dict[tuple[str, str], float] = field(default_factory=dict)
-    model: str = ""  # the name of the model it was made on; empty until the first extend
+    model: str = ""  # the fingerprint of the model it was made on (LanguageModel.fingerprint); empty until extended
 
     @classmethod
     def build(
@@ -85,9 +85,9 @@ class Reference:
     ) -> int:
         """Add what the unedited ``lm`` does on the cases' probes that the reference does not hold yet; returns
         how many probes were added."""
-        if self.model and self.model != lm.name:
-            raise ValidationError(f"this reference was made on {self.model}, not on {lm.name}")
-        self.model = lm.name
+        if self.model and self.model != lm.fingerprint():
+            raise ValidationError(f"this reference was made on another model than {lm.name} (or on other weights)")
+        self.model = lm.fingerprint()
         out = [
             p
             for p in {_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values()

@@ -253,7 +253,7 @@ def batch_edits(
 # --------------------------------------------------------------------------- sequential
 
 
-def _success(scores: dict[str, float]) -> float:
+def edit_success(scores: dict[str, float]) -> float:
     """Whether an edit holds: its efficacy where the data has contrasts (CounterFact), else its ES."""
     return scores.get("efficacy", scores.get("es", 0.0))
 
@@ -374,7 +374,7 @@ def _unedited_scores(
     """The unedited model's scores of every case, kept in the state folder's ``unedited.json`` with what they
     were computed on (model, data, cases): a run stopped before its first edit, or a run of another method on
     the same cases given a copy of the file, does not recompute them (15 minutes for 1,000 CounterFact cases)."""
-    made_on = {"model": lm.name, "data": [d["sha256"] for d in header["data"]], "case_ids": header["case_ids"]}
+    made_on = {"model": lm.fingerprint(), "data": [d["sha256"] for d in header["data"]], "case_ids": header["case_ids"]}
     path = state.folder / "unedited.json" if state is not None else None
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
@@ -580,8 +580,8 @@ def _checkpoint(
     now = score_cases(lm, cases[:n], reference, batch_size=batch_size, kinds=IN_SCOPE)
     # An edit the guard rejected was never applied: neither succeeded nor forgotten, whatever its scores.
     records = results["records"][:n]
-    succeeded = [i for i, r in enumerate(records) if "rejected" not in r and _success(r["post"]) > 0.5]
-    forgotten = [i for i in succeeded if _success(now[i]) <= 0.5]
+    succeeded = [i for i, r in enumerate(records) if "rejected" not in r and edit_success(r["post"]) > 0.5]
+    forgotten = [i for i in succeeded if edit_success(now[i]) <= 0.5]
     return {
         "n_edits": n,
         "retention": aggregate([{"post": s} for s in now], "post"),

@@ -223,10 +223,6 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     return md
 
 
-def _success(scores: dict[str, float]) -> float:
-    return scores.get("efficacy", scores.get("es", 0.0))
-
-
 def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
     """The forgetting paper's Table 3 (properties of an editor at scale) for one sequential run, in numbers.
 
@@ -235,6 +231,8 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
     that task's AUC has lost half its margin over chance (AUC <= 0.5 + (AUC_0 - 0.5) / 2); half or more of the
     earlier successful edits are forgotten; the edits made since the previous checkpoint succeed less than half
     as often as those of the first interval. ``cf_at`` is ``None`` when no checkpoint qualifies."""
+    from editkit.evaluation.protocols import edit_success
+
     checkpoints = run["checkpoints"]
     base = checkpoints[0]["downstream"]
     task = max(base, key=lambda t: base[t]["auc"]) if base else None
@@ -243,7 +241,7 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
     kept_rate: list[float] = []
     cf_at, reason = None, ""
     for prev, ck in itertools.pairwise(checkpoints):
-        window = [_success(r["post"]) > 0.5 for r in records if prev["n_edits"] < r["n_edits"] <= ck["n_edits"]]
+        window = [edit_success(r["post"]) > 0.5 for r in records if prev["n_edits"] < r["n_edits"] <= ck["n_edits"]]
         if window:
             kept_rate.append(sum(window) / len(window))
         auc = ck["downstream"].get(task, {}).get("auc") if task else None
@@ -264,7 +262,9 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "n_edits": run["n_edits"],
         "efficacy": agg.get("efficacy", agg.get("es")),
-        "efficacy_before_cf": sum(_success(r["post"]) > 0.5 for r in before_cf) / len(before_cf) if before_cf else None,
+        "efficacy_before_cf": sum(edit_success(r["post"]) > 0.5 for r in before_cf) / len(before_cf)
+        if before_cf
+        else None,
         "neighborhood": agg.get("neighborhood"),
         "unedited_neighborhood": agg.get("unedited_neighborhood"),
         "cf_at": cf_at,

@@ -9,6 +9,7 @@ gives the same numbers as one sequence at a time (tested).
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -119,6 +120,7 @@ class LanguageModel:
         self._edit_layer = edit_layer
         self.prefix = prefix
         self._prefix_ids: list[int] = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+        self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -136,6 +138,21 @@ class LanguageModel:
         if self._edit_layer is not None:
             return self._edit_layer
         return max(0, round(0.2 * self.adapter.n_layers(self.model)))
+
+    @torch.no_grad()
+    def fingerprint(self) -> str:
+        """sha256 of the model's config and every parameter's bytes, as they are now: what results computed on
+        this model (an unedited reference, unedited scores) are checked against before they are reused."""
+        params = list(self.model.named_parameters())
+        memo = tuple((id(p), p._version) for _, p in params)
+        if self._fingerprint is not None and self._fingerprint[0] == memo:
+            return self._fingerprint[1]
+        h = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+        for name, param in params:
+            h.update(name.encode())
+            h.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        self._fingerprint = (memo, h.hexdigest())
+        return self._fingerprint[1]
 
     @property
     def is_encoder_decoder(self) -> bool:
