@@ -547,6 +547,8 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     with pytest.raises(ValidationError, match="not an editkit results file"):
         write_report([tmp_path / "junk.json"], tmp_path / "r2")
     assert "edits before catastrophic forgetting" in text
+    assert "over the last 20 edits" in text  # the running-mean window of a short run
+    assert "each edit alone moved the weights" in text  # FT's steps record their own drift
 
 
 def _synthetic_run(aucs, forgotten, successes):

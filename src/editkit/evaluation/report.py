@@ -94,6 +94,12 @@ def _table(runs: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _window(n_edits: int) -> int:
+    """The running-mean window of the sequential plots: the forgetting paper's 50 edits for runs of 500 or more
+    (its runs are 1,000-2,000 edits), 20 for shorter ones."""
+    return 50 if n_edits >= 500 else 20
+
+
 def _running_mean(values: Sequence[float], window: int) -> list[float]:
     out, total = [], 0.0
     for i, v in enumerate(values):
@@ -148,19 +154,22 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     md: list[str] = []
     scores = [s for s in ("efficacy", "paraphrase", "neighborhood", "es") if any(s in r["aggregates"] for r in runs)]
     scores = scores[:3] if "efficacy" in scores else scores
+    window = _window(max(r["n_edits"] for r in runs))
     fig, axes = plt.subplots(1, len(scores) + 1, figsize=(3.6 * (len(scores) + 1), 3.2), squeeze=False)
     for r in runs:
         x = [rec["n_edits"] for rec in r["records"]]
         for ax, s in zip(axes[0], scores, strict=False):
             ys = [rec["post"].get(s, float("nan")) for rec in r["records"]]
-            (line,) = ax.plot(x, _running_mean(ys, 20), label=_label(r))
+            (line,) = ax.plot(x, _running_mean(ys, window), label=_label(r))
             ax.plot(x, _running_mean(ys, 5), color=line.get_color(), alpha=0.35, linestyle=":")
         ck = r["checkpoints"][1:]
-        axes[0][-1].plot([c["n_edits"] for c in ck], [c["forgotten"] for c in ck], marker="o", label=_label(r))
+        axes[0][-1].plot(
+            [c["n_edits"] for c in ck], [100 * c["forgotten_fraction"] for c in ck], marker="o", label=_label(r)
+        )
     for ax, s in zip(axes[0], scores, strict=False):
         ax.set_title(f"{s} of each new edit")
         ax.set_ylim(-0.05, 1.05)
-    axes[0][-1].set_title("earlier edits forgotten")
+    axes[0][-1].set_title("earlier successful edits forgotten (%)")
     for ax in axes[0]:
         ax.set_xlabel("number of edits")
         ax.grid(alpha=0.3)
@@ -170,13 +179,15 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     plt.close(fig)
     md.append(
         "![editing proficiency and forgetting](sequential_editing.png)\n\n"
-        "Running means over the last 20 edits (solid) and 5 edits (dotted); forgetting counts edits that succeeded "
-        "when made and fail at the checkpoint."
+        f"Running means over the last {window} edits (solid) and 5 edits (dotted); forgetting is the share of the "
+        "edits that succeeded when made and fail at the checkpoint."
     )
 
     tasks = sorted({t for r in runs for c in r["checkpoints"] for t in c["downstream"]})
     has_drift = any(rec.get("drift") for r in runs for rec in r["records"])
-    panels = len(tasks) + (1 if has_drift else 0)
+    # by the run's place in ``runs``, which gives it the same colour as in the other panels
+    own = {i: points for i, r in enumerate(runs) if (points := _own_drift(r)) and median(v for _, v in points) > 0}
+    panels = len(tasks) + (1 if has_drift else 0) + (1 if own else 0)
     if panels:
         fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.2), squeeze=False)
         for r in runs:
@@ -193,7 +204,7 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
                 )
                 ax.plot([n for n, _ in pts], [d["auc"] for _, d in pts], color=line.get_color(), linestyle="--")
             if has_drift:
-                axes[0][-1].plot(
+                axes[0][len(tasks)].plot(
                     [0] + [rec["n_edits"] for rec in r["records"]],
                     [0.0] + [rec["drift"] for rec in r["records"]],
                     label=_label(r),
@@ -202,15 +213,29 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
             ax.set_title(f"{t}: F1 (solid, 95% CI), AUC (dashed)", fontsize=9)
             ax.set_ylim(-0.05, 1.05)
         if has_drift:
-            axes[0][-1].set_title("normalised L2 drift of edited weights", fontsize=9)
+            axes[0][len(tasks)].set_title("normalised L2 drift of edited weights", fontsize=9)
+        if own:
+            ax = axes[0][-1]
+            for i, points in own.items():
+                typical = median(v for _, v in points)
+                ax.plot([n for n, _ in points], [v / typical for _, v in points], ".", markersize=3, color=f"C{i % 10}")
+            ax.axhline(10, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_yscale("log")
+            ax.set_title("each edit's own drift, x the run's median", fontsize=9)
         for ax in axes[0]:
             ax.set_xlabel("number of edits")
             ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
+        # on the drift panel, whose curves start at the bottom left, the legend hides nothing
+        axes[0][len(tasks) if has_drift else 0].legend(fontsize=7, loc="upper left")
         fig.tight_layout()
         fig.savefig(out / "sequential_downstream.png", dpi=90)
         plt.close(fig)
         md.append("![downstream F1 and weight drift](sequential_downstream.png)")
+        if own:
+            md.append(
+                "\nThe last panel: how far each edit alone moved the weights, against the run's median edit (dashed: "
+                "10x, where a run flags a disabling edit)."
+            )
     disabling = [(r, d) for r in runs for d in r.get("disabling_edits", [])]
     if disabling:
         md += ["", "Disabling edits flagged:", "", "| run | edit # | case | why |", "|---|---|---|---|"]
@@ -221,6 +246,16 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         md += ["|---|---|---|---|"]
         md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {'; '.join(d['reasons'])} |" for r, d in rejected]
     return md
+
+
+def _own_drift(run: dict[str, Any]) -> list[tuple[int, float]]:
+    """Each edit's own drift, by edit number: as the guard measured it (also for the edits it rejected), else as
+    the run recorded it (``edit_drift``); runs made before editkit kept it have none."""
+    return [
+        (r["n_edits"], d)
+        for r in run["records"]
+        if (d := (r.get("guard") or {}).get("drift", r.get("edit_drift"))) is not None
+    ]
 
 
 def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -253,8 +288,7 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
             cf_at, reason = ck["n_edits"], f"new edits succeed {kept_rate[-1]:.0%} of the time"
         if cf_at is not None:
             break
-    # each edit's own drift: as the guard measured it (also for the edits it rejected), else as the run recorded it
-    own = [d for r in run["records"] if (d := (r.get("guard") or {}).get("drift", r.get("edit_drift"))) is not None]
+    own = [d for _, d in _own_drift(run)]
     typical = median(own) if own else 0.0
     before_cf = [r for r in records if cf_at is None or r["n_edits"] <= cf_at]
     agg = run["aggregates"]
