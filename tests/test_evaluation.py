@@ -560,7 +560,7 @@ def _synthetic_run(aucs, forgotten, successes):
     checkpoints = [
         {
             "n_edits": 10 * j,
-            "downstream": {"sst2": {"auc": auc}, "rte": {"auc": 0.5}},
+            "downstream": {"sst2": {"auc": auc, "f1": auc - 0.2}, "rte": {"auc": 0.5, "f1": 0.6}},
             "forgotten": f,
             "succeeded": 10 * j,
             "forgotten_fraction": f / (10 * j) if j else 0.0,
@@ -577,6 +577,7 @@ def test_forgetting_summary_places_catastrophic_forgetting():
     # SST-2 AUC 0.9 -> 0.7 (= 0.5 + 0.4 / 2: half the margin lost) at edit 20
     s = forgetting_summary(_synthetic_run([0.9, 0.85, 0.7, 0.6], [0, 0, 1, 2], [1] * 30))
     assert (s["cf_at"], s["task"], s["task_auc"]) == (20, "sst2", (0.9, 0.6))
+    assert s["task_f1"] == pytest.approx((0.7, 0.4))  # the best task's F1, not rte's higher one
     assert s["forgotten"] == (2, 30)
     # no collapse of the task, but 6 of 10 forgotten at edit 10
     assert forgetting_summary(_synthetic_run([0.9, 0.88, 0.88], [0, 6, 6], [1] * 20))["cf_at"] == 10

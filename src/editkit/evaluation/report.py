@@ -307,6 +307,10 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
         "task_auc": (base[task]["auc"], last["downstream"][task]["auc"])
         if task and task in last["downstream"]
         else None,
+        # F1, the paper's measure, also moves with the model's label bias, which AUC ignores
+        "task_f1": (base[task]["f1"], last["downstream"][task]["f1"])
+        if task and task in last["downstream"] and "f1" in base[task]
+        else None,
         "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
         "disabling_edits": len(run.get("disabling_edits", [])),
         # the largest own drift against the median, and how many are 10x, where the run has them
@@ -338,8 +342,13 @@ def _forgetting_table(runs: Sequence[dict[str, Any]]) -> list[str]:
         [f"{s['cf_at']} ({s['cf_reason']})" if s["cf_at"] else f"none in {s['n_edits']}" for _, s in rows],
     )
     row(
-        "downstream loss (AUC of the best task, unedited -> end)",
-        [f"{s['task']} {s['task_auc'][0]:.2f} -> {s['task_auc'][1]:.2f}" if s["task_auc"] else "" for _, s in rows],
+        "downstream loss (the best task's AUC; F1; unedited -> end)",
+        [
+            f"{s['task']} {a[0]:.2f} -> {a[1]:.2f}" + (f"; F1 {f[0]:.2f} -> {f[1]:.2f}" if (f := s["task_f1"]) else "")
+            if (a := s["task_auc"])
+            else ""
+            for _, s in rows
+        ],
     )
     row(
         "earlier edits forgotten at the end",
