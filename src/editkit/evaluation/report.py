@@ -169,12 +169,14 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     for ax, s in zip(axes[0], scores, strict=False):
         ax.set_title(f"{s} of each new edit")
         ax.set_ylim(-0.05, 1.05)
-    axes[0][-1].set_title("earlier successful edits forgotten (%)")
+    axes[0][-1].set_title("earlier edits forgotten (%)")
     for ax in axes[0]:
         ax.set_xlabel("number of edits")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
+    # below the panels: long run labels inside one would squeeze the others
+    fig.legend(*axes[0][-1].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
+    rows = math.ceil(len(runs) / 3)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     fig.savefig(out / "sequential_editing.png", dpi=90)
     plt.close(fig)
     md.append(
