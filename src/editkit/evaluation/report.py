@@ -187,8 +187,13 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
 
     tasks = sorted({t for r in runs for c in r["checkpoints"] for t in c["downstream"]})
     has_drift = any(rec.get("drift") for r in runs for rec in r["records"])
-    # by the run's place in ``runs``, which gives it the same colour as in the other panels
-    own = {i: points for i, r in enumerate(runs) if (points := _own_drift(r)) and median(v for _, v in points) > 0}
+    # each edit's own drift over its run's median, by the run's place in ``runs`` (its colour in the other panels)
+    own: dict[int, list[tuple[int, float]]] = {}
+    for i, r in enumerate(runs):
+        points = _own_drift(r)
+        typical = median(v for _, v in points) if points else 0.0
+        if typical > 0:
+            own[i] = [(n, v / typical) for n, v in points]
     panels = len(tasks) + (1 if has_drift else 0) + (1 if own else 0)
     if panels:
         fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.2), squeeze=False)
@@ -219,8 +224,7 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         if own:
             ax = axes[0][-1]
             for i, points in own.items():
-                typical = median(v for _, v in points)
-                ax.plot([n for n, _ in points], [v / typical for _, v in points], ".", markersize=3, color=f"C{i % 10}")
+                ax.plot([n for n, _ in points], [v for _, v in points], ".", markersize=3, color=f"C{i % 10}")
             ax.axhline(10, color="grey", linestyle="--", linewidth=0.8)
             ax.set_yscale("log")
             ax.set_title("each edit's own drift, x the run's median", fontsize=9)
