@@ -58,3 +58,32 @@ def test_too_long_prompt_is_rejected(llama):
 def test_device_and_dtype_come_from_the_model(llama):
     assert llama.device == torch.device("cpu")
     assert llama.dtype == torch.float32
+
+
+def test_cached_forwards_use_the_installed_transformers_cache_name(llama):
+    """The KV-cached paths (few-shot prefix, generation, ROME's subject prefix) pass the cache under the name the
+    installed transformers expects: the old name still works in transformers 5 but warns on every run."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from editkit.editors import create_editor
+    from editkit.edits import EditRequest
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    root = hf_logging.get_logger("transformers")
+    root.addHandler(handler)
+    hf_logging.warning_once.cache_clear()  # type: ignore[attr-defined]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            llama.label_logprobs_after_prefix("Review : fine\nSentiment :", [" good", " bad film"], [5, 6])
+            llama.generate(PROMPTS, 3)
+            req = EditRequest(prompt="The city of {} is", subject="the Eiffel Tower", target_new=" Rome")
+            create_editor("rome", {"v_steps": 2, "n_context": 2, "context_length": 3}).apply(llama, [req])
+    finally:
+        root.removeHandler(handler)
+    assert not [r.getMessage() for r in records if "deprecated" in r.getMessage()]

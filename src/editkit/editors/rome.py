@@ -42,7 +42,7 @@ from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import hooks
-from editkit.models.lm import LanguageModel
+from editkit.models.lm import CACHE_KEY, LanguageModel
 
 
 @dataclass
@@ -432,14 +432,14 @@ class _FastPasses(_Passes):
                     position_ids=positions[:, :split].to(dev),
                     use_cache=True,
                 )
-            self.cache = out.past_key_values
+            self.cache = out[CACHE_KEY]
         self.layer_in: torch.Tensor | None = None
         self.like: Any = None
 
     def _inputs(self) -> dict[str, Any]:
         if self.cache is None:
             return dict(self.suffix)
-        return {**self.suffix, "past_key_values": copy.deepcopy(self.cache), "use_cache": True}
+        return {**self.suffix, CACHE_KEY: copy.deepcopy(self.cache), "use_cache": True}
 
     def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         got: dict[str, Any] = {}

@@ -17,10 +17,15 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from editkit.errors import ValidationError
 from editkit.models.adapters import ArchAdapter, adapter_for, get_module
 from editkit.models.hooks import hooks
+
+# The name of a forward's key/value cache, as argument and as output field: ``cache`` since transformers 5.2x
+# renamed it, ``past_key_values`` before (still accepted there, with a deprecation warning on every run).
+CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass
@@ -318,7 +323,7 @@ class LanguageModel:
         longest = len(prefix_ids) + max((len(s) for s in suffix_ids), default=0)
         if longest > self.max_length:
             raise ValidationError(f"few-shot prompt of {longest} tokens is longer than {self.name} allows")
-        cache = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True).past_key_values
+        cache = self.model(input_ids=torch.tensor([prefix_ids], device=self.device), use_cache=True)[CACHE_KEY]
         n_prefix = len(prefix_ids)
         rows: list[torch.Tensor] = []
         for i in range(0, len(suffix_ids), batch_size):
@@ -334,7 +339,7 @@ class LanguageModel:
                     "input_ids": ids,
                     "attention_mask": full_mask,
                     "position_ids": positions,
-                    "past_key_values": past,
+                    CACHE_KEY: past,
                     "use_cache": True,
                 },
                 last,
@@ -423,10 +428,10 @@ class LanguageModel:
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=pos[:, -step_ids.shape[1] :],
-                    past_key_values=past,
                     use_cache=True,
+                    **{CACHE_KEY: past},
                 )
-                past = out.past_key_values
+                past = out[CACHE_KEY]
             logits = out.logits[:, -1].float()
             nxt = self._choose(logits, sample=sample, top_k=top_k, generator=generator)
             for b, t in enumerate(nxt.tolist()):
