@@ -532,6 +532,10 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     seq = sequential_edits(llama, editor, cases, every=2, progress=False)
     seq["run"] = {"label": "ft-2-steps"}  # as the runner records RunConfig.label
     seq["rejected_edits"] = [{"n_edits": 3, "case_id": "c3", "reasons": ["too far", "too forgetful"]}]  # as a guard
+    seq["disabling_edits"] = [{"n_edits": 2, "case_id": "c2", "reason": "downstream F1 fell"}]  # as the F1 rule
+    own = [r["edit_drift"] for r in seq["records"]]
+    assert len(own) == 4
+    flagged_size = own[1] / ((sorted(own)[1] + sorted(own)[2]) / 2)  # against the median of four
     paths = []
     for name, res in (("b.json", batch), ("s.json", seq)):
         (tmp_path / name).write_text(json.dumps(res))
@@ -541,6 +545,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     assert "| ft (tiny-llama-s0) | batch | 4 |" in text and "sequential_editing.png" in text
     assert "| ft-2-steps (tiny-llama-s0) | sequential | 4 |" in text
     assert "| ft-2-steps (tiny-llama-s0) | 3 | c3 | too far; too forgetful |" in text
+    assert f"| ft-2-steps (tiny-llama-s0) | 2 | c2 | {flagged_size:.1f}x | downstream F1 fell |" in text
     assert (tmp_path / "report" / "batch_es_dd.png").stat().st_size > 1000
     assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
     (tmp_path / "junk.json").write_text("{}")

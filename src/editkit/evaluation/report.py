@@ -188,12 +188,7 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     tasks = sorted({t for r in runs for c in r["checkpoints"] for t in c["downstream"]})
     has_drift = any(rec.get("drift") for r in runs for rec in r["records"])
     # each edit's own drift over its run's median, by the run's place in ``runs`` (its colour in the other panels)
-    own: dict[int, list[tuple[int, float]]] = {}
-    for i, r in enumerate(runs):
-        points = _own_drift(r)
-        typical = median(v for _, v in points) if points else 0.0
-        if typical > 0:
-            own[i] = [(n, v / typical) for n, v in points]
+    own = {i: ratios for i, r in enumerate(runs) if (ratios := _own_drift(r))}
     panels = len(tasks) + (1 if has_drift else 0) + (1 if own else 0)
     if panels:
         fig, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.2), squeeze=False)
@@ -223,8 +218,8 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
             axes[0][len(tasks)].set_title("normalised L2 drift of edited weights", fontsize=9)
         if own:
             ax = axes[0][-1]
-            for i, points in own.items():
-                ax.plot([n for n, _ in points], [v for _, v in points], ".", markersize=3, color=f"C{i % 10}")
+            for i, ratios in own.items():
+                ax.plot(list(ratios), list(ratios.values()), ".", markersize=3, color=f"C{i % 10}")
             ax.axhline(10, color="grey", linestyle="--", linewidth=0.8)
             ax.set_yscale("log")
             ax.set_title("each edit's own drift, x the run's median", fontsize=9)
@@ -244,8 +239,13 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
             )
     disabling = [(r, d) for r in runs for d in r.get("disabling_edits", [])]
     if disabling:
-        md += ["", "Disabling edits flagged:", "", "| run | edit # | case | why |", "|---|---|---|---|"]
-        md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {d['reason']} |" for r, d in disabling]
+        # a flag from the downstream rule names the window's largest edit, which may still be an ordinary one
+        md += ["", "Disabling edits flagged:", "", "| run | edit # | case | its own drift, x the run's median | why |"]
+        md += ["|---|---|---|---|---|"]
+        for r, d in disabling:
+            ratio = _own_drift(r).get(d["n_edits"])
+            size = "not recorded" if ratio is None else f"{ratio:.1f}x"
+            md.append(f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {size} | {d['reason']} |")
     rejected = [(r, d) for r in runs for d in r.get("rejected_edits", [])]
     if rejected:
         md += ["", "Edits the guard rejected (the model was left as it was):", "", "| run | edit # | case | why |"]
@@ -254,14 +254,17 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     return md
 
 
-def _own_drift(run: dict[str, Any]) -> list[tuple[int, float]]:
-    """Each edit's own drift, by edit number: as the guard measured it (also for the edits it rejected), else as
-    the run recorded it (``edit_drift``); runs made before editkit kept it have none."""
-    return [
-        (r["n_edits"], d)
+def _own_drift(run: dict[str, Any]) -> dict[int, float]:
+    """Each edit's own drift against the run's median edit, by edit number: as the guard measured it (also for
+    the edits it rejected), else as the run recorded it (``edit_drift``); empty for runs made before editkit
+    kept it."""
+    points = {
+        r["n_edits"]: d
         for r in run["records"]
         if (d := (r.get("guard") or {}).get("drift", r.get("edit_drift"))) is not None
-    ]
+    }
+    typical = median(points.values()) if points else 0.0
+    return {n: d / typical for n, d in points.items()} if typical > 0 else {}
 
 
 def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -294,8 +297,7 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
             cf_at, reason = ck["n_edits"], f"new edits succeed {kept_rate[-1]:.0%} of the time"
         if cf_at is not None:
             break
-    own = [d for _, d in _own_drift(run)]
-    typical = median(own) if own else 0.0
+    own = list(_own_drift(run).values())
     before_cf = [r for r in records if cf_at is None or r["n_edits"] <= cf_at]
     agg = run["aggregates"]
     last = checkpoints[-1]
@@ -320,7 +322,7 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
         "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
         "disabling_edits": len(run.get("disabling_edits", [])),
         # the largest own drift against the median, and how many are 10x, where the run has them
-        "own_drift": (max(own) / typical, sum(d > 10 * typical for d in own), len(own)) if typical > 0 else None,
+        "own_drift": (max(own), sum(d > 10 for d in own), len(own)) if own else None,
     }
 
 
