@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, MEMIT (lambda 1,500), ROME and FT-C,
-# one run after another (one CPU-heavy job at a time; about 11 CPU hours in all on 2 cores). Every run keeps
-# its state under $EDITKIT_CACHE/runs (default ~/.cache/editkit/runs), outside the work tree, so the same
-# command resumes where it stopped, across sessions; a finished run only rewrites its results file.
+# The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, ROME, MEMIT (lambda 1,500) and FT-C,
+# one run after another (one CPU-heavy job at a time; about 16 hours in all on 2 cores, AlphaEdit's 5.3 of them).
+# Every run keeps its state under $EDITKIT_CACHE/runs (default ~/.cache/editkit/runs), outside the work tree,
+# so the same command resumes where it stopped, across sessions; a finished run only rewrites its results file.
 #   bash benchmarks/forgetting_1000.sh [method ...]      # default: all four, in this order
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ mkdir -p "$runs"
 # unedited model's reference and scores from one made before (editkit checks the model, data and cases they
 # were made on and recomputes them if those differ), which saves it about half an hour.
 methods=("$@")
-[[ ${#methods[@]} -gt 0 ]] || methods=(alphaedit memit-l1500 rome ft-c)
+[[ ${#methods[@]} -gt 0 ]] || methods=(alphaedit rome memit-l1500 ft-c)
 for m in "${methods[@]}"; do
   config="benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml"
   [[ -f $config ]] || { echo "no config $config for '$m' (alphaedit, memit-l1500, rome, ft-c)" >&2; exit 2; }
