@@ -23,8 +23,9 @@ from editkit.errors import ValidationError
 from editkit.models.adapters import ArchAdapter, adapter_for, get_module
 from editkit.models.hooks import hooks
 
-# The name of a forward's key/value cache, as argument and as output field: ``cache`` since transformers 5.2x
-# renamed it, ``past_key_values`` before (still accepted there, with a deprecation warning on every run).
+# The name of a forward's key/value cache, as argument and as output field: ``cache`` in the transformers 5
+# releases that renamed it (5.24 has), ``past_key_values`` before (still accepted after the rename, with a
+# deprecation warning on every run).
 CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
