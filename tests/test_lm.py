@@ -1,6 +1,12 @@
+import logging
+import warnings
+
 import pytest
 import torch
+from transformers.utils import logging as hf_logging
 
+from editkit.editors import create_editor
+from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 
 PROMPTS = ["The Eiffel Tower is located in", "Rome", "Michael Jordan plays the sport of basketball and"]
@@ -63,14 +69,6 @@ def test_device_and_dtype_come_from_the_model(llama):
 def test_cached_forwards_use_the_installed_transformers_cache_name(llama):
     """The KV-cached paths (few-shot prefix, generation, ROME's subject prefix) pass the cache under the name the
     installed transformers expects: the old name still works in transformers 5 but warns on every run."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    from editkit.editors import create_editor
-    from editkit.edits import EditRequest
-
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]

@@ -237,15 +237,15 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
                 "\nThe last panel: how far each edit alone moved the weights, against the run's median edit (dashed: "
                 "10x, where a run flags a disabling edit)."
             )
-    disabling = [(r, d) for r in runs for d in r.get("disabling_edits", [])]
+    disabling = [(i, d) for i, r in enumerate(runs) for d in r.get("disabling_edits", [])]
     if disabling:
         # a flag from the downstream rule names the window's largest edit, which may still be an ordinary one
         md += ["", "Disabling edits flagged:", "", "| run | edit # | case | its own drift, x the run's median | why |"]
         md += ["|---|---|---|---|---|"]
-        for r, d in disabling:
-            ratio = _own_drift(r).get(d["n_edits"])
+        for i, d in disabling:
+            ratio = own.get(i, {}).get(d["n_edits"])
             size = "not recorded" if ratio is None else f"{ratio:.1f}x"
-            md.append(f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {size} | {d['reason']} |")
+            md.append(f"| {_label(runs[i])} | {d['n_edits']} | {d['case_id']} | {size} | {d['reason']} |")
     rejected = [(r, d) for r in runs for d in r.get("rejected_edits", [])]
     if rejected:
         md += ["", "Edits the guard rejected (the model was left as it was):", "", "| run | edit # | case | why |"]
