@@ -343,7 +343,8 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         sequential_edits(lm, editor, cases, every=2, state_dir=state, progress=False)
-    assert json.loads((state / "results.json").read_text())["n_edits"] == 2
+    saved = json.loads((state / "results.json").read_text())
+    assert saved["n_edits"] == 2 and saved["total_seconds"] >= saved["seconds"] > 0
 
     fresh = tiny_model("llama")  # a new process: the base model again
     built = []
@@ -351,6 +352,8 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(Reference, "extend", lambda self, *a, **k: built.append(real_extend(self, *a, **k)) or 0)
     resumed = sequential_edits(fresh, create_editor("ft", settings), cases, every=2, state_dir=state, progress=False)
     assert built == [0]  # the unedited model's answers came from the state folder
+    # the run's wall time counts both invocations, not only the one that finished it
+    assert resumed["total_seconds"] >= saved["total_seconds"] + resumed["seconds"] - saved["seconds"]
     assert len(resumed["records"]) == len(full["records"])
     for a, b in zip(resumed["records"], full["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)

@@ -485,6 +485,8 @@ def sequential_edits(
                 results.update(case_ids=header["case_ids"], n_cases=len(cases), run_key=key)
                 results["unedited"] += extra
             log.info("resuming %s at edit %d", state.folder, results["n_edits"])
+            # wall time of the earlier invocations (a folder saved before it was kept: their steps' time)
+            earlier_seconds = results.get("total_seconds", results["seconds"])
             if guard is not None:
                 kept = [r for r in results["records"] if "rejected" not in r]
                 guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
@@ -502,6 +504,7 @@ def sequential_edits(
                 "rejected_edits": [],
                 "seconds": 0.0,
             }
+            earlier_seconds = 0.0
         steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
         done_steps = results["n_edits"] // edits_per_step
         baseline_f1 = _mean_f1(results["checkpoints"][0])
@@ -552,11 +555,12 @@ def sequential_edits(
                     )
                     _flag_collapse(results, baseline_f1, collapse)
                 results["seconds"] += time.perf_counter() - t0
+                results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
                 if state is not None:
                     state.save(results, lm, drift, editor)
                 bar.advance()
         results["aggregates"] = sequential_aggregates(results)
-        results["total_seconds"] = time.perf_counter() - t_start
+        results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
         results["peak_memory_mb"] = peak_memory_mb()
         return results
 
