@@ -354,6 +354,7 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     assert built == [0]  # the unedited model's answers came from the state folder
     # the run's wall time counts both invocations, not only the one that finished it
     assert resumed["total_seconds"] >= saved["total_seconds"] + resumed["seconds"] - saved["seconds"]
+    assert resumed["peak_memory_mb"] >= saved["peak_memory_mb"] > 0
     assert len(resumed["records"]) == len(full["records"])
     for a, b in zip(resumed["records"], full["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)

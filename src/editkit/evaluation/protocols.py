@@ -556,12 +556,13 @@ def sequential_edits(
                     _flag_collapse(results, baseline_f1, collapse)
                 results["seconds"] += time.perf_counter() - t0
                 results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
+                results["peak_memory_mb"] = max(results.get("peak_memory_mb", 0.0), peak_memory_mb())
                 if state is not None:
                     state.save(results, lm, drift, editor)
                 bar.advance()
         results["aggregates"] = sequential_aggregates(results)
         results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
-        results["peak_memory_mb"] = peak_memory_mb()
+        results["peak_memory_mb"] = max(results.get("peak_memory_mb", 0.0), peak_memory_mb())
         return results
 
 
