@@ -100,6 +100,18 @@ def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
     assert later["parts"]["scope-cross"]["config"]["scope_steps"] == 3 and later["parts"]["scope-cross"]["steps"] == 3
 
 
+def test_saving_the_parts_asks_nothing_of_the_hub(tmp_path, monkeypatch):
+    import peft.utils.save_and_load as peft_save
+
+    lookups: list[str] = []
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", lambda repo, *a, **k: lookups.append(repo))
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    settings = {**TINY_TRAINING, "scope_steps": 1, "cf_steps": 1, "data": [str(data)], "out": str(tmp_path / "p")}
+    train(SERACTrainConfig.from_dict({**settings, "parts": ["scope-embed", "counterfactual"]}), progress=False)
+    assert (tmp_path / "p" / "counterfactual" / "adapter" / "adapter_model.safetensors").is_file()
+    assert lookups == []
+
+
 def test_an_interrupted_run_keeps_the_parts_it_finished(tmp_path, monkeypatch):
     import editkit.training.serac as serac_training
 

@@ -85,7 +85,8 @@ def _sha_file(path: Path) -> str:
 def save_part(folder: Path, encoder_model: nn.Module, head: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write a trained classifier: the encoder's LoRA adapter (peft), the head tensors and a JSON."""
     folder.mkdir(parents=True, exist_ok=True)
-    encoder_model.save_pretrained(str(folder / "adapter"))  # type: ignore[operator]
+    # LoRA leaves the embeddings alone; "auto" would ask the hub whether the vocabulary changed
+    encoder_model.save_pretrained(str(folder / "adapter"), save_embedding_layers=False)  # type: ignore[operator]
     save_file({k: v.contiguous() for k, v in head.items()}, str(folder / "head.safetensors"))
     (folder / "part.json").write_text(json.dumps(meta, indent=2))
 

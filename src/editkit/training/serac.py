@@ -408,7 +408,7 @@ def train_counterfactual(
     part = folder / "counterfactual"
     part.mkdir(parents=True, exist_ok=True)
     peft_model.peft_config["default"].base_model_name_or_path = config.base_model  # a zoo name, not a cache path
-    peft_model.save_pretrained(str(part / "adapter"))
+    peft_model.save_pretrained(str(part / "adapter"), save_embedding_layers=False)  # no hub lookup
     (part / "part.json").write_text(json.dumps(meta, indent=2))
     return meta
 
