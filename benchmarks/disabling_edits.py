@@ -8,6 +8,8 @@ before and after; every edit is rolled back before the next.
 
     python benchmarks/disabling_edits.py benchmarks/results/sequential_rome_smollm2_cf200.json \
         --glue ../shared/data/glue --out benchmarks/results/disabling_edits_rome_smollm2.json
+
+A run still going (its state folder's results.json) names its config with --config.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from editkit.editors import create_editor
 from editkit.evaluation.downstream import evaluate_task, load_examples
 from editkit.evaluation.drift import edit_drift
 from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.runner import RunConfig
 from editkit.models.zoo import load
 from editkit.progress import progress_bar
 
@@ -33,13 +36,24 @@ def main() -> None:
     ap.add_argument("--glue", type=Path, required=True)
     ap.add_argument("--tasks", default="sst2", help="downstream tasks (the run's sample: same n and seed)")
     ap.add_argument("--ordinary", type=int, default=4, help="unflagged edits of the run to apply as controls")
+    ap.add_argument(
+        "--config", type=Path, help="the run's config, when RESULTS are a state folder's partial results.json"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     run = json.loads(args.results.read_text())
     flagged = {d["case_id"]: d["reason"] for d in run["disabling_edits"]}
     if not flagged:
         raise SystemExit(f"{args.results} flags no disabling edit")
-    cfg = run["run"]
+    if "run" in run:
+        cfg = run["run"]
+    elif args.config is None:
+        raise SystemExit(f"{args.results} does not say how the run was made (a run in progress?): give --config")
+    else:
+        cfg = RunConfig.build(str(args.config)).to_dict()
+        if cfg["method"] != run["method"] or cfg["model"] != run["model"]:
+            made, given = f"{run['method']} on {run['model']}", f"{cfg['method']} on {cfg['model']}"
+            raise SystemExit(f"{args.config} configures {given}, not this run ({made})")
     dataset = load_cases(cfg["data"], limit=cfg["limit"])
     cases = {c.request.case_id: c for c in dataset.cases}
     ordinary = [c for c in run["case_ids"] if c not in flagged][:: max(1, len(run["case_ids"]) // args.ordinary)]
