@@ -226,9 +226,10 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         for ax in axes[0]:
             ax.set_xlabel("number of edits")
             ax.grid(alpha=0.3)
-        # on the drift panel, whose curves start at the bottom left, the legend hides nothing
-        axes[0][len(tasks) if has_drift else 0].legend(fontsize=7, loc="upper left")
-        fig.tight_layout()
+        # below the panels, as in the editing figure: inside one, it hid a steep run's curve
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+        fig.tight_layout(rect=(0, 0.09 * math.ceil(len(labels) / 3), 1, 1))
         fig.savefig(out / "sequential_downstream.png", dpi=90)
         plt.close(fig)
         md.append("![downstream F1 and weight drift](sequential_downstream.png)")
