@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, ROME, MEMIT (lambda 1,500) and FT-C,
-# one run after another (one CPU-heavy job at a time; about 16 hours in all on 2 cores, AlphaEdit's 5.3 of them).
+# one run after another (one CPU-heavy job at a time; about 17 hours in all on 2 cores: AlphaEdit 5.3, ROME about 5).
 # Every run keeps its state under $EDITKIT_CACHE/runs (default ~/.cache/editkit/runs), outside the work tree,
 # so the same command resumes where it stopped, across sessions; a finished run only rewrites its results file.
 #   bash benchmarks/forgetting_1000.sh [method ...]      # default: all four, in this order
