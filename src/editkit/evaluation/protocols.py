@@ -555,15 +555,19 @@ def sequential_edits(
                     )
                     _flag_collapse(results, baseline_f1, collapse)
                 results["seconds"] += time.perf_counter() - t0
-                results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
-                results["peak_memory_mb"] = max(results.get("peak_memory_mb", 0.0), peak_memory_mb())
+                _account(results, earlier_seconds + time.perf_counter() - t_start)
                 if state is not None:
                     state.save(results, lm, drift, editor)
                 bar.advance()
         results["aggregates"] = sequential_aggregates(results)
-        results["total_seconds"] = earlier_seconds + time.perf_counter() - t_start
-        results["peak_memory_mb"] = max(results.get("peak_memory_mb", 0.0), peak_memory_mb())
+        _account(results, earlier_seconds + time.perf_counter() - t_start)
         return results
+
+
+def _account(results: dict[str, Any], total_seconds: float) -> None:
+    """The run's wall time so far and the highest memory of any process that worked on it."""
+    results["total_seconds"] = total_seconds
+    results["peak_memory_mb"] = max(results.get("peak_memory_mb", 0.0), peak_memory_mb())
 
 
 def _mean_f1(checkpoint: dict[str, Any]) -> float | None:
