@@ -119,6 +119,7 @@ USER_ERRORS = {
         None,
         "sequential",
     ),
+    "eval: no threads": (["eval", "--data", "x.json", "--threads", "0", "--out", "{out}"], None, "--threads"),
     "eval: guard without sequential": (["eval", "--data", "x.json", "--guard", "--out", "{out}"], None, "sequential"),
     "eval: unknown guard setting": (
         ["eval", "--data", "{file}", "--protocol", "sequential", "--guard-set", "drift_limit=3", "--out", "{out}"],
@@ -167,3 +168,24 @@ def test_quickstart_answers_after_the_edit_with_the_edited_model(monkeypatch, ca
     row = next(line for line in out.splitlines() if request.text in line and "edit" in line)
     after = row.split("│")[-2].strip()
     assert after.startswith(request.target_new.strip()), row  # LU answers an edit's own input with its label
+
+
+def test_eval_runs_with_the_threads_asked_for(monkeypatch, tmp_path, capsys):
+    """`--threads N` sets torch's threads before the run, and the results record them."""
+    from editkit.models.tiny import tiny_model
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([EASYEDIT]))
+    out = tmp_path / "results.json"
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    try:
+        argv = ["eval", "--method", "ft", "--set", "steps=1", "--data", str(data), "--out", str(out)]
+        assert main([*argv, "--threads", str(wanted)]) == 0
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+    results = json.loads(out.read_text())
+    assert results["environment"]["threads"] == wanted
+    assert results["run"]["threads"] == wanted

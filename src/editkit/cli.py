@@ -294,6 +294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         state=args.state,
         seed=args.seed,
         device=args.device,
+        threads=args.threads,
         skip_invalid=args.skip_invalid or None,
         settings=_overrides(args.set) or None,
         guard=_overrides(args.guard_set) if args.guard or args.guard_set else None,
@@ -404,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--device")
+    p.add_argument("--threads", type=int, help="torch threads (default: one per core; two runs side by side: 1 each)")
     p.add_argument("--out", help="results JSON file")
     p.set_defaults(fn=cmd_eval)
 
