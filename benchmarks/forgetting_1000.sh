@@ -1,32 +1,65 @@
 #!/usr/bin/env bash
-# The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, ROME, MEMIT (lambda 1,500) and FT-C,
-# one run after another (one CPU-heavy job at a time; about 17 hours in all on 2 cores: AlphaEdit 5.3, ROME about 5).
+# The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, ROME, MEMIT (lambda 1,500) and FT-C.
 # Every run keeps its state under $EDITKIT_CACHE/runs (default ~/.cache/editkit/runs), outside the work tree,
-# so the same command resumes where it stopped, across sessions; a finished run only rewrites its results file.
-#   bash benchmarks/forgetting_1000.sh [method ...]      # default: all four, in this order
+# so the same command resumes where it stopped, across sessions on one machine; a finished run only rewrites
+# its results file. (A new machine starts with an empty cache: the runs then start afresh.)
+#   bash benchmarks/forgetting_1000.sh [method ...]          # default: all four, one after another
+#   JOBS=2 bash benchmarks/forgetting_1000.sh [method ...]   # two at a time, one torch thread each
+# One after another with two threads each, the four take about 17 hours on 2 cores (AlphaEdit 5.3, ROME about
+# 5). Editing SmolLM2 gains little from a second thread: two runs with one thread each make 1.4-1.6x the edits
+# per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 12 hours for all four.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${EDITKIT_CACHE:-$HOME/.cache/editkit}/runs"
 mkdir -p "$runs"
-# The four runs edit the same cases of the same model: a new run's state folder starts with a copy of the
-# unedited model's reference and scores from one made before (editkit checks the model, data and cases they
-# were made on and recomputes them if those differ), which saves it about half an hour.
+at_once="${JOBS:-1}"
+[[ $at_once =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a positive number, got '$at_once'" >&2; exit 2; }
+threads=()
+[[ $at_once -eq 1 ]] || threads=(--threads 1)
 methods=("$@")
 [[ ${#methods[@]} -gt 0 ]] || methods=(alphaedit rome memit-l1500 ft-c)
 for m in "${methods[@]}"; do
-  config="benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml"
-  [[ -f $config ]] || { echo "no config $config for '$m' (alphaedit, memit-l1500, rome, ft-c)" >&2; exit 2; }
-  state="$runs/sequential_${m}_smollm2_cf1000.state"
-  if [[ ! -e $state/reference.json ]]; then
-    for other in "$runs"/sequential_*_smollm2_cf1000.state; do
-      if [[ -e $other/reference.json && -e $other/unedited.json ]]; then
-        mkdir -p "$state"
-        cp "$other"/reference.safetensors "$other"/unedited.json "$state"/
-        cp "$other"/reference.json "$state"/  # last: the pair is complete once it is there
-        break
-      fi
-    done
-  fi
-  echo "== $m: $config" >&2
-  .venv/bin/editkit eval --config "$config" --state "$state"
+  [[ -f "benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml" ]] ||
+    { echo "no config for '$m' (alphaedit, memit-l1500, rome, ft-c)" >&2; exit 2; }
 done
+
+# The runs edit the same cases of the same model: a new run's state folder starts with a copy of the unedited
+# model's reference and scores from one made before (editkit checks the model, data and cases they were made
+# on and recomputes them if those differ), which saves it 15-30 minutes. Prints whether it found one.
+seed_state() {
+  local state=$1 other
+  [[ -e $state/reference.json ]] && { echo yes; return; }
+  for other in "$runs"/sequential_*_smollm2_cf1000.state; do
+    if [[ $other != "$state" && -e $other/reference.json && -e $other/unedited.json ]]; then
+      mkdir -p "$state"
+      cp "$other"/reference.safetensors "$other"/unedited.json "$state"/
+      cp "$other"/reference.json "$state"/  # last: the pair is complete once it is there
+      echo yes
+      return
+    fi
+  done
+  echo no
+}
+
+failed=0
+for m in "${methods[@]}"; do
+  config="benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml"
+  state="$runs/sequential_${m}_smollm2_cf1000.state"
+  seeded=$(seed_state "$state")
+  # Side by side, a run with nothing to start from waits while another builds the reference, rather than
+  # building its own on the other core.
+  while [[ $seeded == no && -n $(jobs -rp) ]]; do
+    sleep 30
+    seeded=$(seed_state "$state")
+  done
+  while [[ $(jobs -rp | wc -l) -ge $at_once ]]; do
+    wait -n || failed=1
+  done
+  echo "== $m: $config" >&2
+  .venv/bin/editkit eval --config "$config" --state "$state" "${threads[@]}" &
+  [[ $at_once -gt 1 ]] || { wait $! || failed=1; }
+done
+while [[ -n $(jobs -rp) ]]; do
+  wait -n || failed=1
+done
+exit $failed
