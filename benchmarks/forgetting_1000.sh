@@ -7,7 +7,7 @@
 #   JOBS=2 bash benchmarks/forgetting_1000.sh [method ...]   # two at a time, one torch thread each
 # One after another with two threads each, the four take about 17 hours on 2 cores (AlphaEdit 5.3, ROME about
 # 5). Editing SmolLM2 gains little from a second thread: two runs with one thread each make 1.4-1.6x the edits
-# per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 12 hours for all four.
+# per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 13 hours for all four.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${EDITKIT_CACHE:-$HOME/.cache/editkit}/runs"
