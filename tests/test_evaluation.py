@@ -144,6 +144,16 @@ def test_reference_saves_loads_and_extends_only_what_it_lacks(llama, tmp_path):
         Reference.load(tmp_path)
 
 
+def test_reference_build_reports_both_of_its_passes(llama, capsys):
+    """Both passes over the out-of-scope probes (greedy answers, then next-token distributions: minutes each on
+    a large run) say how far they are."""
+    ref = Reference.build(llama, demo_cases()[:2], progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    n = len(ref.predictions)
+    assert any(f"out-of-scope probes: {n}/{n}" in line for line in lines), lines
+    assert any(f"next-token distributions of {n} probes: {n}/{n}" in line for line in lines), lines
+
+
 def test_a_reference_refuses_another_model(tmp_path):
     from editkit.models.tiny import tiny_model
 

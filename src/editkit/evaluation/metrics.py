@@ -104,11 +104,15 @@ class Reference:
                 for p, n, seq in zip(chunk, lengths, ids, strict=True):
                     self.predictions[_key(p)] = seq[:n] or [int(eos)]
                 bar.advance(len(chunk))
-        for i in range(0, len(out), CHUNK_PROBES):  # float32 rows of every probe at once would be GBs
-            chunk = out[i : i + CHUNK_PROBES]
-            dists = lm.next_token_logprobs([p.prompt for p in chunk], batch_size=batch_size).to(torch.float16)
-            for p, d in zip(chunk, dists, strict=True):
-                self.distributions[_key(p)] = d.clone()  # its own storage, not a view of the chunk's
+        with progress_bar(
+            len(out), f"unedited {lm.name}: next-token distributions of {len(out)} probes", progress and bool(out)
+        ) as bar:
+            for i in range(0, len(out), CHUNK_PROBES):  # float32 rows of every probe at once would be GBs
+                chunk = out[i : i + CHUNK_PROBES]
+                dists = lm.next_token_logprobs([p.prompt for p in chunk], batch_size=batch_size).to(torch.float16)
+                for p, d in zip(chunk, dists, strict=True):
+                    self.distributions[_key(p)] = d.clone()  # its own storage, not a view of the chunk's
+                bar.advance(len(chunk))
         sentiment = [
             p for c in cases if c.request.descriptor for p in c.of_kind(*IN_SCOPE) if _key(p) not in self.likelihoods
         ]
