@@ -42,6 +42,16 @@ def test_next_token_distribution_agrees_with_scoring(any_arch):
         assert dist[i, first].item() == pytest.approx(lm.score([p], [CONTS[i]])[0][0].item(), abs=1e-4)
 
 
+def test_next_token_distribution_matches_an_independent_forward(llama):
+    """Batched prompts of different lengths (padded), head at the last token only: equal to a plain forward of
+    each prompt alone."""
+    dist = llama.next_token_logprobs(PROMPTS)
+    for i, p in enumerate(PROMPTS):
+        with torch.no_grad():
+            logits = llama.model(torch.tensor([llama.encode(p)])).logits[0, -1]
+        torch.testing.assert_close(dist[i], torch.log_softmax(logits.float(), -1), atol=1e-5, rtol=1e-5)
+
+
 def test_greedy_generation_batched_equals_single(any_arch):
     lm = any_arch
     batched = lm.generate(PROMPTS, 6)

@@ -358,10 +358,8 @@ class LanguageModel:
             if self.is_encoder_decoder:
                 start = torch.full((len(chunk), 1), int(self.config.decoder_start_token_id), device=self.device)
                 logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
-            else:
-                logits = self.logits({"input_ids": ids, "attention_mask": mask})
-                last = mask.sum(1) - 1
-                logits = logits[torch.arange(len(chunk), device=ids.device), last]
+            else:  # right-padded: each prompt's last token; the head runs there only
+                logits = self.logits_at({"input_ids": ids, "attention_mask": mask}, (mask.sum(1) - 1)[:, None])[:, 0]
             rows.append(F.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(rows)
 
