@@ -189,3 +189,18 @@ def test_eval_runs_with_the_threads_asked_for(monkeypatch, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert results["environment"]["threads"] == wanted
     assert results["run"]["threads"] == wanted
+
+
+def test_a_sequential_runs_state_names_the_run_while_it_goes_on(monkeypatch, tmp_path):
+    """The partial results in a sequential run's state folder carry its config (so its label), as the final
+    results do: a report of a run still going on names it."""
+    from editkit.models.tiny import tiny_model
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps([EASYEDIT]))
+    out, state = tmp_path / "results.json", tmp_path / "state"
+    argv = ["eval", "--method", "ft", "--set", "steps=1", "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--protocol", "sequential", "--label", "ft-one-step", "--state", str(state)]) == 0
+    assert json.loads((state / "results.json").read_text())["run"]["label"] == "ft-one-step"
+    assert json.loads(out.read_text())["run"]["state"] == str(state)

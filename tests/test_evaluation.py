@@ -622,7 +622,21 @@ def test_report_reads_a_running_sequential_runs_state(tmp_path):
     assert "aggregates" not in partial  # what a run still going on has written
     (run,) = load_results([state / "results.json"])
     assert run["aggregates"]["efficacy"] == pytest.approx(sum(r["post"]["efficacy"] for r in partial["records"]) / 2)
-    assert "2 of 2 edits so far" in write_report([state / "results.json"], tmp_path / "r").read_text()
+    assert "ft, 2 of 2 edits so far" in write_report([state / "results.json"], tmp_path / "r").read_text()
+    # the run's config, label included, is in its state from the first step on
+    labelled = tmp_path / "labelled"
+    sequential_edits(
+        tiny_model("llama"),
+        editor,
+        cases[:2],
+        every=2,
+        state_dir=labelled,
+        progress=False,
+        run={"label": "ft-2-steps", "limit": 2},
+    )
+    assert json.loads((labelled / "results.json").read_text())["run"]["label"] == "ft-2-steps"
+    (named,) = load_results([labelled / "results.json"])
+    assert named["run"]["label"] == "ft-2-steps, 2 of 2 edits so far"
     del partial["records"]
     (tmp_path / "broken.json").write_text(json.dumps(partial))
     with pytest.raises(ValidationError, match="without records"):

@@ -416,6 +416,7 @@ def sequential_edits(
     progress: bool = True,
     datasets: Sequence[Dataset] = (),
     guard: EditGuard | None = None,
+    run: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Apply the cases' edits one step (``edits_per_step`` cases) after another to ``lm`` and follow what happens.
 
@@ -434,6 +435,9 @@ def sequential_edits(
     arguments continues where it stopped. A rerun with more cases whose first ones are the saved run's (a
     higher ``--limit``) extends it: the new cases are scored on the unedited model, then edited after the
     saved ones; ``extended`` records each extension. ``lm`` stays edited when this returns.
+
+    ``run`` (how the run was asked for: the CLI's run config) goes into the results as they are written, so a
+    state folder's partial results carry the run's label; a resumed run keeps the latest.
     """
     if not cases:
         raise ValidationError("no cases to evaluate")
@@ -505,6 +509,8 @@ def sequential_edits(
                 "seconds": 0.0,
             }
             earlier_seconds = 0.0
+        if run is not None:
+            results["run"] = run
         steps = [list(range(i, min(i + edits_per_step, len(cases)))) for i in range(0, len(cases), edits_per_step)]
         done_steps = results["n_edits"] // edits_per_step
         baseline_f1 = _mean_f1(results["checkpoints"][0])

@@ -236,6 +236,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             progress=progress,
             datasets=[dataset],
         )
+        results["run"] = config.to_dict()
     else:
         state = config.state or str(out.with_suffix("")) + ".state"
         results = sequential_edits(
@@ -250,8 +251,8 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             progress=progress,
             datasets=[dataset],
             guard=guard,
+            run=config.to_dict(),
         )
-    results["run"] = config.to_dict()
     results["seed"] = config.seed
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
