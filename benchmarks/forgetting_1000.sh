@@ -8,10 +8,29 @@
 # One after another with two threads each, the four take about 17 hours on 2 cores (AlphaEdit 5.3, ROME about
 # 5). Editing SmolLM2 gains little from a second thread: two runs with one thread each make 1.4-1.6x the edits
 # per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 13 hours for all four.
+#   bash benchmarks/forgetting_1000.sh snapshot              # copy unfinished runs' results into the work tree
+# A cache can be lost with its machine, and an unfinished run's records with it (ROME's first 800 edits were).
+# `snapshot` copies each unfinished run's partial results (records and checkpoints, no weights) to
+# benchmarks/results/running/, to commit: `editkit report` reads them as "n of 1,000 edits so far". They
+# cannot resume a run; the state folder can.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${EDITKIT_CACHE:-$HOME/.cache/editkit}/runs"
 mkdir -p "$runs"
+if [[ ${1:-} == snapshot ]]; then
+  mkdir -p benchmarks/results/running
+  for state in "$runs"/sequential_*_smollm2_cf1000.state; do
+    name=$(basename "$state" .state)
+    if [[ -e benchmarks/results/$name.json ]]; then  # finished: its results file replaces the snapshot
+      rm -f "benchmarks/results/running/$name.json"
+    elif [[ -e $state/results.json ]]; then
+      cp "$state"/results.json "benchmarks/results/running/$name.json.tmp"
+      mv "benchmarks/results/running/$name.json.tmp" "benchmarks/results/running/$name.json"
+      echo "benchmarks/results/running/$name.json" >&2
+    fi
+  done
+  exit 0
+fi
 at_once="${JOBS:-1}"
 [[ $at_once =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a positive number, got '$at_once'" >&2; exit 2; }
 threads=()
