@@ -1,5 +1,7 @@
 """The contract every registered editor must keep, on several architectures."""
 
+import json
+
 import pytest
 import torch
 
@@ -164,3 +166,33 @@ def test_rollback_refuses_to_discard_a_later_edit(_editor):
         first.rollback()
     second.rollback()
     first.rollback()
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_replay_from_the_record_remakes_a_sequence_of_edits_bit_for_bit(method, arch, _editor):
+    second = EditRequest(prompt="{} plays the sport of", subject="Michael Jordan", target_new=" tennis")
+    lm = tiny_model(arch)
+    editor = _editor(method)
+    if not get_editor_class(method).capabilities.replay:
+        with pytest.raises(ValidationError, match="cannot apply an edit again"):
+            editor.replay(lm, [REQUEST], {})
+        return
+    # what a sequential run writes down: each edit's info["replay"], through JSON
+    recorded = [json.loads(json.dumps(editor.apply(lm, [r]).info["replay"])) for r in (REQUEST, second)]
+    edited = _snapshot(lm)
+    fresh = tiny_model(arch)
+    again = _editor(method)
+    handles = [again.replay(fresh, [r], rec) for r, rec in zip((REQUEST, second), recorded, strict=True)]
+    for n, p in fresh.model.named_parameters():
+        assert torch.equal(p, edited[n]), f"{n} differs after replay"
+    assert all(h.info["replayed"] for h in handles)
+    assert handles[1].info["replay"] == recorded[1]  # a replayed edit can be replayed in turn
+    # the record, not a new search, makes the change: the other edit's record gives another change
+    swapped = tiny_model(arch)
+    _editor(method).replay(swapped, [REQUEST], recorded[1])
+    first = tiny_model(arch)
+    _editor(method).apply(first, [REQUEST])
+    pairs = zip(swapped.model.parameters(), first.model.parameters(), strict=True)
+    assert any(not torch.equal(p, q) for p, q in pairs)
+    with pytest.raises(ValidationError, match="holds no"):
+        again.replay(tiny_model(arch), [REQUEST], {})

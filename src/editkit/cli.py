@@ -79,7 +79,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
         _console().print(table)
         return 0
     table = Table(title="Methods")
-    for col in ("name", "kind", "batch", "sequential", "needs subject", "needs training"):
+    for col in ("name", "kind", "batch", "sequential", "needs subject", "needs training", "replay"):
         table.add_column(col)
     for name in available_methods():
         caps = get_editor_class(name).capabilities
@@ -90,6 +90,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             str(caps.sequential),
             str(caps.needs_subject),
             str(caps.needs_training),
+            str(caps.replay),
         )
     _console().print(table)
     print("Settings of one method: editkit methods NAME")

@@ -26,8 +26,9 @@ AlphaEdit needs a corpus: without one C = I has no null space.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,9 +147,14 @@ class AlphaEdit(MEMIT):
         for layer in self.layers(lm):
             self.projection(lm, layer)
 
-    def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
+    def _commit(
+        self,
+        lm: LanguageModel,
+        requests: list[EditRequest],
+        work: Callable[[dict[str, nn.Parameter]], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    ) -> EditHandle:
         self._pending = {}
-        handle = super().apply(lm, requests)
+        handle = super()._commit(lm, requests, work)
         made = _Made(self._pending)
         handle.watchers.append(made.follow)
         self._history.setdefault(lm.model, []).append(made)

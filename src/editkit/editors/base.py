@@ -9,6 +9,8 @@ computation and restored after it, even if it fails), and only then apply them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import hashlib
 import json
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -136,6 +139,7 @@ class Capabilities:
     needs_training: bool = False
     needs_subject: bool = False
     free_form: bool = False  # accepts free-form descriptors instead of input-output pairs
+    replay: bool = False  # replay(): an edit applied again from its recorded info, without its search
 
 
 _REGISTRY: dict[str, type[Editor]] = {}
@@ -332,6 +336,23 @@ class EditHandle:
         return handle
 
 
+def pack_tensor(t: torch.Tensor) -> dict[str, Any]:
+    """A float tensor as JSON, bit for bit: ``{"shape", "float32"}`` with the little-endian float32 bytes in
+    base64 (a few KB for a hidden state, where a list of decimals takes four times that)."""
+    data = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
+    return {"shape": list(t.shape), "float32": base64.b64encode(data).decode("ascii")}
+
+
+def unpack_tensor(packed: Mapping[str, Any]) -> torch.Tensor:
+    """The tensor :func:`pack_tensor` wrote."""
+    try:
+        shape = [int(n) for n in packed["shape"]]
+        values = np.frombuffer(base64.b64decode(packed["float32"], validate=True), dtype="<f4")
+        return torch.from_numpy(values.astype(np.float32).reshape(shape))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise ValidationError(f"not a packed tensor ({exc})") from None
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -403,6 +424,12 @@ class Editor(ABC):
     def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
         """Edit ``lm`` and return the handle. The edit stays in effect until the handle is rolled back."""
 
+    def replay(self, lm: LanguageModel, requests: Sequence[EditRequest], recorded: Mapping[str, Any]) -> EditHandle:
+        """Apply again an edit that this editor (same config) made on a model holding the weights ``lm`` holds
+        now, from its handle's ``info["replay"]``: the same change without the search that found it (a
+        sequential run rebuilt from its records on another machine). Only editors with ``capabilities.replay``."""
+        raise ValidationError(f"{self.name} cannot apply an edit again from its record; edit anew")
+
     @contextmanager
     def edited(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> Iterator[LanguageModel]:
         """Apply temporarily: ``with editor.edited(lm, reqs) as model: ...`` rolls back on exit."""
@@ -429,8 +456,36 @@ class WeightEditor(Editor):
         """Return the new values of (some of) the declared parameters and diagnostics. May change the declared
         parameters while it works; they are restored afterwards."""
 
+    def recompute(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        params: dict[str, torch.nn.Parameter],
+        recorded: Mapping[str, Any],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """As :meth:`compute`, from what an earlier compute of the same requests on the same weights recorded in
+        its ``info["replay"]`` (``recorded``), skipping the search that found the edit. Editors that implement
+        it set ``capabilities.replay``."""
+        raise NotImplementedError(f"{self.name} sets capabilities.replay but does not implement recompute")
+
     def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
         requests = list(requests)
+        return self._commit(lm, requests, lambda params: self.compute(lm, requests, params))
+
+    def replay(self, lm: LanguageModel, requests: Sequence[EditRequest], recorded: Mapping[str, Any]) -> EditHandle:
+        requests = list(requests)
+        if not self.capabilities.replay:
+            return super().replay(lm, requests, recorded)
+        return self._commit(lm, requests, lambda params: self.recompute(lm, requests, params, recorded))
+
+    def _commit(
+        self,
+        lm: LanguageModel,
+        requests: list[EditRequest],
+        work: Callable[[dict[str, torch.nn.Parameter]], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    ) -> EditHandle:
+        """Run ``work`` (new parameter values and info from the declared parameters) under the guarantees above
+        and apply its result."""
         self.validate(lm, requests)
         t0 = time.perf_counter()
         names = self.target_parameters(lm, requests)
@@ -440,7 +495,7 @@ class WeightEditor(Editor):
         grad_flags = {n: p.requires_grad for n, p in all_params.items()}
         was_training = lm.model.training
         try:
-            new_values, info = self.compute(lm, requests, params)
+            new_values, info = work(params)
         finally:
             with torch.no_grad():
                 for n, p in params.items():

@@ -23,17 +23,17 @@ of the original model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from editkit.editors.base import Capabilities, register
-from editkit.editors.rome import LocateEditConfig, LocateEditor, layer_output_hidden
+from editkit.editors.base import Capabilities, pack_tensor, register, unpack_tensor
+from editkit.editors.rome import LocateEditConfig, LocateEditor, _recorded, layer_output_hidden
 from editkit.edits import EditRequest
-from editkit.errors import ConfigError
+from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import StopForward, hooks
 from editkit.models.lm import LanguageModel
 
@@ -72,7 +72,7 @@ def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | No
 class MEMIT(LocateEditor):
     name = "memit"
     config_cls = MEMITConfig
-    capabilities = Capabilities(kind="weights", batch=True, sequential=True, needs_subject=True)
+    capabilities = Capabilities(kind="weights", batch=True, sequential=True, needs_subject=True, replay=True)
     config: MEMITConfig
 
     def __init__(self, config: MEMITConfig | None = None) -> None:
@@ -153,14 +153,44 @@ class MEMIT(LocateEditor):
     def compute(
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        layers = self.layers(lm)
-        last = layers[-1]
+        last = self.layers(lm)[-1]
         residuals = [self.target_residual(lm, req, last, site="block") for req in requests]
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
+        info = {"steps": [r.info["steps"] for r in residuals], "nll_last": [r.info["nll_last"] for r in residuals]}
+        return self._spread(lm, requests, params, targets, info)
+
+    def recompute(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        params: dict[str, nn.Parameter],
+        recorded: Mapping[str, Any],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        targets = unpack_tensor(_recorded(recorded, "targets"))
+        return self._spread(lm, requests, params, targets, {"replayed": True})
+
+    def _spread(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        params: dict[str, nn.Parameter],
+        targets: torch.Tensor,
+        info: dict[str, Any],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Walk the layers from the lowest up, each taking its share of what is still missing to reach the
+        targets z (MEMIT Algorithm 1). ``info["replay"]`` keeps z, from which the same walk on the same weights
+        makes the same change."""
+        layers = self.layers(lm)
+        last = layers[-1]
         new: dict[str, torch.Tensor] = {}
         per_layer = []
         for i, layer in enumerate(layers):
             keys, current = self.subject_states(lm, requests, layer, last)
+            if targets.shape != current.shape:
+                raise ValidationError(
+                    f"targets of shape {list(targets.shape)} for {len(requests)} request(s) whose hidden states "
+                    f"at layer {last} are {list(current.shape)}"
+                )
             resid = (targets - current) / (len(layers) - i)
             update = self.layer_update(lm, layer, resid.T, keys.T)
             name = lm.adapter.weight_name(layer, "mlp_out")
@@ -171,12 +201,7 @@ class MEMIT(LocateEditor):
             per_layer.append(
                 {"layer": layer, "residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}
             )
-        info = {
-            "layers": layers,
-            "steps": [r.info["steps"] for r in residuals],
-            "nll_last": [r.info["nll_last"] for r in residuals],
-            "per_layer": per_layer,
-        }
+        info = {**info, "layers": layers, "per_layer": per_layer, "replay": {"targets": pack_tensor(targets)}}
         return new, info
 
 

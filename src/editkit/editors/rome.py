@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, register
+from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, pack_tensor, register, unpack_tensor
 from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
@@ -219,10 +219,17 @@ class LocateEditor(WeightEditor):
         return texts, idx
 
     def target_residual(
-        self, lm: LanguageModel, req: EditRequest, layer: int, site: Literal["mlp_out", "block"] = "mlp_out"
+        self,
+        lm: LanguageModel,
+        req: EditRequest,
+        layer: int,
+        site: Literal["mlp_out", "block"] = "mlp_out",
+        *,
+        given: torch.Tensor | None = None,
     ) -> TargetResidual:
         """Optimise the residual delta added to the output of ``site`` (layer ``layer``'s MLP output projection for
-        ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the subject's last token."""
+        ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the subject's last token. With
+        ``given`` (a delta an earlier optimisation found), only the keys and the site's output are read."""
         cfg = self.config
         assert req.subject is not None
         texts, ctx_idx = self.rendered(lm, req)
@@ -243,6 +250,11 @@ class LocateEditor(WeightEditor):
         kl_init = F.log_softmax(logits[n_rw:, 0].float(), dim=-1)
         k_star = keys[:n_rw].float().mean(0)
         v_init = v_init.float()
+        if given is not None:
+            if given.shape != v_init.shape:
+                raise ValidationError(f"a recorded delta of shape {list(given.shape)} for a site of {v_init.shape[0]}")
+            read: dict[str, Any] = {"layer": layer, "replayed": True, "fast_path": fast}
+            return TargetResidual(k_star.cpu(), keys[0].float().cpu(), v_init.cpu(), given.float().cpu(), read)
 
         delta = torch.zeros_like(v_init, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=cfg.v_lr)
@@ -283,7 +295,7 @@ class LocateEditor(WeightEditor):
 class ROME(LocateEditor):
     name = "rome"
     config_cls = ROMEConfig
-    capabilities = Capabilities(kind="weights", batch=False, sequential=True, needs_subject=True)
+    capabilities = Capabilities(kind="weights", batch=False, sequential=True, needs_subject=True, replay=True)
     config: ROMEConfig
 
     def layer(self, lm: LanguageModel) -> int:
@@ -302,13 +314,38 @@ class ROME(LocateEditor):
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         (req,) = requests
-        layer = self.layer(lm)
+        return self._update(lm, params, self.target_residual(lm, req, self.layer(lm)))
+
+    def recompute(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        params: dict[str, nn.Parameter],
+        recorded: Mapping[str, Any],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        (req,) = requests
+        given = unpack_tensor(_recorded(recorded, "delta"))
+        return self._update(lm, params, self.target_residual(lm, req, self.layer(lm), given=given))
+
+    def _update(
+        self, lm: LanguageModel, params: dict[str, nn.Parameter], r: TargetResidual
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """ROME's rank-one change of the edited layer for the optimised residual; ``info["replay"]`` keeps the
+        residual (v* - v), which with the keys read again from the same weights makes the same change."""
+        layer = r.info["layer"]
         name = lm.adapter.weight_name(layer, "mlp_out")
-        r = self.target_residual(lm, req, layer)
         cov = self.covariance(lm, layer)
         w = params[name].detach()
         update = rank_one_update(r.k_star, r.delta, cov, anchor=r.k_bare).to(w.device, w.dtype)
-        return {name: w + lm.adapter.from_out_in(update)}, r.info
+        return {name: w + lm.adapter.from_out_in(update)}, {**r.info, "replay": {"delta": pack_tensor(r.delta)}}
+
+
+def _recorded(recorded: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``recorded[key]``, the packed tensor an editor's ``info["replay"]`` holds, or a clear error."""
+    packed = recorded.get(key) if isinstance(recorded, Mapping) else None
+    if not isinstance(packed, Mapping):
+        raise ValidationError(f"the edit's record holds no {key!r} to replay it from")
+    return packed
 
 
 class _Passes(ABC):
