@@ -1,6 +1,7 @@
 """Speed of the locate-and-edit editors (ROME, MEMIT, AlphaEdit) on one model: the key statistics each needs
 (cold into an empty cache, then a cached reload), seconds per edit and per optimisation step with the fast path
-and with plain full passes, and a profile of one edit.
+and with plain full passes, seconds to replay an edit from its record (checked equal to the edit), and a
+profile of one edit.
 
     python benchmarks/editor_speed.py --methods rome,memit,alphaedit --cases 10 \
         --data ../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json \
@@ -18,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from editkit.data import load_cases
 from editkit.editors import create_editor, stats
@@ -61,18 +64,25 @@ def edit_seconds(lm: LanguageModel, method: str, corpus: Path, cases: list[EditC
     for fast in (True, False):
         editor = create_editor(method, {"corpus": str(corpus), "fast_path": fast})
         editor.prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
-        seconds, steps = [], []
+        seconds, steps, replay = [], [], []
         for case in cases:
             t0 = time.perf_counter()
             handle = editor.apply(lm, [case.request])
             seconds.append(time.perf_counter() - t0)
             steps.append(steps_of(handle.info))
             handle.rollback()
+            t0 = time.perf_counter()
+            again = editor.replay(lm, [case.request], handle.info["replay"])
+            replay.append(time.perf_counter() - t0)
+            if any(not torch.equal(again.changes[n].edited, ch.edited) for n, ch in handle.changes.items()):
+                raise RuntimeError(f"{method}: the replayed edit of {case.request.case_id} differs from the edit")
+            again.rollback()
         out["fast" if fast else "reference"] = {
             "seconds_per_edit": sum(seconds) / len(seconds),
             "seconds_median": sorted(seconds)[len(seconds) // 2],
             "steps_per_edit": sum(steps) / len(steps),
             "seconds_per_step": sum(seconds) / sum(steps),
+            "replay_seconds_per_edit": sum(replay) / len(replay),
         }
     return out
 

@@ -2,7 +2,8 @@
 # The forgetting study at 1,000 CounterFact edits on SmolLM2: AlphaEdit, ROME, MEMIT (lambda 1,500) and FT-C.
 # Every run keeps its state under $EDITKIT_CACHE/runs (default ~/.cache/editkit/runs), outside the work tree,
 # so the same command resumes where it stopped, across sessions on one machine; a finished run only rewrites
-# its results file. (A new machine starts with an empty cache: the runs then start afresh.)
+# its results file. (A new machine starts with an empty cache: the runs then resume from their committed
+# snapshots, below, or start afresh.)
 #   bash benchmarks/forgetting_1000.sh [method ...]          # default: all four, one after another
 #   JOBS=2 bash benchmarks/forgetting_1000.sh [method ...]   # two at a time, one torch thread each
 # One after another with two threads each, the four take about 17 hours on 2 cores (AlphaEdit 5.3, ROME about
@@ -11,12 +12,13 @@
 #   bash benchmarks/forgetting_1000.sh snapshot              # copy unfinished runs' results into the work tree
 # A cache can be lost with its machine, and an unfinished run's records with it (ROME's first 800 edits were).
 # `snapshot` copies each unfinished run's partial results (records and checkpoints, no weights) to
-# benchmarks/results/running/, to commit: `editkit report` reads them as "n of 1,000 edits so far". They
-# cannot resume a run; the state folder can.
+# benchmarks/results/running/, to commit: `editkit report` reads them as "n of 1,000 edits so far", and a run
+# with no state resumes from its snapshot (below). A snapshot further along than the run is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${EDITKIT_CACHE:-$HOME/.cache/editkit}/runs"
 mkdir -p "$runs"
+edits() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["n_edits"])' "$1"; }
 if [[ ${1:-} == snapshot ]]; then
   mkdir -p benchmarks/results/running
   for state in "$runs"/sequential_*_smollm2_cf1000.state; do
@@ -24,6 +26,11 @@ if [[ ${1:-} == snapshot ]]; then
     if [[ -e benchmarks/results/$name.json ]]; then  # finished: its results file replaces the snapshot
       rm -f "benchmarks/results/running/$name.json"
     elif [[ -e $state/results.json ]]; then
+      if [[ -e benchmarks/results/running/$name.json ]] &&
+        (($(edits "benchmarks/results/running/$name.json") > $(edits "$state/results.json"))); then
+        echo "benchmarks/results/running/$name.json is further along than $state: kept" >&2
+        continue
+      fi
       cp "$state"/results.json "benchmarks/results/running/$name.json.tmp"
       mv "benchmarks/results/running/$name.json.tmp" "benchmarks/results/running/$name.json"
       echo "benchmarks/results/running/$name.json" >&2
@@ -41,6 +48,23 @@ for m in "${methods[@]}"; do
   [[ -f "benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml" ]] ||
     { echo "no config for '$m' (alphaedit, memit-l1500, rome, ft-c)" >&2; exit 2; }
 done
+
+# A run whose state is gone (a new machine) starts from its committed snapshot when the snapshot's records can
+# be replayed (ROME, MEMIT and AlphaEdit keep each edit's optimised target in its record): editkit rebuilds the
+# weights from them, edit by edit, in a fraction of the time the edits took, checks every step against the
+# drift the run recorded, and goes on. A snapshot written before records kept their targets cannot be replayed.
+seed_results() {
+  local state=$1 snapshot
+  snapshot=benchmarks/results/running/$(basename "$state" .state).json
+  [[ ! -e $state/results.json && -e $snapshot ]] || return 0
+  if grep -q '"replay"' "$snapshot"; then
+    mkdir -p "$state"
+    cp "$snapshot" "$state/results.json"
+    echo "$(basename "$state"): resuming from $snapshot" >&2
+  else
+    echo "$(basename "$state"): $snapshot cannot be replayed (written before records kept their targets)" >&2
+  fi
+}
 
 # The runs edit the same cases of the same model: a new run's state folder starts with a copy of the unedited
 # model's reference and scores from one made before (editkit checks the model, data and cases they were made
@@ -64,6 +88,7 @@ failed=0
 for m in "${methods[@]}"; do
   config="benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml"
   state="$runs/sequential_${m}_smollm2_cf1000.state"
+  seed_results "$state"
   seeded=$(seed_state "$state")
   # Side by side, a run with nothing to start from waits while another builds the reference, rather than
   # building its own on the other core.

@@ -511,6 +511,80 @@ def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(t
         )
 
 
+@pytest.mark.parametrize(("method", "per_step"), [("alphaedit", 1), ("rome", 2), ("memit", 2)])
+def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path, tiny_corpus, method, per_step):
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"v_steps": 4, "n_context": 2, "context_length": 4, "corpus": str(tiny_corpus), "mom2_n_tokens": 2000}
+    if method == "alphaedit":  # as above: a small alpha, so that forgetting the earlier edits would show
+        settings |= {"layers": [1, 2], "nullspace_threshold": 0.05, "l2": 1e-3}
+
+    def run(lm, state, editor=None):
+        editor = editor or create_editor(method, settings)
+        return sequential_edits(lm, editor, cases, edits_per_step=per_step, every=2, state_dir=state, progress=False)
+
+    full_lm = tiny_model("llama")
+    full = run(full_lm, None)
+    editor = create_editor(method, settings)
+    real_apply, calls = editor.apply, []
+
+    def flaky(lm, requests):  # stopped before the third edit
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.extend(requests)
+        return real_apply(lm, requests)
+
+    editor.apply = flaky  # type: ignore[method-assign]
+    state = tmp_path / "state"
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model("llama"), state, editor)
+    # another machine: the partial results (as committed), no weights, no reference, no editor state
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    saved = json.loads((state / "results.json").read_text())
+    assert saved["n_edits"] == 2 and all(
+        "replay" in r for r in saved["records"][:: 1 if method == "rome" else per_step]
+    )
+    (moved / "results.json").write_text(json.dumps(saved))
+    resumed_lm = tiny_model("llama")
+    resumed = run(resumed_lm, moved)
+    full_params = dict(full_lm.model.named_parameters())
+    for name, p in resumed_lm.model.named_parameters():
+        torch.testing.assert_close(p, full_params[name], rtol=0, atol=1e-6)
+    for a, b in zip(resumed["records"], full["records"], strict=True):
+        assert a["post"] == pytest.approx(b["post"], abs=1e-5)
+    assert resumed["checkpoints"][-1]["drift"] == pytest.approx(full["checkpoints"][-1]["drift"])
+
+    def resume_with(change):
+        folder = tmp_path / f"changed{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        bad = json.loads(json.dumps(saved))
+        change(bad["records"])
+        (folder / "results.json").write_text(json.dumps(bad))
+        run(tiny_model("llama"), folder)
+
+    with pytest.raises(ValidationError, match="moved the weights by"):
+        # a step's records all carry its drift; the check reads its last
+        resume_with(lambda records: records[per_step - 1].update(edit_drift=2 * records[0]["edit_drift"]))
+    with pytest.raises(ValidationError, match="holds nothing to replay"):
+        resume_with(lambda records: records[0].pop("replay"))
+
+
+def test_a_run_of_an_editor_that_cannot_replay_needs_its_weights(tmp_path):
+    from editkit.models.tiny import tiny_model
+
+    state = tmp_path / "state"
+    ft = {"steps": 1}
+    sequential_edits(tiny_model("llama"), create_editor("ft", ft), demo_cases()[:1], state_dir=state, progress=False)
+    for f in state.glob("weights*"):
+        f.unlink()
+    with pytest.raises(ValidationError, match="cannot rebuild its edits"):
+        sequential_edits(
+            tiny_model("llama"), create_editor("ft", ft), demo_cases()[:2], state_dir=state, progress=False
+        )
+
+
 def test_sequential_run_extends_to_more_cases(tmp_path):
     from editkit.models.tiny import tiny_model
 

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -110,12 +111,14 @@ def _header(
     }
 
 
+def _calls(editor: Editor, n: int) -> list[list[int]]:
+    """How ``n`` cases edited together go to the editor: one call if it batches, else one call per case."""
+    return [list(range(n))] if editor.capabilities.batch or n == 1 else [[i] for i in range(n)]
+
+
 def _apply(lm: LanguageModel, editor: Editor, cases: Sequence[EditCase]) -> list[EditHandle]:
-    """Edit ``cases`` in: one call if the editor batches, else one call per case."""
-    requests = [c.request for c in cases]
-    if editor.capabilities.batch or len(requests) == 1:
-        return [editor.apply(lm, requests)]
-    return [editor.apply(lm, [r]) for r in requests]
+    """Edit ``cases`` in, call by call (:func:`_calls`)."""
+    return [editor.apply(lm, [cases[i].request for i in call]) for call in _calls(editor, len(cases))]
 
 
 def _guarded_apply(
@@ -124,12 +127,10 @@ def _guarded_apply(
     """As :func:`_apply`, each call through ``guard``: the handles of the kept edits and, by position in
     ``cases``, the rejections and the kept edits' guard checks (a batched call is kept or rejected whole)."""
     requests = [c.request for c in cases]
-    together = editor.capabilities.batch or len(cases) == 1
-    calls = [list(range(len(cases)))] if together else [[i] for i in range(len(cases))]
     handles: list[EditHandle] = []
     rejected: dict[int, EditRejected] = {}
     checks: dict[int, dict[str, Any]] = {}
-    for call in calls:
+    for call in _calls(editor, len(cases)):
         try:
             handles.append(guard.apply(editor, lm, [requests[i] for i in call]))
             checks.update(dict.fromkeys(call, handles[-1].info["guard"]))
@@ -332,7 +333,7 @@ class _RunState:
                     old.unlink()
 
     @torch.no_grad()
-    def restore(self, lm: LanguageModel, drift: DriftTracker, editor: Editor) -> dict[str, Any]:
+    def restore(self, lm: LanguageModel, drift: DriftTracker, editor: Editor, *, progress: bool) -> dict[str, Any]:
         results: dict[str, Any] = json.loads(self.results.read_text())
         weights, remembered_file, meta_file = self._files(results["n_edits"])
         if not meta_file.exists():  # a folder written before the file names carried the edit count
@@ -341,6 +342,9 @@ class _RunState:
                 self.folder / "editor.safetensors",
                 self.folder / "weights.json",
             )
+        if not meta_file.exists():  # results alone (copied from another machine): rebuild the weights
+            _replay_records(results, lm, drift, editor, progress=progress)
+            return results
         meta = json.loads(meta_file.read_text())
         if meta["n_edits"] != results["n_edits"]:
             raise ValidationError(f"{self.folder}: weights and results were saved at different edits; start afresh")
@@ -359,6 +363,48 @@ class _RunState:
         if meta.get("editor_state"):
             editor.import_state(lm, load_file(str(remembered_file)))
         return results
+
+
+def _replay_records(
+    results: dict[str, Any], lm: LanguageModel, drift: DriftTracker, editor: Editor, *, progress: bool
+) -> None:
+    """Bring ``lm`` and ``editor`` to the state after a run's recorded edits by replaying each call from its
+    record (:meth:`Editor.replay`), step by step as the run made them. Each step must move the weights as far as
+    the run recorded (``edit_drift``), else the base model, the editor or the arithmetic differs from the run's
+    and going on would mix two runs."""
+    n = results["n_edits"]
+    records = results["records"][:n]
+    if n and not editor.capabilities.replay:
+        raise ValidationError(
+            f"the run's state holds results but no weights, and {editor.name} cannot rebuild its edits from "
+            "records: start afresh (delete the state folder)"
+        )
+    per = results["edits_per_step"]
+    log.info("rebuilding the weights after %d edits from their records", n)
+    with progress_bar(n, f"replaying {editor.name}'s edits on {lm.name}", progress) as bar:
+        for start in range(0, n, per):
+            step = records[start : start + per]
+            handles = []
+            for call in _calls(editor, len(step)):
+                first = step[call[0]]
+                if "rejected" in first:
+                    continue
+                if "replay" not in first:
+                    raise ValidationError(
+                        f"the record of edit {first['n_edits']} holds nothing to replay it from (written before "
+                        "editkit kept it): start afresh (delete the state folder)"
+                    )
+                requests = [EditRequest.from_dict(step[i]["request"]) for i in call]
+                handles.append(editor.replay(lm, requests, first["replay"]))
+                drift.track(handles[-1])
+            own = sum(edit_drift(lm.model, h) for h in handles)
+            recorded = step[-1]["edit_drift"]
+            if not math.isclose(own, recorded, rel_tol=1e-4, abs_tol=1e-12):
+                raise ValidationError(
+                    f"replayed, edit {step[-1]['n_edits']} moved the weights by {own:.6g} where the run recorded "
+                    f"{recorded:.6g}: another base model, editor config or arithmetic; start afresh"
+                )
+            bar.advance(len(step))
 
 
 def _unedited_scores(
@@ -479,7 +525,7 @@ def sequential_edits(
                 extra = score_cases(
                     lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
                 )
-            results = state.restore(lm, drift, editor)
+            results = state.restore(lm, drift, editor, progress=progress)
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
                 results["extended"] = [
@@ -532,6 +578,11 @@ def sequential_edits(
                 immediate = score_cases(model, step_cases, reference, batch_size=batch_size)
                 total_drift = sum(drift.measure(lm.model).values())
                 own_drift = sum(edit_drift(lm.model, h) for h in handles)
+                # what replays each call (on its first case's record): a run rebuilt on another machine
+                kept_calls = [call for call in _calls(editor, len(step)) if call[0] not in rejected]
+                replays = {
+                    call[0]: h.info["replay"] for call, h in zip(kept_calls, handles, strict=True) if "replay" in h.info
+                }
                 for j, (i, scores) in enumerate(zip(step, immediate, strict=True)):
                     record = {
                         "n_edits": i + 1,
@@ -544,6 +595,8 @@ def sequential_edits(
                         "edit_drift": own_drift,
                         "info": _info(handles),
                     }
+                    if j in replays:
+                        record["replay"] = replays[j]
                     if j in rejected:
                         record["rejected"] = rejected[j].reasons
                         record["guard"] = rejected[j].checks
