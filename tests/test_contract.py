@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editkit.editors import available_methods, create_editor, get_editor_class
-from editkit.editors.base import EditHandle
+from editkit.editors.base import EditHandle, pack_tensor, unpack_tensor
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
@@ -196,3 +196,14 @@ def test_replay_from_the_record_remakes_a_sequence_of_edits_bit_for_bit(method, 
     assert any(not torch.equal(p, q) for p, q in pairs)
     with pytest.raises(ValidationError, match="holds no"):
         again.replay(tiny_model(arch), [REQUEST], {})
+
+
+def test_packed_tensors_round_trip_bit_for_bit_and_bad_ones_are_refused():
+    t = torch.randn(3, 4)
+    t[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, 1e-45])  # NaN, infinity, signed zero, subnormal
+    back = unpack_tensor(json.loads(json.dumps(pack_tensor(t))))
+    assert back.shape == t.shape and torch.equal(back.view(torch.int32), t.view(torch.int32))
+    data = pack_tensor(t)["float32"]
+    for bad in ({"shape": [3, 4]}, {"shape": [5], "float32": data}, {"shape": [1], "float32": "%"}):
+        with pytest.raises(ValidationError, match="not a packed tensor"):
+            unpack_tensor(bad)

@@ -338,7 +338,7 @@ class EditHandle:
 
 def pack_tensor(t: torch.Tensor) -> dict[str, Any]:
     """A float tensor as JSON, bit for bit: ``{"shape", "float32"}`` with the little-endian float32 bytes in
-    base64 (a few KB for a hidden state, where a list of decimals takes four times that)."""
+    base64 (a few KB for a hidden state, a third of what a list of decimals takes)."""
     data = t.detach().to("cpu", torch.float32).contiguous().numpy().astype("<f4").tobytes()
     return {"shape": list(t.shape), "float32": base64.b64encode(data).decode("ascii")}
 
@@ -351,6 +351,14 @@ def unpack_tensor(packed: Mapping[str, Any]) -> torch.Tensor:
         return torch.from_numpy(values.astype(np.float32).reshape(shape))
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise ValidationError(f"not a packed tensor ({exc})") from None
+
+
+def recorded_tensor(recorded: Mapping[str, Any], key: str) -> torch.Tensor:
+    """The tensor an edit's ``info["replay"]`` (``recorded``) keeps under ``key``, or a clear error."""
+    packed = recorded.get(key) if isinstance(recorded, Mapping) else None
+    if not isinstance(packed, Mapping):
+        raise ValidationError(f"the edit's record holds no {key!r} to replay it from")
+    return unpack_tensor(packed)
 
 
 def _jsonable(obj: Any) -> Any:

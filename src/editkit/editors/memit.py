@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from editkit.editors.base import Capabilities, pack_tensor, register, unpack_tensor
-from editkit.editors.rome import LocateEditConfig, LocateEditor, _recorded, layer_output_hidden
+from editkit.editors.base import Capabilities, pack_tensor, recorded_tensor, register
+from editkit.editors.rome import LocateEditConfig, LocateEditor, layer_output_hidden
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import StopForward, hooks
@@ -166,7 +166,7 @@ class MEMIT(LocateEditor):
         params: dict[str, nn.Parameter],
         recorded: Mapping[str, Any],
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        targets = unpack_tensor(_recorded(recorded, "targets"))
+        targets = recorded_tensor(recorded, "targets")
         return self._spread(lm, requests, params, targets, {"replayed": True})
 
     def _spread(

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, pack_tensor, register, unpack_tensor
+from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, pack_tensor, recorded_tensor, register
 from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
@@ -324,7 +324,7 @@ class ROME(LocateEditor):
         recorded: Mapping[str, Any],
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         (req,) = requests
-        given = unpack_tensor(_recorded(recorded, "delta"))
+        given = recorded_tensor(recorded, "delta")
         return self._update(lm, params, self.target_residual(lm, req, self.layer(lm), given=given))
 
     def _update(
@@ -338,14 +338,6 @@ class ROME(LocateEditor):
         w = params[name].detach()
         update = rank_one_update(r.k_star, r.delta, cov, anchor=r.k_bare).to(w.device, w.dtype)
         return {name: w + lm.adapter.from_out_in(update)}, {**r.info, "replay": {"delta": pack_tensor(r.delta)}}
-
-
-def _recorded(recorded: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    """``recorded[key]``, the packed tensor an editor's ``info["replay"]`` holds, or a clear error."""
-    packed = recorded.get(key) if isinstance(recorded, Mapping) else None
-    if not isinstance(packed, Mapping):
-        raise ValidationError(f"the edit's record holds no {key!r} to replay it from")
-    return packed
 
 
 class _Passes(ABC):
