@@ -8,6 +8,7 @@ from transformers.utils import logging as hf_logging
 from editkit.editors import create_editor
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
+from editkit.models.tiny import tiny_model
 
 PROMPTS = ["The Eiffel Tower is located in", "Rome", "Michael Jordan plays the sport of basketball and"]
 CONTS = [" Paris", " is the capital of Italy", " soccer"]
@@ -95,3 +96,16 @@ def test_cached_forwards_use_the_installed_transformers_cache_name(llama):
     finally:
         root.removeHandler(handler)
     assert not [r.getMessage() for r in records if "deprecated" in r.getMessage()]
+
+
+def test_fingerprints_ignore_the_folder_the_model_was_loaded_from():
+    from editkit.editors.stats import key_fingerprint
+
+    here, there = tiny_model("llama"), tiny_model("llama")
+    here.config._name_or_path = "/root/.cache/editkit/models/tiny"
+    there.config._name_or_path = "/tmp/elsewhere/models/tiny"  # the same model in another cache
+    assert here.fingerprint() == there.fingerprint()
+    assert key_fingerprint(here, 1) == key_fingerprint(there, 1)
+    other = tiny_model("llama")
+    other.config.rms_norm_eps = 0.5  # a setting that changes what the model computes
+    assert other.fingerprint() != here.fingerprint() and key_fingerprint(other, 1) != key_fingerprint(here, 1)

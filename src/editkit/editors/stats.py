@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from editkit.errors import ValidationError
 from editkit.models.hooks import HookKind, StopForward, hooks
-from editkit.models.lm import LanguageModel
+from editkit.models.lm import LanguageModel, config_identity
 from editkit.models.zoo import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def key_fingerprint(lm: LanguageModel, layer: int) -> str:
     memo_key = (id(lm.model), layer, tuple((n, id(p), p._version) for n, p in params))
     if memo_key in _FINGERPRINTS:
         return _FINGERPRINTS[memo_key]
-    h = hashlib.sha256(str(lm.config.to_json_string(use_diff=False)).encode())
+    h = hashlib.sha256(config_identity(lm.config).encode())
     for n, p in params:
         h.update(n.encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())

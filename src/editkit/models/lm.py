@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -91,6 +92,14 @@ class TokenScores:
         return bool(self.greedy.all())
 
 
+def config_identity(config: Any) -> str:
+    """A model config as JSON, without where it was loaded from (``_name_or_path``, which transformers sets to
+    the folder): the same model in another cache folder or on another machine has the same fingerprints."""
+    values = json.loads(config.to_json_string(use_diff=False))
+    values.pop("_name_or_path", None)
+    return json.dumps(values, sort_keys=True)
+
+
 class LanguageModel:
     """A causal (or encoder-decoder) language model with its tokenizer.
 
@@ -147,13 +156,14 @@ class LanguageModel:
 
     @torch.no_grad()
     def fingerprint(self) -> str:
-        """sha256 of the model's config and every parameter's bytes, as they are now: what results computed on
-        this model (an unedited reference, unedited scores) are checked against before they are reused."""
+        """sha256 of the model's config (:func:`config_identity`) and every parameter's bytes, as they are now:
+        what results computed on this model (an unedited reference, unedited scores) are checked against before
+        they are reused."""
         params = list(self.model.named_parameters())
         memo = tuple((id(p), p._version) for _, p in params)
         if self._fingerprint is not None and self._fingerprint[0] == memo:
             return self._fingerprint[1]
-        h = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+        h = hashlib.sha256(config_identity(self.config).encode())
         for name, param in params:
             h.update(name.encode())
             h.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
