@@ -555,6 +555,9 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path,
     for a, b in zip(resumed["records"], full["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)
     assert resumed["checkpoints"][-1]["drift"] == pytest.approx(full["checkpoints"][-1]["drift"])
+    # the rebuilt state keeps the unedited scores too, for another method's run on the same cases to copy
+    kept = json.loads((moved / "unedited.json").read_text())
+    assert kept["scores"] == full["unedited"] and kept["model"] == tiny_model("llama").fingerprint()
 
     def resume_with(change):
         folder = tmp_path / f"changed{len(list(tmp_path.iterdir()))}"

@@ -420,7 +420,7 @@ def _unedited_scores(
     """The unedited model's scores of every case, kept in the state folder's ``unedited.json`` with what they
     were computed on (model, data, cases): a run stopped before its first edit, or a run of another method on
     the same cases given a copy of the file, does not recompute them (15 minutes for 1,000 CounterFact cases)."""
-    made_on = {"model": lm.fingerprint(), "data": [d["sha256"] for d in header["data"]], "case_ids": header["case_ids"]}
+    made_on = _made_on(lm, header)
     path = state.folder / "unedited.json" if state is not None else None
     if path is not None and path.exists():
         saved = json.loads(path.read_text())
@@ -431,6 +431,11 @@ def _unedited_scores(
     if path is not None:
         _atomic_write(path, json.dumps({**made_on, "scores": scores}))
     return scores
+
+
+def _made_on(lm: LanguageModel, header: dict[str, Any]) -> dict[str, Any]:
+    """What unedited scores were computed on: the model's fingerprint, the data and the cases."""
+    return {"model": lm.fingerprint(), "data": [d["sha256"] for d in header["data"]], "case_ids": header["case_ids"]}
 
 
 def _run_key(header: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -525,7 +530,12 @@ def sequential_edits(
                 extra = score_cases(
                     lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
                 )
+            made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
             results = state.restore(lm, drift, editor, progress=progress)
+            if not (state.folder / "unedited.json").exists():  # a state rebuilt from its results: keep them too
+                _atomic_write(
+                    state.folder / "unedited.json", json.dumps({**made_on, "scores": results["unedited"] + extra})
+                )
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
                 results["extended"] = [
