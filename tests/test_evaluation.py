@@ -639,12 +639,24 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     assert f"| ft-2-steps (tiny-llama-s0) | 2 | c2 | {flagged_size:.1f}x | downstream F1 fell |" in text
     assert (tmp_path / "report" / "batch_es_dd.png").stat().st_size > 1000
     assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "sequential_layers.png").stat().st_size > 1000
+    assert "drift of each edited layer" in text
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValidationError, match="not an editkit results file"):
         write_report([tmp_path / "junk.json"], tmp_path / "r2")
     assert "edits before catastrophic forgetting" in text
     assert "over the last 20 edits" in text  # the running-mean window of a short run
     assert "each edit alone moved the weights" in text  # FT's steps record their own drift
+
+
+def test_layer_names_keep_what_tells_the_weights_apart():
+    from editkit.evaluation.report import _layer_names
+
+    names = [f"model.layers.{i}.mlp.down_proj.weight" for i in (2, 10)]
+    assert _layer_names(names) == ["2", "10"]
+    assert _layer_names(["h.3.mlp.c_proj.weight", "h.3.attn.c_proj.weight"]) == ["mlp", "attn"]
+    assert _layer_names(["a.b.weight", "a.b.bias"]) == ["weight", "bias"]  # a name is never cut to nothing
+    assert _layer_names(["model.layers.6.mlp.down_proj.weight"]) == ["model.layers.6.mlp.down_proj"]
 
 
 def _synthetic_run(aucs, forgotten, successes):

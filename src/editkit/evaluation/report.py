@@ -4,8 +4,9 @@
 * batch runs: ES, DD and ES - DD against the number of edits applied together (SERAC Figure 3);
 * sequential runs: immediate efficacy / paraphrase / neighborhood as running means over the edit index
   (forgetting paper Figure 1a-c), the number of earlier edits forgotten (Figure 1d), downstream F1 per task
-  (Figure 2a-c) and the normalised drift of the edited weights (Figure 2d), one line per run; and the
-  forgetting paper's Table 3 in kind, measured (:func:`forgetting_summary`) where the paper gives words.
+  (Figure 2a-c), the normalised drift of the edited weights (Figure 2d), one line per run, and that of each
+  edited layer, a panel per run (Figure 3d); and the forgetting paper's Table 3 in kind, measured
+  (:func:`forgetting_summary`) where the paper gives words.
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
                 "\nThe last panel: how far each edit alone moved the weights, against the run's median edit (dashed: "
                 "10x, where a run flags a disabling edit)."
             )
+    md += _plot_layers(runs, out)
     disabling = [(i, d) for i, r in enumerate(runs) for d in r.get("disabling_edits", [])]
     if disabling:
         # a flag from the downstream rule names the window's largest edit, which may still be an ordinary one
@@ -253,6 +255,63 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         md += ["|---|---|---|---|"]
         md += [f"| {_label(r)} | {d['n_edits']} | {d['case_id']} | {'; '.join(d['reasons'])} |" for r, d in rejected]
     return md
+
+
+def _layer_names(names: Sequence[str]) -> list[str]:
+    """Short names for a run's edited weights: what tells them apart (``model.layers.2.mlp.down_proj.weight``
+    and ``...layers.6...`` -> ``2``, ``6``), cut at dots; a single weight keeps its name."""
+    if len(names) < 2:
+        return [n.removesuffix(".weight") for n in names]
+    parts = [n.split(".") for n in names]
+    head = 0
+    while all(len(p) > head + 1 and p[head] == parts[0][head] for p in parts):
+        head += 1
+    tail = 0
+    while all(len(p) > head + tail + 1 and p[-1 - tail] == parts[0][-1 - tail] for p in parts):
+        tail += 1
+    return [".".join(p[head : len(p) - tail]) for p in parts]
+
+
+def _plot_layers(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    """The drift of each edited weight at every checkpoint, a panel per run (forgetting paper Figure 3d: does one
+    layer spike where the sum over layers grows smoothly?)."""
+    import matplotlib.pyplot as plt
+
+    drawn = [(i, r) for i, r in enumerate(runs) if any(c.get("drift") for c in r["checkpoints"])]
+    if not drawn:
+        return []
+    fig, axes = plt.subplots(1, len(drawn), figsize=(3.4 * len(drawn), 3.2), squeeze=False)
+    for ax, (i, r) in zip(axes[0], drawn, strict=True):
+        ck = [c for c in r["checkpoints"] if c.get("drift")]
+        names = list(ck[-1]["drift"])
+        # layer numbers in numeric order (10 after 9), other names after them
+        shorts = sorted(
+            zip(_layer_names(names), names, strict=True),
+            key=lambda p: (0, int(p[0]), "") if p[0].isdigit() else (1, 0, p[0]),
+        )
+        for k, (short, name) in enumerate(shorts):
+            pts = [(c["n_edits"], c["drift"][name]) for c in ck if name in c["drift"]]
+            ax.plot(
+                [0] + [n for n, _ in pts],
+                [0.0] + [d for _, d in pts],
+                color=f"C{i % 10}",
+                alpha=0.35 + 0.65 * (k + 1) / len(names),
+                label=short,
+            )
+        ax.set_title(_label(r), fontsize=8)
+        ax.set_xlabel("number of edits")
+        ax.grid(alpha=0.3)
+        layers = len(shorts) > 1 and all(short.isdigit() for short, _ in shorts)
+        ax.legend(fontsize=7, title="layer" if layers else "edited weight", title_fontsize=7)
+    axes[0][0].set_ylabel("normalised L2 drift")
+    fig.tight_layout()
+    fig.savefig(out / "sequential_layers.png", dpi=90)
+    plt.close(fig)
+    return [
+        "\n![drift of each edited layer](sequential_layers.png)\n\n"
+        "The drift of each edited weight at the checkpoints, a panel per run (darker: a higher layer; each panel "
+        "has its own scale; the summed drift above compares the runs)."
+    ]
 
 
 def _own_drift(run: dict[str, Any]) -> dict[int, float]:
