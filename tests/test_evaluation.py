@@ -526,6 +526,9 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path,
 
     full_lm = tiny_model("llama")
     full = run(full_lm, None)
+    if method == "memit":  # a call's info lists its edits' optimisation steps, and the records keep the list
+        steps = full["records"][0]["info"]["steps"]
+        assert len(steps) == per_step and all(isinstance(s, int) and 1 <= s <= 4 for s in steps)
     editor = create_editor(method, settings)
     real_apply, calls = editor.apply, []
 

@@ -144,8 +144,19 @@ def _rollback(handles: Sequence[EditHandle]) -> None:
         h.rollback()
 
 
+def _scalar(v: Any) -> bool:
+    return isinstance(v, int | float | str | bool)
+
+
 def _info(handles: Sequence[EditHandle]) -> dict[str, Any]:
-    return {k: v for h in handles for k, v in h.info.items() if isinstance(v, int | float | str | bool)}
+    """What the handles tell of their edits, for a record: scalars and lists of scalars (MEMIT's optimisation
+    steps, one per edit of a call); tensors and payloads (``replay``) stay out."""
+    return {
+        k: list(v) if isinstance(v, list | tuple) else v
+        for h in handles
+        for k, v in h.info.items()
+        if _scalar(v) or (isinstance(v, list | tuple) and all(_scalar(x) for x in v))
+    }
 
 
 def edit_groups(cases: Sequence[EditCase], k: int, *, distinct_subjects: bool = False) -> list[list[int]]:
