@@ -591,6 +591,20 @@ def test_a_run_of_an_editor_that_cannot_replay_needs_its_weights(tmp_path):
         )
 
 
+def test_checkpoints_name_the_forgotten_edits(llama):
+    def case(subject: str, new: str, true: str) -> EditCase:
+        req = EditRequest(prompt="{} is located in the city of", subject=subject, target_new=new, target_true=true)
+        return EditCase(req, (Probe(req.text, new, ProbeKind.EDIT, true),))
+
+    # the third edit takes back the first; the second is about another subject
+    cases = [case("The Eiffel Tower", " Rome", " Paris"), case("Big Ben", " Oslo", " London")]
+    cases.append(case("The Eiffel Tower", " Paris", " Rome"))
+    out = sequential_edits(llama, create_editor("ft", {"steps": 10, "lr": 5e-2}), cases, every=3, progress=False)
+    assert [r["post"]["efficacy"] for r in out["records"]] == [1.0, 1.0, 1.0]  # each edit took when made
+    last = out["checkpoints"][-1]
+    assert (last["succeeded"], last["forgotten"], last["forgotten_edits"]) == (3, 1, [1])
+
+
 def test_sequential_run_extends_to_more_cases(tmp_path):
     from editkit.models.tiny import tiny_model
 

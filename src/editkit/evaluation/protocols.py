@@ -484,7 +484,7 @@ def sequential_edits(
 
     After each step: the step's immediate scores (all probes) and the drift of every changed weight. Every
     ``every`` edits (and after the last): the in-scope scores of all earlier edits (``forgotten`` counts those
-    that succeeded when made and no longer do), downstream F1 on ``downstream`` tasks and drift. A step is
+    that succeeded when made and no longer do, ``forgotten_edits`` names them by their place in the run), downstream F1 on ``downstream`` tasks and drift. A step is
     flagged as disabling when its own drift (``edit_drift``: how far this step moved the weights) exceeds
     ``drift_jump`` times the median of the steps before it, or when mean downstream F1 falls below ``collapse``
     times its unedited value (then the steps since the previous checkpoint are the suspects, and the one that
@@ -677,6 +677,7 @@ def _checkpoint(
         "succeeded": len(succeeded),
         "forgotten": len(forgotten),
         "forgotten_fraction": len(forgotten) / len(succeeded) if succeeded else 0.0,
+        "forgotten_edits": [i + 1 for i in forgotten],  # which: by their place in the run, from 1
         "downstream": _downstream(lm, tasks, batch_size),
         "drift": drift.measure(lm.model),
     }
