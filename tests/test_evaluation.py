@@ -658,6 +658,7 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     assert (tmp_path / "report" / "sequential_editing.png").stat().st_size > 1000
     assert (tmp_path / "report" / "sequential_layers.png").stat().st_size > 1000
     assert "drift of each edited layer" in text
+    assert (tmp_path / "report" / "sequential_forgotten.png").stat().st_size > 1000
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValidationError, match="not an editkit results file"):
         write_report([tmp_path / "junk.json"], tmp_path / "r2")
@@ -674,6 +675,18 @@ def test_layer_names_keep_what_tells_the_weights_apart():
     assert _layer_names(["h.3.mlp.c_proj.weight", "h.3.attn.c_proj.weight"]) == ["mlp", "attn"]
     assert _layer_names(["a.b.weight", "a.b.bias"]) == ["weight", "bias"]  # a name is never cut to nothing
     assert _layer_names(["model.layers.6.mlp.down_proj.weight"]) == ["model.layers.6.mlp.down_proj"]
+
+
+def test_the_forgotten_edits_figure_draws_only_runs_that_name_them(tmp_path):
+    from editkit.evaluation.report import _plot_forgotten
+
+    older = _synthetic_run([0.9, 0.9, 0.9], [0, 1, 2], [1] * 20)
+    assert _plot_forgotten([older], tmp_path) == [] and not (tmp_path / "sequential_forgotten.png").exists()
+    newer = _synthetic_run([0.9, 0.9, 0.9], [0, 1, 2], [1] * 20) | {"method": "rome", "model": "m"}
+    for c, named in zip(newer["checkpoints"], ([], [3], [3, 12]), strict=True):
+        c["forgotten_edits"] = named
+    assert "which edits are forgotten" in _plot_forgotten([older, newer], tmp_path)[0]
+    assert (tmp_path / "sequential_forgotten.png").stat().st_size > 1000
 
 
 def _synthetic_run(aucs, forgotten, successes):

@@ -484,11 +484,11 @@ def sequential_edits(
 
     After each step: the step's immediate scores (all probes) and the drift of every changed weight. Every
     ``every`` edits (and after the last): the in-scope scores of all earlier edits (``forgotten`` counts those
-    that succeeded when made and no longer do, ``forgotten_edits`` names them by their place in the run), downstream F1 on ``downstream`` tasks and drift. A step is
-    flagged as disabling when its own drift (``edit_drift``: how far this step moved the weights) exceeds
-    ``drift_jump`` times the median of the steps before it, or when mean downstream F1 falls below ``collapse``
-    times its unedited value (then the steps since the previous checkpoint are the suspects, and the one that
-    moved the weights most is named).
+    that succeeded when made and no longer do, ``forgotten_edits`` names them by their place in the run),
+    downstream F1 on ``downstream`` tasks and drift. A step is flagged as disabling when its own drift
+    (``edit_drift``: how far this step moved the weights) exceeds ``drift_jump`` times the median of the steps
+    before it, or when mean downstream F1 falls below ``collapse`` times its unedited value (then the steps since
+    the previous checkpoint are the suspects, and the one that moved the weights most is named).
 
     With ``guard``, every edit goes through :meth:`EditGuard.apply`; a rejected edit leaves the model as it
     was, is scored as it stands (it failed) and is listed in ``rejected_edits``.

@@ -5,8 +5,8 @@
 * sequential runs: immediate efficacy / paraphrase / neighborhood as running means over the edit index
   (forgetting paper Figure 1a-c), the number of earlier edits forgotten (Figure 1d), downstream F1 per task
   (Figure 2a-c), the normalised drift of the edited weights (Figure 2d), one line per run, and that of each
-  edited layer, a panel per run (Figure 3d); and the forgetting paper's Table 3 in kind, measured
-  (:func:`forgetting_summary`) where the paper gives words.
+  edited layer, a panel per run (Figure 3d), and which earlier edits are forgotten at each checkpoint; and the
+  forgetting paper's Table 3 in kind, measured (:func:`forgetting_summary`) where the paper gives words.
 """
 
 from __future__ import annotations
@@ -240,6 +240,7 @@ def _plot_sequential(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
                 "10x, where a run flags a disabling edit)."
             )
     md += _plot_layers(runs, out)
+    md += _plot_forgotten(runs, out)
     disabling = [(i, d) for i, r in enumerate(runs) for d in r.get("disabling_edits", [])]
     if disabling:
         # a flag from the downstream rule names the window's largest edit, which may still be an ordinary one
@@ -311,6 +312,38 @@ def _plot_layers(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
         "\n![drift of each edited layer](sequential_layers.png)\n\n"
         "The drift of each edited weight at the checkpoints, a panel per run (darker: a higher layer; each panel "
         "has its own scale; the summed drift above compares the runs)."
+    ]
+
+
+def _plot_forgotten(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
+    """Which earlier edits are forgotten at each checkpoint, a panel per run that names them: old edits or
+    recent ones, for good or recalled again later?"""
+    import matplotlib.pyplot as plt
+
+    drawn = [(i, r) for i, r in enumerate(runs) if any("forgotten_edits" in c for c in r["checkpoints"])]
+    if not drawn:
+        return []
+    fig, axes = plt.subplots(1, len(drawn), figsize=(3.4 * len(drawn), 3.4), squeeze=False)
+    for ax, (i, r) in zip(axes[0], drawn, strict=True):
+        named = [c for c in r["checkpoints"] if "forgotten_edits" in c]
+        xs = [c["n_edits"] for c in named for _ in c["forgotten_edits"]]
+        ys = [e for c in named for e in c["forgotten_edits"]]
+        ax.scatter(xs, ys, s=4, marker="s", color=f"C{i % 10}", linewidths=0)
+        ax.plot([0, r["n_edits"]], [0, r["n_edits"]], color="grey", linewidth=0.8, linestyle="--")
+        ax.set_xlim(0, r["n_edits"] * 1.03)
+        ax.set_ylim(0, r["n_edits"] * 1.03)
+        ax.set_title(_label(r), fontsize=8)
+        ax.set_xlabel("checkpoint (number of edits)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("forgotten edit (its place in the run)")
+    fig.tight_layout()
+    fig.savefig(out / "sequential_forgotten.png", dpi=90)
+    plt.close(fig)
+    return [
+        "\n![which edits are forgotten](sequential_forgotten.png)\n\n"
+        "Which earlier edits are forgotten at each checkpoint (a mark per edit; the dashed line is the newest "
+        "edit): a column is one checkpoint, a row one edit forgotten for good or recalled again. Runs name the "
+        "forgotten edits since 2026-12-02; checkpoints before that show no marks."
     ]
 
 
