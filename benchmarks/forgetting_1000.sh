@@ -10,6 +10,7 @@
 # 5). Editing SmolLM2 gains little from a second thread: two runs with one thread each make 1.4-1.6x the edits
 # per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 13 hours for all four.
 #   bash benchmarks/forgetting_1000.sh snapshot              # copy unfinished runs' results into the work tree
+#   bash benchmarks/forgetting_1000.sh report                # the four runs' report and span tables, in docs/
 # A cache can be lost with its machine, and an unfinished run's records with it (ROME's first 800 edits were).
 # `snapshot` copies each unfinished run's partial results (records and checkpoints, no weights) to
 # benchmarks/results/running/, to commit: `editkit report` reads them as "n of 1,000 edits so far", and a run
@@ -36,6 +37,36 @@ if [[ ${1:-} == snapshot ]]; then
       echo "benchmarks/results/running/$name.json" >&2
     fi
   done
+  exit 0
+fi
+if [[ ${1:-} == report ]]; then
+  # Each method's finished results, else its committed snapshot ("n of 1,000 edits so far"): one report of all
+  # four (plots, Table 3) and each run's span table beside AlphaEdit's, as docs/benchmarks.md quotes them.
+  out=docs/report/sequential_1000
+  alpha=benchmarks/results/sequential_alphaedit_smollm2_cf1000.json
+  [[ -e $alpha ]] || { echo "$alpha is missing: the span tables set each run beside it" >&2; exit 2; }
+  files=()
+  for m in alphaedit ft-c memit-l1500 rome; do
+    for f in benchmarks/results/{,running/}sequential_${m}_smollm2_cf1000.json; do
+      [[ -e $f ]] && { files+=("$f"); break; }
+    done
+  done
+  .venv/bin/editkit report "${files[@]}" --out "$out"
+  {
+    echo "# Span tables of the 1,000-edit runs, beside AlphaEdit's"
+    echo
+    echo "Made by \`bash benchmarks/forgetting_1000.sh report\` (benchmarks/span_table.py) from:"
+    echo
+    for f in "${files[@]}"; do echo "- \`$f\`"; done
+    for f in "${files[@]}"; do
+      beside=(--beside "$alpha")
+      [[ $f == "$alpha" ]] && beside=()
+      echo
+      .venv/bin/python benchmarks/span_table.py "$f" "${beside[@]}" --spans 200,400,600,800,1000
+    done
+  } > "$out/spans.md.tmp"
+  mv "$out/spans.md.tmp" "$out/spans.md"
+  echo "$out/report.md, $out/spans.md" >&2
   exit 0
 fi
 at_once="${JOBS:-1}"
