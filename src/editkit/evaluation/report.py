@@ -342,8 +342,8 @@ def _plot_forgotten(runs: Sequence[dict[str, Any]], out: Path) -> list[str]:
     return [
         "\n![which edits are forgotten](sequential_forgotten.png)\n\n"
         "Which earlier edits are forgotten at each checkpoint (a mark per edit; the dashed line is the newest "
-        "edit): a column is one checkpoint, a row one edit forgotten for good or recalled again. Runs name the "
-        "forgotten edits since 2026-12-02; checkpoints before that show no marks."
+        "edit): a column is one checkpoint, a row one edit forgotten for good or recalled again. Checkpoints "
+        "written before editkit named the forgotten edits show no marks."
     ]
 
 
