@@ -1,0 +1,58 @@
+"""benchmarks/replay_check.py on a tiny ROME run: a faithful replay reads zero difference, a record that does not
+match its edit is named."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from editkit.data import demo_cases
+from editkit.editors import create_editor
+from editkit.evaluation.protocols import sequential_edits
+from editkit.models.tiny import tiny_model
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "replay_check.py"
+spec = importlib.util.spec_from_file_location("replay_check", SCRIPT)
+assert spec is not None and spec.loader is not None
+replay_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(replay_check)
+
+
+def _check(monkeypatch, results: Path, out: Path, *extra: str) -> dict:
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(sys, "argv", ["replay_check.py", str(results), "--out", str(out), *extra])
+    try:
+        replay_check.main()
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads(out.read_text())
+
+
+def test_replay_check_reads_the_records_difference_from_the_replayed_edits(tmp_path, tiny_corpus, monkeypatch):
+    settings = {"v_steps": 3, "n_context": 2, "context_length": 4, "corpus": str(tiny_corpus), "mom2_n_tokens": 2000}
+    threads = torch.get_num_threads()
+    run = sequential_edits(
+        tiny_model("llama"), create_editor("rome", settings), demo_cases()[:3], every=3, progress=False
+    )
+    torch.set_num_threads(threads)
+    run["run"] = {"method": "rome", "model": "tiny-llama", "settings": settings}  # as the runner records it
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(run))
+    faithful = _check(monkeypatch, path, tmp_path / "a.json", "--threads", str(threads))
+    assert faithful["summary"]["edits"] == 3 and faithful["summary"]["over_limit"] == []
+    assert faithful["summary"]["largest_relative"] < 1e-6
+    assert [e["recorded"] for e in faithful["edits"]] == [r["edit_drift"] for r in run["records"]]
+
+    run["records"][1]["edit_drift"] *= 1.01  # a record that another edit made
+    path.write_text(json.dumps(run))
+    off = _check(monkeypatch, path, tmp_path / "b.json", "--limit", "2")
+    assert off["summary"]["edits"] == 2 and off["summary"]["over_limit"] == [2]
+    assert off["edits"][1]["relative"] == pytest.approx(0.01 / 1.01, rel=1e-3)
+
+    del run["run"]
+    path.write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="give --config"):
+        _check(monkeypatch, path, tmp_path / "c.json")
