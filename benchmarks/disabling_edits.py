@@ -22,10 +22,11 @@ from statistics import median
 
 from editkit.data import load_cases
 from editkit.editors import create_editor
+from editkit.errors import ValidationError
 from editkit.evaluation.downstream import evaluate_task, load_examples
 from editkit.evaluation.drift import edit_drift
 from editkit.evaluation.metrics import Reference, score_cases
-from editkit.evaluation.runner import RunConfig
+from editkit.evaluation.runner import config_of_results
 from editkit.models.zoo import load
 from editkit.progress import progress_bar
 
@@ -45,20 +46,17 @@ def main() -> None:
     flagged = {d["case_id"]: d["reason"] for d in run["disabling_edits"]}
     if not flagged:
         raise SystemExit(f"{args.results} flags no disabling edit")
-    if "run" in run:
-        cfg = run["run"]
-    elif args.config is None:
-        raise SystemExit(f"{args.results} does not say how the run was made (a run in progress?): give --config")
-    else:
-        cfg = RunConfig.build(str(args.config)).to_dict()
-        if cfg["method"] != run["method"] or cfg["model"] != run["model"]:
-            made, given = f"{run['method']} on {run['model']}", f"{cfg['method']} on {cfg['model']}"
-            raise SystemExit(f"{args.config} configures {given}, not this run ({made})")
+    try:
+        cfg = config_of_results(run, args.config)
+    except ValidationError as e:
+        raise SystemExit(f"{args.results}: {e}") from None
     dataset = load_cases(cfg["data"], limit=cfg["limit"])
     cases = {c.request.case_id: c for c in dataset.cases}
     ordinary = [c for c in run["case_ids"] if c not in flagged][:: max(1, len(run["case_ids"]) // args.ordinary)]
     chosen = [*flagged, *ordinary[: args.ordinary]]
     lm = load(cfg["model"])
+    if lm.name != run["model"]:
+        raise SystemExit(f"the config loads {lm.name}, not this run's {run['model']}")
     editor = create_editor(cfg["method"], cfg["settings"])
     editor.prepare(lm)
     tasks = {

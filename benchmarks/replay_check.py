@@ -30,8 +30,9 @@ import torch
 
 from editkit.editors import create_editor
 from editkit.edits import EditRequest
+from editkit.errors import ValidationError
 from editkit.evaluation.drift import edit_drift
-from editkit.evaluation.runner import RunConfig
+from editkit.evaluation.runner import config_of_results
 from editkit.models.zoo import load
 from editkit.progress import progress_bar
 
@@ -49,14 +50,10 @@ def main() -> None:
     run = json.loads(args.results.read_text())
     if run.get("edits_per_step", 1) != 1:
         raise SystemExit(f"{args.results}: {run['edits_per_step']} edits per step; this check takes one")
-    if "run" in run:
-        cfg = run["run"]
-    elif args.config is None:
-        raise SystemExit(f"{args.results} does not say how the run was made (a run in progress?): give --config")
-    else:
-        cfg = RunConfig.build(str(args.config)).to_dict()
-    if cfg["method"] != run["method"]:
-        raise SystemExit(f"the config makes {cfg['method']} edits, not this run's {run['method']}")
+    try:
+        cfg = config_of_results(run, args.config)
+    except ValidationError as e:
+        raise SystemExit(f"{args.results}: {e}") from None
     records = [r for r in run["records"][: args.limit] if "rejected" not in r]
     if any("replay" not in r for r in records):
         raise SystemExit(f"{args.results}: records without 'replay' (written before editkit kept it)")

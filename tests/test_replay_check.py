@@ -52,7 +52,11 @@ def test_replay_check_reads_the_records_difference_from_the_replayed_edits(tmp_p
     assert off["summary"]["edits"] == 2 and off["summary"]["over_limit"] == [2]
     assert off["edits"][1]["relative"] == pytest.approx(0.01 / 1.01, rel=1e-3)
 
-    del run["run"]
+    del run["run"]  # a run in progress: its config file says how it is made, and must name its method
     path.write_text(json.dumps(run))
-    with pytest.raises(SystemExit, match="give --config"):
+    with pytest.raises(SystemExit, match="give its config"):
         _check(monkeypatch, path, tmp_path / "c.json")
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny-llama\nmethod: memit\ndata: cases.json\nprotocol: sequential\nout: r.json\n")
+    with pytest.raises(SystemExit, match="configures memit edits, not the run's rome"):
+        _check(monkeypatch, path, tmp_path / "d.json", "--config", str(config))

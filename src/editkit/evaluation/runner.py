@@ -116,6 +116,21 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def config_of_results(results: dict[str, Any], config: str | Path | None = None) -> dict[str, Any]:
+    """How a results file's run was made (:meth:`RunConfig.to_dict`): its own ``run`` block, else (the partial
+    results of a run still going on, which carry none) the given config file, which must name the run's
+    method."""
+    if "run" in results:
+        made: dict[str, Any] = results["run"]
+        return made
+    if config is None:
+        raise ValidationError("the results do not say how the run was made (a run in progress?): give its config")
+    cfg = RunConfig.build(str(config)).to_dict()
+    if cfg["method"] != results["method"]:
+        raise ValidationError(f"{config} configures {cfg['method']} edits, not the run's {results['method']}")
+    return cfg
+
+
 MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_step", "max_groups"})
 
 
