@@ -55,6 +55,8 @@ def main() -> None:
     except ValidationError as e:
         raise SystemExit(f"{args.results}: {e}") from None
     records = [r for r in run["records"][: args.limit] if "rejected" not in r]
+    if not records:
+        raise SystemExit(f"{args.results}: no edit to replay in its first {args.limit} records")
     if any("replay" not in r for r in records):
         raise SystemExit(f"{args.results}: records without 'replay' (written before editkit kept it)")
     torch.set_num_threads(args.threads)
