@@ -512,7 +512,10 @@ def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(t
 
 
 @pytest.mark.parametrize(("method", "per_step"), [("alphaedit", 1), ("rome", 2), ("memit", 2)])
-def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path, tiny_corpus, method, per_step):
+def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
+    tmp_path, tiny_corpus, monkeypatch, method, per_step
+):
+    from editkit.evaluation import protocols
     from editkit.models.tiny import tiny_model
 
     cases = demo_cases()[:4]
@@ -550,6 +553,13 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path,
         "replay" in r for r in saved["records"][:: 1 if method == "rome" else per_step]
     )
     (moved / "results.json").write_text(json.dumps(saved))
+    replay, kept_before_replay = protocols._replay_records, []
+
+    def watched_replay(*args, **kwargs):
+        kept_before_replay.append((moved / "unedited.json").exists())
+        return replay(*args, **kwargs)
+
+    monkeypatch.setattr(protocols, "_replay_records", watched_replay)
     resumed_lm = tiny_model("llama")
     resumed = run(resumed_lm, moved)
     full_params = dict(full_lm.model.named_parameters())
@@ -558,7 +568,9 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(tmp_path,
     for a, b in zip(resumed["records"], full["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)
     assert resumed["checkpoints"][-1]["drift"] == pytest.approx(full["checkpoints"][-1]["drift"])
-    # the rebuilt state keeps the unedited scores too, for another method's run on the same cases to copy
+    # the rebuilt state keeps the unedited scores too, for another method's run on the same cases to copy, and
+    # writes them before the replay, so that such a run need not wait for it
+    assert kept_before_replay == [True]
     kept = json.loads((moved / "unedited.json").read_text())
     assert kept["scores"] == full["unedited"] and kept["model"] == tiny_model("llama").fingerprint()
 

@@ -521,8 +521,10 @@ def sequential_edits(
     state = _RunState(Path(state_dir)) if state_dir is not None else None
     with state.locked() if state is not None else contextlib.nullcontext():
         saved_key = None
+        saved_unedited: list[dict[str, float]] = []
         if state is not None and state.results.exists():
-            saved_key = json.loads(state.results.read_text()).get("run_key")
+            saved = json.loads(state.results.read_text())
+            saved_key, saved_unedited = saved.get("run_key"), saved["unedited"]
             if saved_key != key and not _extends(saved_key, key):
                 raise ValidationError(
                     f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
@@ -541,12 +543,12 @@ def sequential_edits(
                 extra = score_cases(
                     lm, cases[len(saved_key["case_ids"]) :], reference, batch_size=batch_size, progress=progress
                 )
-            made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
+            # A state rebuilt from its results keeps their unedited scores too, before the replay (many minutes),
+            # so that a run of another method on the same cases can start from a copy meanwhile.
+            if not (state.folder / "unedited.json").exists():
+                made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
+                _atomic_write(state.folder / "unedited.json", json.dumps({**made_on, "scores": saved_unedited + extra}))
             results = state.restore(lm, drift, editor, progress=progress)
-            if not (state.folder / "unedited.json").exists():  # a state rebuilt from its results: keep them too
-                _atomic_write(
-                    state.folder / "unedited.json", json.dumps({**made_on, "scores": results["unedited"] + extra})
-                )
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
                 results["extended"] = [
