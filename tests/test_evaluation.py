@@ -571,6 +571,11 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     # the rebuilt state keeps the unedited scores too, for another method's run on the same cases to copy, and
     # writes them before the replay, so that such a run need not wait for it
     assert kept_before_replay == [True]
+    # the results say where the weights were rebuilt and how near the replay came to the recorded drift
+    assert "replays" not in full and full["environment"]["cpu_capability"]
+    (replayed,) = resumed["replays"]
+    assert replayed["n_edits"] == 2 and replayed["environment"] == full["environment"]
+    assert 0 <= replayed["largest_relative_deviation"] < 1e-4
     kept = json.loads((moved / "unedited.json").read_text())
     assert kept["scores"] == full["unedited"] and kept["model"] == tiny_model("llama").fingerprint()
 
@@ -580,8 +585,13 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
         bad = json.loads(json.dumps(saved))
         change(bad["records"])
         (folder / "results.json").write_text(json.dumps(bad))
-        run(tiny_model("llama"), folder)
+        return run(tiny_model("llama"), folder)
 
+    def nudge(records):  # every recorded drift 5e-5 off: within the check's tolerance, and measured
+        for r in records:
+            r["edit_drift"] *= 1 + 5e-5
+
+    assert resume_with(nudge)["replays"][0]["largest_relative_deviation"] == pytest.approx(5e-5, rel=0.05)
     with pytest.raises(ValidationError, match="moved the weights by"):
         # a step's records all carry its drift; the check reads its last
         resume_with(lambda records: records[per_step - 1].update(edit_drift=2 * records[0]["edit_drift"]))

@@ -107,8 +107,22 @@ def _header(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "device": str(lm.device),
+            **_cpu(),
         },
     }
+
+
+def _cpu() -> dict[str, str]:
+    """The processor and the vector kernels torch uses on it: the last bits of a run's arithmetic depend on
+    them, so a run resumed on another machine may part from where it would have gone."""
+    name = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        models = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        name = models[0] if models else name
+    return {"cpu": name, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _calls(editor: Editor, n: int) -> list[list[int]]:
@@ -344,7 +358,12 @@ class _RunState:
                     old.unlink()
 
     @torch.no_grad()
-    def restore(self, lm: LanguageModel, drift: DriftTracker, editor: Editor, *, progress: bool) -> dict[str, Any]:
+    def restore(
+        self, lm: LanguageModel, drift: DriftTracker, editor: Editor, *, environment: dict[str, Any], progress: bool
+    ) -> dict[str, Any]:
+        """The saved results, with ``lm`` (and ``editor``) brought to their state: from the saved weights, else by
+        replaying the records, which the results then list under ``replays`` with the ``environment`` they were
+        replayed in and how far the replayed edits' drift came from the recorded one."""
         results: dict[str, Any] = json.loads(self.results.read_text())
         weights, remembered_file, meta_file = self._files(results["n_edits"])
         if not meta_file.exists():  # a folder written before the file names carried the edit count
@@ -354,7 +373,9 @@ class _RunState:
                 self.folder / "weights.json",
             )
         if not meta_file.exists():  # results alone (copied from another machine): rebuild the weights
-            _replay_records(results, lm, drift, editor, progress=progress)
+            deviation = _replay_records(results, lm, drift, editor, progress=progress)
+            replayed = {"n_edits": results["n_edits"], "largest_relative_deviation": deviation}
+            results["replays"] = [*results.get("replays", []), {**replayed, "environment": environment}]
             return results
         meta = json.loads(meta_file.read_text())
         if meta["n_edits"] != results["n_edits"]:
@@ -378,11 +399,12 @@ class _RunState:
 
 def _replay_records(
     results: dict[str, Any], lm: LanguageModel, drift: DriftTracker, editor: Editor, *, progress: bool
-) -> None:
+) -> float:
     """Bring ``lm`` and ``editor`` to the state after a run's recorded edits by replaying each call from its
     record (:meth:`Editor.replay`), step by step as the run made them. Each step must move the weights as far as
     the run recorded (``edit_drift``), else the base model, the editor or the arithmetic differs from the run's
-    and going on would mix two runs."""
+    and going on would mix two runs. Returns the largest relative difference between a step's replayed and
+    recorded drift (0.0 when the arithmetic is the run's to the last bit)."""
     n = results["n_edits"]
     records = results["records"][:n]
     if n and not editor.capabilities.replay:
@@ -392,6 +414,7 @@ def _replay_records(
         )
     per = results["edits_per_step"]
     log.info("rebuilding the weights after %d edits from their records", n)
+    largest = 0.0
     with progress_bar(n, f"replaying {editor.name}'s edits on {lm.name}", progress) as bar:
         for start in range(0, n, per):
             step = records[start : start + per]
@@ -415,7 +438,10 @@ def _replay_records(
                     f"replayed, edit {step[-1]['n_edits']} moved the weights by {own:.6g} where the run recorded "
                     f"{recorded:.6g}: another base model, editor config or arithmetic; start afresh"
                 )
+            largest = max(largest, abs(own - recorded) / max(abs(recorded), 1e-12))
             bar.advance(len(step))
+    log.info("replayed %d edits; largest relative difference from the recorded drift: %.2g", n, largest)
+    return largest
 
 
 def _unedited_scores(
@@ -548,7 +574,7 @@ def sequential_edits(
             if not (state.folder / "unedited.json").exists():
                 made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
                 _atomic_write(state.folder / "unedited.json", json.dumps({**made_on, "scores": saved_unedited + extra}))
-            results = state.restore(lm, drift, editor, progress=progress)
+            results = state.restore(lm, drift, editor, environment=header["environment"], progress=progress)
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
                 results["extended"] = [
