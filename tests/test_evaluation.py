@@ -362,6 +362,8 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(Reference, "extend", lambda self, *a, **k: built.append(real_extend(self, *a, **k)) or 0)
     resumed = sequential_edits(fresh, create_editor("ft", settings), cases, every=2, state_dir=state, progress=False)
     assert built == [0]  # the unedited model's answers came from the state folder
+    # the results say where the run went on, from its saved weights
+    assert resumed["resumes"] == [{"n_edits": 2, "from": "weights", "environment": full["environment"]}]
     # the run's wall time counts both invocations, not only the one that finished it
     assert resumed["total_seconds"] >= saved["total_seconds"] + resumed["seconds"] - saved["seconds"]
     assert resumed["peak_memory_mb"] >= saved["peak_memory_mb"] > 0
@@ -572,9 +574,10 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     # writes them before the replay, so that such a run need not wait for it
     assert kept_before_replay == [True]
     # the results say where the weights were rebuilt and how near the replay came to the recorded drift
-    assert "replays" not in full and full["environment"]["cpu_capability"]
-    (replayed,) = resumed["replays"]
-    assert replayed["n_edits"] == 2 and replayed["environment"] == full["environment"]
+    assert "resumes" not in full and full["environment"]["cpu_capability"]
+    (replayed,) = resumed["resumes"]
+    assert replayed["n_edits"] == 2 and replayed["from"] == "records"
+    assert replayed["environment"] == full["environment"]
     assert 0 <= replayed["largest_relative_deviation"] < 1e-4
     kept = json.loads((moved / "unedited.json").read_text())
     assert kept["scores"] == full["unedited"] and kept["model"] == tiny_model("llama").fingerprint()
@@ -591,7 +594,7 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
         for r in records:
             r["edit_drift"] *= 1 + 5e-5
 
-    assert resume_with(nudge)["replays"][0]["largest_relative_deviation"] == pytest.approx(5e-5, rel=0.05)
+    assert resume_with(nudge)["resumes"][0]["largest_relative_deviation"] == pytest.approx(5e-5, rel=0.05)
     with pytest.raises(ValidationError, match="moved the weights by"):
         # a step's records all carry its drift; the check reads its last
         resume_with(lambda records: records[per_step - 1].update(edit_drift=2 * records[0]["edit_drift"]))

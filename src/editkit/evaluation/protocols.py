@@ -362,8 +362,9 @@ class _RunState:
         self, lm: LanguageModel, drift: DriftTracker, editor: Editor, *, environment: dict[str, Any], progress: bool
     ) -> dict[str, Any]:
         """The saved results, with ``lm`` (and ``editor``) brought to their state: from the saved weights, else by
-        replaying the records, which the results then list under ``replays`` with the ``environment`` they were
-        replayed in and how far the replayed edits' drift came from the recorded one."""
+        replaying the records. The results list every resume under ``resumes``, with the ``environment`` the run
+        goes on in (another CPU or thread count changes the last bits of its arithmetic) and, for a replay, how
+        far the replayed edits' drift came from the recorded one."""
         results: dict[str, Any] = json.loads(self.results.read_text())
         weights, remembered_file, meta_file = self._files(results["n_edits"])
         if not meta_file.exists():  # a folder written before the file names carried the edit count
@@ -374,8 +375,8 @@ class _RunState:
             )
         if not meta_file.exists():  # results alone (copied from another machine): rebuild the weights
             deviation = _replay_records(results, lm, drift, editor, progress=progress)
-            replayed = {"n_edits": results["n_edits"], "largest_relative_deviation": deviation}
-            results["replays"] = [*results.get("replays", []), {**replayed, "environment": environment}]
+            resumed = {"n_edits": results["n_edits"], "from": "records", "largest_relative_deviation": deviation}
+            results["resumes"] = [*results.get("resumes", []), {**resumed, "environment": environment}]
             return results
         meta = json.loads(meta_file.read_text())
         if meta["n_edits"] != results["n_edits"]:
@@ -394,6 +395,8 @@ class _RunState:
             params[name].copy_(saved[name].to(params[name].device))
         if meta.get("editor_state"):
             editor.import_state(lm, load_file(str(remembered_file)))
+        resumed = {"n_edits": results["n_edits"], "from": "weights", "environment": environment}
+        results["resumes"] = [*results.get("resumes", []), resumed]
         return results
 
 
