@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
+from editkit.data import load_cases
 from editkit.editors import create_editor
-from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.evaluation.drift import edit_drift
 from editkit.evaluation.runner import config_of_results
@@ -59,6 +59,9 @@ def main() -> None:
         raise SystemExit(f"{args.results}: no edit to replay in its first {args.limit} records")
     if any("replay" not in r for r in records):
         raise SystemExit(f"{args.results}: records without 'replay' (written before editkit kept it)")
+    cases = {c.request.case_id: c.request for c in load_cases(cfg["data"], limit=cfg["limit"]).cases}
+    if missing := [r["case_id"] for r in records if r["case_id"] not in cases]:
+        raise SystemExit(f"{cfg['data']} lacks the run's cases {missing[:5]}")
     torch.set_num_threads(args.threads)
     lm = load(cfg["model"])
     if lm.name != run["model"]:
@@ -69,7 +72,7 @@ def main() -> None:
     started = time.perf_counter()
     with progress_bar(len(records), f"replaying {len(records)} edits, {args.threads} threads", True) as bar:
         for r in records:
-            handle = editor.replay(lm, [EditRequest.from_dict(r["request"])], r["replay"])
+            handle = editor.replay(lm, [cases[r["case_id"]]], r["replay"])
             own = edit_drift(lm.model, handle)
             rows.append({"n_edits": r["n_edits"], "recorded": r["edit_drift"], "replayed": own})
             bar.advance(1)

@@ -554,6 +554,9 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     assert saved["n_edits"] == 2 and all(
         "replay" in r for r in saved["records"][:: 1 if method == "rome" else per_step]
     )
+    # records name their cases by id: committed results carry none of the data set's text
+    text = json.dumps(saved)
+    assert not any(c.request.subject in text or c.request.target_new in text for c in cases[:2])
     (moved / "results.json").write_text(json.dumps(saved))
     replay, kept_before_replay = protocols._replay_records, []
 
@@ -598,6 +601,8 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     with pytest.raises(ValidationError, match="moved the weights by"):
         # a step's records all carry its drift; the check reads its last
         resume_with(lambda records: records[per_step - 1].update(edit_drift=2 * records[0]["edit_drift"]))
+    with pytest.raises(ValidationError, match="not the run's cases"):  # the replay takes each request by position
+        resume_with(lambda records: records[0].update(case_id="another"))
     with pytest.raises(ValidationError, match="holds nothing to replay"):
         resume_with(lambda records: records[0].pop("replay"))
 

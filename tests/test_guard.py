@@ -161,6 +161,34 @@ def test_sequential_run_with_guard_records_rejections_and_resumes(tmp_path):
         assert a["post"] == pytest.approx(b["post"], abs=1e-5)
 
 
+def test_results_keep_the_canaries_by_count_digest_and_idx_not_their_text(tmp_path):
+    examples = [{"sentence": f"Film {i} was fine.", "label": i % 2, "idx": 10 + i} for i in range(4)]
+    cases = demo_cases()[:2]
+    state = tmp_path / "state"
+
+    def run(canary):
+        guard = EditGuard(GuardConfig(recall_edits=0), canary={"sst2": canary})
+        return sequential_edits(
+            tiny_model("llama"),
+            create_editor("ft", SMALL),
+            cases,
+            every=2,
+            state_dir=state,
+            guard=guard,
+            progress=False,
+        )
+
+    kept = run(examples)["guard"]["canary"]["sst2"]
+    assert kept["n"] == 4 and kept["idx"] == [10, 11, 12, 13] and len(kept["sha256"]) == 64
+    assert "Film" not in (state / "results.json").read_text()
+    # other canaries are another run: the digest is in the run key
+    with pytest.raises(ValidationError, match="other settings"):
+        run([{**e, "sentence": e["sentence"].upper()} for e in examples])
+    # a data set without idx is kept by count and digest
+    unnamed = EditGuard(GuardConfig(), canary={"sst2": [{k: e[k] for k in ("sentence", "label")} for e in examples]})
+    assert set(protocols._canary_summary(unnamed.canary)["sst2"]) == {"n", "sha256"}
+
+
 def test_a_rejected_edit_is_neither_succeeded_nor_forgotten(monkeypatch):
     # Every record counts as a success, so only the rejection can keep edit 3 out of the tally.
     monkeypatch.setattr(protocols, "edit_success", lambda scores: 1.0)

@@ -245,7 +245,6 @@ def batch_edits(
                     k_records.append(
                         {
                             "case_id": cases[i].request.case_id,
-                            "request": cases[i].request.to_dict(),
                             "k": k,
                             "group": g,
                             "pre": unedited[i],
@@ -359,7 +358,14 @@ class _RunState:
 
     @torch.no_grad()
     def restore(
-        self, lm: LanguageModel, drift: DriftTracker, editor: Editor, *, environment: dict[str, Any], progress: bool
+        self,
+        lm: LanguageModel,
+        drift: DriftTracker,
+        editor: Editor,
+        cases: Sequence[EditCase],
+        *,
+        environment: dict[str, Any],
+        progress: bool,
     ) -> dict[str, Any]:
         """The saved results, with ``lm`` (and ``editor``) brought to their state: from the saved weights, else by
         replaying the records. The results list every resume under ``resumes``, with the ``environment`` the run
@@ -374,7 +380,7 @@ class _RunState:
                 self.folder / "weights.json",
             )
         if not meta_file.exists():  # results alone (copied from another machine): rebuild the weights
-            deviation = _replay_records(results, lm, drift, editor, progress=progress)
+            deviation = _replay_records(results, lm, drift, editor, cases, progress=progress)
             resumed = {"n_edits": results["n_edits"], "from": "records", "largest_relative_deviation": deviation}
             results["resumes"] = [*results.get("resumes", []), {**resumed, "environment": environment}]
             return results
@@ -401,7 +407,13 @@ class _RunState:
 
 
 def _replay_records(
-    results: dict[str, Any], lm: LanguageModel, drift: DriftTracker, editor: Editor, *, progress: bool
+    results: dict[str, Any],
+    lm: LanguageModel,
+    drift: DriftTracker,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    *,
+    progress: bool,
 ) -> float:
     """Bring ``lm`` and ``editor`` to the state after a run's recorded edits by replaying each call from its
     record (:meth:`Editor.replay`), step by step as the run made them. Each step must move the weights as far as
@@ -431,7 +443,7 @@ def _replay_records(
                         f"the record of edit {first['n_edits']} holds nothing to replay it from (written before "
                         "editkit kept it): start afresh (delete the state folder)"
                     )
-                requests = [EditRequest.from_dict(step[i]["request"]) for i in call]
+                requests = [_request_of(step[i], cases) for i in call]
                 handles.append(editor.replay(lm, requests, first["replay"]))
                 drift.track(handles[-1])
             own = sum(edit_drift(lm.model, h) for h in handles)
@@ -445,6 +457,30 @@ def _replay_records(
             bar.advance(len(step))
     log.info("replayed %d edits; largest relative difference from the recorded drift: %.2g", n, largest)
     return largest
+
+
+def _canary_summary(canary: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """What results keep of the guard's canary examples: per task their count, a digest of the examples (for the
+    run key) and the data set's ``idx`` of each where it has one; never their text."""
+    summary = {}
+    for task, examples in canary.items():
+        digest = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
+        summary[task] = {"n": len(examples), "sha256": digest}
+        if all("idx" in e for e in examples):
+            summary[task]["idx"] = [e["idx"] for e in examples]
+    return summary
+
+
+def _request_of(record: dict[str, Any], cases: Sequence[EditCase]) -> EditRequest:
+    """The request a sequential record edited: the run's case at its position. Records name their case by id
+    only (results carry no data set text); the id must match, else the cases are not the run's."""
+    case = cases[record["n_edits"] - 1]
+    if case.request.case_id != record["case_id"]:
+        raise ValidationError(
+            f"edit {record['n_edits']} of the run was case {record['case_id']!r}, the data gives "
+            f"{case.request.case_id!r} there: not the run's cases"
+        )
+    return case.request
 
 
 def _unedited_scores(
@@ -543,7 +579,7 @@ def sequential_edits(
     header = _header("sequential", lm, editor, cases, datasets)
     settings: dict[str, Any] = {"edits_per_step": edits_per_step, "every": every, "downstream_tasks": sorted(tasks)}
     if guard is not None:
-        settings["guard"] = {"config": guard.config.to_dict(), "canary": guard.canary}
+        settings["guard"] = {"config": guard.config.to_dict(), "canary": _canary_summary(guard.canary)}
     key = _run_key(header, settings)
     t_start = time.perf_counter()
     drift = DriftTracker()
@@ -577,7 +613,7 @@ def sequential_edits(
             if not (state.folder / "unedited.json").exists():
                 made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
                 _atomic_write(state.folder / "unedited.json", json.dumps({**made_on, "scores": saved_unedited + extra}))
-            results = state.restore(lm, drift, editor, environment=header["environment"], progress=progress)
+            results = state.restore(lm, drift, editor, cases, environment=header["environment"], progress=progress)
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))
                 results["extended"] = [
@@ -591,7 +627,7 @@ def sequential_edits(
             earlier_seconds = results.get("total_seconds", results["seconds"])
             if guard is not None:
                 kept = [r for r in results["records"] if "rejected" not in r]
-                guard.resume(lm, [(EditRequest.from_dict(r["request"]), r["guard"]["drift"]) for r in kept])
+                guard.resume(lm, [(_request_of(r, cases), r["guard"]["drift"]) for r in kept])
         else:
             unedited = _unedited_scores(state, lm, cases, reference, header, batch_size=batch_size, progress=progress)
             results = {
@@ -639,7 +675,6 @@ def sequential_edits(
                     record = {
                         "n_edits": i + 1,
                         "case_id": cases[i].request.case_id,
-                        "request": cases[i].request.to_dict(),
                         "pre": results["unedited"][i],
                         "post": scores,
                         "edit_seconds": edit_seconds / len(step),
