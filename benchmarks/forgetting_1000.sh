@@ -6,6 +6,7 @@
 # snapshots, below, or start afresh.)
 #   bash benchmarks/forgetting_1000.sh [method ...]          # default: all four, one after another
 #   JOBS=2 bash benchmarks/forgetting_1000.sh [method ...]   # two at a time, one torch thread each
+# rome-guard (not among the default four) is ROME's run with the edit guard on.
 # One after another with two threads each, the four take about 17 hours on 2 cores (AlphaEdit 5.3, ROME about
 # 5). Editing SmolLM2 gains little from a second thread: two runs with one thread each make 1.4-1.6x the edits
 # per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 13 hours for all four.
@@ -77,7 +78,7 @@ methods=("$@")
 [[ ${#methods[@]} -gt 0 ]] || methods=(alphaedit rome memit-l1500 ft-c)
 for m in "${methods[@]}"; do
   [[ -f "benchmarks/configs/sequential_${m/memit-l1500/memit_l1500}_1000.yaml" ]] ||
-    { echo "no config for '$m' (alphaedit, memit-l1500, rome, ft-c)" >&2; exit 2; }
+    { echo "no config for '$m' (alphaedit, memit-l1500, rome, ft-c; rome-guard: ROME with the edit guard)" >&2; exit 2; }
 done
 
 # A run whose state is gone (a new machine) starts from its committed snapshot when the snapshot's records can

@@ -6,7 +6,7 @@ relative difference of 1e-4. To stand in for another CPU, change the arithmetic:
 runs torch without its vector kernels, so every matmul, softmax and sum rounds differently (another thread
 count does not: on this machine two threads round exactly as one).
 
-    R=benchmarks/results/running/sequential_rome_smollm2_cf1000.json
+    R=benchmarks/results/sequential_rome_smollm2_cf1000.json
     python benchmarks/replay_check.py $R --limit 250 --threads 2 \
         --out benchmarks/results/replay_check_rome_threads2.json
     ATEN_CPU_CAPABILITY=default python benchmarks/replay_check.py $R --limit 250 \
