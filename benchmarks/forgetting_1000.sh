@@ -12,6 +12,7 @@
 # per hour of one run with two (benchmarks/thread_lanes.py), so JOBS=2 takes about 13 hours for all four.
 #   bash benchmarks/forgetting_1000.sh snapshot              # copy unfinished runs' results into the work tree
 #   bash benchmarks/forgetting_1000.sh report                # the four runs' report and span tables, in docs/
+#                                                            # (and ROME's with the guard beside ROME's, once begun)
 # A cache can be lost with its machine, and an unfinished run's records with it (ROME's first 800 edits were).
 # `snapshot` copies each unfinished run's partial results (records and checkpoints, no weights) to
 # benchmarks/results/running/, to commit: `editkit report` reads them as "n of 1,000 edits so far", and a run
@@ -68,6 +69,14 @@ if [[ ${1:-} == report ]]; then
   } > "$out/spans.md.tmp"
   mv "$out/spans.md.tmp" "$out/spans.md"
   echo "$out/report.md, $out/spans.md" >&2
+  # ROME with the edit guard, when it has begun: its own report beside the unguarded run
+  pair=()
+  for m in rome rome-guard; do
+    for f in benchmarks/results/{,running/}sequential_${m}_smollm2_cf1000.json; do
+      [[ -e $f ]] && { pair+=("$f"); break; }
+    done
+  done
+  [[ ${#pair[@]} -lt 2 ]] || .venv/bin/editkit report "${pair[@]}" --out docs/report/sequential_1000_guard
   exit 0
 fi
 at_once="${JOBS:-1}"

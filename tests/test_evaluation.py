@@ -759,6 +759,17 @@ def test_forgetting_summary_places_catastrophic_forgetting():
     assert forgetting_summary(calm)["own_drift"] == (20.0, 1, 20)
 
 
+def test_the_forgetting_table_counts_the_guards_rejections_when_a_run_has_the_guard():
+    from editkit.evaluation.report import _forgetting_table, forgetting_summary
+
+    plain = _synthetic_run([0.9, 0.88], [0, 0], [1] * 10) | {"method": "rome", "model": "m"}
+    guarded = plain | {"method": "rome+guard", "guard": {}, "rejected_edits": [{"n_edits": 3}, {"n_edits": 7}]}
+    assert forgetting_summary(plain)["rejected"] is None and forgetting_summary(guarded)["rejected"] == 2
+    assert not any("guard rejected" in line for line in _forgetting_table([plain]))
+    (row,) = [line for line in _forgetting_table([plain, guarded]) if "guard rejected" in line]
+    assert row.endswith("| no guard | 2 |")
+
+
 def test_report_reads_a_running_sequential_runs_state(tmp_path):
     from editkit.evaluation.report import load_results
     from editkit.models.tiny import tiny_model

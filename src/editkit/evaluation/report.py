@@ -414,6 +414,8 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
         else None,
         "forgotten": (last.get("forgotten", 0), last.get("succeeded", 0)),
         "disabling_edits": len(run.get("disabling_edits", [])),
+        # edits the guard rolled back; None for a run without the guard
+        "rejected": len(run.get("rejected_edits", [])) if "guard" in run else None,
         # the largest own drift against the median, and how many are 10x, where the run has them
         "own_drift": (max(own), sum(d > 10 for d in own), len(own)) if own else None,
     }
@@ -456,6 +458,8 @@ def _forgetting_table(runs: Sequence[dict[str, Any]]) -> list[str]:
         [f"{f} of {n} ({f / n:.1%})" if n else "0" for _, s in rows for f, n in [s["forgotten"]]],
     )
     row("disabling edits flagged in the run", [str(s["disabling_edits"]) for _, s in rows])
+    if any(s["rejected"] is not None for _, s in rows):
+        row("edits the guard rejected", ["no guard" if s["rejected"] is None else str(s["rejected"]) for _, s in rows])
     row(
         "largest edit's own drift, x the median (edits >= 10x)",
         [f"{d[0]:.1f}x ({d[1]} of {d[2]})" if (d := s["own_drift"]) else "not recorded" for _, s in rows],
