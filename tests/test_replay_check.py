@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from editkit.data import demo_cases
+from editkit.data.formats import editkit_record
 from editkit.editors import create_editor
 from editkit.evaluation.protocols import sequential_edits
 from editkit.models.tiny import tiny_model
@@ -38,7 +39,10 @@ def test_replay_check_reads_the_records_difference_from_the_replayed_edits(tmp_p
         tiny_model("llama"), create_editor("rome", settings), demo_cases()[:3], every=3, progress=False
     )
     torch.set_num_threads(threads)
-    run["run"] = {"method": "rome", "model": "tiny-llama", "settings": settings}  # as the runner records it
+    # the run's cases come from its data file: results name them by id only
+    data = tmp_path / "cases.jsonl"
+    data.write_text("".join(json.dumps(editkit_record(c)) + "\n" for c in demo_cases()[:3]))
+    run["run"] = {"method": "rome", "model": "tiny-llama", "settings": settings, "data": str(data), "limit": None}
     path = tmp_path / "results.json"
     path.write_text(json.dumps(run))
     faithful = _check(monkeypatch, path, tmp_path / "a.json", "--threads", str(threads))
@@ -51,6 +55,10 @@ def test_replay_check_reads_the_records_difference_from_the_replayed_edits(tmp_p
     off = _check(monkeypatch, path, tmp_path / "b.json", "--limit", "2")
     assert off["summary"]["edits"] == 2 and off["summary"]["over_limit"] == [2]
     assert off["edits"][1]["relative"] == pytest.approx(0.01 / 1.01, rel=1e-3)
+
+    data.write_text("".join(json.dumps(editkit_record(c)) + "\n" for c in demo_cases()[3:5]))
+    with pytest.raises(SystemExit, match="lacks the run's cases"):
+        _check(monkeypatch, path, tmp_path / "e.json")
 
     del run["run"]  # a run in progress: its config file says how it is made, and must name its method
     path.write_text(json.dumps(run))
