@@ -47,11 +47,17 @@ if [[ ${1:-} == report ]]; then
   out=docs/report/sequential_1000
   alpha=benchmarks/results/sequential_alphaedit_smollm2_cf1000.json
   [[ -e $alpha ]] || { echo "$alpha is missing: the span tables set each run beside it" >&2; exit 2; }
+  # prints method $1's finished results, else its snapshot, else nothing
+  results_of() {
+    local f
+    for f in benchmarks/results/{,running/}sequential_"$1"_smollm2_cf1000.json; do
+      [[ -e $f ]] && { echo "$f"; return; }
+    done
+  }
   files=()
   for m in alphaedit ft-c memit-l1500 rome; do
-    for f in benchmarks/results/{,running/}sequential_${m}_smollm2_cf1000.json; do
-      [[ -e $f ]] && { files+=("$f"); break; }
-    done
+    f=$(results_of "$m")
+    [[ -z $f ]] || files+=("$f")
   done
   .venv/bin/editkit report "${files[@]}" --out "$out"
   {
@@ -70,13 +76,8 @@ if [[ ${1:-} == report ]]; then
   mv "$out/spans.md.tmp" "$out/spans.md"
   echo "$out/report.md, $out/spans.md" >&2
   # ROME with the edit guard, when it has begun: its own report beside the unguarded run
-  pair=()
-  for m in rome rome-guard; do
-    for f in benchmarks/results/{,running/}sequential_${m}_smollm2_cf1000.json; do
-      [[ -e $f ]] && { pair+=("$f"); break; }
-    done
-  done
-  [[ ${#pair[@]} -lt 2 ]] || .venv/bin/editkit report "${pair[@]}" --out docs/report/sequential_1000_guard
+  rome=$(results_of rome) guarded=$(results_of rome-guard)
+  [[ -z $rome || -z $guarded ]] || .venv/bin/editkit report "$rome" "$guarded" --out docs/report/sequential_1000_guard
   exit 0
 fi
 at_once="${JOBS:-1}"
