@@ -29,7 +29,7 @@ FAST = {
     "rp": {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0},
     "serac": {"encoder": "tiny-bert", "threshold": 0.0},
 }
-WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.kind == "weights"]
+WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.storage == "weights"]
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_rollback_is_bit_exact_and_only_declared_parameters_change(method, arch,
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed <= set(handle.changes), f"undeclared changes: {changed - set(handle.changes)}"
     assert not torch.equal(_logits(handle.model), outputs), f"{method} changed no output on {arch}"
-    if get_editor_class(method).capabilities.kind == "weights":
+    if get_editor_class(method).capabilities.storage == "weights":
         assert changed, f"{method} changed nothing on {arch}"
         assert handle.summary()["parameters"], "summary lists no parameters"
     else:
@@ -93,7 +93,7 @@ def test_save_load_reproduces_edited_logits(method, arch, tmp_path, _editor):
     loaded = EditHandle.load(tmp_path / "edit", fresh)
     assert torch.equal(_logits(loaded.model), edited)
     assert loaded.requests == [REQUEST]
-    if get_editor_class(method).capabilities.kind == "weights":
+    if get_editor_class(method).capabilities.storage == "weights":
         with pytest.raises(ValidationError, match="different"):
             EditHandle.load(tmp_path / "edit", fresh)  # already edited: the originals no longer match
 

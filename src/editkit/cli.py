@@ -79,19 +79,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
         _console().print(table)
         return 0
     table = Table(title="Methods")
-    for col in ("name", "kind", "batch", "sequential", "needs subject", "needs training", "replay"):
+    for col in ("name", "edits live in", "trained parts", "batch", "needs subject", "replay"):
         table.add_column(col)
     for name in available_methods():
         caps = get_editor_class(name).capabilities
-        table.add_row(
-            name,
-            caps.kind,
-            str(caps.batch),
-            str(caps.sequential),
-            str(caps.needs_subject),
-            str(caps.needs_training),
-            str(caps.replay),
-        )
+        table.add_row(name, caps.storage, str(caps.trained), str(caps.batch), str(caps.needs_subject), str(caps.replay))
     _console().print(table)
     print("Settings of one method: editkit methods NAME")
     return 0

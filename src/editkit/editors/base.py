@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, UnknownNameError, ValidationError, did_you_mean
+from editkit.files import tensor_sha256
 from editkit.models.lm import LanguageModel
 
 log = logging.getLogger(__name__)
@@ -133,10 +133,13 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
 # --------------------------------------------------------------------------- capabilities and registry
 @dataclass(frozen=True)
 class Capabilities:
-    kind: Literal["weights", "memory", "hypernetwork"]
+    """What generic code may rely on. Two questions are kept apart: where an edit lives (``storage``: in the
+    model's parameters, so drift, the guard and resumable runs apply; or in a memory beside a frozen model) and
+    whether the method needs parts trained beforehand (``trained``: a trainer of the same name makes them)."""
+
+    storage: Literal["weights", "memory"]
+    trained: bool = False  # needs trained parts (editkit train NAME)
     batch: bool = True  # several requests in one apply()
-    sequential: bool = True  # apply() again on an already edited model
-    needs_training: bool = False
     needs_subject: bool = False
     free_form: bool = False  # accepts free-form descriptors instead of input-output pairs
     replay: bool = False  # replay(): an edit applied again from its recorded info, without its search
@@ -183,10 +186,6 @@ def create_editor(name: str, config: Mapping[str, Any] | EditorConfig | None = N
 class ParamChange:
     original: torch.Tensor
     edited: torch.Tensor
-
-
-def _tensor_sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 @dataclass
@@ -289,7 +288,7 @@ class EditHandle:
             "model": self.model.name,
             "config": self.config,
             "requests": [r.to_dict() for r in self.requests],
-            "original_sha256": {n: _tensor_sha(ch.original) for n, ch in self.changes.items()},
+            "original_sha256": {n: tensor_sha256(ch.original) for n, ch in self.changes.items()},
             "info": _jsonable(self.info),
         }
         (folder / "handle.json").write_text(json.dumps(meta, indent=2))
@@ -317,7 +316,7 @@ class EditHandle:
             if name not in params:
                 raise ValidationError(f"saved edit changes {name}, which {lm.name} does not have")
             current = params[name].detach().cpu().clone()
-            if _tensor_sha(current) != sha:
+            if tensor_sha256(current) != sha:
                 raise ValidationError(
                     f"saved edit was made on a different {name} than {lm.name} holds now "
                     "(another base model, or it is already edited)"

@@ -59,7 +59,7 @@ class FTCConfig(FTConfig):
 class FT(WeightEditor):
     name = "ft"
     config_cls: ClassVar[type[EditorConfig]] = FTConfig
-    capabilities = Capabilities(kind="weights", batch=True, sequential=True)
+    capabilities = Capabilities(storage="weights", batch=True)
     config: FTConfig
 
     def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:

@@ -72,7 +72,7 @@ def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | No
 class MEMIT(LocateEditor):
     name = "memit"
     config_cls = MEMITConfig
-    capabilities = Capabilities(kind="weights", batch=True, sequential=True, needs_subject=True, replay=True)
+    capabilities = Capabilities(storage="weights", batch=True, needs_subject=True, replay=True)
     config: MEMITConfig
 
     def __init__(self, config: MEMITConfig | None = None) -> None:

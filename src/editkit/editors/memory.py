@@ -481,7 +481,7 @@ class MemoryEditor(Editor):
     """Base of LU, RP and SERAC: builds a scope model and an answerer for a base model, keeps one
     :class:`RoutedModel` per base model, and adds edits to its memory."""
 
-    capabilities: ClassVar[Capabilities] = Capabilities(kind="memory", batch=True, sequential=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", batch=True)
     config: MemoryConfig
 
     def __init__(self, config: EditorConfig | None = None) -> None:

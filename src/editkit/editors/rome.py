@@ -295,7 +295,7 @@ class LocateEditor(WeightEditor):
 class ROME(LocateEditor):
     name = "rome"
     config_cls = ROMEConfig
-    capabilities = Capabilities(kind="weights", batch=False, sequential=True, needs_subject=True, replay=True)
+    capabilities = Capabilities(storage="weights", batch=False, needs_subject=True, replay=True)
     config: ROMEConfig
 
     def layer(self, lm: LanguageModel) -> int:

@@ -16,7 +16,6 @@ the encoder, merged into its weights when loaded. :class:`EmbedScope` and :class
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 from editkit.editors.memory import ScopeModel, descriptor_of
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
+from editkit.files import file_sha256
 from editkit.memory.store import EditRecord
 from editkit.models.encoder import SentenceEncoder
 
@@ -78,10 +78,6 @@ class CrossClassifier(nn.Module):
 
 
 # --------------------------------------------------------------------------- artifacts
-def _sha_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_part(folder: Path, encoder_model: nn.Module, head: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write a trained classifier: the encoder's LoRA adapter (peft), the head tensors and a JSON."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,7 +97,7 @@ def load_encoder_with_adapter(folder: Path, encoder_name: str) -> tuple[Sentence
         raise ValidationError(f"{folder} holds no trained adapter ({weights} is missing)")
     base = SentenceEncoder.load(encoder_name)
     merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
-    return SentenceEncoder(merged.eval(), base.tokenizer, name=f"{encoder_name}+{folder.name}"), _sha_file(weights)
+    return SentenceEncoder(merged.eval(), base.tokenizer, name=f"{encoder_name}+{folder.name}"), file_sha256(weights)
 
 
 def _head(folder: Path) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from editkit.editors.base import EditorConfig, register
+from editkit.editors.base import Capabilities, EditorConfig, register
 from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, PromptedAnswerer, ScopeModel
 from editkit.editors.scope import CrossScope, EmbedScope
 from editkit.errors import ConfigError, ValidationError
@@ -124,6 +124,7 @@ class RP(_Retrieval):
 class SERAC(_Retrieval):
     name = "serac"
     config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True)
 
     def parts(self) -> list[str]:
         return [*super().parts(), "counterfactual"]

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from editkit.errors import ValidationError
+from editkit.files import atomic_save_tensors, file_sha256
 from editkit.models.hooks import HookKind, StopForward, hooks
 from editkit.models.lm import LanguageModel, config_identity
-from editkit.models.zoo import cache_dir, sha256_file
+from editkit.models.zoo import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,8 @@ def second_moments(lm: LanguageModel, reqs: Sequence[StatsRequest], *, progress:
         computed, count = _compute(lm, sorted(todo), first, progress=progress)
         for layer, mom2 in computed.items():
             key, path, key_fields = todo[layer]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
             meta = {k: str(v) for k, v in key_fields.items()} | {"count": str(count)}
-            save_file({"mom2": mom2}, str(tmp), metadata=meta)
-            tmp.replace(path)
+            atomic_save_tensors({"mom2": mom2}, path, metadata=meta)
             _MEMO[key] = found[layer] = mom2
         log.info("key statistics for layer(s) %s: %d tokens in %.1f s", sorted(todo), count, time.perf_counter() - t0)
     return [found[r.layer] for r in reqs]
@@ -133,7 +131,7 @@ def _cache_entry(lm: LanguageModel, req: StatsRequest) -> tuple[str, Path, dict[
         "version": STATS_VERSION,
         "model": key_fingerprint(lm, req.layer),
         "site": lm.adapter.site(req.layer, "mlp_out"),
-        "corpus_sha256": sha256_file(corpus) if corpus.is_file() else str(corpus),
+        "corpus_sha256": file_sha256(corpus) if corpus.is_file() else str(corpus),
         "n_tokens": req.n_tokens,
         "seq_len": req.seq_len,
         "dtype": str(lm.dtype),

@@ -106,7 +106,7 @@ class EditGuard:
     def apply(self, editor: Editor, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
         """``editor.apply(lm, requests)``, kept only if every check passes; else rolled back and
         :class:`EditRejected` raised."""
-        if editor.capabilities.kind != "weights":
+        if editor.capabilities.storage != "weights":
             raise ValidationError(f"the guard checks weight edits; {editor.name} keeps its edits outside the weights")
         t0 = time.perf_counter()
         recent = self._recent()

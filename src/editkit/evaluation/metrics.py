@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,10 +34,11 @@ from pathlib import Path
 from statistics import mean
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from editkit.edits import EditCase, Probe, ProbeKind
 from editkit.errors import ValidationError
+from editkit.files import atomic_save_tensors, atomic_write
 from editkit.models.lm import LanguageModel, TokenScores
 from editkit.progress import progress_bar
 
@@ -127,16 +127,14 @@ class Reference:
         probes, predictions and likelihoods; written last, so that a file pair is complete or absent)."""
         keys = list(self.distributions)
         tensors = {"distributions": torch.stack([self.distributions[k] for k in keys])} if keys else {}
-        save_file(tensors, str(folder / "reference.safetensors.tmp"))
-        os.replace(folder / "reference.safetensors.tmp", folder / "reference.safetensors")
+        atomic_save_tensors(tensors, folder / "reference.safetensors")
         meta = {
             "model": self.model,
             "probes": [list(k) for k in keys],
             "predictions": [self.predictions[k] for k in keys],
             "likelihoods": [[*k, v] for k, v in self.likelihoods.items()],
         }
-        (folder / "reference.json.tmp").write_text(json.dumps(meta))
-        os.replace(folder / "reference.json.tmp", folder / "reference.json")
+        atomic_write(folder / "reference.json", json.dumps(meta))
 
     @classmethod
     def load(cls, folder: Path) -> Reference:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import platform
 import resource
 import subprocess
@@ -31,7 +30,7 @@ from statistics import mean, median
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import editkit
 from editkit.data.formats import Dataset
@@ -42,6 +41,7 @@ from editkit.evaluation.downstream import evaluate_task
 from editkit.evaluation.drift import DriftTracker, edit_drift
 from editkit.evaluation.guard import EditGuard, EditRejected
 from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
+from editkit.files import atomic_save_tensors, atomic_write, tensor_sha256
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
 
@@ -287,16 +287,6 @@ def _downstream(lm: LanguageModel, tasks: dict[str, list[dict[str, Any]]], batch
     return {name: evaluate_task(lm, name, examples, batch_size=batch_size) for name, examples in tasks.items()}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _tensor_sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
 class _RunState:
     """A sequential run's folder: ``results.json`` (partial results) and, for the state after edit n,
     ``weights-n.safetensors`` (the current value of every parameter the run changed, with the original's
@@ -336,20 +326,17 @@ class _RunState:
         weights, remembered_file, meta_file = self._files(results["n_edits"])
         params = dict(lm.model.named_parameters())
         if drift.originals:
-            tensors = {n: params[n].detach().cpu().contiguous() for n in drift.originals}
-            save_file(tensors, str(weights) + ".tmp")
-            os.replace(str(weights) + ".tmp", weights)
+            atomic_save_tensors({n: params[n] for n in drift.originals}, weights)
         remembered = editor.export_state(lm)
         if remembered:
-            save_file({k: t.detach().cpu().contiguous() for k, t in remembered.items()}, str(remembered_file) + ".tmp")
-            os.replace(str(remembered_file) + ".tmp", remembered_file)
+            atomic_save_tensors(remembered, remembered_file)
         meta = {
-            "original_sha256": {n: _tensor_sha(t) for n, t in drift.originals.items()},
+            "original_sha256": {n: tensor_sha256(t) for n, t in drift.originals.items()},
             "editor_state": sorted(remembered),
             "n_edits": results["n_edits"],
         }
-        _atomic_write(meta_file, json.dumps(meta))
-        _atomic_write(self.results, json.dumps(results))
+        atomic_write(meta_file, json.dumps(meta))
+        atomic_write(self.results, json.dumps(results))
         current = {weights, remembered_file, meta_file}
         for pattern in ("weights*.safetensors", "editor*.safetensors", "weights*.json"):
             for old in self.folder.glob(pattern):
@@ -395,7 +382,7 @@ class _RunState:
         params = dict(lm.model.named_parameters())
         saved = load_file(str(weights)) if meta["original_sha256"] else {}
         for name, sha in meta["original_sha256"].items():
-            if name not in params or _tensor_sha(params[name]) != sha:
+            if name not in params or tensor_sha256(params[name]) != sha:
                 raise ValidationError(f"{self.folder}: saved state was made from another base model ({name})")
             drift.originals[name] = params[name].detach().cpu().clone()
             params[name].copy_(saved[name].to(params[name].device))
@@ -505,7 +492,7 @@ def _unedited_scores(
             return scores
     scores = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
     if path is not None:
-        _atomic_write(path, json.dumps({**made_on, "scores": scores}))
+        atomic_write(path, json.dumps({**made_on, "scores": scores}))
     return scores
 
 
@@ -570,9 +557,9 @@ def sequential_edits(
         raise ValidationError("no cases to evaluate")
     if edits_per_step < 1 or every < 1:
         raise ValidationError("edits per step and evaluation interval must be at least 1")
-    if guard is not None and editor.capabilities.kind != "weights":
+    if guard is not None and editor.capabilities.storage != "weights":
         raise ValidationError(f"the guard checks weight edits; {editor.name} keeps its edits outside the weights")
-    if state_dir is not None and editor.capabilities.kind != "weights":
+    if state_dir is not None and editor.capabilities.storage != "weights":
         raise ValidationError(f"{editor.name} keeps edits outside the weights; resumable runs need a weight editor")
     tasks = downstream or {}
     editor.prepare(lm)
@@ -612,7 +599,7 @@ def sequential_edits(
             # so that a run of another method on the same cases can start from a copy meanwhile.
             if not (state.folder / "unedited.json").exists():
                 made_on = _made_on(lm, header)  # the unedited model's, before the state is restored
-                _atomic_write(state.folder / "unedited.json", json.dumps({**made_on, "scores": saved_unedited + extra}))
+                atomic_write(state.folder / "unedited.json", json.dumps({**made_on, "scores": saved_unedited + extra}))
             results = state.restore(lm, drift, editor, cases, environment=header["environment"], progress=progress)
             if extra:
                 log.info("extending %s from %d to %d cases", state.folder, results["n_cases"], len(cases))

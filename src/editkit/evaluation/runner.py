@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
 from editkit.errors import ConfigError, ValidationError
+from editkit.files import atomic_write
 
 if TYPE_CHECKING:
     from editkit.evaluation.guard import EditGuard
@@ -261,7 +261,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             edits_per_step=config.edits_per_step[0],
             every=config.every,
             downstream=tasks,
-            state_dir=state if editor.capabilities.kind == "weights" else None,
+            state_dir=state if editor.capabilities.storage == "weights" else None,
             batch_size=config.batch_size,
             progress=progress,
             datasets=[dataset],
@@ -269,8 +269,5 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             run=config.to_dict(),
         )
     results["seed"] = config.seed
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, out)
+    atomic_write(out, json.dumps(results, indent=1))
     return results

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import os
 import sqlite3
 import threading
 import time
@@ -45,6 +44,7 @@ import numpy as np
 
 from editkit.edits import EditRequest
 from editkit.errors import EditkitError, ValidationError, did_you_mean
+from editkit.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +214,9 @@ class EditStore(ABC):
         export where a good one was."""
         records = self.journal()
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        with partial.open("w", encoding="utf-8") as f:
+        with atomic_open(target) as f:
             for r in records:
                 f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, target)
         log.info("exported %d edit records to %s", len(records), target)
         return len(records)
 

