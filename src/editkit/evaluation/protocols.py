@@ -20,9 +20,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
-import resource
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,7 +29,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-import editkit
 from editkit.data.formats import Dataset
 from editkit.editors.base import EditHandle, Editor
 from editkit.edits import EditCase, EditRequest
@@ -44,39 +40,16 @@ from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.files import atomic_save_tensors, atomic_write, tensor_sha256
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
+from editkit.provenance import code_version, environment, peak_memory_mb
 
 RESULTS_VERSION = 2
 log = logging.getLogger(__name__)
-
-
-def code_version() -> str:
-    """editkit's version plus the git commit of its source tree, when there is one."""
-    root = Path(__file__).resolve().parents[3]
-    if not (root / "src" / "editkit").is_dir():  # installed from a wheel: no source tree to ask
-        return editkit.__version__
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "src"], capture_output=True, text=True)
-        return f"{editkit.__version__}+{commit}{'.dirty' if dirty.stdout.strip() else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return editkit.__version__
 
 
 def aggregate(records: Sequence[dict[str, Any]], key: str) -> dict[str, float]:
     """Average every score over the records that have it."""
     names = sorted({n for r in records for n in r[key]})
     return {n: mean(r[key][n] for r in records if n in r[key]) for n in names}
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if platform.system() == "Darwin" else 1)
 
 
 def _header(
@@ -102,27 +75,8 @@ def _header(
         ],
         "case_ids": [c.request.case_id for c in cases],
         "n_cases": len(cases),
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "device": str(lm.device),
-            **_cpu(),
-        },
+        "environment": environment(lm.device),
     }
-
-
-def _cpu() -> dict[str, str]:
-    """The processor and the vector kernels torch uses on it: the last bits of a run's arithmetic depend on
-    them, so a run resumed on another machine may part from where it would have gone."""
-    name = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        models = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        name = models[0] if models else name
-    return {"cpu": name, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _calls(editor: Editor, n: int) -> list[list[int]]:
