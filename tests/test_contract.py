@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editkit.editors import available_methods, create_editor, get_editor_class
-from editkit.editors.base import EditHandle, pack_tensor, unpack_tensor
+from editkit.editors.handle import EditHandle, pack_tensor, unpack_tensor
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model

@@ -26,16 +26,15 @@ AlphaEdit needs a corpus: without one C = I has no null space.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
-from editkit.editors.base import EditHandle, register
+from editkit.editors.base import WeightUpdate, register
+from editkit.editors.handle import EditHandle
 from editkit.editors.memit import MEMIT, MEMITConfig
-from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.lm import LanguageModel
 
@@ -104,7 +103,6 @@ class AlphaEdit(MEMIT):
         self._grams: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[tuple[int, ...], torch.Tensor]]] = (
             weakref.WeakKeyDictionary()
         )
-        self._pending: dict[int, torch.Tensor] = {}
 
     def projection(self, lm: LanguageModel, layer: int) -> torch.Tensor:
         key = (id(lm.model), layer)
@@ -132,35 +130,27 @@ class AlphaEdit(MEMIT):
         return total
 
     def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        update = alphaedit_update(
+        return alphaedit_update(
             resid,
             keys,
             self.projection(lm, layer),
             self.previous_keys(lm, layer, keys.shape[0]).to(keys.device),
             self.config.l2,
         )
-        self._pending[layer] = keys.detach().cpu().clone()
-        return update
 
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         super().prepare(lm, progress=progress)
         for layer in self.layers(lm):
             self.projection(lm, layer)
 
-    def _commit(
-        self,
-        lm: LanguageModel,
-        requests: list[EditRequest],
-        work: Callable[[dict[str, nn.Parameter]], tuple[dict[str, torch.Tensor], dict[str, Any]]],
-    ) -> EditHandle:
-        self._pending = {}
-        handle = super()._commit(lm, requests, work)
-        made = _Made(self._pending)
+    def committed(self, lm: LanguageModel, handle: EditHandle, update: WeightUpdate) -> None:
+        """Keep the edit's keys per layer (the ones MEMIT's walk solved each update for) and follow its handle's
+        rollbacks, so that they count in K_p while the edit is applied."""
+        made = _Made({layer: update.remember[lm.adapter.weight_name(layer, "mlp_out")] for layer in self.layers(lm)})
         handle.watchers.append(made.follow)
         self._history.setdefault(lm.model, []).append(made)
         dims = {layer: int((self.projection(lm, layer).diagonal().sum()).round()) for layer in self.layers(lm)}
         handle.info["null_space_dims"] = dims
-        return handle
 
     def export_state(self, lm: LanguageModel) -> dict[str, torch.Tensor]:
         """The keys of the edits applied now: ``keys.LAYER`` ``[in, total]`` and ``counts`` (keys per edit)."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from editkit.editors.base import Capabilities, EditorConfig, WeightEditor, register
+from editkit.editors.base import Capabilities, WeightEditor, WeightUpdate, register
+from editkit.editors.config import EditorConfig
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
 from editkit.models.lm import LanguageModel
@@ -73,7 +74,7 @@ class FT(WeightEditor):
 
     def compute(
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ) -> WeightUpdate:
         batch = lm.teacher_forced([r.text for r in requests], [r.target_new for r in requests])
         n_tok = batch.pred_mask.sum(1).clamp_min(1)
         index, _ = batch.positions()
@@ -97,7 +98,7 @@ class FT(WeightEditor):
                 with torch.no_grad():
                     self.project(params, originals)
         new = {n: p.detach().clone() for n, p in params.items()}
-        return new, {"steps": len(losses), "nll_first": losses[0], "nll_last": losses[-1]}
+        return WeightUpdate(new, {"steps": len(losses), "nll_first": losses[0], "nll_last": losses[-1]})
 
 
 @register

@@ -5,7 +5,7 @@ Many edits at once, spread over a range of MLP layers R = [l_1 .. L]:
 * For each edit i, a target hidden state z_i = h_i^L + delta_i of the residual stream after layer L at the
   subject's last token, with delta_i optimised as ROME optimises v* (new target's NLL over context-prefixed
   prompts, essence-drift KL, norm clamp), but added to the whole layer's output instead of the MLP's
-  (:meth:`~editkit.editors.rome.LocateEditor.target_residual` with ``site="block"``).
+  (:meth:`~editkit.editors.locate.LocateEditor.target_residual` with ``site="block"``).
 * Then, for each layer l of R from the lowest up (MEMIT Algorithm 1): keys K_l (each edit's key at l, averaged
   over the context prefixes, under the weights as updated so far), the residual still missing at layer L,
   R_l = (z - h^L) / (number of layers left), and the update
@@ -30,8 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from editkit.editors.base import Capabilities, pack_tensor, recorded_tensor, register
-from editkit.editors.rome import LocateEditConfig, LocateEditor, layer_output_hidden
+from editkit.editors.base import Capabilities, WeightUpdate, register
+from editkit.editors.handle import pack_tensor, recorded_tensor
+from editkit.editors.locate import LocateEditConfig, LocateEditor
+from editkit.editors.passes import layer_output_hidden
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import StopForward, hooks
@@ -152,7 +154,7 @@ class MEMIT(LocateEditor):
 
     def compute(
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ) -> WeightUpdate:
         last = self.layers(lm)[-1]
         residuals = [self.target_residual(lm, req, last, site="block") for req in requests]
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
@@ -165,7 +167,7 @@ class MEMIT(LocateEditor):
         requests: Sequence[EditRequest],
         params: dict[str, nn.Parameter],
         recorded: Mapping[str, Any],
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ) -> WeightUpdate:
         targets = recorded_tensor(recorded, "targets")
         return self._spread(lm, requests, params, targets, {"replayed": True})
 
@@ -176,13 +178,15 @@ class MEMIT(LocateEditor):
         params: dict[str, nn.Parameter],
         targets: torch.Tensor,
         info: dict[str, Any],
-    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ) -> WeightUpdate:
         """Walk the layers from the lowest up, each taking its share of what is still missing to reach the
         targets z (MEMIT Algorithm 1). ``info["replay"]`` keeps z, from which the same walk on the same weights
-        makes the same change."""
+        makes the same change. ``remember`` holds, per edited parameter, the keys ``[in, n]`` its update was
+        solved for."""
         layers = self.layers(lm)
         last = layers[-1]
         new: dict[str, torch.Tensor] = {}
+        solved_for: dict[str, torch.Tensor] = {}
         per_layer = []
         for i, layer in enumerate(layers):
             keys, current = self.subject_states(lm, requests, layer, last)
@@ -198,11 +202,12 @@ class MEMIT(LocateEditor):
             with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
                 w.add_(lm.adapter.from_out_in(update).to(w.device, w.dtype))
             new[name] = w.detach().clone()
+            solved_for[name] = keys.T.detach().cpu().clone()
             per_layer.append(
                 {"layer": layer, "residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}
             )
         info = {**info, "layers": layers, "per_layer": per_layer, "replay": {"targets": pack_tensor(targets)}}
-        return new, info
+        return WeightUpdate(new, info, remember=solved_for)
 
 
 __all__ = ["MEMIT", "MEMITConfig", "memit_update"]

@@ -32,7 +32,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig
+from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig, create_editor
+from editkit.editors.handle import register_handle_loader
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
@@ -401,6 +402,7 @@ class MemoryEditHandle(EditHandle):
     """An edit held in a memory: rollback deletes its records (the base weights were never touched); reapply
     adds the requests again."""
 
+    handle_type: ClassVar[str] = "memory"
     memory: EditMemory | None = None
     record_ids: list[int] = field(default_factory=list)
     outcomes: list[str] = field(default_factory=list)
@@ -443,23 +445,19 @@ class MemoryEditHandle(EditHandle):
             "info": self.info,
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``handle.json``: the method, its config and the requests; loading adds them to a memory again."""
-        import json
+    def save_payload(self, folder: Path) -> dict[str, Any]:
+        """No files: handle.json's method, config and requests are the edit (:func:`load_memory_handle` adds the
+        requests to a memory again); its scalar info is kept beside them."""
+        return {"info": {k: v for k, v in self.info.items() if isinstance(v, int | float | str | bool)}}
 
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "format": 1,
-            "kind": "memory",
-            "method": self.method,
-            "model": self.model.name,
-            "config": self.config,
-            "requests": [r.to_dict() for r in self.requests],
-            "info": {k: v for k, v in self.info.items() if isinstance(v, int | float | str | bool)},
-        }
-        (folder / "handle.json").write_text(json.dumps(meta, indent=2))
-        return folder
+
+def load_memory_handle(folder: Path, meta: dict[str, Any], lm: LanguageModel) -> EditHandle:
+    """A saved memory edit, applied: its requests added to the memory of a new editor made from its config."""
+    editor = create_editor(meta["method"], meta["config"])
+    return editor.apply(lm, [EditRequest.from_dict(r) for r in meta["requests"]])
+
+
+register_handle_loader(MemoryEditHandle.handle_type, load_memory_handle)
 
 
 @dataclass

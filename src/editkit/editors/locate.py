@@ -1,0 +1,222 @@
+"""Locate-and-edit machinery that ROME, MEMIT and AlphaEdit share (Meng et al., 2022, 2023).
+
+* Context templates: the bare prompt plus ``n_context`` prefixes sampled from the model with a seeded
+  generator (cached per editor and model); k* (ROME eq. 3) is the key at the subject's last token averaged
+  over the prompt in every template.
+* The target residual (ROME eq. 4 for v*, MEMIT's z): a delta added to the output of one site at the subject's
+  last token of every (context-prefixed) prompt, optimised to minimise the new target's NLL plus
+  ``kl_factor`` * KL(original || edited) on "{subject} is a" (the essence-drift term), with weight decay on
+  delta and its norm clamped to ``clamp_norm_factor`` times the site's original output norm. The site is the
+  MLP output projection (ROME's v*) or the whole layer, i.e. the residual stream (MEMIT's z). The forward
+  passes live in :mod:`editkit.editors.passes`.
+* The key statistics C = E[k k^T] of a layer (see :mod:`editkit.editors.stats`), or None without a corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from editkit.editors.base import WeightEditor
+from editkit.editors.config import EditorConfig
+from editkit.editors.passes import FastPasses, Passes, ReferencePasses
+from editkit.editors.stats import StatsRequest, second_moments
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError, ValidationError
+from editkit.models.lm import LanguageModel
+
+
+@dataclass
+class LocateEditConfig(EditorConfig):
+    """Settings ROME and MEMIT share: how k* is averaged, how the target residual is optimised, where C comes from."""
+
+    n_context: int = field(
+        default=10, metadata={"help": "sampled context prefixes averaged into k* (plus the bare prompt)"}
+    )
+    context_length: int = field(default=10, metadata={"help": "tokens per sampled context prefix"})
+    seed: int = field(default=0, metadata={"help": "seed of the context-prefix sampler"})
+    v_steps: int = field(default=25, metadata={"help": "maximum optimisation steps for v*"})
+    v_lr: float = field(default=0.5, metadata={"help": "Adam learning rate for delta"})
+    v_weight_decay: float = field(default=1e-3, metadata={"help": "weight on ||delta||^2 / ||v||^2"})
+    clamp_norm_factor: float = field(default=4.0, metadata={"help": "max ||delta|| as a multiple of ||v||"})
+    kl_factor: float = field(default=0.0625, metadata={"help": "weight of the essence-drift KL term"})
+    stop_loss: float = field(default=5e-2, metadata={"help": "stop once the target NLL is below this"})
+    corpus: str | None = field(default=None, metadata={"help": "text file for C = E[kk^T]; none: C = I"})
+    mom2_n_tokens: int = field(default=100_000, metadata={"help": "corpus tokens for the key statistics"})
+    fast_path: bool = field(
+        default=True, metadata={"help": "recompute only what depends on v* (same result, faster; decoder-only models)"}
+    )
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        if self.v_steps < 1 or self.n_context < 0 or self.context_length < 1:
+            raise ConfigError(f"{name}: v_steps and context_length must be >= 1, n_context >= 0")
+        if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise ConfigError(f"{name}: v_lr and clamp_norm_factor must be positive")
+        if self.corpus is not None and not Path(self.corpus).is_file():
+            raise ConfigError(f"{name}: corpus file {self.corpus} does not exist")
+
+
+@dataclass
+class TargetResidual:
+    """What one edit's optimisation yields: k* (the mean key over contexts), k_0 (the bare prompt's key), the
+    original output of the optimised site at the bare prompt's subject token, and the residual delta that makes
+    the model say the new target when added there."""
+
+    k_star: torch.Tensor
+    k_bare: torch.Tensor
+    v_init: torch.Tensor
+    delta: torch.Tensor
+    info: dict[str, Any]
+
+
+def subject_last_index(lm: LanguageModel, text: str, subject_end: int) -> int:
+    """Index of the token (in ``lm.encode(text)``) that holds the subject's last character."""
+    _, offsets = lm.encode_with_offsets(text)
+    best = None
+    for i, (start, end) in enumerate(offsets):
+        if end > start and start < subject_end:
+            best = i
+    if best is None:
+        raise ValidationError(f"could not locate the subject in {text!r}")
+    return best
+
+
+def _render(template: str, subject: str) -> tuple[str, int]:
+    """Fill ``{}`` with the subject; return the text and the character index just after the subject."""
+    i = template.index("{}")
+    return template[:i] + subject + template[i + 2 :], i + len(subject)
+
+
+class LocateEditor(WeightEditor):
+    """What ROME and MEMIT share: seeded context prefixes, the key statistics, and the optimisation of the
+    residual that makes the model say a new target when added at the subject's last token of one site."""
+
+    config: LocateEditConfig
+
+    def __init__(self, config: LocateEditConfig | None = None) -> None:
+        super().__init__(config)
+        self._contexts: dict[tuple[Any, ...], list[str]] = {}
+
+    # ---- context prefixes (ROME: "we sample ... prefixes to average k* over contexts")
+    def context_templates(self, lm: LanguageModel) -> list[str]:
+        cfg = self.config
+        key = (lm.name, id(lm.model), cfg.seed, cfg.n_context, cfg.context_length)
+        if key not in self._contexts:
+            # Sample from the start of a document: the model's own prefix or BOS when it has one.
+            start = "" if lm.encode("") else (lm.tokenizer.bos_token or lm.tokenizer.eos_token or "")
+            gen = torch.Generator().manual_seed(cfg.seed)
+            texts = (
+                lm.generate([start] * cfg.n_context, cfg.context_length, sample=True, top_k=5, generator=gen)
+                if cfg.n_context
+                else []
+            )
+            clean = [t.replace("{", "").replace("}", "").replace("\n", " ").strip() for t in texts]
+            self._contexts[key] = ["{}"] + [f"{t}. {{}}" for t in clean]
+        return self._contexts[key]
+
+    def covariance(self, lm: LanguageModel, layer: int, progress: bool = False) -> torch.Tensor | None:
+        return self.covariances(lm, [layer], progress=progress)[layer]
+
+    def covariances(
+        self, lm: LanguageModel, layers: Sequence[int], progress: bool = False
+    ) -> dict[int, torch.Tensor | None]:
+        """The key statistics of ``layers`` (one pass over the corpus for those not cached), or None for each
+        when no corpus is configured."""
+        if self.config.corpus is None:
+            return dict.fromkeys(layers)
+        reqs = [
+            StatsRequest(layer=layer, corpus=Path(self.config.corpus), n_tokens=self.config.mom2_n_tokens)
+            for layer in layers
+        ]
+        return dict(zip(layers, second_moments(lm, reqs, progress=progress), strict=True))
+
+    def rendered(self, lm: LanguageModel, req: EditRequest) -> tuple[list[str], list[int]]:
+        """The request's prompt in every context template, and the index of the subject's last token in each."""
+        assert req.subject is not None
+        texts, idx = [], []
+        for ctx in self.context_templates(lm):
+            text, end = _render(ctx.replace("{}", req.template, 1) if ctx != "{}" else req.template, req.subject)
+            texts.append(text)
+            idx.append(subject_last_index(lm, text, end))
+        return texts, idx
+
+    def target_residual(
+        self,
+        lm: LanguageModel,
+        req: EditRequest,
+        layer: int,
+        site: Literal["mlp_out", "block"] = "mlp_out",
+        *,
+        given: torch.Tensor | None = None,
+    ) -> TargetResidual:
+        """Optimise the residual delta added to the output of ``site`` (layer ``layer``'s MLP output projection for
+        ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the subject's last token. With
+        ``given`` (a delta an earlier optimisation found), only the keys and the site's output are read."""
+        cfg = self.config
+        assert req.subject is not None
+        texts, ctx_idx = self.rendered(lm, req)
+        kl_text, kl_end = _render("{} is a", req.subject)
+        all_texts = [*texts, kl_text]
+        subject_idx = [*ctx_idx, subject_last_index(lm, kl_text, kl_end)]
+        fast = cfg.fast_path and lm.adapter.sequential_layers and not lm.is_encoder_decoder
+        run: Passes = (
+            FastPasses(lm, layer, site, all_texts, subject_idx, req.target_new)
+            if fast
+            else ReferencePasses(lm, layer, site, all_texts, subject_idx, req.target_new)
+        )
+        n_rw = len(texts)
+        for p in lm.model.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            keys, v_init, logits = run.capture()
+        kl_init = F.log_softmax(logits[n_rw:, 0].float(), dim=-1)
+        k_star = keys[:n_rw].float().mean(0)
+        v_init = v_init.float()
+        if given is not None:
+            if given.shape != v_init.shape:
+                raise ValidationError(f"a recorded delta of shape {list(given.shape)} for a site of {v_init.shape[0]}")
+            read: dict[str, Any] = {"layer": layer, "replayed": True, "fast_path": fast}
+            return TargetResidual(k_star.cpu(), keys[0].float().cpu(), v_init.cpu(), given.float().cpu(), read)
+
+        delta = torch.zeros_like(v_init, requires_grad=True)
+        opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+        max_norm = cfg.clamp_norm_factor * v_init.norm()
+        n_tok = run.valid[:n_rw].sum(1).clamp_min(1)
+        losses: list[float] = []
+        with torch.enable_grad():
+            for _step in range(cfg.v_steps):
+                opt.zero_grad()
+                logp = F.log_softmax(run.step(delta).float(), dim=-1)
+                tok = logp.gather(-1, run.targets.unsqueeze(-1)).squeeze(-1) * run.valid
+                nll = -(tok[:n_rw].sum(1) / n_tok).mean()
+                kl = F.kl_div(logp[n_rw:, 0], kl_init, log_target=True, reduction="batchmean")
+                decay = cfg.v_weight_decay * delta.norm() ** 2 / v_init.norm() ** 2
+                loss = nll + cfg.kl_factor * kl + decay
+                losses.append(nll.item())
+                if losses[-1] < cfg.stop_loss:
+                    break
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    if delta.norm() > max_norm:
+                        delta.mul_(max_norm / delta.norm())
+        info = {
+            "layer": layer,
+            "steps": len(losses),
+            "nll_first": losses[0],
+            "nll_last": losses[-1],
+            "delta_norm": delta.norm().item(),
+            "fast_path": fast,
+        }
+        return TargetResidual(
+            k_star.detach().cpu(), keys[0].float().cpu(), v_init.cpu(), delta.detach().float().cpu(), info
+        )
+
+
+__all__ = ["LocateEditConfig", "LocateEditor", "TargetResidual", "subject_last_index"]

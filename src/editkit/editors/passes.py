@@ -1,0 +1,255 @@
+"""The forward passes of a target-residual optimisation (:meth:`~editkit.editors.locate.LocateEditor.target_residual`).
+
+One batch holds every context-prefixed rewriting prompt with the target appended, plus the KL prompt (last
+row). :meth:`Passes.capture` reads, without a change, the keys entering the edited layer's MLP output
+projection at each row's subject token, the original output of the optimised site and the logits at the
+target positions; :meth:`Passes.step` gives those logits with a residual delta added to the site's output at
+the subject tokens.
+
+Neither the layers below the edited one nor the tokens before the subject depend on delta, so
+:class:`FastPasses` computes both once and caches them: every step runs only the edited layer and those above
+it, on the tokens from the subject on (the layers below are replaced by stubs that replay their cached output,
+:func:`replay_prefix`). :class:`ReferencePasses` does plain full passes; it serves encoder-decoder models and
+is the reference the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from editkit.models.hooks import hooks
+from editkit.models.lm import CACHE_KEY, LanguageModel
+
+
+class _Replay(nn.Module):
+    """Stands in for layer 0 of a replayed prefix: returns the cached input of the first live layer."""
+
+    def __init__(self, value: torch.Tensor, like: Any, attrs: dict[str, Any]) -> None:
+        super().__init__()
+        self.value = value
+        self.like = like
+        self.__dict__.update(attrs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return _withlayer_output_hidden(self.like, self.value)
+
+
+class _PassThrough(nn.Module):
+    def __init__(self, like: Any, attrs: dict[str, Any]) -> None:
+        super().__init__()
+        self.like = like
+        self.__dict__.update(attrs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return _withlayer_output_hidden(self.like, hidden)
+
+
+def layer_output_hidden(out: Any) -> torch.Tensor:
+    """The hidden states in a module's output (a layer may return a tuple)."""
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _withlayer_output_hidden(like: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(like, torch.Tensor):
+        return hidden
+    return (hidden, *like[1:])
+
+
+def _plain_attrs(module: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, str | int | float | bool)}
+
+
+@contextmanager
+def replay_prefix(layers: nn.ModuleList, upto: int, cached_input: torch.Tensor, like: Any) -> Iterator[None]:
+    """Replace layers ``0..upto-1`` by stubs so a forward pass starts at layer ``upto`` from ``cached_input``."""
+    saved = [layers[i] for i in range(upto)]
+    try:
+        for i in range(upto):
+            attrs = _plain_attrs(saved[i])
+            layers[i] = _Replay(cached_input, like, attrs) if i == 0 else _PassThrough(like, attrs)
+        yield
+    finally:
+        for i, mod in enumerate(saved):
+            layers[i] = mod
+
+
+class Passes(ABC):
+    """The forward passes of v* optimisation over the rewriting prompts plus the KL prompt (last row).
+
+    ``capture`` returns the keys at each row's subject token, the original output of the site (the MLP output
+    projection, or the whole layer) for row 0, and logits at ``index``; ``step(delta)`` returns logits at
+    ``index`` with delta added to the site's output at the subject tokens.
+    ``index`` selects each rewriting row's target-predicting positions and, in column 0, the KL row's subject
+    position; ``targets``/``valid`` give the target token at each selected position.
+    """
+
+    targets: torch.Tensor
+    valid: torch.Tensor
+
+    def __init__(self, lm: LanguageModel, layer: int, site: str) -> None:
+        self.lm = lm
+        self.mlp_out = lm.adapter.module(lm.model, layer, "mlp_out")
+        self.site = self.mlp_out if site == "mlp_out" else lm.adapter.layer_list(lm.model)[layer]
+
+    @abstractmethod
+    def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def step(self, delta: torch.Tensor) -> torch.Tensor: ...
+
+
+class ReferencePasses(Passes):
+    """Plain full forward passes over right-padded prompts (any architecture, encoder-decoders included)."""
+
+    def __init__(
+        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
+    ) -> None:
+        super().__init__(lm, layer, site)
+        self.batch = lm.teacher_forced(texts, [target] * len(texts))
+        self.rows = torch.arange(len(texts), device=lm.device)
+        self.idx = torch.tensor(subject_idx, device=lm.device)
+        index, valid = self.batch.positions()
+        self.targets = self.batch.packed_targets()
+        self.valid = valid
+        self.index = index.clone()
+        # The essence-drift KL is read at the subject's last token (ROME); an encoder-decoder model's logits
+        # live on the decoder, so there it is read at the first decoder position.
+        self.index[-1, 0] = 0 if lm.is_encoder_decoder else self.idx[-1]
+
+    def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        got: dict[str, torch.Tensor] = {}
+
+        def grab_key(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            got["keys"] = args[0][self.rows, self.idx].detach()
+
+        def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["v"] = layer_output_hidden(out)[0, self.idx[0]].detach()
+
+        with hooks([(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]):
+            logits = self.lm.logits_at(self.batch.inputs, self.index)
+        return got["keys"], got["v"], logits
+
+    def step(self, delta: torch.Tensor) -> torch.Tensor:
+        def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = layer_output_hidden(out).clone()
+            hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta.to(hidden.dtype)
+            return _withlayer_output_hidden(out, hidden)
+
+        with hooks([(self.site, "forward", add_delta)]):
+            return self.lm.logits_at(self.batch.inputs, self.index)
+
+
+class FastPasses(Passes):
+    """Only what depends on delta is recomputed at each step.
+
+    Rows are left-padded so that every row's subject token sits in one column S. Tokens before S never see
+    delta: they run once, and their attention keys/values are cached (a copy of the cache per step). Layers
+    below the edited one never see delta either: their output for the tokens from S on is cached too and
+    replayed (:func:`replay_prefix`). A step then runs the edited layer and those above it on the tokens from
+    the subject on: about a third of the tokens and four fifths of the layers of a full pass on SmolLM2.
+    """
+
+    def __init__(
+        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
+    ) -> None:
+        super().__init__(lm, layer, site)
+        self.layer = layer
+        self.layers = lm.adapter.layer_list(lm.model)
+        target_ids = lm.encode(target, special=False)
+        prompt_ids = [lm.encode(t) for t in texts]
+        split = max(subject_idx)
+        shifts = [split - i for i in subject_idx]
+        width = max(sh + len(p) + len(target_ids) for sh, p in zip(shifts, prompt_ids, strict=True))
+        b = len(texts)
+        pad = int(lm.tokenizer.pad_token_id)
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for r, (sh, p) in enumerate(zip(shifts, prompt_ids, strict=True)):
+            row = p + target_ids
+            ids[r, sh : sh + len(row)] = torch.tensor(row)
+            mask[r, sh : sh + len(row)] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        n_t = len(target_ids)
+        # Selected positions, relative to the split: row r's prompt ends at sh + len(p) - 1.
+        index = torch.zeros((b, n_t), dtype=torch.long)
+        for r, (sh, p) in enumerate(zip(shifts, prompt_ids, strict=True)):
+            index[r] = torch.arange(n_t) + sh + len(p) - 1 - split
+        index[-1] = 0  # the KL row reads column 0: its subject token
+        dev = lm.device
+        self.split = split
+        self.index = index.to(dev)
+        self.targets = torch.tensor(target_ids, device=dev).expand(b, -1)
+        self.valid = torch.ones((b, n_t), dtype=torch.bool, device=dev)
+        self.suffix = {
+            "input_ids": ids[:, split:].to(dev),
+            "attention_mask": mask.to(dev),
+            "position_ids": positions[:, split:].to(dev),
+        }
+        self.cache: Any = None
+        if split > 0:
+            with torch.no_grad():
+                out = lm.model(
+                    input_ids=ids[:, :split].to(dev),
+                    attention_mask=mask[:, :split].to(dev),
+                    position_ids=positions[:, :split].to(dev),
+                    use_cache=True,
+                )
+            self.cache = out[CACHE_KEY]
+        self.layer_in: torch.Tensor | None = None
+        self.like: Any = None
+
+    def _inputs(self) -> dict[str, Any]:
+        if self.cache is None:
+            return dict(self.suffix)
+        return {**self.suffix, CACHE_KEY: copy.deepcopy(self.cache), "use_cache": True}
+
+    def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        got: dict[str, Any] = {}
+
+        def grab_key(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            got["keys"] = args[0][:, 0].detach()
+
+        def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["v"] = layer_output_hidden(out)[0, 0].detach()
+
+        def grab_layer_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            got["layer_in"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def grab_prev_out(_m: nn.Module, _args: Any, out: Any) -> None:
+            got["like"] = out
+
+        specs: list[Any] = [(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]
+        if self.layer > 0:
+            specs.append((self.layers[self.layer - 1], "forward", grab_prev_out))
+        with hooks(specs):
+            pre = self.layers[self.layer].register_forward_pre_hook(grab_layer_input, with_kwargs=True)
+            try:
+                logits = self.lm.logits_at(self._inputs(), self.index)
+            finally:
+                pre.remove()
+        self.layer_in, self.like = got["layer_in"], got.get("like")
+        return got["keys"], got["v"], logits
+
+    def step(self, delta: torch.Tensor) -> torch.Tensor:
+        def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
+            hidden = layer_output_hidden(out).clone()
+            hidden[:, 0] = hidden[:, 0] + delta.to(hidden.dtype)
+            return _withlayer_output_hidden(out, hidden)
+
+        with hooks([(self.site, "forward", add_delta)]):
+            if self.layer == 0:
+                return self.lm.logits_at(self._inputs(), self.index)
+            assert self.layer_in is not None
+            with replay_prefix(self.layers, self.layer, self.layer_in, self.like):
+                return self.lm.logits_at(self._inputs(), self.index)
+
+
+__all__ = ["FastPasses", "Passes", "ReferencePasses", "layer_output_hidden", "replay_prefix"]
