@@ -1,0 +1,87 @@
+"""Saved edits: EditHandle.load reads handle.json and hands the folder to the loader registered for its type."""
+
+import json
+
+import pytest
+import torch
+
+from editkit.editors import create_editor, handle
+from editkit.editors.handle import EditHandle, handle_types, register_handle_loader
+from editkit.edits import EditRequest
+from editkit.errors import ValidationError
+from editkit.models.tiny import tiny_model
+
+REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
+FT = {"steps": 3, "lr": 1e-2}
+
+
+def _saved(tmp_path):
+    """A weight edit saved on a tiny model, and the parameters it left."""
+    lm = tiny_model("llama")
+    h = create_editor("ft", FT).apply(lm, [REQUEST])
+    h.save(tmp_path / "edit")
+    return tmp_path / "edit", {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+
+
+def _rewrite(folder, **changes):
+    path = folder / "handle.json"
+    meta = json.loads(path.read_text())
+    for k, v in changes.items():
+        if v is None:
+            del meta[k]
+        else:
+            meta[k] = v
+    path.write_text(json.dumps(meta))
+
+
+def _assert_holds(lm, params):
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p, params[n]), n
+
+
+def test_built_in_handle_types_are_registered():
+    assert handle_types() == ["memory", "weights"]
+
+
+def test_a_weight_edit_says_its_type_and_one_saved_without_a_type_loads_as_weights(tmp_path):
+    folder, edited = _saved(tmp_path)
+    assert json.loads((folder / "handle.json").read_text())["kind"] == "weights"
+    _assert_holds(EditHandle.load(folder, tiny_model("llama")).model, edited)
+    _rewrite(folder, kind=None)  # what editkit wrote before handle types had loaders
+    loaded = EditHandle.load(folder, tiny_model("llama"))
+    _assert_holds(loaded.model, edited)
+    loaded.rollback()
+    _assert_holds(loaded.model, {n: p.detach() for n, p in tiny_model("llama").model.named_parameters()})
+
+
+def test_an_unknown_handle_type_or_format_is_a_one_line_error(tmp_path):
+    folder, _ = _saved(tmp_path)
+    _rewrite(folder, kind="hologram")
+    with pytest.raises(ValidationError, match="unknown handle type 'hologram'; known: memory, weights") as err:
+        EditHandle.load(folder, tiny_model("llama"))
+    assert "\n" not in str(err.value)
+    _rewrite(folder, kind="weights", format=2)
+    with pytest.raises(ValidationError, match="unsupported handle format 2"):
+        EditHandle.load(folder, tiny_model("llama"))
+    with pytest.raises(ValidationError, match=r"no handle\.json"):
+        EditHandle.load(tmp_path / "nothing", tiny_model("llama"))
+
+
+def test_load_dispatches_to_the_loader_registered_for_the_type(tmp_path, monkeypatch):
+    monkeypatch.setattr(handle, "_LOADERS", dict(handle._LOADERS))
+    folder, _ = _saved(tmp_path)
+    _rewrite(folder, kind="notes")
+    seen = []
+    lm = tiny_model("llama")
+
+    def load_notes(where, meta, model):
+        seen.append((where, meta["method"], model))
+        return EditHandle(meta["method"], meta["config"], [], model, applied=False)
+
+    register_handle_loader("notes", load_notes)
+    loaded = EditHandle.load(folder, lm)
+    assert seen == [(folder, "ft", lm)] and loaded.method == "ft" and not loaded.applied
+    assert "notes" in handle_types()
+    register_handle_loader("notes", load_notes)  # the same loader again is harmless
+    with pytest.raises(ValueError, match="has a loader already"):
+        register_handle_loader("notes", lambda where, meta, model: loaded)
