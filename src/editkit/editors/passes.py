@@ -38,7 +38,7 @@ class _Replay(nn.Module):
         self.__dict__.update(attrs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return _withlayer_output_hidden(self.like, self.value)
+        return _with_hidden(self.like, self.value)
 
 
 class _PassThrough(nn.Module):
@@ -49,7 +49,7 @@ class _PassThrough(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs["hidden_states"]
-        return _withlayer_output_hidden(self.like, hidden)
+        return _with_hidden(self.like, hidden)
 
 
 def layer_output_hidden(out: Any) -> torch.Tensor:
@@ -57,7 +57,7 @@ def layer_output_hidden(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def _withlayer_output_hidden(like: Any, hidden: torch.Tensor) -> Any:
+def _with_hidden(like: Any, hidden: torch.Tensor) -> Any:
     if isinstance(like, torch.Tensor):
         return hidden
     return (hidden, *like[1:])
@@ -141,7 +141,7 @@ class ReferencePasses(Passes):
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
             hidden = layer_output_hidden(out).clone()
             hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta.to(hidden.dtype)
-            return _withlayer_output_hidden(out, hidden)
+            return _with_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
             return self.lm.logits_at(self.batch.inputs, self.index)
@@ -242,7 +242,7 @@ class FastPasses(Passes):
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
             hidden = layer_output_hidden(out).clone()
             hidden[:, 0] = hidden[:, 0] + delta.to(hidden.dtype)
-            return _withlayer_output_hidden(out, hidden)
+            return _with_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
             if self.layer == 0:
