@@ -26,6 +26,7 @@ from editkit.errors import ValidationError
 from editkit.evaluation.downstream import evaluate_task, load_examples
 from editkit.evaluation.drift import edit_drift
 from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import config_of_results
 from editkit.models.zoo import load
 from editkit.progress import progress_bar
@@ -42,7 +43,10 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    run = json.loads(args.results.read_text())
+    try:
+        run = load_results(args.results)
+    except ValidationError as e:
+        raise SystemExit(str(e)) from None
     flagged = {d["case_id"]: d["reason"] for d in run["disabling_edits"]}
     if not flagged:
         raise SystemExit(f"{args.results} flags no disabling edit")
@@ -72,8 +76,9 @@ def main() -> None:
         for case_id in chosen:
             case = cases[case_id]
             handle = editor.apply(lm, [case.request])
-            scores = score_cases(lm, [case], reference)[0]
-            after = {t: evaluate_task(lm, t, ex) for t, ex in tasks.items()}
+            edited = handle.model  # the edited model: ``lm`` itself for weight edits, a router for memories
+            scores = score_cases(edited, [case], reference)[0]
+            after = {t: evaluate_task(edited, t, ex) for t, ex in tasks.items()}
             rows.append(
                 {
                     "case_id": case_id,

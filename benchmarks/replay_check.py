@@ -31,12 +31,10 @@ import torch
 from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.errors import ValidationError
-from editkit.evaluation.drift import edit_drift
+from editkit.evaluation.replay import REPLAY_TOLERANCE, replay_steps
+from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import config_of_results
 from editkit.models.zoo import load
-from editkit.progress import progress_bar
-
-LIMIT = 1e-4  # editkit's rebuild check (protocols._replay_records)
 
 
 def main() -> None:
@@ -47,7 +45,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the runs: 1)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    run = json.loads(args.results.read_text())
+    try:
+        run = load_results(args.results)
+    except ValidationError as e:
+        raise SystemExit(str(e)) from None
     if run.get("edits_per_step", 1) != 1:
         raise SystemExit(f"{args.results}: {run['edits_per_step']} edits per step; this check takes one")
     try:
@@ -59,8 +60,9 @@ def main() -> None:
         raise SystemExit(f"{args.results}: no edit to replay in its first {args.limit} records")
     if any("replay" not in r for r in records):
         raise SystemExit(f"{args.results}: records without 'replay' (written before editkit kept it)")
-    cases = {c.request.case_id: c.request for c in load_cases(cfg["data"], limit=cfg["limit"]).cases}
-    if missing := [r["case_id"] for r in records if r["case_id"] not in cases]:
+    cases = load_cases(cfg["data"], limit=cfg["limit"]).cases
+    ids = {c.request.case_id for c in cases}
+    if missing := [r["case_id"] for r in records if r["case_id"] not in ids]:
         raise SystemExit(f"{cfg['data']} lacks the run's cases {missing[:5]}")
     torch.set_num_threads(args.threads)
     lm = load(cfg["model"])
@@ -68,18 +70,17 @@ def main() -> None:
         raise SystemExit(f"the config loads {lm.name}, not this run's {run['model']}")
     editor = create_editor(cfg["method"], cfg["settings"])
     editor.prepare(lm)
-    rows = []
     started = time.perf_counter()
-    with progress_bar(len(records), f"replaying {len(records)} edits, {args.threads} threads", True) as bar:
-        for r in records:
-            handle = editor.replay(lm, [cases[r["case_id"]]], r["replay"])
-            own = edit_drift(lm.model, handle)
-            rows.append({"n_edits": r["n_edits"], "recorded": r["edit_drift"], "replayed": own})
-            bar.advance(1)
+    try:
+        # the edits the guard rejected were not made: no step to compare
+        steps = [s for s in replay_steps(run, lm, editor, cases, limit=args.limit) if s.handles]
+    except ValidationError as e:
+        raise SystemExit(f"{args.results}: {e}") from None
     seconds = time.perf_counter() - started
-    for row in rows:
-        row["relative"] = abs(row["replayed"] - row["recorded"]) / max(abs(row["recorded"]), 1e-12)
-    over = [row["n_edits"] for row in rows if not math.isclose(row["replayed"], row["recorded"], rel_tol=LIMIT)]
+    rows = [
+        {"n_edits": s.n_edits, "recorded": s.recorded, "replayed": s.replayed, "relative": s.relative} for s in steps
+    ]
+    over = [s.n_edits for s in steps if not math.isclose(s.replayed, s.recorded, rel_tol=REPLAY_TOLERANCE)]
     summary = {
         "edits": len(rows),
         "threads": args.threads,
@@ -90,7 +91,7 @@ def main() -> None:
         "over_limit": over,
         "seconds_per_edit": seconds / len(rows),
     }
-    out = {"source": str(args.results), "config": cfg, "limit": LIMIT, "summary": summary, "edits": rows}
+    out = {"source": str(args.results), "config": cfg, "limit": REPLAY_TOLERANCE, "summary": summary, "edits": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(summary))

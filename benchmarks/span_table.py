@@ -12,10 +12,12 @@ not finished ends at its last edit.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from statistics import mean
 from typing import Any
+
+from editkit.errors import ValidationError
+from editkit.evaluation.results import load_results
 
 
 def label(run: dict[str, Any]) -> str:
@@ -116,8 +118,11 @@ def main() -> None:
     ap.add_argument("--beside", type=Path, help="another run over the same cases, shown in parentheses")
     ap.add_argument("--spans", default="200,400,600,800,1000", help="the spans' last edits, ascending")
     args = ap.parse_args()
-    run = json.loads(args.results.read_text())
-    beside = json.loads(args.beside.read_text()) if args.beside else None
+    try:
+        run = load_results(args.results)
+        beside = load_results(args.beside) if args.beside else None
+    except ValidationError as e:
+        ap.error(str(e))
     for r, path in ((run, args.results), (beside, args.beside)):
         if r is not None and r.get("protocol") != "sequential":
             ap.error(f"{path} is not a sequential run's results")

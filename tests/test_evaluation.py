@@ -14,10 +14,12 @@ from editkit.editors import create_editor
 from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation import downstream
+from editkit.evaluation.batch import batch_edits, edit_groups
 from editkit.evaluation.drift import DriftTracker
+from editkit.evaluation.flags import flag_drift_jump
 from editkit.evaluation.metrics import Reference, kl_divergence, ngram_entropy, score_cases
-from editkit.evaluation.protocols import _flag_drift_jump, batch_edits, edit_groups, sequential_edits
 from editkit.evaluation.report import write_report
+from editkit.evaluation.sequential import sequential_edits
 
 
 def _snapshot(lm):
@@ -261,7 +263,7 @@ def test_drift_jump_is_flagged():
     results = {"records": [], "disabling_edits": []}
     for i, d in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 5.0], start=1):  # records without their own drift
         results["records"].append({"n_edits": i, "case_id": str(i), "drift": d})
-        _flag_drift_jump(results, 10.0)
+        flag_drift_jump(results, 10.0)
     assert [d["n_edits"] for d in results["disabling_edits"]] == [7]
     # with each step's own drift: the total's increments shrink as the total grows (random directions add up
     # as a square root), and only an edit that is itself large is flagged
@@ -270,7 +272,7 @@ def test_drift_jump_is_flagged():
     for i, d in enumerate(own, start=1):
         total = sum(x**2 for x in own[:i]) ** 0.5
         results["records"].append({"n_edits": i, "case_id": str(i), "drift": total, "edit_drift": d})
-        _flag_drift_jump(results, 10.0)
+        flag_drift_jump(results, 10.0)
     assert [d["n_edits"] for d in results["disabling_edits"]] == [65]  # increments alone would flag 61 too
     assert "own drift was 12.0x" in results["disabling_edits"][0]["reason"]
     for r in results["records"]:
@@ -278,7 +280,7 @@ def test_drift_jump_is_flagged():
     flagged = {"records": [], "disabling_edits": []}
     for r in results["records"]:
         flagged["records"].append(r)
-        _flag_drift_jump(flagged, 10.0)
+        flag_drift_jump(flagged, 10.0)
     assert [d["n_edits"] for d in flagged["disabling_edits"]] == [61, 65]
 
 
@@ -376,13 +378,13 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
 
 
 def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path, monkeypatch):
-    import editkit.evaluation.protocols as protocols
+    from editkit.evaluation import runstate
     from editkit.models.tiny import tiny_model
 
     cases = demo_cases()[:4]
     settings = {"steps": 3, "lr": 1e-2}
     full = sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases, every=2, progress=False)
-    real_write, results_writes = protocols.atomic_write, []
+    real_write, results_writes = runstate.atomic_write, []
 
     def killed(path, text):  # killed after edit 3's weights were written, before its results
         if path.name == "results.json":
@@ -391,13 +393,13 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path
                 raise KeyboardInterrupt
         real_write(path, text)
 
-    monkeypatch.setattr(protocols, "atomic_write", killed)
+    monkeypatch.setattr(runstate, "atomic_write", killed)
     state = tmp_path / "state"
     with pytest.raises(KeyboardInterrupt):
         sequential_edits(
             tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
         )
-    monkeypatch.setattr(protocols, "atomic_write", real_write)
+    monkeypatch.setattr(runstate, "atomic_write", real_write)
     assert json.loads((state / "results.json").read_text())["n_edits"] == 2 and (state / "weights-3.json").exists()
     resumed = sequential_edits(
         tiny_model("llama"), create_editor("ft", settings), cases, every=2, state_dir=state, progress=False
@@ -408,11 +410,11 @@ def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path
 
 
 def test_a_state_folder_in_use_is_refused(tmp_path):
-    from editkit.evaluation.protocols import _RunState
+    from editkit.evaluation.runstate import RunState
     from editkit.models.tiny import tiny_model
 
     state = tmp_path / "state"
-    with _RunState(state).locked(), pytest.raises(ValidationError, match="in use"):  # as by another process
+    with RunState(state).locked(), pytest.raises(ValidationError, match="in use"):  # as by another process
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 1}), demo_cases()[:1], state_dir=state)
     run = sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 1}), demo_cases()[:1], state_dir=state)
     assert run["n_edits"] == 1  # the lock went with the first holder
@@ -517,7 +519,7 @@ def test_a_resumed_alphaedit_run_still_protects_the_edits_made_before_the_stop(t
 def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     tmp_path, tiny_corpus, monkeypatch, method, per_step
 ):
-    from editkit.evaluation import protocols
+    from editkit.evaluation import runstate
     from editkit.models.tiny import tiny_model
 
     cases = demo_cases()[:4]
@@ -558,13 +560,13 @@ def test_a_run_resumes_from_its_results_alone_by_replaying_the_records(
     text = json.dumps(saved)
     assert not any(c.request.subject in text or c.request.target_new in text for c in cases[:2])
     (moved / "results.json").write_text(json.dumps(saved))
-    replay, kept_before_replay = protocols._replay_records, []
+    replay, kept_before_replay = runstate.replay_records, []
 
     def watched_replay(*args, **kwargs):
         kept_before_replay.append((moved / "unedited.json").exists())
         return replay(*args, **kwargs)
 
-    monkeypatch.setattr(protocols, "_replay_records", watched_replay)
+    monkeypatch.setattr(runstate, "replay_records", watched_replay)
     resumed_lm = tiny_model("llama")
     resumed = run(resumed_lm, moved)
     full_params = dict(full_lm.model.named_parameters())
@@ -771,7 +773,7 @@ def test_the_forgetting_table_counts_the_guards_rejections_when_a_run_has_the_gu
 
 
 def test_report_reads_a_running_sequential_runs_state(tmp_path):
-    from editkit.evaluation.report import load_results
+    from editkit.evaluation.report import load_runs
     from editkit.models.tiny import tiny_model
 
     cases = demo_cases()[:4]
@@ -780,7 +782,7 @@ def test_report_reads_a_running_sequential_runs_state(tmp_path):
     sequential_edits(tiny_model("llama"), editor, cases[:2], every=2, state_dir=state, progress=False)
     partial = json.loads((state / "results.json").read_text())
     assert "aggregates" not in partial  # what a run still going on has written
-    (run,) = load_results([state / "results.json"])
+    (run,) = load_runs([state / "results.json"])
     assert run["aggregates"]["efficacy"] == pytest.approx(sum(r["post"]["efficacy"] for r in partial["records"]) / 2)
     assert "ft, 2 of 2 edits so far" in write_report([state / "results.json"], tmp_path / "r").read_text()
     # the run's config, label included, is in its state from the first step on
@@ -795,9 +797,9 @@ def test_report_reads_a_running_sequential_runs_state(tmp_path):
         run={"label": "ft-2-steps", "limit": 2},
     )
     assert json.loads((labelled / "results.json").read_text())["run"]["label"] == "ft-2-steps"
-    (named,) = load_results([labelled / "results.json"])
+    (named,) = load_runs([labelled / "results.json"])
     assert named["run"]["label"] == "ft-2-steps, 2 of 2 edits so far"
     del partial["records"]
     (tmp_path / "broken.json").write_text(json.dumps(partial))
     with pytest.raises(ValidationError, match="without records"):
-        load_results([tmp_path / "broken.json"])
+        load_runs([tmp_path / "broken.json"])

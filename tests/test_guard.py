@@ -11,10 +11,11 @@ import torch
 from editkit.data import demo_cases
 from editkit.editors import create_editor
 from editkit.errors import ConfigError, ValidationError
-from editkit.evaluation import downstream, protocols
+from editkit.evaluation import downstream, sequential
 from editkit.evaluation.guard import EditGuard, EditRejected, GuardConfig
-from editkit.evaluation.protocols import sequential_edits
+from editkit.evaluation.results import canary_summary
 from editkit.evaluation.runner import RunConfig, _guard
+from editkit.evaluation.sequential import sequential_edits
 from editkit.models.tiny import tiny_model
 
 SMALL = {"steps": 2, "lr": 1e-3}
@@ -186,12 +187,12 @@ def test_results_keep_the_canaries_by_count_digest_and_idx_not_their_text(tmp_pa
         run([{**e, "sentence": e["sentence"].upper()} for e in examples])
     # a data set without idx is kept by count and digest
     unnamed = EditGuard(GuardConfig(), canary={"sst2": [{k: e[k] for k in ("sentence", "label")} for e in examples]})
-    assert set(protocols._canary_summary(unnamed.canary)["sst2"]) == {"n", "sha256"}
+    assert set(canary_summary(unnamed.canary)["sst2"]) == {"n", "sha256"}
 
 
 def test_a_rejected_edit_is_neither_succeeded_nor_forgotten(monkeypatch):
     # Every record counts as a success, so only the rejection can keep edit 3 out of the tally.
-    monkeypatch.setattr(protocols, "edit_success", lambda scores: 1.0)
+    monkeypatch.setattr(sequential, "edit_success", lambda scores: 1.0)
     cases = demo_cases()[:5]
     out = sequential_edits(
         tiny_model("llama"),

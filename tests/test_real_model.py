@@ -89,7 +89,7 @@ def test_rome_counterfact_scores_on_twenty_cases(smollm2, wikitext):
     """The headline numbers, on a small slice: efficacy, paraphrase and neighborhood scores."""
     from conftest import data_file
     from editkit.data import load_cases
-    from editkit.evaluation.protocols import batch_edits
+    from editkit.evaluation.batch import batch_edits
 
     path = data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json")
     cases = load_cases(path, limit=20).cases

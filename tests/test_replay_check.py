@@ -12,7 +12,7 @@ import torch
 from editkit.data import demo_cases
 from editkit.data.formats import editkit_record
 from editkit.editors import create_editor
-from editkit.evaluation.protocols import sequential_edits
+from editkit.evaluation.sequential import sequential_edits
 from editkit.models.tiny import tiny_model
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "replay_check.py"

@@ -37,6 +37,7 @@ def _run(label, efficacy, forgotten, auc, n=3):
         checkpoint(k, f, a) for k, f, a in zip((2, 3), forgotten, auc, strict=True)
     ]
     return {
+        "version": 2,
         "protocol": "sequential",
         "method": "m",
         "run": {"label": label},

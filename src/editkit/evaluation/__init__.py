@@ -1,1 +1,2 @@
-"""Evaluation: metrics and protocols. Talks only to LanguageModel, Editor and EditHandle."""
+"""Evaluation: metrics, protocols, the results format and reports. Talks only to LanguageModel, Editor, EditHandle
+and the routing interfaces of :mod:`editkit.editors.routing`, never to a specific method."""

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,9 @@ from statistics import median
 from typing import Any
 
 from editkit.errors import ValidationError
+from editkit.evaluation.results import load_results
+from editkit.evaluation.sequential import sequential_aggregates
+from editkit.evaluation.shared import edit_success
 
 TABLE_COLUMNS = (
     "efficacy",
@@ -37,32 +39,17 @@ TABLE_COLUMNS = (
 )
 
 
-def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The runs to report, each read by :func:`load_results`; a sequential run's partial ``results.json`` (its
+    state folder's, while it runs) gets its aggregates so far and a label that says so."""
     runs = []
     for p in paths:
-        path = Path(p)
-        if not path.is_file():
-            raise ValidationError(f"results file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
-        if not isinstance(data, dict) or "protocol" not in data:
-            raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
-        if data.get("version") != 2:
-            raise ValidationError(f"{path} has results version {data.get('version')}; this report reads version 2")
+        data = load_results(p)
         if data["protocol"] == "sequential" and "aggregates" not in data:
-            # the partial results in a sequential run's state folder, read while the run goes on
-            from editkit.evaluation.protocols import sequential_aggregates
-
-            if "records" not in data or "checkpoints" not in data:
-                raise ValidationError(f"{path} is a sequential run's file without records or checkpoints")
             data["aggregates"] = sequential_aggregates(data)
             name = (data.get("run") or {}).get("label") or data["method"]
             data["run"] = {"label": f"{name}, {data['n_edits']} of {data['n_cases']} edits so far"}
-        if "aggregates" not in data:
-            raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
-        data["_path"] = str(path)
+        data["_path"] = str(Path(p))
         runs.append(data)
     if not runs:
         raise ValidationError("no results files given")
@@ -368,8 +355,6 @@ def forgetting_summary(run: dict[str, Any]) -> dict[str, Any]:
     that task's AUC has lost half its margin over chance (AUC <= 0.5 + (AUC_0 - 0.5) / 2); half or more of the
     earlier successful edits are forgotten; the edits made since the previous checkpoint succeed less than half
     as often as those of the first interval. ``cf_at`` is ``None`` when no checkpoint qualifies."""
-    from editkit.evaluation.protocols import edit_success
-
     checkpoints = run["checkpoints"]
     base = checkpoints[0]["downstream"]
     task = max(base, key=lambda t: base[t]["auc"]) if base else None
@@ -477,7 +462,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    runs = load_results(paths)
+    runs = load_runs(paths)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValidationError(f"--out {out} exists and is not a folder")

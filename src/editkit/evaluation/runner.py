@@ -212,8 +212,9 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
     from editkit.data.formats import load_cases
     from editkit.editors import create_editor
+    from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
-    from editkit.evaluation.protocols import batch_edits, sequential_edits
+    from editkit.evaluation.sequential import sequential_edits
     from editkit.models.zoo import check_model_name, load
 
     out = Path(config.out)

@@ -6,7 +6,8 @@ in-scope) is routed correctly when it goes to its own case's edit; an out-of-sco
 unrelated) when it goes to the base model. The answerer's accuracy is its exact match with the probe's
 expected answer when it reads the probe's *own* edit, whatever the classifier said. Splits follow the paper:
 in (easy) = edit prompt and rephrases, in (hard) = hard in-scope, out (easy) = unrelated, out (hard) =
-neighborhood. Defined for any editor whose edited model routes (:class:`~editkit.editors.memory.RoutedModel`).
+neighborhood. Defined for any editor whose edited model routes (:class:`~editkit.editors.routing.RoutingModel`)
+and whose handle names the records of its edits (:class:`~editkit.editors.routing.RecordedEditHandle`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from statistics import mean
 from typing import Any
 
 from editkit.editors.base import Editor
-from editkit.editors.memory import MemoryEditHandle, RoutedModel
+from editkit.editors.routing import RecordedEditHandle, RoutingModel
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ValidationError
-from editkit.evaluation.protocols import edit_groups
+from editkit.evaluation.batch import edit_groups
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
 
@@ -64,7 +65,7 @@ def scope_breakdown(
             handle = editor.apply(lm, [c.request for c in group])
             try:
                 model = handle.model
-                if not isinstance(model, RoutedModel) or not isinstance(handle, MemoryEditHandle):
+                if not isinstance(model, RoutingModel) or not isinstance(handle, RecordedEditHandle):
                     raise ValidationError(f"{editor.name} does not route inputs through a memory")
                 store = model.memory.store
                 threshold = model.threshold

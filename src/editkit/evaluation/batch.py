@@ -1,0 +1,128 @@
+"""The batch protocol: for each k, groups of k cases are edited into the unedited model together, scored and
+rolled back (k = 1 is the independent-edit protocol of ROME's CounterFact table; k > 1 is SERAC's Figure 3). An
+editor that cannot take several requests in one call gets them one after another. Generic over methods: it
+calls ``editor.apply``, reads ``handle.model`` and rolls back through the handle.
+
+The unedited model is scored on all cases first (``unedited_*`` aggregates); the case order is the same for
+every method, so methods compare case by case.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from statistics import mean
+from typing import Any
+
+from editkit.data.formats import Dataset
+from editkit.editors.base import Editor
+from editkit.edits import EditCase
+from editkit.errors import ValidationError
+from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.results import header
+from editkit.evaluation.shared import aggregate, apply_cases, record_info, rollback
+from editkit.models.lm import LanguageModel
+from editkit.progress import progress_bar
+from editkit.provenance import peak_memory_mb
+
+
+def edit_groups(cases: Sequence[EditCase], k: int, *, distinct_subjects: bool = False) -> list[list[int]]:
+    """Groups of ``k`` case positions: consecutive, or with ``distinct_subjects`` such that no two edits of a
+    group are about the same subject (the request's subject, else its prompt). Some data files list several
+    edits of one subject in a row (zsRE's eval file: five manufacturers of one ship), and edits that contradict
+    each other in one group test nothing a user would ask for. Cases are taken in file order; one that would
+    repeat a subject waits for the next group; what finds no full group is left out."""
+    if not distinct_subjects:
+        return [list(range(g * k, (g + 1) * k)) for g in range(len(cases) // k)]
+    waiting = list(range(len(cases)))
+    groups = []
+    while len(waiting) >= k:
+        group: list[int] = []
+        seen: set[str] = set()
+        for i in waiting:
+            key = (cases[i].request.subject or cases[i].request.text).strip().lower()
+            if key not in seen:
+                group.append(i)
+                seen.add(key)
+                if len(group) == k:
+                    break
+        if len(group) < k:
+            break
+        groups.append(group)
+        taken = set(group)
+        waiting = [i for i in waiting if i not in taken]
+    return groups
+
+
+def batch_edits(
+    lm: LanguageModel,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    ks: Sequence[int] = (1,),
+    *,
+    max_groups: int | None = None,
+    distinct_subjects: bool = False,
+    batch_size: int = 16,
+    progress: bool = True,
+    datasets: Sequence[Dataset] = (),
+) -> dict[str, Any]:
+    """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model,
+    score every case of the group, roll back. ``aggregates`` are those of the largest k; ``aggregates_by_k``
+    has them all."""
+    if not cases:
+        raise ValidationError("no cases to evaluate")
+    bad = [k for k in ks if k < 1 or k > len(cases)]
+    if bad:
+        raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
+    editor.prepare(lm)
+    t_start = time.perf_counter()
+    reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
+    unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
+    records: list[dict[str, Any]] = []
+    by_k: dict[str, dict[str, float]] = {}
+    plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
+    if not all(plan.values()):
+        raise ValidationError(f"no group of {min(k for k, g in plan.items() if not g)} edits with distinct subjects")
+    with progress_bar(sum(len(g) for g in plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
+        for k, groups in plan.items():
+            k_records: list[dict[str, Any]] = []
+            for g, group in enumerate(groups):
+                t0 = time.perf_counter()
+                handles = apply_cases(lm, editor, [cases[i] for i in group])
+                edit_seconds = time.perf_counter() - t0
+                try:
+                    post = score_cases(handles[-1].model, [cases[i] for i in group], reference, batch_size=batch_size)
+                finally:
+                    rollback(handles)
+                for i, scores in zip(group, post, strict=True):
+                    k_records.append(
+                        {
+                            "case_id": cases[i].request.case_id,
+                            "k": k,
+                            "group": g,
+                            "pre": unedited[i],
+                            "post": scores,
+                            "edit_seconds": edit_seconds / k,
+                            "info": record_info(handles),
+                        }
+                    )
+                bar.advance()
+            by_k[str(k)] = {
+                **aggregate(k_records, "post"),
+                "seconds_per_edit": mean(r["edit_seconds"] for r in k_records),
+                "n_cases": len(k_records),
+            }
+            records += k_records
+    return {
+        **header("batch", lm, editor, cases, datasets),
+        "ks": list(ks),
+        "distinct_subjects": distinct_subjects,
+        "aggregates": {
+            **by_k[str(max(ks))],
+            **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in unedited], "pre").items()},
+        },
+        "aggregates_by_k": by_k,
+        "total_seconds": time.perf_counter() - t_start,
+        "peak_memory_mb": peak_memory_mb(),
+        "records": records,
+    }
