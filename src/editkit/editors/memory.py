@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +36,8 @@ from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
-from editkit.memory.store import AddOutcome, EditRecord, EditStore, SQLiteStore
+from editkit.memory.store import AddOutcome, EditRecord, EditStore
+from editkit.memory.urls import open_store
 from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel, TokenScores
 
@@ -122,23 +123,38 @@ class Answerer(ABC):
     ) -> list[list[int]]: ...
 
 
+PromptBuilder = Callable[[EditRecord, str], str]
+"""Writes the prompt a :class:`PromptedAnswerer` reads for an input routed to an edit: ``(record, input) -> str``."""
+
+
+def template_prompt(template: str) -> PromptBuilder:
+    """The prompt ``template.format(edit=z_e, input=x)`` (z_e: the record's descriptor); the template must hold
+    both ``{edit}`` and ``{input}``."""
+    if "{edit}" not in template or "{input}" not in template:
+        raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
+
+    def build(record: EditRecord, text: str) -> str:
+        return template.format(edit=record.descriptor, input=text)
+
+    return build
+
+
 class PromptedAnswerer(Answerer):
-    """Answers with a language model that reads the edit in its prompt: ``template.format(edit=z_e, input=x)``.
+    """Answers with a language model that reads the edit in its prompt, written by ``prompt(record, input)``
+    (:func:`template_prompt` for a template).
 
     With the base model this is RP (retrieve-and-prompt, SERAC §5) and SERAC's untrained in-context
-    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on this very prompt). A
+    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on the template's prompt). A
     ``bridge`` translates ids and distributions when ``lm`` has another tokenizer than the base model.
     """
 
-    def __init__(self, lm: LanguageModel, template: str, *, bridge: TokenBridge | None = None) -> None:
-        if "{edit}" not in template or "{input}" not in template:
-            raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
+    def __init__(self, lm: LanguageModel, prompt: PromptBuilder, *, bridge: TokenBridge | None = None) -> None:
         self.lm = lm
-        self.template = template
+        self.prompt = prompt
         self.bridge = bridge  # when ``lm`` has another tokenizer than the base model
 
     def prompts(self, routed: Sequence[tuple[EditRecord, str]]) -> list[str]:
-        return [self.template.format(edit=r.descriptor, input=x) for r, x in routed]
+        return [self.prompt(r, x) for r, x in routed]
 
     def score_tokens(
         self,
@@ -176,16 +192,19 @@ class PromptedAnswerer(Answerer):
 class EditMemory:
     """The edits (a durable journal) plus a vector index over their keys in one scope model's space.
 
-    ``path`` is the SQLite file; ``None`` keeps the memory in a temporary folder that lives as long as this
-    object. Opening an existing file rebuilds the index from it (stored vectors are reused when they were made
-    in the same space).
+    ``store`` says where the journal is: a store URL or a bare SQLite path (:func:`~editkit.memory.urls.open_store`);
+    ``None`` keeps it in an SQLite file in a temporary folder that lives as long as this object. Opening an
+    existing store rebuilds the index from it (stored vectors are reused when they were made in the same space).
     """
 
-    def __init__(self, scope: ScopeModel, path: str | Path | None = None, *, exact_below: int = 20_000) -> None:
-        self._tmp = None if path is not None else tempfile.TemporaryDirectory(prefix="editkit-memory-")
-        self.path = Path(path) if path is not None else Path(self._tmp.name) / "memory.sqlite"  # type: ignore[union-attr]
+    def __init__(self, scope: ScopeModel, store: str | Path | None = None, *, exact_below: int = 20_000) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="editkit-memory-")
+            store = Path(self._tmp.name) / "memory.sqlite"
         self.scope = scope
-        self.store: EditStore = SQLiteStore(self.path)
+        self.store: EditStore = open_store(store)
+        self.location = self.store.location
         self.index = VectorIndex(scope.dim, exact_below=exact_below)
         self.version = 0  # bumped on every change; routes are cached per version
         self._lock = threading.RLock()
@@ -205,7 +224,7 @@ class EditMemory:
             stored.update(new)
         self.index.add([r.id for r in active], np.stack([stored[r.id] for r in active]).astype(np.float32))
         self._records = {r.id: r for r in active}
-        log.info("opened edit memory %s with %d active edits", self.path, len(active))
+        log.info("opened edit memory %s with %d active edits", self.location, len(active))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -296,19 +315,29 @@ class RoutedModel(LanguageModel):
         self.threshold = threshold
         self._routes: dict[str, Route] = {}
         self._routes_version = -1
+        self._routes_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RoutedModel({self.base!r}, edits={len(self.memory)}, threshold={self.threshold})"
 
     def route(self, texts: Sequence[str]) -> list[Route]:
-        """Where each input goes (cached until the memory changes)."""
-        if self._routes_version != self.memory.version:
-            self._routes, self._routes_version = {}, self.memory.version
-        todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
-        if todo:
-            for t, r in zip(todo, self.memory.lookup(todo), strict=True):
-                self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
-        return [self._routes[t] for t in texts]
+        """Where each input goes (cached until the memory changes).
+
+        Safe from several threads: the cache is read and filled under a lock, held across the memory lookup so
+        that one version's routes are never stored under another's."""
+        with self._routes_lock:
+            if self._routes_version != self.memory.version:
+                self._routes, self._routes_version = {}, self.memory.version
+            todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
+            if todo:
+                for t, r in zip(todo, self.memory.lookup(todo), strict=True):
+                    self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
+            return [self._routes[t] for t in texts]
+
+    def clear_routes(self) -> None:
+        """Forget every cached route (the next reads route again; a benchmark measures routing this way)."""
+        with self._routes_lock:
+            self._routes.clear()
 
     def explain(self, text: str) -> dict[str, Any]:
         """Which edit (if any) answers ``text``, and with what scope score."""
@@ -433,7 +462,7 @@ class MemoryEditHandle(EditHandle):
             "requests": [r.to_dict() for r in self.requests],
             "parameters": {},
             "memory": {
-                "path": str(memory.path),
+                "path": memory.location,
                 "edits_in_memory": len(memory),
                 "records": [
                     {"id": i, "status": s, "descriptor": descriptor_of(r)}
@@ -467,7 +496,11 @@ class MemoryConfig(EditorConfig):
     """Settings every memory-based editor shares."""
 
     memory: str | None = field(
-        default=None, metadata={"help": "SQLite file of the edit memory (kept across runs); default: a temporary one"}
+        default=None,
+        metadata={
+            "help": "where the edit memory is kept across runs: an SQLite file, or a store URL (sqlite:///ABS/PATH, "
+            "sqlite:REL/PATH); default: a temporary SQLite file"
+        },
     )
     threshold: float = field(default=0.5, metadata={"help": "scope probability from which an edit answers (eq. 1)"})
     author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
