@@ -213,6 +213,25 @@ def test_duplicate_and_conflicting_edits():
     assert len(first.model.memory) == 1
 
 
+def test_a_memory_handle_rolls_back_one_of_its_edits():
+    lm = tiny_model("llama")
+    editor = _rp(threshold=0.0)
+    other = editor.apply(lm, [JORDAN])
+    handle = editor.apply(lm, [EIFFEL, JORDAN, EditRequest(prompt="The capital of Germany is", target_new=" Bonn")])
+    assert handle.outcomes == ["added", "duplicate", "added"]
+    eiffel, _, bonn = handle.record_ids
+    for not_held in (other.record_ids[0], 999):  # a duplicate's record belongs to the handle that stored it
+        with pytest.raises(ValidationError, match="not one this handle holds"):
+            handle.rollback_record(not_held)
+    handle.rollback_record(eiffel)
+    assert handle.applied and handle.record_ids[1:] == [bonn] and handle.requests[0] == JORDAN
+    assert [r.id for r in handle.model.memory.records()] == [other.record_ids[0], bonn]
+    handle.rollback_record(bonn)
+    assert not handle.applied and [r.request for r in handle.model.memory.records()] == [JORDAN]
+    handle.rollback()  # nothing left to roll back: the duplicate's record stays with its own handle
+    assert len(handle.model.memory) == 1
+
+
 def test_memory_survives_reopening(tmp_path):
     path = tmp_path / "edits.sqlite"
     lm = tiny_model("llama")

@@ -90,4 +90,6 @@ def test_a_memory_editor_reads_a_store_url(tmp_path: Path) -> None:
     reopened = create_editor("rp", {**settings, "memory": str(path)}).routed(tiny_model("llama"))
     assert [r.request for r in reopened.memory.records()] == [PM]
     with pytest.raises(UnknownNameError, match="edit store scheme"):
-        create_editor("rp", {**settings, "memory": "postgresql://db/edits"}).routed(tiny_model("llama"))
+        create_editor("rp", {**settings, "memory": "postgresql://db/edits"})  # refused before any model loads
+    with pytest.raises(ValidationError, match="names no host"):
+        create_editor("lu", {"memory": "sqlite://host/edits.sqlite"})

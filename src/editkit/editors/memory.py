@@ -37,7 +37,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
 from editkit.memory.store import AddOutcome, EditRecord, EditStore
-from editkit.memory.urls import open_store
+from editkit.memory.urls import check_store_url, open_store
 from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel, TokenScores
 
@@ -446,6 +446,18 @@ class MemoryEditHandle(EditHandle):
         self._memory().remove(ids)
         self._set_applied(False)
 
+    def rollback_record(self, record_id: int) -> None:
+        """Roll back one edit this handle stored (its journal id); the others stay, and the handle no longer holds
+        it. The handle counts as rolled back once it holds no record it stored."""
+        stored = [j for j, (i, s) in enumerate(zip(self.record_ids, self.outcomes, strict=True)) if s != "duplicate"]
+        j = next((j for j in stored if self.record_ids[j] == record_id), None)
+        if not self.applied or j is None:
+            raise ValidationError(f"edit {record_id} is not one this handle holds")
+        self._memory().remove([record_id])
+        del self.requests[j], self.record_ids[j], self.outcomes[j]
+        if len(stored) == 1:
+            self._set_applied(False)
+
     def reapply(self) -> None:
         if self.applied:
             return
@@ -508,6 +520,8 @@ class MemoryConfig(EditorConfig):
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"{type(self).__name__}: threshold must be in [0, 1], got {self.threshold}")
+        if self.memory is not None:
+            check_store_url(self.memory)
 
 
 class MemoryEditor(Editor):

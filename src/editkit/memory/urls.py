@@ -61,22 +61,30 @@ def _scheme_of(url: str) -> str | None:
     return None
 
 
-def open_store(url: str | Path) -> EditStore:
-    """Open the edit store ``url`` names: a registered scheme's store, or an SQLite file for a bare path."""
-    if isinstance(url, Path):
-        return SQLiteStore(url)
+def check_store_url(url: str) -> str | None:
+    """The scheme of ``url`` (``None`` for a bare path), raising unless :func:`open_store` knows it, without
+    opening anything: a config is checked before any model loads."""
     scheme = _scheme_of(url)
     if scheme is None:
-        return SQLiteStore(url)
+        return None
     if scheme not in _FACTORIES:
         raise UnknownNameError("edit store scheme", scheme, _FACTORIES)
-    return _FACTORIES[scheme](url)
+    if scheme == "sqlite":
+        sqlite_path(url)
+    return scheme
+
+
+def open_store(url: str | Path) -> EditStore:
+    """Open the edit store ``url`` names: a registered scheme's store, or an SQLite file for a bare path."""
+    scheme = None if isinstance(url, Path) else check_store_url(url)
+    if scheme is None:
+        return SQLiteStore(url)
+    return _FACTORIES[scheme](str(url))
 
 
 def sqlite_path(url: str) -> Path:
     """The file an ``sqlite:`` URL names: ``sqlite:///abs/path`` or ``sqlite:relative/path``."""
-    scheme = _scheme_of(url)
-    if scheme != "sqlite":
+    if _scheme_of(url) != "sqlite":
         raise ValidationError(f"{url!r} is not an sqlite: URL")
     rest = url.split(":", 1)[1]
     if rest.startswith("//"):
