@@ -13,8 +13,9 @@ import torch
 from conftest import write_tiny_cases
 from editkit.data import load_cases
 from editkit.editors import create_editor
+from editkit.editors.answerers import PromptedAnswerer, template_prompt
 from editkit.editors.base import EditHandle
-from editkit.editors.memory import EditMemory, PromptedAnswerer, RoutedModel, descriptor_of, template_prompt
+from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
 from editkit.editors.scope import EmbedScope
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError

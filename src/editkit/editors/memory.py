@@ -6,7 +6,7 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   vector index over their keys;
 * a :class:`ScopeModel` g(z_e, x) gives, for an input x, the probability that it lies in the scope of each
   candidate edit the index returns;
-* an :class:`Answerer` h(z_e, x) answers an input routed to an edit;
+* an :class:`~editkit.editors.answerers.Answerer` h(z_e, x) answers an input routed to an edit;
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
@@ -17,14 +17,13 @@ The base model's weights are never touched, so rollback (deleting the records) r
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,13 +31,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from editkit.editors.answerers import Answerer
 from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
 from editkit.memory.store import AddOutcome, EditRecord, EditStore
 from editkit.memory.urls import check_store_url, open_store
-from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel, TokenScores
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ class Route:
         }
 
 
-# --------------------------------------------------------------------------- the two learned parts
+# --------------------------------------------------------------------------- the scope model
 class ScopeModel(ABC):
     """g(z_e, x): how likely an input is in an edit's scope. Edits are indexed by :meth:`edit_vectors`; an input
     is embedded by :meth:`query_vectors`; the ``candidates`` nearest edits are scored by :meth:`scores`."""
@@ -98,94 +97,6 @@ class ScopeModel(ABC):
     ) -> np.ndarray:
         """In-scope probabilities ``[n, candidates]`` of each input for each of its candidate edits, given their
         squared distances in the index (``inf`` where a row has fewer candidates)."""
-
-
-class Answerer(ABC):
-    """h(z_e, x): answers inputs routed to an edit. Each call gets ``(record, input text)`` pairs; token ids are
-    those of the base model's tokenizer."""
-
-    @abstractmethod
-    def score_tokens(
-        self,
-        routed: Sequence[tuple[EditRecord, str]],
-        continuations: Sequence[list[int]],
-        *,
-        batch_size: int,
-        first_distribution: bool,
-    ) -> list[TokenScores]: ...
-
-    @abstractmethod
-    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor: ...
-
-    @abstractmethod
-    def generate_ids(
-        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
-    ) -> list[list[int]]: ...
-
-
-PromptBuilder = Callable[[EditRecord, str], str]
-"""Writes the prompt a :class:`PromptedAnswerer` reads for an input routed to an edit: ``(record, input) -> str``."""
-
-
-def template_prompt(template: str) -> PromptBuilder:
-    """The prompt ``template.format(edit=z_e, input=x)`` (z_e: the record's descriptor); the template must hold
-    both ``{edit}`` and ``{input}``."""
-    if "{edit}" not in template or "{input}" not in template:
-        raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
-
-    def build(record: EditRecord, text: str) -> str:
-        return template.format(edit=record.descriptor, input=text)
-
-    return build
-
-
-class PromptedAnswerer(Answerer):
-    """Answers with a language model that reads the edit in its prompt, written by ``prompt(record, input)``
-    (:func:`template_prompt` for a template).
-
-    With the base model this is RP (retrieve-and-prompt, SERAC §5) and SERAC's untrained in-context
-    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on the template's prompt). A
-    ``bridge`` translates ids and distributions when ``lm`` has another tokenizer than the base model.
-    """
-
-    def __init__(self, lm: LanguageModel, prompt: PromptBuilder, *, bridge: TokenBridge | None = None) -> None:
-        self.lm = lm
-        self.prompt = prompt
-        self.bridge = bridge  # when ``lm`` has another tokenizer than the base model
-
-    def prompts(self, routed: Sequence[tuple[EditRecord, str]]) -> list[str]:
-        return [self.prompt(r, x) for r, x in routed]
-
-    def score_tokens(
-        self,
-        routed: Sequence[tuple[EditRecord, str]],
-        continuations: Sequence[list[int]],
-        *,
-        batch_size: int,
-        first_distribution: bool,
-    ) -> list[TokenScores]:
-        bridge = self.bridge
-        ids = [bridge.to_target(c) for c in continuations] if bridge else list(continuations)
-        scores = self.lm.score_tokens(
-            self.prompts(routed), ids, batch_size=batch_size, first_distribution=first_distribution
-        )
-        if bridge and first_distribution:
-            return [
-                dataclasses.replace(s, first_distribution=bridge.distribution_to_source(s.first_distribution))
-                for s in scores
-                if s.first_distribution is not None
-            ]
-        return scores
-
-    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
-        rows = self.lm.next_token_logprobs(self.prompts(routed), batch_size=batch_size)
-        return self.bridge.distribution_to_source(rows) if self.bridge else rows
-
-    def generate_ids(
-        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
-    ) -> list[list[int]]:
-        out = self.lm.generate_ids(self.prompts(routed), max_new_tokens, **kwargs)
-        return [self.bridge.to_source(seq) for seq in out] if self.bridge else out
 
 
 # --------------------------------------------------------------------------- memory

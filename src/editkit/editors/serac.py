@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from editkit.editors.answerers import Answerer, PromptedAnswerer, template_prompt
 from editkit.editors.base import Capabilities, EditorConfig, register
-from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, PromptedAnswerer, ScopeModel, template_prompt
+from editkit.editors.memory import MemoryConfig, MemoryEditor, ScopeModel
 from editkit.editors.scope import CrossScope, EmbedScope
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.bridge import TokenBridge
