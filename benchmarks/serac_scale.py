@@ -120,7 +120,7 @@ def main() -> None:
                 lm.next_token_logprobs([text])
 
             def serac_pass(text: str) -> None:
-                model._routes.clear()  # measure routing too, not the route cache
+                model.clear_routes()  # measure routing too, not the route cache
                 model.next_token_logprobs([text])
 
             def serac_out(text: str = out_text) -> None:
@@ -133,7 +133,7 @@ def main() -> None:
                 lm.generate_ids([text], 16)
 
             def serac_generate(text: str = out_text) -> None:
-                model._routes.clear()
+                model.clear_routes()
                 model.generate_ids([text], 16)
 
             row = {
@@ -152,7 +152,7 @@ def main() -> None:
                 "serac_out_of_scope_generate16_s": _median_seconds(serac_generate, max(3, args.repeats // 4)),
                 "seconds_per_added_edit_in_chunks": statistics.mean(add_seconds[-3:]) if add_seconds else None,
                 "seconds_per_single_add": statistics.median(single_seconds),
-                "memory_file_bytes_per_edit": os.path.getsize(model.memory.path) / len(model.memory),
+                "memory_file_bytes_per_edit": os.path.getsize(model.memory.location) / len(model.memory),
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "index_exact": model.memory.index.exact,
             }

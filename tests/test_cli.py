@@ -86,6 +86,11 @@ USER_ERRORS = {
     "bad --set": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lr"], None, "KEY=VALUE"),
     "unknown setting": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lrr=1"], None, "Did you mean 'v_lr'"),
     "ROME without subject": (["edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome"], None, "subject"),
+    "unknown memory store": (
+        ["edit", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "memory=postgresql://db/edits"],
+        None,
+        "unknown edit store scheme 'postgresql'. Known: sqlite.",
+    ),
     "eval: missing data file": (["eval", "--data", "{missing}", "--out", "{out}"], None, "does not exist"),
     "eval: malformed record": (
         ["eval", "--data", "{file}", "--out", "{out}"],
@@ -204,3 +209,30 @@ def test_a_sequential_runs_state_names_the_run_while_it_goes_on(monkeypatch, tmp
     assert main([*argv, "--protocol", "sequential", "--label", "ft-one-step", "--state", str(state)]) == 0
     assert json.loads((state / "results.json").read_text())["run"]["label"] == "ft-one-step"
     assert json.loads(out.read_text())["run"]["state"] == str(state)
+
+
+def test_edit_goes_through_the_edit_service(monkeypatch, tmp_path, capsys):
+    """`editkit edit` applies and answers through EditService: "after" is the edited model's answer (LU answers
+    an edit's own input with its label), and the edit lands in the memory the store URL names."""
+    from editkit.memory import SQLiteStore
+    from editkit.models.tiny import tiny_model
+    from editkit.service import EditService
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    applied = []
+    real_apply = EditService.apply
+
+    def apply(self, requests):
+        applied.append(requests)
+        return real_apply(self, requests)
+
+    monkeypatch.setattr(EditService, "apply", apply)
+    path = tmp_path / "memory.sqlite"
+    prompt = "The Eiffel Tower is located in"
+    argv = ["edit", "--method", "lu", "--prompt", prompt, "--target", "Rome", "--set", f"memory=sqlite://{path}"]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if prompt in line and "│" in line)
+    assert row.split("│")[-2].strip().startswith("Rome"), row
+    assert [[r.text for r in requests] for requests in applied] == [[prompt]]
+    with SQLiteStore(path) as store:
+        assert [r.request.target_new for r in store.active()] == [" Rome"]

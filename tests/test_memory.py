@@ -324,7 +324,7 @@ CHILD = """
 import sys
 import numpy as np
 from editkit.edits import EditRequest
-from editkit.memory.store import SQLiteStore
+from editkit.memory.sqlite import SQLiteStore
 
 store = SQLiteStore(sys.argv[1])
 i = 0

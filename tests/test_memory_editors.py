@@ -13,8 +13,9 @@ import torch
 from conftest import write_tiny_cases
 from editkit.data import load_cases
 from editkit.editors import create_editor
+from editkit.editors.answerers import PromptedAnswerer, template_prompt
 from editkit.editors.base import EditHandle
-from editkit.editors.memory import EditMemory, PromptedAnswerer, RoutedModel, descriptor_of
+from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
 from editkit.editors.scope import EmbedScope
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
@@ -126,6 +127,56 @@ def test_few_shot_label_probabilities_route_each_example():
     )
 
 
+def test_a_prompt_builder_writes_what_the_answering_model_reads():
+    lm = tiny_model("llama")
+    record_texts = []
+
+    def builder(record, text):
+        record_texts.append((record.request, text))
+        return f"Fact: {record.request.text}{record.request.target_new}. Question: {text}"
+
+    memory = EditMemory(EmbedScope.untrained("tiny-bert"))
+    memory.add([EIFFEL])
+    routed = RoutedModel(lm, memory, PromptedAnswerer(lm, builder), threshold=0.0)
+    got = routed.generate_ids([FAR], 3)
+    assert got == lm.generate_ids([f"Fact: {EIFFEL.text} Rome. Question: {FAR}"], 3)
+    assert record_texts == [(EIFFEL, FAR)]
+    record = memory.records()[0]
+    assert template_prompt("<{edit}|{input}>")(record, FAR) == f"<{descriptor_of(EIFFEL)}|{FAR}>"
+    with pytest.raises(ConfigError, match="needs both"):
+        template_prompt("{edit} only")
+    memory.close()
+
+
+def test_the_route_cache_is_shared_by_threads_and_can_be_cleared():
+    from concurrent.futures import ThreadPoolExecutor
+
+    routed = _rp(threshold=0.0).apply(tiny_model("llama"), [EIFFEL, JORDAN]).model
+    texts = [EIFFEL.text, JORDAN.text, FAR, "The capital of Italy is"]
+    want = [r.record.id for r in routed.route(texts)]
+    routed.clear_routes()
+    calls = []
+    lookup = routed.memory.lookup
+
+    def counting(batch):
+        calls.append(list(batch))
+        return lookup(batch)
+
+    routed.memory.lookup = counting
+
+    def ids(i):
+        return [r.record.id for r in routed.route(texts[i % 4 :] + texts[: i % 4])]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(ids, range(32)))
+    for i, ids in enumerate(results):
+        assert ids == want[i % 4 :] + want[: i % 4]
+    assert sorted(t for batch in calls for t in batch) == sorted(texts)  # each input routed once, then cached
+    routed.clear_routes()
+    routed.route(texts[:1])
+    assert calls[-1] == texts[:1]
+
+
 def test_memory_edits_accumulate_and_roll_back_exactly():
     lm = tiny_model("llama")
     weights = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
@@ -161,6 +212,25 @@ def test_duplicate_and_conflicting_edits():
     assert replacing.model.route([EIFFEL.text])[0].record.request == EIFFEL
     dup.rollback()  # a duplicate owns no record: rolling it back removes nothing
     assert len(first.model.memory) == 1
+
+
+def test_a_memory_handle_rolls_back_one_of_its_edits():
+    lm = tiny_model("llama")
+    editor = _rp(threshold=0.0)
+    other = editor.apply(lm, [JORDAN])
+    handle = editor.apply(lm, [EIFFEL, JORDAN, EditRequest(prompt="The capital of Germany is", target_new=" Bonn")])
+    assert handle.outcomes == ["added", "duplicate", "added"]
+    eiffel, _, bonn = handle.record_ids
+    for not_held in (other.record_ids[0], 999):  # a duplicate's record belongs to the handle that stored it
+        with pytest.raises(ValidationError, match="not one this handle holds"):
+            handle.rollback_record(not_held)
+    handle.rollback_record(eiffel)
+    assert handle.applied and handle.record_ids[1:] == [bonn] and handle.requests[0] == JORDAN
+    assert [r.id for r in handle.model.memory.records()] == [other.record_ids[0], bonn]
+    handle.rollback_record(bonn)
+    assert not handle.applied and [r.request for r in handle.model.memory.records()] == [JORDAN]
+    handle.rollback()  # nothing left to roll back: the duplicate's record stays with its own handle
+    assert len(handle.model.memory) == 1
 
 
 def test_memory_survives_reopening(tmp_path):
@@ -276,7 +346,7 @@ def test_bridge_moves_ids_through_text_and_keeps_distribution_ratios():
 
 def test_an_answerer_of_another_family_scores_the_same_text():
     base, h = tiny_model("llama"), _other_family()
-    answerer = PromptedAnswerer(h, "{edit}\n{input}", bridge=TokenBridge(base, h))
+    answerer = PromptedAnswerer(h, template_prompt("{edit}\n{input}"), bridge=TokenBridge(base, h))
     memory = EditMemory(EmbedScope.untrained("tiny-bert"))
     memory.add([EIFFEL])
     record = memory.records()[0]

@@ -143,18 +143,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     from editkit.editors import create_editor
     from editkit.models.zoo import load
+    from editkit.service import EditService
 
     editor = create_editor(args.method, _overrides(args.set))
     request = _load_request(args)
     if editor.capabilities.needs_subject:  # fail before loading (maybe fetching) the model
         request.require_subject(editor.name)
     lm = load(args.model, device=args.device)
+    service = EditService(lm, editor)
     prompts = [request.text, *args.ask]
-    before = _answers(lm, prompts, args.max_new_tokens)
-    t0 = time.perf_counter()
-    handle = editor.apply(lm, [request])
-    seconds = time.perf_counter() - t0
-    after = _answers(handle.model, prompts, args.max_new_tokens)
+    before = _answers(service, prompts, args.max_new_tokens)
+    applied = service.apply([request])
+    handle, seconds = applied.handle, applied.seconds
+    after = _answers(service, prompts, args.max_new_tokens)
     table = Table(title=f"{editor.name} on {lm.name}: {request.text!r} -> {request.target_new!r} ({seconds:.1f} s)")
     for col in ("prompt", "before", "after"):
         table.add_column(col)

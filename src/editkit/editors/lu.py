@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from editkit.editors.answerers import Answerer
 from editkit.editors.base import EditorConfig, register
-from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, ScopeModel
+from editkit.editors.memory import MemoryConfig, MemoryEditor, ScopeModel
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
 from editkit.memory.store import EditRecord

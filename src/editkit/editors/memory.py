@@ -6,7 +6,7 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   vector index over their keys;
 * a :class:`ScopeModel` g(z_e, x) gives, for an input x, the probability that it lies in the scope of each
   candidate edit the index returns;
-* an :class:`Answerer` h(z_e, x) answers an input routed to an edit;
+* an :class:`~editkit.editors.answerers.Answerer` h(z_e, x) answers an input routed to an edit;
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
@@ -17,7 +17,6 @@ The base model's weights are never touched, so rollback (deleting the records) r
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 import threading
@@ -32,13 +31,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from editkit.editors.answerers import Answerer
 from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig, create_editor
 from editkit.editors.handle import register_handle_loader
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
-from editkit.memory.store import AddOutcome, EditRecord, EditStore, SQLiteStore
-from editkit.models.bridge import TokenBridge
+from editkit.memory.store import AddOutcome, EditRecord, EditStore
+from editkit.memory.urls import check_store_url, open_store
 from editkit.models.lm import LanguageModel, TokenScores
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Route:
         }
 
 
-# --------------------------------------------------------------------------- the two learned parts
+# --------------------------------------------------------------------------- the scope model
 class ScopeModel(ABC):
     """g(z_e, x): how likely an input is in an edit's scope. Edits are indexed by :meth:`edit_vectors`; an input
     is embedded by :meth:`query_vectors`; the ``candidates`` nearest edits are scored by :meth:`scores`."""
@@ -100,93 +100,23 @@ class ScopeModel(ABC):
         squared distances in the index (``inf`` where a row has fewer candidates)."""
 
 
-class Answerer(ABC):
-    """h(z_e, x): answers inputs routed to an edit. Each call gets ``(record, input text)`` pairs; token ids are
-    those of the base model's tokenizer."""
-
-    @abstractmethod
-    def score_tokens(
-        self,
-        routed: Sequence[tuple[EditRecord, str]],
-        continuations: Sequence[list[int]],
-        *,
-        batch_size: int,
-        first_distribution: bool,
-    ) -> list[TokenScores]: ...
-
-    @abstractmethod
-    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor: ...
-
-    @abstractmethod
-    def generate_ids(
-        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
-    ) -> list[list[int]]: ...
-
-
-class PromptedAnswerer(Answerer):
-    """Answers with a language model that reads the edit in its prompt: ``template.format(edit=z_e, input=x)``.
-
-    With the base model this is RP (retrieve-and-prompt, SERAC §5) and SERAC's untrained in-context
-    counterfactual model; with a trained model it is SERAC's h_psi (eq. 3 trains it on this very prompt). A
-    ``bridge`` translates ids and distributions when ``lm`` has another tokenizer than the base model.
-    """
-
-    def __init__(self, lm: LanguageModel, template: str, *, bridge: TokenBridge | None = None) -> None:
-        if "{edit}" not in template or "{input}" not in template:
-            raise ConfigError(f"prompt template {template!r} needs both '{{edit}}' and '{{input}}'")
-        self.lm = lm
-        self.template = template
-        self.bridge = bridge  # when ``lm`` has another tokenizer than the base model
-
-    def prompts(self, routed: Sequence[tuple[EditRecord, str]]) -> list[str]:
-        return [self.template.format(edit=r.descriptor, input=x) for r, x in routed]
-
-    def score_tokens(
-        self,
-        routed: Sequence[tuple[EditRecord, str]],
-        continuations: Sequence[list[int]],
-        *,
-        batch_size: int,
-        first_distribution: bool,
-    ) -> list[TokenScores]:
-        bridge = self.bridge
-        ids = [bridge.to_target(c) for c in continuations] if bridge else list(continuations)
-        scores = self.lm.score_tokens(
-            self.prompts(routed), ids, batch_size=batch_size, first_distribution=first_distribution
-        )
-        if bridge and first_distribution:
-            return [
-                dataclasses.replace(s, first_distribution=bridge.distribution_to_source(s.first_distribution))
-                for s in scores
-                if s.first_distribution is not None
-            ]
-        return scores
-
-    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
-        rows = self.lm.next_token_logprobs(self.prompts(routed), batch_size=batch_size)
-        return self.bridge.distribution_to_source(rows) if self.bridge else rows
-
-    def generate_ids(
-        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
-    ) -> list[list[int]]:
-        out = self.lm.generate_ids(self.prompts(routed), max_new_tokens, **kwargs)
-        return [self.bridge.to_source(seq) for seq in out] if self.bridge else out
-
-
 # --------------------------------------------------------------------------- memory
 class EditMemory:
     """The edits (a durable journal) plus a vector index over their keys in one scope model's space.
 
-    ``path`` is the SQLite file; ``None`` keeps the memory in a temporary folder that lives as long as this
-    object. Opening an existing file rebuilds the index from it (stored vectors are reused when they were made
-    in the same space).
+    ``store`` says where the journal is: a store URL or a bare SQLite path (:func:`~editkit.memory.urls.open_store`);
+    ``None`` keeps it in an SQLite file in a temporary folder that lives as long as this object. Opening an
+    existing store rebuilds the index from it (stored vectors are reused when they were made in the same space).
     """
 
-    def __init__(self, scope: ScopeModel, path: str | Path | None = None, *, exact_below: int = 20_000) -> None:
-        self._tmp = None if path is not None else tempfile.TemporaryDirectory(prefix="editkit-memory-")
-        self.path = Path(path) if path is not None else Path(self._tmp.name) / "memory.sqlite"  # type: ignore[union-attr]
+    def __init__(self, scope: ScopeModel, store: str | Path | None = None, *, exact_below: int = 20_000) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if store is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="editkit-memory-")
+            store = Path(self._tmp.name) / "memory.sqlite"
         self.scope = scope
-        self.store: EditStore = SQLiteStore(self.path)
+        self.store: EditStore = open_store(store)
+        self.location = self.store.location
         self.index = VectorIndex(scope.dim, exact_below=exact_below)
         self.version = 0  # bumped on every change; routes are cached per version
         self._lock = threading.RLock()
@@ -206,7 +136,7 @@ class EditMemory:
             stored.update(new)
         self.index.add([r.id for r in active], np.stack([stored[r.id] for r in active]).astype(np.float32))
         self._records = {r.id: r for r in active}
-        log.info("opened edit memory %s with %d active edits", self.path, len(active))
+        log.info("opened edit memory %s with %d active edits", self.location, len(active))
 
     def __len__(self) -> int:
         return len(self._records)
@@ -297,19 +227,29 @@ class RoutedModel(LanguageModel):
         self.threshold = threshold
         self._routes: dict[str, Route] = {}
         self._routes_version = -1
+        self._routes_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RoutedModel({self.base!r}, edits={len(self.memory)}, threshold={self.threshold})"
 
     def route(self, texts: Sequence[str]) -> list[Route]:
-        """Where each input goes (cached until the memory changes)."""
-        if self._routes_version != self.memory.version:
-            self._routes, self._routes_version = {}, self.memory.version
-        todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
-        if todo:
-            for t, r in zip(todo, self.memory.lookup(todo), strict=True):
-                self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
-        return [self._routes[t] for t in texts]
+        """Where each input goes (cached until the memory changes).
+
+        Safe from several threads: the cache is read and filled under a lock, held across the memory lookup so
+        that one version's routes are never stored under another's."""
+        with self._routes_lock:
+            if self._routes_version != self.memory.version:
+                self._routes, self._routes_version = {}, self.memory.version
+            todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
+            if todo:
+                for t, r in zip(todo, self.memory.lookup(todo), strict=True):
+                    self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
+            return [self._routes[t] for t in texts]
+
+    def clear_routes(self) -> None:
+        """Forget every cached route (the next reads route again; a benchmark measures routing this way)."""
+        with self._routes_lock:
+            self._routes.clear()
 
     def explain(self, text: str) -> dict[str, Any]:
         """Which edit (if any) answers ``text``, and with what scope score."""
@@ -419,6 +359,18 @@ class MemoryEditHandle(EditHandle):
         self._memory().remove(ids)
         self._set_applied(False)
 
+    def rollback_record(self, record_id: int) -> None:
+        """Roll back one edit this handle stored (its journal id); the others stay, and the handle no longer holds
+        it. The handle counts as rolled back once it holds no record it stored."""
+        stored = [j for j, (i, s) in enumerate(zip(self.record_ids, self.outcomes, strict=True)) if s != "duplicate"]
+        j = next((j for j in stored if self.record_ids[j] == record_id), None)
+        if not self.applied or j is None:
+            raise ValidationError(f"edit {record_id} is not one this handle holds")
+        self._memory().remove([record_id])
+        del self.requests[j], self.record_ids[j], self.outcomes[j]
+        if len(stored) == 1:
+            self._set_applied(False)
+
     def reapply(self) -> None:
         if self.applied:
             return
@@ -435,7 +387,7 @@ class MemoryEditHandle(EditHandle):
             "requests": [r.to_dict() for r in self.requests],
             "parameters": {},
             "memory": {
-                "path": str(memory.path),
+                "path": memory.location,
                 "edits_in_memory": len(memory),
                 "records": [
                     {"id": i, "status": s, "descriptor": descriptor_of(r)}
@@ -465,7 +417,11 @@ class MemoryConfig(EditorConfig):
     """Settings every memory-based editor shares."""
 
     memory: str | None = field(
-        default=None, metadata={"help": "SQLite file of the edit memory (kept across runs); default: a temporary one"}
+        default=None,
+        metadata={
+            "help": "where the edit memory is kept across runs: an SQLite file, or a store URL (sqlite:///ABS/PATH, "
+            "sqlite:REL/PATH); default: a temporary SQLite file"
+        },
     )
     threshold: float = field(default=0.5, metadata={"help": "scope probability from which an edit answers (eq. 1)"})
     author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
@@ -473,6 +429,8 @@ class MemoryConfig(EditorConfig):
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"{type(self).__name__}: threshold must be in [0, 1], got {self.threshold}")
+        if self.memory is not None:
+            check_store_url(self.memory)
 
 
 class MemoryEditor(Editor):

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from editkit.editors.answerers import Answerer, PromptedAnswerer, template_prompt
 from editkit.editors.base import Capabilities, EditorConfig, register
-from editkit.editors.memory import Answerer, MemoryConfig, MemoryEditor, PromptedAnswerer, ScopeModel
+from editkit.editors.memory import MemoryConfig, MemoryEditor, ScopeModel
 from editkit.editors.scope import CrossScope, EmbedScope
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.bridge import TokenBridge
@@ -117,7 +118,7 @@ class RP(_Retrieval):
     config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
 
     def build_answerer(self, lm: LanguageModel) -> Answerer:
-        return PromptedAnswerer(lm, self.config.template)
+        return PromptedAnswerer(lm, template_prompt(self.config.template))
 
 
 @register
@@ -136,7 +137,8 @@ class SERAC(_Retrieval):
         if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             log.info("counterfactual model %s answers for %s through a token bridge", h.name, lm.name)
             bridge = TokenBridge(lm, h)
-        return PromptedAnswerer(h, read_manifest(folder).get("template", TEMPLATE), bridge=bridge)
+        template = read_manifest(folder).get("template", TEMPLATE)
+        return PromptedAnswerer(h, template_prompt(template), bridge=bridge)
 
 
 def load_counterfactual(folder: Path) -> LanguageModel:

@@ -1,12 +1,12 @@
-"""The edit journal: every edit ever made, durable, with who made it and when.
+"""The edit journal's contract: records, the rules every store follows, and export / import.
 
 A memory-based editor (SERAC, LU, RP) is only as trustworthy as its memory: an edit a user was told about must
 survive a crash, and an edit that was rolled back or replaced must still be explainable later. So the journal
 is append-only and every write is on disk before it returns.
 
-:class:`EditStore` is the interface (a PostgreSQL store shared by several server replicas can implement it);
-:class:`SQLiteStore` is the default: one file, WAL journal, ``synchronous=FULL`` and one transaction per write,
-so an ``add`` has been fsynced when it returns and a killed process never loses an acknowledged edit.
+:class:`EditStore` is the interface; :mod:`editkit.memory.sqlite` implements it in one SQLite file (the
+default), and :func:`editkit.memory.urls.open_store` opens a store from a URL (a PostgreSQL store shared by several
+server replicas can plug in there). Export and import are written once, here, over the abstract methods.
 
 Rules (the same for every store):
 
@@ -20,7 +20,7 @@ Rules (the same for every store):
 * The store also caches vectors of edits per named vector space (an encoder and a hash of its weights), so an
   index can be rebuilt on open without encoding every edit again.
 
-A file that is not an editkit memory (not SQLite, damaged, of an unknown schema version) is refused with
+A store that is not an editkit memory (not SQLite, damaged, of an unknown schema version) is refused with
 :class:`MemoryCorruptError` and never modified: it may be the only copy of someone's edits.
 """
 
@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
-import sqlite3
-import threading
-import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -52,13 +47,8 @@ SCHEMA_VERSION = 1
 MAX_DESCRIPTOR_CHARS = 2000
 MAX_AUTHOR_CHARS = 200
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-_VECTOR_DTYPE = np.dtype("<f4")  # vectors are stored as little-endian float32 bytes, whatever the machine
-_RECORD_FIELDS = ("id", "request", "descriptor", "author", "created", "deleted", "superseded_by")
-_RESTORE_HINT = (
-    "restore it from an export with SQLiteStore(new_path).import_jsonl(export), or move it aside to start a new "
-    "memory; editkit will not overwrite it"
-)
+VECTOR_DTYPE = np.dtype("<f4")  # vectors are stored as little-endian float32 bytes, whatever the machine
+RECORD_FIELDS = ("id", "request", "descriptor", "author", "created", "deleted", "superseded_by")
 
 
 class MemoryCorruptError(EditkitError, RuntimeError):
@@ -117,24 +107,24 @@ def check_edit(request: EditRequest, descriptor: str, author: str) -> None:
         raise ValidationError(
             f"edit descriptor is {len(descriptor)} characters long; the limit is {MAX_DESCRIPTOR_CHARS}"
         )
-    _check_author(author)
+    check_author(author)
 
 
-def _check_author(author: str) -> None:
+def check_author(author: str) -> None:
     if not isinstance(author, str):
         raise ValidationError(f"author must be a string, got {type(author).__name__}")
     if len(author) > MAX_AUTHOR_CHARS:
         raise ValidationError(f"author is {len(author)} characters long; the limit is {MAX_AUTHOR_CHARS}")
 
 
-def _is_duplicate(record: EditRecord, request: EditRequest, descriptor: str) -> bool:
+def is_duplicate(record: EditRecord, request: EditRequest, descriptor: str) -> bool:
     return (
         record.request.target_new.strip() == request.target_new.strip()
         and record.descriptor.strip() == descriptor.strip()
     )
 
 
-def _vector_blob(space: str, edit_id: Any, vector: np.ndarray) -> tuple[int, bytes]:
+def vector_blob(space: str, edit_id: Any, vector: np.ndarray) -> tuple[int, bytes]:
     """Check one edit's vector of a space; returns its length and its stored bytes."""
     if not isinstance(space, str) or not space.strip():
         raise ValidationError(f"a vector space needs a non-empty name, got {space!r}")
@@ -146,7 +136,7 @@ def _vector_blob(space: str, edit_id: Any, vector: np.ndarray) -> tuple[int, byt
         )
     if not np.isfinite(arr).all():
         raise ValidationError(f"the vector of edit {edit_id} in space {space!r} is not finite")
-    return int(arr.shape[0]), arr.astype(_VECTOR_DTYPE).tobytes()
+    return int(arr.shape[0]), arr.astype(VECTOR_DTYPE).tobytes()
 
 
 class EditStore(ABC):
@@ -188,6 +178,11 @@ class EditStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the edits are kept, for messages and summaries (SQLite: the file's path)."""
+
     def active(self) -> list[EditRecord]:
         """The records that are neither deleted nor superseded, in id order."""
         return [r for r in self.journal() if r.active]
@@ -228,7 +223,7 @@ class EditStore(ABC):
         ids and creation times in this store. ``author`` replaces the exported authors. The whole file is read
         and checked before anything is added, so a malformed line adds nothing."""
         if author is not None:
-            _check_author(author)
+            check_author(author)
         items = read_export(path, author=author)
         outcomes = self.add_many(items)
         added = sum(o.status != "duplicate" for o in outcomes)
@@ -236,7 +231,7 @@ class EditStore(ABC):
         return added
 
 
-_EXPORT_KEYS = frozenset(_RECORD_FIELDS)
+_EXPORT_KEYS = frozenset(RECORD_FIELDS)
 
 
 def read_export(path: str | Path, *, author: str | None = None) -> list[tuple[EditRequest, str, str]]:
@@ -280,296 +275,3 @@ def read_export(path: str | Path, *, author: str | None = None) -> list[tuple[Ed
         if obj.get("deleted") is None and obj.get("superseded_by") is None:
             items.append((request, obj["descriptor"], record_author))
     return items
-
-
-class SQLiteStore(EditStore):
-    """The journal in one SQLite file (created with its folders if missing).
-
-    One connection is shared by all threads (``check_same_thread=False``) and every use of it holds a lock, so
-    a server's thread pool can share one store. Several processes may open the same file: each write is an
-    ``IMMEDIATE`` transaction that reads the conflicting edits and writes in one step, and a writer waits up
-    to ``timeout`` seconds for another.
-    """
-
-    def __init__(self, path: str | Path, *, timeout: float = 30.0) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._closed = False
-        if self.path.is_dir():
-            raise MemoryCorruptError(f"{self.path} is a folder, not an editkit edit memory file")
-        existing = self.path.is_file() and self.path.stat().st_size > 0
-        if existing:
-            with self.path.open("rb") as f:
-                if f.read(len(_SQLITE_MAGIC)) != _SQLITE_MAGIC:
-                    raise MemoryCorruptError(
-                        f"{self.path} is not an editkit edit memory (not an SQLite file); {_RESTORE_HINT}"
-                    )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None)
-        try:
-            if existing:
-                self._verify()  # before anything is written: a file we refuse is left exactly as it was
-            self._configure()
-            if not existing:
-                self._create()
-                self._verify()
-        except BaseException as exc:
-            self._db.close()
-            if isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc)):
-                raise  # another process holds the file: that is not damage
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise self._corrupt(str(exc)) from None
-            raise
-        log.debug("opened edit memory %s", self.path)
-
-    def __repr__(self) -> str:
-        return f"SQLiteStore({str(self.path)!r})"
-
-    # ------------------------------------------------------------------ opening
-    def _corrupt(self, reason: str) -> MemoryCorruptError:
-        return MemoryCorruptError(f"{self.path} is not a usable editkit edit memory ({reason}); {_RESTORE_HINT}")
-
-    def _configure(self) -> None:
-        mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            log.warning(
-                "%s: WAL journal unavailable (journal_mode=%s); writes stay durable but serialize", self.path, mode
-            )
-        self._db.execute("PRAGMA synchronous=FULL")
-
-    def _create(self) -> None:
-        """Create the schema in one transaction (a crash leaves an empty file, not half a schema). Another
-        process may have created it first; then this does nothing."""
-        with self._transaction():
-            if self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
-                return
-            self._db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute(
-                """CREATE TABLE edits (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    request TEXT NOT NULL,
-                    descriptor TEXT NOT NULL,
-                    author TEXT NOT NULL,
-                    created REAL NOT NULL,
-                    deleted REAL,
-                    superseded_by INTEGER,
-                    conflict_key TEXT NOT NULL
-                )"""
-            )
-            self._db.execute(
-                "CREATE INDEX edits_active_key ON edits (conflict_key) WHERE deleted IS NULL AND superseded_by IS NULL"
-            )
-            self._db.execute(
-                """CREATE TABLE vectors (
-                    space TEXT NOT NULL,
-                    edit_id INTEGER NOT NULL,
-                    vector BLOB NOT NULL,
-                    PRIMARY KEY (space, edit_id)
-                )"""  # a rowid table: a 1.5 KB vector would spill to an overflow page in a WITHOUT ROWID one
-            )
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._db.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
-        log.info("created edit memory %s", self.path)
-
-    def _verify(self) -> None:
-        problems = [str(r[0]) for r in self._db.execute("PRAGMA integrity_check(3)").fetchall()]
-        if problems != ["ok"]:
-            raise self._corrupt(f"integrity check failed: {'; '.join(problems)}")
-        tables = {str(r[0]) for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "meta" not in tables:
-            raise self._corrupt("an SQLite file without editkit's schema version")
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
-            raise self._corrupt("no schema version in its meta table")
-        if row[0] != str(SCHEMA_VERSION):
-            raise MemoryCorruptError(
-                f"{self.path} has edit memory schema version {row[0]!r}; this editkit reads version "
-                f"{SCHEMA_VERSION}: open it with the editkit that wrote it and export it with export_jsonl"
-            )
-        missing = {"edits", "vectors"} - tables
-        if missing:
-            raise self._corrupt(f"tables {sorted(missing)} are missing")
-
-    # ------------------------------------------------------------------ helpers
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """One write transaction (call with the lock held). ``IMMEDIATE`` takes the write lock before the
-        first read, so a read-then-write is atomic across processes; COMMIT is fsynced (synchronous=FULL)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # also when COMMIT itself failed (a full disk): leave no transaction open
-                self._db.execute("ROLLBACK")
-            raise
-
-    _COLUMNS = ", ".join(_RECORD_FIELDS)
-
-    def _record(self, row: Sequence[Any]) -> EditRecord:
-        id_, request, descriptor, author, created, deleted, superseded_by = row
-        try:
-            parsed = EditRequest.from_dict(json.loads(request))
-        except (ValueError, TypeError) as exc:  # ValidationError is a ValueError
-            raise self._corrupt(f"edit {id_} cannot be read: {exc}") from None
-        return EditRecord(
-            id=int(id_),
-            request=parsed,
-            descriptor=str(descriptor),
-            author=str(author),
-            created=float(created),
-            deleted=None if deleted is None else float(deleted),
-            superseded_by=None if superseded_by is None else int(superseded_by),
-        )
-
-    def _get(self, edit_id: int) -> EditRecord:
-        try:
-            key = operator.index(edit_id)
-        except TypeError:
-            raise ValidationError(f"an edit id must be an integer, got {edit_id!r}") from None
-        row = self._db.execute(f"SELECT {self._COLUMNS} FROM edits WHERE id = ?", (key,)).fetchone()
-        if row is None:
-            raise ValidationError(f"no edit with id {edit_id} in {self.path}")
-        return self._record(row)
-
-    def _add(self, request: EditRequest, descriptor: str, author: str) -> AddOutcome:
-        """One add inside an open transaction."""
-        key = conflict_key(request, descriptor)
-        rows = self._db.execute(
-            f"SELECT {self._COLUMNS} FROM edits WHERE conflict_key = ? AND deleted IS NULL "
-            "AND superseded_by IS NULL ORDER BY id",
-            (key,),
-        ).fetchall()
-        current = [self._record(r) for r in rows]
-        for record in current:
-            if _is_duplicate(record, request, descriptor):
-                return AddOutcome(record, "duplicate")
-        created = time.time()
-        cur = self._db.execute(
-            "INSERT INTO edits (request, descriptor, author, created, conflict_key) VALUES (?, ?, ?, ?, ?)",
-            (json.dumps(request.to_dict(), ensure_ascii=False), descriptor, author, created, key),
-        )
-        assert cur.lastrowid is not None
-        new_id = int(cur.lastrowid)
-        older = tuple(r.id for r in current)
-        if older:
-            self._db.execute(
-                f"UPDATE edits SET superseded_by = ? WHERE id IN ({','.join('?' * len(older))})", (new_id, *older)
-            )
-        record = EditRecord(new_id, request, descriptor, author, created)
-        return AddOutcome(record, "replaced" if older else "added", older)
-
-    # ------------------------------------------------------------------ the interface
-    def add(
-        self,
-        request: EditRequest,
-        descriptor: str,
-        *,
-        author: str = "",
-        vectors: Mapping[str, np.ndarray] | None = None,
-    ) -> AddOutcome:
-        """Store an edit and its ``vectors`` (space -> vector) in one transaction, durable (fsynced) when this
-        returns. See the module docstring for the rules."""
-        check_edit(request, descriptor, author)
-        checked = {space: _vector_blob(space, "being added", v) for space, v in (vectors or {}).items()}
-        with self._lock, self._transaction():
-            outcome = self._add(request, descriptor, author)
-            if outcome.status != "duplicate":
-                for space, (dim, blob) in checked.items():
-                    self._check_dims(space, {dim})
-                    row = (space, outcome.record.id, blob)
-                    self._db.execute("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)", row)
-        log.debug("%s edit %d (%r)", outcome.status, outcome.record.id, conflict_key(request, descriptor))
-        return outcome
-
-    def add_many(self, items: Sequence[tuple[EditRequest, str, str]]) -> list[AddOutcome]:
-        """Add items in order in one transaction: all of them are stored, or (on an error or a crash) none."""
-        for request, descriptor, author in items:
-            check_edit(request, descriptor, author)
-        with self._lock, self._transaction():
-            return [self._add(request, descriptor, author) for request, descriptor, author in items]
-
-    def get(self, edit_id: int) -> EditRecord:
-        with self._lock:
-            return self._get(edit_id)
-
-    def delete(self, edit_id: int) -> EditRecord:
-        with self._lock, self._transaction():
-            record = self._get(edit_id)
-            if record.deleted is not None:
-                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.deleted))
-                raise ValidationError(f"edit {edit_id} was already deleted (at {when})")
-            now = time.time()
-            self._db.execute("UPDATE edits SET deleted = ? WHERE id = ?", (now, record.id))
-        log.debug("deleted edit %d", record.id)
-        return replace(record, deleted=now)
-
-    def journal(self) -> list[EditRecord]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT {self._COLUMNS} FROM edits ORDER BY id").fetchall()
-        return [self._record(r) for r in rows]
-
-    def active(self) -> list[EditRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM edits WHERE deleted IS NULL AND superseded_by IS NULL ORDER BY id"
-            ).fetchall()
-        return [self._record(r) for r in rows]
-
-    def __len__(self) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT COUNT(*) FROM edits WHERE deleted IS NULL AND superseded_by IS NULL"
-            ).fetchone()
-        return int(row[0])
-
-    def _check_dims(self, space: str, dims: set[int]) -> None:
-        """Inside a transaction: every vector of a space has one length."""
-        stored = self._db.execute("SELECT length(vector) FROM vectors WHERE space = ? LIMIT 1", (space,)).fetchone()
-        if stored is not None:
-            dims = dims | {int(stored[0]) // _VECTOR_DTYPE.itemsize}
-        if len(dims) > 1:
-            raise ValidationError(f"vectors of space {space!r} must all have one length, got lengths {sorted(dims)}")
-
-    def put_vectors(self, space: str, vectors: Mapping[int, np.ndarray]) -> None:
-        """Cache vectors of existing edits in ``space``, all in one transaction. Every vector of a space has the
-        same length; an id that is not in the journal is a :class:`ValidationError`."""
-        ids, checked = [], []
-        for edit_id, vector in vectors.items():
-            try:
-                ids.append(operator.index(edit_id))
-            except TypeError:
-                raise ValidationError(f"an edit id must be an integer, got {edit_id!r}") from None
-            checked.append(_vector_blob(space, edit_id, vector))
-        if not ids:
-            return
-        with self._lock, self._transaction():
-            self._check_dims(space, {dim for dim, _ in checked})
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                found = {
-                    int(r[0])
-                    for r in self._db.execute(f"SELECT id FROM edits WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                }
-                unknown = [i for i in chunk if i not in found]
-                if unknown:
-                    raise ValidationError(f"cannot store a vector for edit {unknown[0]}: no such edit in {self.path}")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors VALUES (?, ?, ?)",
-                [(space, i, blob) for i, (_, blob) in zip(ids, checked, strict=True)],
-            )
-
-    def get_vectors(self, space: str) -> dict[int, np.ndarray]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT edit_id, vector FROM vectors WHERE space = ? ORDER BY edit_id", (space,)
-            ).fetchall()
-        return {int(i): np.frombuffer(v, dtype=_VECTOR_DTYPE).astype(np.float32) for i, v in rows}
-
-    def close(self) -> None:
-        """Close the file (idempotent). The WAL is checkpointed into the main file."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._db.close()
