@@ -3,9 +3,11 @@ is loaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -117,7 +119,12 @@ USER_ERRORS = {
     "eval: unknown protocol key in config": (
         ["eval", "--config", "{file}", "--data", "x.json", "--out", "{out}"],
         _file("protocl: batch\n"),
-        "unknown run settings ['protocl']",
+        "Did you mean 'protocol'",
+    ),
+    "eval: wrong type in config": (
+        ["eval", "--config", "{file}", "--data", "x.json", "--out", "{out}"],
+        _file("limit: many\n"),
+        "RunConfig.limit",
     ),
     "eval: downstream without sequential": (
         ["eval", "--data", "x.json", "--downstream", "sst2", "--out", "{out}"],
@@ -236,3 +243,73 @@ def test_edit_goes_through_the_edit_service(monkeypatch, tmp_path, capsys):
     assert [[r.text for r in requests] for requests in applied] == [[prompt]]
     with SQLiteStore(path) as store:
         assert [r.request.target_new for r in store.active()] == [" Rome"]
+
+
+# every option `editkit eval` had when its options were written out by hand, and must keep
+EVAL_OPTIONS = (
+    *("--config", "--model", "--method", "--label", "--data", "--format", "--skip-invalid", "--limit"),
+    *("--protocol", "--edits-per-step", "--max-groups", "--distinct-subjects", "--every", "--downstream"),
+    *("--downstream-data", "--downstream-n", "--state", "--guard", "--guard-set", "--seed", "--set", "--device"),
+    *("--threads", "--out"),
+)
+
+
+def test_eval_help_lists_every_run_setting_with_its_help(capsys):
+    """`editkit eval --help` keeps every option, and each run setting's option shows the setting's help."""
+    from editkit.evaluation.runner import RunConfig
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    for option in EVAL_OPTIONS:
+        assert f" {option} " in out, option
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in ("settings", "guard"):  # mappings: --set / --guard-set
+            assert f.metadata["help"] in out, f.name
+    assert "--protocol {batch,sequential}" in out and "(default 20)" in out
+
+
+@dataclasses.dataclass
+class Toy:
+    n: int = dataclasses.field(default=3, metadata={"help": "a count"})
+    rate: float | None = dataclasses.field(default=None, metadata={"help": "a rate"})
+    mode: Literal["a", "b"] = dataclasses.field(default="a", metadata={"help": "a mode"})
+    ks: list[int] = dataclasses.field(default_factory=lambda: [1, 2], metadata={"help": "some k's"})
+    on: bool = dataclasses.field(default=False, metadata={"help": "a switch"})
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"help": "a mapping"})
+
+
+def test_config_options_follow_the_field_types():
+    """Options made from a typed config: None when not given, switches for booleans, choices for Literals,
+    numbers converted, lists left as text for the config to split, mappings left out."""
+    from editkit.cli import _config_options
+
+    options = dict(_config_options(Toy))
+    assert list(options) == ["n", "rate", "mode", "ks", "on"]
+    assert options["n"] == {"default": None, "help": "a count (default 3)", "type": int}
+    assert options["rate"] == {"default": None, "help": "a rate", "type": float}
+    assert options["mode"] == {"default": None, "help": "a mode (default a)", "choices": ["a", "b"]}
+    assert options["ks"] == {"default": None, "help": "some k's (default 1,2)"}
+    assert options["on"] == {"default": None, "help": "a switch", "action": "store_true"}
+
+
+def test_eval_options_override_the_config_file_and_only_when_given(monkeypatch, tmp_path):
+    """An option left out keeps the config file's value; one given replaces it; method settings merge."""
+    from editkit.evaluation import runner
+
+    made = []
+    monkeypatch.setattr(
+        runner,
+        "run",
+        lambda config: made.append(config) or {"aggregates": {}, "method": "ft", "model": "m", "n_cases": 0},
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "method: ft\nlimit: 5\nedits_per_step: [2, 4]\ndistinct_subjects: true\nsettings: {lr: 0.1, steps: 3}\n"
+    )
+    argv = ["eval", "--config", str(config), "--data", "x.json", "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    assert (made[0].limit, made[0].edits_per_step, made[0].distinct_subjects) == (5, [2, 4], True)
+    assert main([*argv, "--limit", "3", "--edits-per-step", "1, 5", "--set", "steps=7", "--skip-invalid"]) == 0
+    assert (made[1].limit, made[1].edits_per_step, made[1].distinct_subjects) == (3, [1, 5], True)
+    assert made[1].settings == {"lr": 0.1, "steps": 7} and made[1].skip_invalid and made[1].method == "ft"

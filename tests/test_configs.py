@@ -73,6 +73,40 @@ def test_matrix_limits_and_errors(tmp_path: Path):
         matrix_configs(path)
 
 
+def test_run_config_takes_lists_as_text_and_merges_settings(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data: x.json\nout: r.json\nprotocol: sequential\nedits_per_step: 5\nsettings: {lr: 0.1}\n"
+        "guard: {drift_factor: 5}\n"
+    )
+    config = RunConfig.build(str(path), downstream="sst2, mrpc", downstream_data="glue")
+    assert (config.edits_per_step, config.downstream) == ([5], ["sst2", "mrpc"])
+    merged = RunConfig.build(str(path), settings={"steps": 2}, guard={"canary_n": 8})
+    assert merged.settings == {"lr": 0.1, "steps": 2} and merged.guard == {"drift_factor": 5, "canary_n": 8}
+    assert RunConfig.build(str(path), protocol=None).protocol == "sequential"  # None: not given
+    assert RunConfig.build(str(path), every="7", limit="10").to_dict()["every"] == 7
+
+
+@pytest.mark.parametrize(
+    ("yaml", "message"),
+    [
+        ("protocl: batch", r"no setting 'protocl'\. Did you mean 'protocol'\?"),
+        ("limit: many", r"RunConfig\.limit: 'many'"),
+        ("every: 2.5", r"RunConfig\.every: expected an integer"),
+        ("label: [a, b]", r"RunConfig\.label"),
+        ("protocol: stream", r"RunConfig\.protocol: 'stream' is not one of \['batch', 'sequential'\]"),
+        ("edits_per_step: 1,x", r"RunConfig\.edits_per_step: expected int, got 'x'"),
+        ("settings: [lr]", r"RunConfig\.settings: expected a mapping"),
+        ("distinct_subjects: maybe", r"RunConfig\.distinct_subjects: expected true/false"),
+    ],
+)
+def test_run_config_errors_name_the_setting(tmp_path: Path, yaml: str, message: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"data: x.json\nout: r.json\n{yaml}\n")
+    with pytest.raises(ConfigError, match=message):
+        RunConfig.build(str(path))
+
+
 @pytest.mark.parametrize("path", TRAINING, ids=[p.name for p in TRAINING])
 def test_shipped_training_config_is_valid(path: Path):
     config = SERACTrainConfig.from_dict(read_yaml(path))

@@ -7,12 +7,15 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import platform
 import sys
 import time
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -265,31 +268,60 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- eval / report
+def _config_options(cls: type) -> list[tuple[str, dict[str, Any]]]:
+    """``(field name, add_argument keywords)`` for every field of the typed config ``cls`` that an option sets
+    (``edits_per_step`` -> ``--edits-per-step``), with the field's help and default. Every option defaults to
+    None, "not given": the config file's value (or the field's default) stands. Booleans are switches, Literal
+    fields take one of their values, lists are comma-separated (the config splits them); mappings (dict fields)
+    have no option of their own: commands take them as KEY=VALUE pairs."""
+    options = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the option takes an X
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+        if hint is dict or origin is dict:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        text = f.metadata.get("help", "")
+        if shown not in (None, "") and shown is not False:
+            text += f" (default {shown})"
+        kwargs: dict[str, Any] = {"default": None, "help": text}
+        if hint is bool:
+            kwargs["action"] = "store_true"
+        elif origin is typing.Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint in (int, float):
+            kwargs["type"] = hint
+        options.append((f.name, kwargs))
+    return options
+
+
+def _add_eval_parser(sub: Any) -> None:
+    from editkit.evaluation.runner import RunConfig
+
+    p = sub.add_parser("eval", help="evaluate a method on a data set (batch or sequential protocol)")
+    p.add_argument("--config", help="YAML file with run settings (command-line options override it)")
+    for name, kwargs in _config_options(RunConfig):
+        p.add_argument("--" + name.replace("_", "-"), **kwargs)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    p.add_argument(
+        "--guard", action="store_true", help="sequential, weight editors: reject edits that would disable the model"
+    )
+    p.add_argument(
+        "--guard-set", action="append", default=[], metavar="KEY=VALUE", help="guard setting (implies --guard)"
+    )
+    p.set_defaults(fn=cmd_eval)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from editkit.evaluation.runner import RunConfig, run
 
     config = RunConfig.build(
         args.config,
-        model=args.model,
-        method=args.method,
-        label=args.label,
-        data=args.data,
-        out=args.out,
-        format=args.format,
-        limit=args.limit,
-        protocol=args.protocol,
-        edits_per_step=args.edits_per_step,
-        max_groups=args.max_groups,
-        distinct_subjects=args.distinct_subjects or None,
-        every=args.every,
-        downstream=args.downstream,
-        downstream_data=args.downstream_data,
-        downstream_n=args.downstream_n,
-        state=args.state,
-        seed=args.seed,
-        device=args.device,
-        threads=args.threads,
-        skip_invalid=args.skip_invalid or None,
+        **{name: getattr(args, name) for name, _ in _config_options(RunConfig)},
         settings=_overrides(args.set) or None,
         guard=_overrides(args.guard_set) if args.guard or args.guard_set else None,
     )
@@ -368,40 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=5)
     p.set_defaults(fn=cmd_quickstart)
 
-    p = sub.add_parser("eval", help="evaluate a method on a data set (batch or sequential protocol)")
-    p.add_argument("--config", help="YAML file with run settings (command-line options override it)")
-    p.add_argument("--model", help=f"model name or folder (default {DEFAULT_MODEL})")
-    p.add_argument("--method", help="editing method (default rome)")
-    p.add_argument("--label", help="the run's name in reports (default: the method's name)")
-    p.add_argument("--data", help="data file (format detected, or --format)")
-    p.add_argument("--format", help="the data file's format")
-    p.add_argument("--skip-invalid", action="store_true", help="leave malformed records out (listed in the results)")
-    p.add_argument("--limit", type=int, help="use the first N cases")
-    p.add_argument("--protocol", choices=["batch", "sequential"], help="default batch")
-    p.add_argument(
-        "--edits-per-step", help="batch: comma-separated k's (edits applied together); sequential: edits per step"
-    )
-    p.add_argument("--max-groups", type=int, help="batch: at most this many groups of k edits per k")
-    p.add_argument(
-        "--distinct-subjects", action="store_true", help="batch: no two edits of a group about the same subject"
-    )
-    p.add_argument("--every", type=int, help="sequential: evaluate retention and downstream every N edits")
-    p.add_argument("--downstream", help="sequential: comma-separated tasks (sst2,mrpc,rte,cola)")
-    p.add_argument("--downstream-data", help="folder with the tasks' <task>.jsonl files")
-    p.add_argument("--downstream-n", type=int, help="examples per downstream task (default 200)")
-    p.add_argument("--state", help="sequential: folder for resumable state (default: beside --out)")
-    p.add_argument(
-        "--guard", action="store_true", help="sequential, weight editors: reject edits that would disable the model"
-    )
-    p.add_argument(
-        "--guard-set", action="append", default=[], metavar="KEY=VALUE", help="guard setting (implies --guard)"
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
-    p.add_argument("--device")
-    p.add_argument("--threads", type=int, help="torch threads (default: one per core; two runs side by side: 1 each)")
-    p.add_argument("--out", help="results JSON file")
-    p.set_defaults(fn=cmd_eval)
+    _add_eval_parser(sub)
 
     p = sub.add_parser("train", help="train a learned editor's parts (SERAC: scope classifiers, counterfactual model)")
     p.add_argument("method", choices=["serac"])

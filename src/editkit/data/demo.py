@@ -1,6 +1,7 @@
 """A small demo set of edits, written for editkit (not taken from any benchmark).
 
-``demo_edits.jsonl`` is in editkit's own format (:mod:`editkit.data.formats`), so it doubles as an example file.
+``demo_edits.jsonl`` is in editkit's own format (:mod:`editkit.data.formats.native`), so it doubles as an example
+file.
 """
 
 from __future__ import annotations

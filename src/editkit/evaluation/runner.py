@@ -1,5 +1,7 @@
 """One evaluation run from a config (``editkit eval``): load the model, the data and the editor, run a protocol,
-write the results JSON. A config comes from a YAML file, from keyword arguments, or both (arguments win).
+write the results JSON. A config (:class:`RunConfig`, a typed config like the editors': every field carries its
+help, and ``editkit eval``'s options are made from the fields) comes from a YAML file, from keyword arguments, or
+both (arguments win).
 
 Example ``run.yaml``::
 
@@ -17,81 +19,106 @@ Example ``run.yaml``::
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
+from editkit.editors.base import EditorConfig
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_write
+from editkit.models.zoo import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from editkit.evaluation.guard import EditGuard
 
-PROTOCOLS = ("batch", "sequential")
+MAPPINGS = ("settings", "guard")  # RunConfig fields that hold settings of their own (KEY: VALUE)
 
 
 @dataclass
-class RunConfig:
-    model: str = "smollm2-135m"
-    method: str = "rome"
-    label: str | None = None  # the run's name in reports (default: the method's name)
-    data: str = ""
-    out: str = ""
-    format: str | None = None
-    limit: int | None = None
-    protocol: Literal["batch", "sequential"] = "batch"
-    edits_per_step: list[int] = field(default_factory=lambda: [1])  # batch: the k's; sequential: one value
-    max_groups: int | None = None  # batch: at most this many groups per k
-    distinct_subjects: bool = False  # batch: no two edits of a group about one subject (protocols.edit_groups)
-    every: int = 20  # sequential: evaluate retention / downstream every N edits
-    downstream: list[str] = field(default_factory=list)
-    downstream_data: str | None = None  # folder with <task>.jsonl files
-    downstream_n: int = 200
-    state: str | None = None  # sequential: folder for resumable state (default: next to ``out``)
-    # sequential, weight editors: the edit guard's settings (GuardConfig's, plus ``canary``: the canary tasks,
-    # default [sst2] when downstream_data is given, and ``canary_n``: examples per task, default 32); None: off
-    guard: dict[str, Any] | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # the method's settings
-    seed: int = 0
-    batch_size: int = 16
-    device: str | None = None
-    # torch's intra-op threads (default: torch's, one per core). Editing SmolLM2 gains little from a second
-    # thread, so two runs side by side with one thread each finish sooner than one after the other with two
-    threads: int | None = None
-    skip_invalid: bool = False  # leave malformed records out (listed in the results) instead of failing
+class RunConfig(EditorConfig):
+    """One evaluation run's settings. Every field carries its help, from which ``editkit eval`` makes its options
+    (``edits_per_step`` -> ``--edits-per-step``); mappings (``settings``, ``guard``) are given as KEY=VALUE
+    pairs there. Values are checked on construction (:meth:`validate`)."""
+
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "model name or folder"})
+    method: str = field(default="rome", metadata={"help": "editing method"})
+    label: str | None = field(default=None, metadata={"help": "the run's name in reports (default: the method's name)"})
+    data: str = field(default="", metadata={"help": "data file (format detected, or --format)"})
+    out: str = field(default="", metadata={"help": "results JSON file"})
+    format: str | None = field(default=None, metadata={"help": "the data file's format"})
+    limit: int | None = field(default=None, metadata={"help": "use the first N cases"})
+    protocol: Literal["batch", "sequential"] = field(
+        default="batch",
+        metadata={"help": "batch: groups of edits, each on the unedited model; sequential: edits accumulate"},
+    )
+    edits_per_step: list[int] = field(
+        default_factory=lambda: [1],
+        metadata={"help": "batch: comma-separated k's (edits applied together); sequential: edits per step"},
+    )
+    max_groups: int | None = field(default=None, metadata={"help": "batch: at most this many groups of k edits per k"})
+    distinct_subjects: bool = field(
+        default=False,
+        metadata={"help": "batch: no two edits of a group about the same subject (protocols.edit_groups)"},
+    )
+    every: int = field(default=20, metadata={"help": "sequential: evaluate retention and downstream every N edits"})
+    downstream: list[str] = field(
+        default_factory=list, metadata={"help": "sequential: comma-separated tasks (sst2,mrpc,rte,cola)"}
+    )
+    downstream_data: str | None = field(default=None, metadata={"help": "folder with the tasks' <task>.jsonl files"})
+    downstream_n: int = field(default=200, metadata={"help": "examples per downstream task"})
+    state: str | None = field(
+        default=None, metadata={"help": "sequential: folder for resumable state (default: beside --out)"}
+    )
+    guard: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "sequential, weight editors: the edit guard's settings (GuardConfig's, plus canary: the "
+            "canary tasks, default [sst2] when downstream_data is given, and canary_n: examples per task, "
+            "default 32); None: off"
+        },
+    )
+    settings: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's settings"})
+    seed: int = field(default=0, metadata={"help": "seed of the downstream and canary examples' draws"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass when scoring"})
+    device: str | None = field(default=None, metadata={"help": "torch device of the model (default: where it loads)"})
+    # Editing SmolLM2 gains little from a second thread, so two runs side by side with one thread each finish
+    # sooner than one after the other with two
+    threads: int | None = field(
+        default=None, metadata={"help": "torch threads (default: one per core; two runs side by side: 1 each)"}
+    )
+    skip_invalid: bool = field(
+        default=False, metadata={"help": "leave malformed records out (listed in the results) instead of failing"}
+    )
 
     @classmethod
     def build(cls, yaml_path: str | None = None, **overrides: Any) -> RunConfig:
-        """Defaults, then the YAML file, then the non-None ``overrides``; values are checked."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            values.update(read_yaml(Path(yaml_path)))
+        """Defaults, then the YAML file, then the non-None ``overrides``; values are checked (unknown keys and
+        wrong types by :meth:`from_dict`, then :meth:`validate`). A list may be given as a comma-separated string
+        (``edits_per_step`` also as one number); ``settings`` and ``guard`` merge with the file's, key by key."""
+        values = read_yaml(Path(yaml_path)) if yaml_path else {}
         given = {k: v for k, v in overrides.items() if v is not None}
-        for key in ("settings", "guard"):  # method and guard settings merge, key by key
+        for source in (values, given):
+            for key in MAPPINGS:
+                if not isinstance(source.get(key), dict | None):
+                    raise ConfigError(f"{cls.__name__}.{key}: expected a mapping of settings, got {source[key]!r}")
+        for key in MAPPINGS:
             if key in given:
                 given[key] = {**(values.get(key) or {}), **given[key]}
         values.update(given)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ConfigError(f"unknown run settings {unknown}; known: {sorted(names)}")
-        for key in ("edits_per_step", "downstream"):
-            if isinstance(values.get(key), str | int):
-                values[key] = _split(values[key], int if key == "edits_per_step" else str)
-        config = cls(**values)
-        config.check()
-        return config
+        for name, hint in typing.get_type_hints(cls).items():
+            value = values.get(name)
+            if typing.get_origin(hint) is list and isinstance(value, str | int) and not isinstance(value, bool):
+                values[name] = _items(value)
+        return cls.from_dict(values)
 
-    def check(self) -> None:
+    def validate(self) -> None:
         if not self.data:
             raise ConfigError("no data file given (--data PATH)")
         if not self.out:
             raise ConfigError("no results file given (--out FILE.json)")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if self.protocol == "sequential" and len(self.edits_per_step) != 1:
             raise ConfigError("a sequential run takes one --edits-per-step value")
         if any(k < 1 for k in self.edits_per_step) or self.every < 1 or self.downstream_n < 2:
@@ -111,9 +138,6 @@ class RunConfig:
                 raise ConfigError("the edit guard runs in the sequential protocol (--protocol sequential)")
             if self.guard.get("canary") and not self.downstream_data:
                 raise ConfigError("guard canary tasks need --downstream-data DIR")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def config_of_results(results: dict[str, Any], config: str | Path | None = None) -> dict[str, Any]:
@@ -173,11 +197,9 @@ def matrix_configs(path: str | Path) -> list[RunConfig]:
     return configs
 
 
-def _split(value: str | int, kind: type) -> list[Any]:
-    try:
-        return [kind(v.strip()) for v in str(value).split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(f"expected a comma-separated list of {kind.__name__}s, got {value!r}") from None
+def _items(value: str | int) -> list[str]:
+    """A comma-separated list (or one number) as its items."""
+    return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
 def _guard(config: RunConfig, evaluated: dict[str, list[dict[str, Any]]]) -> EditGuard:
@@ -190,7 +212,7 @@ def _guard(config: RunConfig, evaluated: dict[str, list[dict[str, Any]]]) -> Edi
     tasks = settings.pop("canary", ["sst2"] if config.downstream_data else [])
     given = settings.pop("canary_n", 32)
     if isinstance(tasks, str):
-        tasks = _split(tasks, str)
+        tasks = _items(tasks)
     try:
         n = int(given)
     except (TypeError, ValueError):
