@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import toy_editor  # noqa: F401  (registers the test-only trained editor and trainer "toy")
 from editkit.models.lm import LanguageModel
 from editkit.models.tiny import tiny_model
 

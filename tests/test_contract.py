@@ -10,6 +10,7 @@ from editkit.editors.handle import EditHandle, pack_tensor, unpack_tensor
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
+from editkit.training.registry import available_trainers
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -196,6 +197,12 @@ def test_replay_from_the_record_remakes_a_sequence_of_edits_bit_for_bit(method, 
     assert any(not torch.equal(p, q) for p, q in pairs)
     with pytest.raises(ValidationError, match="holds no"):
         again.replay(tiny_model(arch), [REQUEST], {})
+
+
+def test_every_editor_with_trained_parts_has_a_trainer_of_its_name():
+    trained = {m for m in available_methods() if get_editor_class(m).capabilities.trained}
+    assert {"serac", "toy"} <= trained
+    assert trained <= set(available_trainers()), f"no trainer for {sorted(trained - set(available_trainers()))}"
 
 
 def test_packed_tensors_round_trip_bit_for_bit_and_bad_ones_are_refused():

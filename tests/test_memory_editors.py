@@ -273,14 +273,14 @@ def test_bad_settings_are_config_errors():
 def test_provenance_names_the_trained_parts_by_content(tmp_path):
     import shutil
 
-    from editkit.editors.serac import PACKAGED_ARTIFACTS
+    from editkit.trained import PACKAGED
 
     assert set(create_editor("serac").provenance()) == {"scope-embed", "counterfactual"}
     assert set(create_editor("rp", {"scope": "cross"}).provenance()) == {"scope-embed", "scope-cross"}
     assert create_editor("rp", {"scope": "embed-untrained"}).provenance() == {}
     assert create_editor("ft").provenance() == {}
     copy = tmp_path / "parts"
-    shutil.copytree(PACKAGED_ARTIFACTS, copy)
+    shutil.copytree(PACKAGED / "serac", copy)
     packaged = create_editor("rp").provenance()
     assert create_editor("rp", {"artifacts": str(copy)}).provenance() == packaged
     head = copy / "scope-embed" / "head.safetensors"

@@ -1,21 +1,28 @@
-"""Training SERAC's parts (editkit.training.serac) on tiny models: data construction, eq. 2 / eq. 3 losses,
-artifacts, manifest, resumption, and a trained SERAC that routes and answers."""
+"""Training on tiny models: the shared loop (editkit.training.loop) through the test-only toy trainer (seeded,
+resumed to the same result), the trainer registry and `editkit train`, and SERAC's parts
+(editkit.training.serac): data construction, eq. 2 / eq. 3 losses, artifacts, manifest, resumption, and a
+trained SERAC that routes and answers."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import TINY_TRAINING, write_tiny_cases
+from editkit.cli import main
 from editkit.editors import create_editor
 from editkit.editors.memory import descriptor_of
 from editkit.edits import EditRequest
-from editkit.errors import ConfigError, ValidationError
+from editkit.errors import ConfigError, UnknownNameError, ValidationError
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.models.tiny import tiny_model, tiny_tokenizer
+from editkit.trained import read_manifest, verify
+from editkit.training.registry import available_trainers, create_trainer
 from editkit.training.serac import (
     SERACTrainConfig,
     _balanced_bce,
@@ -26,6 +33,74 @@ from editkit.training.serac import (
 )
 
 
+# --------------------------------------------------------------------------- the shared loop, the registry, the CLI
+def _toy(tmp_path: Path, out: str, **settings):
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    return create_trainer("toy", {"data": [str(data)], "out": str(tmp_path / out), **settings})
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    whole = _toy(tmp_path, "whole", steps=5).train(progress=False)
+    first = _toy(tmp_path, "parts", steps=3).train(progress=False)  # checkpoints at 2 and 3
+    ckpt = torch.load(tmp_path / "parts" / ".checkpoints" / "steer.pt", weights_only=False)
+    assert ckpt["step"] == 3 and len(ckpt["losses"]) == 3
+    resumed = _toy(tmp_path, "parts", steps=5).train(progress=False)
+    assert first["parts"]["steer"]["steps"] == 3 and resumed["parts"]["steer"]["steps"] == 5
+    assert resumed["parts"]["steer"]["loss_first"] == whole["parts"]["steer"]["loss_first"]
+    assert resumed["parts"]["steer"]["loss_last20_mean"] == whole["parts"]["steer"]["loss_last20_mean"]
+    vectors = [load_file(str(tmp_path / f / "steer" / "weights.safetensors"))["vector"] for f in ("whole", "parts")]
+    assert torch.equal(vectors[0], vectors[1])
+    verify(tmp_path / "parts", ["steer"], base_model="tiny-llama-s0")
+    with pytest.raises(ValidationError, match=r"steer\.pt was written with other settings or data"):
+        _toy(tmp_path, "parts", steps=6, lr=0.5).train(progress=False)
+
+
+def test_the_toy_is_seeded_and_its_seed_matters(tmp_path):
+    runs = [_toy(tmp_path, f"s{i}", seed=seed).train(progress=False) for i, seed in enumerate((0, 0, 1))]
+    losses = [r["parts"]["steer"]["loss_last20_mean"] for r in runs]
+    assert losses[0] == losses[1] != losses[2]
+
+
+def test_every_registered_trainer_takes_a_typed_config(tmp_path):
+    assert {"serac", "toy"} <= set(available_trainers())
+    with pytest.raises(ConfigError, match="Did you mean 'steps'"):
+        create_trainer("toy", {"step": 3})
+    with pytest.raises(ConfigError, match="expected int"):
+        create_trainer("toy", {"steps": "many"})
+    with pytest.raises(UnknownNameError, match=r"unknown trainer 'sera'\. Did you mean 'serac'"):
+        create_trainer("sera", {})
+    assert create_trainer("serac", {"scope_steps": "7"}).config.scope_steps == 7  # command-line strings coerced
+
+
+def test_cli_train_help_lists_the_registered_trainers(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "NAME" in out and "--config" in out
+    trainers = out.split("trainers:")[1]
+    assert "  serac " in trainers and "  toy " in trainers
+
+
+def test_cli_train_refuses_an_unknown_trainer_in_one_line(capsys):
+    assert main(["train", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown trainer 'nope'" in err and "serac" in err
+    assert main(["train", "toi"]) == 2
+    assert "Did you mean 'toy'?" in capsys.readouterr().err
+
+
+def test_cli_train_trains_any_registered_trainer(tmp_path, capsys):
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    config = tmp_path / "toy.yaml"
+    config.write_text(f"data: [{data}]\nsteps: 2\n")
+    assert main(["train", "toy", "--config", str(config), "--set", "seed=1", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "steer: 2 steps" in out and str(tmp_path / "out") in out
+    assert read_manifest(tmp_path / "out")["config"]["seed"] == 1
+
+
+# --------------------------------------------------------------------------- SERAC
 def _cases(tmp_path):
     from editkit.data import load_cases
 
@@ -88,6 +163,7 @@ def test_training_writes_parts_and_manifest_and_resumes(tmp_path):
     assert part["steps"] == 4 and part["loss_first"] == pytest.approx(ckpt["losses"][0])  # continued, not restarted
     manifest = json.loads((tmp_path / "parts" / "manifest.json").read_text())
     assert manifest["data"][0]["sha256"] and manifest["config"]["scope_steps"] == 4
+    assert verify(tmp_path / "parts", ["scope-embed"]) == manifest  # each file's hash recorded
     assert (tmp_path / "parts" / "scope-embed" / "adapter" / "adapter_model.safetensors").is_file()
     adapter = json.loads((tmp_path / "parts" / "scope-embed" / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny-bert"  # a zoo name: no machine path in shipped parts

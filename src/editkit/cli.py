@@ -335,19 +335,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from editkit.configfile import read_yaml
-    from editkit.training.serac import SERACTrainConfig, train
+    from editkit.training.registry import create_trainer
 
     values = read_yaml(Path(args.config)) if args.config else {}
     values.update(_overrides(args.set))
     if args.out:
         values["out"] = args.out
-    config = SERACTrainConfig.from_dict(values)
+    trainer = create_trainer(args.name, values)
     started = time.perf_counter()
-    manifest = train(config)
+    manifest = trainer.train()
     for name, part in manifest["parts"].items():
         print(f"{name}: {part['steps']} steps, loss {part['loss_first']:.3f} -> {part['loss_last20_mean']:.3f}")
-    print(f"trained parts written to {config.out} in {time.perf_counter() - started:.0f} s")
+    print(f"trained parts written to {manifest['config']['out']} in {time.perf_counter() - started:.0f} s")
     return 0
+
+
+class _TrainHelp(argparse.Action):
+    """``editkit train --help``: the usage, then the registered trainers (imported only when help is asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show this help, with the registered trainers")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from editkit.training.registry import available_trainers, get_trainer_class
+
+        docs = {n: (get_trainer_class(n).__doc__ or "").strip().splitlines() for n in available_trainers()}
+        parser.epilog = "trainers:\n" + "\n".join(f"  {n:<8} {doc[0] if doc else ''}" for n, doc in docs.items())
+        parser.print_help()
+        parser.exit()
+
+
+def _add_train_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the parts a learned editor needs (editkit train NAME --config FILE)",
+        description="Train the parts a learned editor needs; a rerun with the same settings resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,
+    )
+    p.add_argument("-h", "--help", action=_TrainHelp)
+    p.add_argument("name", metavar="NAME", help="the trainer (listed below)")
+    p.add_argument("--config", help="YAML file with the trainer's settings (unknown keys are refused)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
+    p.add_argument("--out", help="folder for the trained parts (resumes a run found there)")
+    p.set_defaults(fn=cmd_train)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -402,12 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_parser(sub)
 
-    p = sub.add_parser("train", help="train a learned editor's parts (SERAC: scope classifiers, counterfactual model)")
-    p.add_argument("method", choices=["serac"])
-    p.add_argument("--config", help="YAML file with training settings (see `editkit train serac --help`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
-    p.add_argument("--out", help="folder for the trained parts (resumes a run found there)")
-    p.set_defaults(fn=cmd_train)
+    _add_train_parser(sub)
 
     p = sub.add_parser("report", help="Markdown tables and PNG plots from results JSON files")
     p.add_argument("results", nargs="+", help="results JSON files")

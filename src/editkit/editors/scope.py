@@ -10,33 +10,30 @@
   edits the embedding index returns.
 
 Both are trained with the binary cross-entropy of eq. 2 (:mod:`editkit.training.serac`) as LoRA adapters on
-the encoder, merged into its weights when loaded. :class:`EmbedScope` and :class:`CrossScope` are the
-:class:`~editkit.editors.memory.ScopeModel` views the memory uses.
+the encoder, merged into its weights when loaded (:mod:`editkit.trained`). :class:`EmbedScope` and
+:class:`CrossScope` are the :class:`~editkit.editors.memory.ScopeModel` views the memory uses.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from editkit.editors.memory import ScopeModel, descriptor_of
 from editkit.edits import EditRequest
-from editkit.errors import ValidationError
-from editkit.files import file_sha256
 from editkit.memory.store import EditRecord
 from editkit.models.encoder import SentenceEncoder
+from editkit.trained import load_adapter_encoder, load_tensors
 
 # Raw all-MiniLM-L6-v2, untrained: in-scope rephrases of zsRE lie below squared distance ~0.5 and unrelated
 # questions above ~1.2 (docs/benchmarks.md); p = 0.5 at 0.45.
 UNTRAINED_SCALE = 8.0
 UNTRAINED_BIAS = 8.0 * 0.45
+HEAD = "head.safetensors"  # a classifier's head tensors, beside its adapter in a trained part
 
 
 class EmbeddingClassifier(nn.Module):
@@ -77,36 +74,6 @@ class CrossClassifier(nn.Module):
         return {"head.weight": self.head.weight.detach().clone(), "head.bias": self.head.bias.detach().clone()}
 
 
-# --------------------------------------------------------------------------- artifacts
-def save_part(folder: Path, encoder_model: nn.Module, head: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write a trained classifier: the encoder's LoRA adapter (peft), the head tensors and a JSON."""
-    folder.mkdir(parents=True, exist_ok=True)
-    # LoRA leaves the embeddings alone; "auto" would ask the hub whether the vocabulary changed
-    encoder_model.save_pretrained(str(folder / "adapter"), save_embedding_layers=False)  # type: ignore[operator]
-    save_file({k: v.contiguous() for k, v in head.items()}, str(folder / "head.safetensors"))
-    (folder / "part.json").write_text(json.dumps(meta, indent=2))
-
-
-def load_encoder_with_adapter(folder: Path, encoder_name: str) -> tuple[SentenceEncoder, str]:
-    """The base encoder with the part's LoRA adapter merged in, and a hash naming the adapter."""
-    from peft import PeftModel
-
-    adapter = folder / "adapter"
-    weights = adapter / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ValidationError(f"{folder} holds no trained adapter ({weights} is missing)")
-    base = SentenceEncoder.load(encoder_name)
-    merged = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
-    return SentenceEncoder(merged.eval(), base.tokenizer, name=f"{encoder_name}+{folder.name}"), file_sha256(weights)
-
-
-def _head(folder: Path) -> dict[str, torch.Tensor]:
-    path = folder / "head.safetensors"
-    if not path.is_file():
-        raise ValidationError(f"{folder} holds no classifier head ({path.name} is missing)")
-    return load_file(str(path))
-
-
 # --------------------------------------------------------------------------- scope models for the memory
 class EmbedScope(ScopeModel):
     """Embed classifier as a memory scope: index keys are edit embeddings; scores come from the distances."""
@@ -126,8 +93,8 @@ class EmbedScope(ScopeModel):
 
     @classmethod
     def load(cls, folder: Path, encoder_name: str) -> EmbedScope:
-        encoder, sha = load_encoder_with_adapter(folder, encoder_name)
-        head = _head(folder)
+        encoder, sha = load_adapter_encoder(folder, encoder_name)
+        head = load_tensors(folder, HEAD)
         return cls(encoder, float(head["log_scale"].exp()), float(head["bias"]), tag=sha[:16])
 
     @property
@@ -166,9 +133,9 @@ class CrossScope(ScopeModel):
 
     @classmethod
     def load(cls, folder: Path, retrieval: EmbedScope, encoder_name: str, candidates: int) -> CrossScope:
-        encoder, sha = load_encoder_with_adapter(folder, encoder_name)
+        encoder, sha = load_adapter_encoder(folder, encoder_name)
         classifier = CrossClassifier(encoder)
-        classifier.load_state_dict({k: v for k, v in _head(folder).items()}, strict=False)
+        classifier.load_state_dict({k: v for k, v in load_tensors(folder, HEAD).items()}, strict=False)
         return cls(retrieval, classifier, candidates, tag=sha[:16])
 
     @property

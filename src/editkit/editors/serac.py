@@ -15,29 +15,28 @@ RP (retrieve-and-prompt, §5 and appendix B) uses the same scope classifier but 
 with the retrieved edit in its prompt; it is also SERAC with an untrained, in-context counterfactual model.
 
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
-folder shipped in the package, ``editkit/artifacts/serac``.
+folder shipped in the package, ``editkit/artifacts/serac``. Each is verified against the folder's manifest
+before it loads (:mod:`editkit.trained`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from editkit.editors.answerers import Answerer, PromptedAnswerer, template_prompt
 from editkit.editors.base import Capabilities, EditorConfig, register
 from editkit.editors.memory import MemoryConfig, MemoryEditor, ScopeModel
 from editkit.editors.scope import CrossScope, EmbedScope
-from editkit.errors import ConfigError, ValidationError
+from editkit.errors import ConfigError
 from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel
+from editkit.trained import find, load_adapter_lm, part_fingerprint, verify
 
 log = logging.getLogger(__name__)
 
-PACKAGED_ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "serac"
 TEMPLATE = "{edit}\n{input}"
 
 
@@ -63,29 +62,6 @@ class RetrievalConfig(MemoryConfig):
             raise ConfigError(f"{type(self).__name__}: template needs '{{edit}}' and '{{input}}'")
 
 
-def artifacts_folder(path: str | None) -> Path:
-    folder = Path(path).expanduser() if path else PACKAGED_ARTIFACTS
-    if not (folder / "manifest.json").is_file():
-        raise ValidationError(
-            f"no trained SERAC parts in {folder} (manifest.json missing); train them with `editkit train serac "
-            "--config benchmarks/configs/train_serac.yaml` and pass artifacts=FOLDER, or use scope=embed-untrained"
-        )
-    return folder
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    manifest: dict[str, Any] = json.loads((folder / "manifest.json").read_text())
-    return manifest
-
-
-def part_fingerprint(folder: Path) -> str:
-    """sha256 (first 16 hex digits) over a trained part's files, names and contents."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 class _Retrieval(MemoryEditor):
     """Builds the configured scope classifier (shared by SERAC and RP)."""
 
@@ -95,17 +71,22 @@ class _Retrieval(MemoryEditor):
         """The trained parts this configuration loads."""
         return {"embed": ["scope-embed"], "cross": ["scope-embed", "scope-cross"]}.get(self.config.scope, [])
 
+    def artifacts(self) -> Path:
+        """The folder of trained parts (``editkit train serac``)."""
+        return find("serac", self.config.artifacts, ", or use scope=embed-untrained")
+
     def provenance(self) -> dict[str, str]:
         if not self.parts():
             return {}
-        folder = artifacts_folder(self.config.artifacts)
+        folder = self.artifacts()
         return {part: part_fingerprint(folder / part) for part in self.parts()}
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         cfg = self.config
         if cfg.scope == "embed-untrained":
             return EmbedScope.untrained(cfg.encoder)
-        folder = artifacts_folder(cfg.artifacts)
+        folder = self.artifacts()
+        verify(folder, [p for p in self.parts() if p.startswith("scope")])
         embed = EmbedScope.load(folder / "scope-embed", cfg.encoder)
         if cfg.scope == "embed":
             return embed
@@ -131,27 +112,11 @@ class SERAC(_Retrieval):
         return [*super().parts(), "counterfactual"]
 
     def build_answerer(self, lm: LanguageModel) -> Answerer:
-        folder = artifacts_folder(self.config.artifacts)
-        h = load_counterfactual(folder / "counterfactual")
+        folder = self.artifacts()
+        manifest = verify(folder, ["counterfactual"])
+        h = load_adapter_lm(folder / "counterfactual", "serac-h")
         bridge = None
         if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
             log.info("counterfactual model %s answers for %s through a token bridge", h.name, lm.name)
             bridge = TokenBridge(lm, h)
-        template = read_manifest(folder).get("template", TEMPLATE)
-        return PromptedAnswerer(h, template_prompt(template), bridge=bridge)
-
-
-def load_counterfactual(folder: Path) -> LanguageModel:
-    """The counterfactual model: its base LM (a zoo name or folder, from ``part.json``) with the trained LoRA
-    adapter merged into a private copy of the weights."""
-    from peft import PeftModel
-
-    from editkit.models.zoo import load
-
-    meta_path = folder / "part.json"
-    if not meta_path.is_file():
-        raise ValidationError(f"{folder} holds no trained counterfactual model (part.json missing)")
-    meta = json.loads(meta_path.read_text())
-    lm = load(meta["base_model"], progress=False)
-    merged = PeftModel.from_pretrained(lm.model, str(folder / "adapter")).merge_and_unload()
-    return LanguageModel(merged.eval(), lm.tokenizer, name=f"{lm.name}+serac-h", prefix=lm.prefix)
+        return PromptedAnswerer(h, template_prompt(manifest.get("template", TEMPLATE)), bridge=bridge)

@@ -18,10 +18,11 @@ Parts, each trained separately and each a LoRA adapter (peft) so the artifact is
 * ``counterfactual``: eq. 3, the NLL of y_in given ``template.format(edit=z_e, input=x_in)`` under the base LM
   with LoRA on its attention projections; the loss reads only the answer tokens.
 
-Training is seeded and resumable: every ``checkpoint_every`` steps a part's adapter, head, optimiser and RNG
-states go to ``OUT/.checkpoints/PART.pt`` (written atomically), and a rerun with the same settings continues
-from there. The finished folder holds one sub-folder per part and ``manifest.json`` (the config, the training
-files' sha256, step counts, final losses and timings).
+Each part trains through the shared loop (:mod:`editkit.training.loop`: seeded, resumable from
+``OUT/.checkpoints/PART.pt``). The finished folder is a trained artifact (:mod:`editkit.trained`): one
+sub-folder per part (a peft adapter, a head, ``part.json``) and ``manifest.json`` (the config, the training
+files' sha256, the code version, per part its steps, losses, timings, settings and file hashes). The trainer is
+registered as ``serac`` (``editkit train serac``).
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,21 +43,16 @@ from torch import nn
 from editkit.data.formats import Dataset, load_cases
 from editkit.editors.base import EditorConfig
 from editkit.editors.memory import descriptor_of
-from editkit.editors.scope import (
-    UNTRAINED_BIAS,
-    UNTRAINED_SCALE,
-    CrossClassifier,
-    EmbeddingClassifier,
-    save_part,
-)
+from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
-from editkit.files import atomic_torch_save, atomic_write
+from editkit.files import atomic_write
 from editkit.models.encoder import SentenceEncoder
 from editkit.progress import progress_bar
-
-log = logging.getLogger(__name__)
+from editkit.trained import record_part, save_part, start_manifest
+from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop
+from editkit.training.registry import Trainer, register_trainer
 
 PARTS = ("scope-embed", "scope-cross", "counterfactual")
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
@@ -199,81 +193,34 @@ def load_training_cases(config: SERACTrainConfig) -> tuple[list[EditCase], list[
     return cases, datasets
 
 
-# --------------------------------------------------------------------------- resumable loop
-def _config_key(config: SERACTrainConfig, part: str, datasets: Sequence[Dataset]) -> str:
-    # Step counts are left out so that a finished part can be trained further by raising them.
-    ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
-    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored}
-    payload = json.dumps({"part": part, "config": relevant, "data": [d.sha256 for d in datasets]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-class _Checkpoint:
-    def __init__(self, folder: Path, part: str, key: str) -> None:
-        self.path = folder / ".checkpoints" / f"{part}.pt"
-        self.key = key
-
-    def load(self, trainable: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[float], random.Random]:
-        rng = random.Random()
-        if not self.path.is_file():
-            return 0, [], rng
-        state = torch.load(self.path, weights_only=False)
-        if state["key"] != self.key:
-            raise ValidationError(
-                f"{self.path} was written with other settings or data; delete it to start this part afresh"
-            )
-        trainable.load_state_dict(state["trainable"], strict=False)
-        opt.load_state_dict(state["optimizer"])
-        rng.setstate(state["python_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resuming %s at step %d", self.path.stem, state["step"])
-        return int(state["step"]), list(state["losses"]), rng
-
-    def save(
-        self, step: int, losses: list[float], trainable: nn.Module, opt: torch.optim.Optimizer, rng: random.Random
-    ) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        params = {n for n, p in trainable.named_parameters() if p.requires_grad}
-        state = {
-            "key": self.key,
-            "step": step,
-            "losses": losses,
-            "trainable": {n: t for n, t in trainable.state_dict().items() if n in params},
-            "optimizer": opt.state_dict(),
-            "python_rng": rng.getstate(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        atomic_torch_save(state, self.path)
-
-
-def _train_loop(
-    name: str,
+# --------------------------------------------------------------------------- training through the shared loop
+def _run(
+    config: SERACTrainConfig,
+    part: str,
     steps: int,
     trainable: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: Callable[[random.Random], torch.Tensor],
-    checkpoint: _Checkpoint,
-    config: SERACTrainConfig,
+    datasets: Sequence[Dataset],
     *,
     progress: bool,
-) -> tuple[list[float], float]:
-    start, losses, rng = checkpoint.load(trainable, opt)
-    if start == 0:
-        rng.seed(f"{config.seed}:{name}")
-    trainable.train()
-    t0 = time.perf_counter()
-    with progress_bar(steps, f"training {name}", progress, start=start) as bar, torch.enable_grad():
-        for step in range(start, steps):
-            opt.zero_grad()
-            loss = loss_fn(rng)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-                checkpoint.save(step + 1, losses, trainable, opt, rng)
-            bar.advance()
-    trainable.eval()
-    return losses, time.perf_counter() - t0
+) -> LoopResult:
+    # Step counts are left out of the key so that a finished part can be trained further by raising them.
+    ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
+    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    key = checkpoint_key(part, relevant, [d.sha256 for d in datasets])
+    return train_loop(
+        part,
+        steps,
+        trainable,
+        opt,
+        loss_fn,
+        out=Path(config.out),
+        key=key,
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+    )
 
 
 def _balanced_bce(
@@ -296,7 +243,7 @@ def _balanced_bce(
 def _lora_encoder(config: SERACTrainConfig, seed_tag: str) -> tuple[SentenceEncoder, nn.Module]:
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(int(hashlib.sha256(f"{config.seed}:{seed_tag}".encode()).hexdigest()[:8], 16))
+    seed_torch(config.seed, seed_tag)
     encoder = SentenceEncoder.load(config.encoder)
     lora = LoraConfig(
         r=config.scope_lora_r,
@@ -333,11 +280,9 @@ def train_scope_embed(
         hard[:, len(batch) :] = torch.eye(len(batch), dtype=torch.bool)  # each edit's own sampled negative
         return _balanced_bce(logits, labels, hard, config.scope_hard_weight)
 
-    folder = Path(config.out)
-    ckpt = _Checkpoint(folder, "scope-embed", _config_key(config, "scope-embed", datasets))
-    losses, seconds = _train_loop("scope-embed", config.scope_steps, clf, opt, loss_fn, ckpt, config, progress=progress)
-    meta = _part_meta(config, "scope-embed", losses, seconds)
-    save_part(folder / "scope-embed", peft_model, clf.head_state(), meta)
+    result = _run(config, "scope-embed", config.scope_steps, clf, opt, loss_fn, datasets, progress=progress)
+    meta = _part_meta(config, "scope-embed", result)
+    save_part(Path(config.out) / "scope-embed", meta, adapter=peft_model, tensors=clf.head_state(), tensors_file=HEAD)
     return meta
 
 
@@ -358,11 +303,9 @@ def train_scope_cross(
             labels += [1.0, 0.0, 0.0]
         return _balanced_bce(clf.logits(edits, inputs), torch.tensor(labels))
 
-    folder = Path(config.out)
-    ckpt = _Checkpoint(folder, "scope-cross", _config_key(config, "scope-cross", datasets))
-    losses, seconds = _train_loop("scope-cross", config.scope_steps, clf, opt, loss_fn, ckpt, config, progress=progress)
-    meta = _part_meta(config, "scope-cross", losses, seconds)
-    save_part(folder / "scope-cross", peft_model, clf.head_state(), meta)
+    result = _run(config, "scope-cross", config.scope_steps, clf, opt, loss_fn, datasets, progress=progress)
+    meta = _part_meta(config, "scope-cross", result)
+    save_part(Path(config.out) / "scope-cross", meta, adapter=peft_model, tensors=clf.head_state(), tensors_file=HEAD)
     return meta
 
 
@@ -378,7 +321,7 @@ def train_counterfactual(
     from editkit.models.zoo import load
 
     lm = load(config.base_model, progress=progress)
-    torch.manual_seed(int(hashlib.sha256(f"{config.seed}:counterfactual".encode()).hexdigest()[:8], 16))
+    seed_torch(config.seed, "counterfactual")
     lora = LoraConfig(
         r=config.cf_lora_r,
         lora_alpha=2 * config.cf_lora_r,
@@ -394,28 +337,17 @@ def train_counterfactual(
         lp = tf.token_logprobs(lm.logits_at(tf.inputs, tf.positions()[0]))
         return -(lp.sum() / tf.positions()[1].sum())
 
-    folder = Path(config.out)
-    ckpt = _Checkpoint(folder, "counterfactual", _config_key(config, "counterfactual", datasets))
-    losses, seconds = _train_loop(
-        "counterfactual", config.cf_steps, lm.model, opt, loss_fn, ckpt, config, progress=progress
-    )
-    meta = {**_part_meta(config, "counterfactual", losses, seconds), "base_model": config.base_model}
-    part = folder / "counterfactual"
-    part.mkdir(parents=True, exist_ok=True)
+    result = _run(config, "counterfactual", config.cf_steps, lm.model, opt, loss_fn, datasets, progress=progress)
+    meta = _part_meta(config, "counterfactual", result)
     peft_model.peft_config["default"].base_model_name_or_path = config.base_model  # a zoo name, not a cache path
-    peft_model.save_pretrained(str(part / "adapter"), save_embedding_layers=False)  # no hub lookup
-    (part / "part.json").write_text(json.dumps(meta, indent=2))
+    save_part(Path(config.out) / "counterfactual", meta, adapter=peft_model)
     return meta
 
 
-def _part_meta(config: SERACTrainConfig, part: str, losses: list[float], seconds: float) -> dict[str, Any]:
-    tail = losses[-20:]
+def _part_meta(config: SERACTrainConfig, part: str, result: LoopResult) -> dict[str, Any]:
     return {
         "part": part,
-        "steps": len(losses),
-        "loss_first": losses[0] if losses else None,
-        "loss_last20_mean": sum(tail) / len(tail) if tail else None,
-        "seconds_this_run": seconds,
+        **result.summary(),
         "encoder": config.encoder,
         "base_model": config.base_model,
         # The manifest's top-level config is the last command's; a folder trained part by part (other steps,
@@ -433,33 +365,31 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     cases, datasets = load_training_cases(config)
     folder = Path(config.out)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest_path = folder / "manifest.json"
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    manifest.update(
-        {
-            "format": 1,
-            "config": config.to_dict(),
-            "template": config.template,
-            "data": [
-                {"path": str(d.path), "format": d.format, "sha256": d.sha256, "cases": len(d.cases)} for d in datasets
-            ],
-        }
-    )
-    parts = manifest.setdefault("parts", {})
-
-    def finished(part: str, meta: dict[str, Any]) -> None:
-        # The manifest is rewritten after every part: an interrupted run keeps the parts it finished usable.
-        parts[part] = meta
-        atomic_write(manifest_path, json.dumps(manifest, indent=2))
-
+    manifest = start_manifest(folder, config.to_dict(), datasets, config.base_model)
+    manifest["template"] = config.template
+    # The manifest is rewritten as each part finishes: an interrupted run keeps the parts it finished usable.
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
         examples = _mined_examples(config, cases, datasets, progress=progress)
         if "scope-embed" in scope_parts:
-            finished("scope-embed", train_scope_embed(config, examples, datasets, progress=progress))
+            meta = train_scope_embed(config, examples, datasets, progress=progress)
+            record_part(folder, manifest, "scope-embed", meta)
         if "scope-cross" in scope_parts:
-            finished("scope-cross", train_scope_cross(config, examples, datasets, progress=progress))
+            meta = train_scope_cross(config, examples, datasets, progress=progress)
+            record_part(folder, manifest, "scope-cross", meta)
     if "counterfactual" in config.parts:
         cf = counterfactual_examples(cases, config.template)
-        finished("counterfactual", train_counterfactual(config, cf, datasets, progress=progress))
+        record_part(folder, manifest, "counterfactual", train_counterfactual(config, cf, datasets, progress=progress))
     return manifest
+
+
+@register_trainer
+class SERACTrainer(Trainer):
+    """SERAC's scope classifiers and counterfactual model."""
+
+    name = "serac"
+    config_cls: ClassVar[type[EditorConfig]] = SERACTrainConfig
+    config: SERACTrainConfig
+
+    def train(self, *, progress: bool = True) -> dict[str, Any]:
+        return train(self.config, progress=progress)

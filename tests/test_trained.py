@@ -1,0 +1,115 @@
+"""Trained artifacts (editkit.trained): the manifest records each part's files, verification refuses a missing,
+corrupted, truncated or added file naming it, and a part trained for another base model naming both; the
+packaged SERAC parts verify and keep the fingerprints committed results record."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_tiny_cases
+from editkit.data import load_cases
+from editkit.errors import ValidationError
+from editkit.files import file_sha256
+from editkit.trained import (
+    PACKAGED,
+    find,
+    load_tensors,
+    part_fingerprint,
+    read_manifest,
+    record_part,
+    save_part,
+    start_manifest,
+    verify,
+)
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    """An artifact with one part of two files, written with the helpers."""
+    folder = tmp_path / "art"
+    datasets = [load_cases(write_tiny_cases(tmp_path / "cases.jsonl"))]
+    manifest = start_manifest(folder, {"seed": 3, "out": str(folder)}, datasets, "tiny-llama-s0")
+    save_part(folder / "part", {"part": "part", "steps": 2}, tensors={"w": torch.arange(6.0).reshape(2, 3)})
+    record_part(folder, manifest, "part", {"part": "part", "steps": 2})
+    return folder
+
+
+def test_the_manifest_records_config_data_code_version_base_model_and_each_files_hash(artifact: Path):
+    manifest = read_manifest(artifact)
+    assert manifest["config"]["seed"] == 3 and manifest["base_model"] == "tiny-llama-s0"
+    assert manifest["data"][0]["sha256"] == file_sha256(artifact.parent / "cases.jsonl")
+    assert manifest["code_version"]
+    part = manifest["parts"]["part"]
+    assert part["files"] == {
+        "part.json": file_sha256(artifact / "part" / "part.json"),
+        "weights.safetensors": file_sha256(artifact / "part" / "weights.safetensors"),
+    }
+    assert part["fingerprint"] == part_fingerprint(artifact / "part")
+    assert verify(artifact, ["part"], base_model="tiny-llama-s0") == manifest
+    assert torch.equal(load_tensors(artifact / "part")["w"], torch.arange(6.0).reshape(2, 3))
+    # a second run into the folder keeps the parts recorded before
+    again = start_manifest(artifact, {"seed": 4}, [], "tiny-llama-s0")
+    assert again["parts"] == manifest["parts"] and again["config"] == {"seed": 4}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "add"])
+def test_a_damaged_part_is_refused_with_one_line_naming_the_file(artifact: Path, damage: str):
+    weights = artifact / "part" / "weights.safetensors"
+    data = weights.read_bytes()
+    if damage == "flip":
+        weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    elif damage == "truncate":
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        weights.unlink()
+    else:
+        weights = artifact / "part" / "stray.bin"
+        weights.write_bytes(b"x")
+    with pytest.raises(ValidationError) as err:
+        verify(artifact, ["part"])
+    message = str(err.value)
+    assert str(weights) in message and "\n" not in message
+
+
+def test_a_part_trained_for_another_base_model_is_refused_naming_both(artifact: Path):
+    with pytest.raises(ValidationError, match="trained for tiny-llama-s0, not tiny-gpt2-s0") as err:
+        verify(artifact, ["part"], base_model="tiny-gpt2-s0")
+    assert "\n" not in str(err.value)
+
+
+def test_an_unrecorded_part_or_a_folder_without_manifest_is_refused(artifact: Path, tmp_path: Path):
+    with pytest.raises(ValidationError, match="records no trained part 'other'"):
+        verify(artifact, ["other"])
+    with pytest.raises(ValidationError, match=r"no trained TOY parts in .*manifest\.json missing.*editkit train toy"):
+        find("toy", str(tmp_path / "empty"))
+    assert find("toy", str(artifact)) == artifact
+
+
+def test_the_packaged_serac_parts_verify_and_keep_the_fingerprints_results_record():
+    folder = find("serac", None)
+    assert folder == PACKAGED / "serac"
+    manifest = verify(folder, ["scope-embed", "scope-cross", "counterfactual"])
+    # committed results (benchmarks/results) name the parts they used by these
+    assert part_fingerprint(folder / "scope-embed") == "52b43ea3ec238690"
+    assert part_fingerprint(folder / "counterfactual") == "d586e7d5a34cd410"
+    assert {p: m["fingerprint"] for p, m in manifest["parts"].items()} == {
+        p: part_fingerprint(folder / p) for p in manifest["parts"]
+    }
+
+
+def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
+    from editkit.editors import create_editor
+    from editkit.models.tiny import tiny_model
+
+    copy = tmp_path / "parts"
+    shutil.copytree(PACKAGED / "serac", copy)
+    adapter = copy / "counterfactual" / "adapter" / "adapter_config.json"
+    adapter.write_text(json.dumps({**json.loads(adapter.read_text()), "r": 4}))
+    editor = create_editor("serac", {"artifacts": str(copy), "scope": "embed-untrained"})
+    with pytest.raises(ValidationError, match=r"adapter_config\.json does not match its recorded hash"):
+        editor.routed(tiny_model("llama"))
