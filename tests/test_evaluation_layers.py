@@ -20,7 +20,7 @@ EVALUATION = Path(__file__).parents[1] / "src" / "editkit" / "evaluation"
 # What evaluation may import from editkit.editors: the contract, the registry and the routing interfaces.
 ALLOWED = {
     "editkit.editors": {"create_editor"},
-    "editkit.editors.base": {"Editor", "EditHandle", "EditorConfig", "Capabilities"},
+    "editkit.editors.base": {"Editor", "EditHandle", "Capabilities"},
     "editkit.editors.routing": {"RoutingModel", "RecordedEditHandle"},
 }
 

@@ -32,13 +32,14 @@ from editkit.models.lm import LanguageModel, TeacherForcedBatch
 from editkit.trained import find, load_tensors, record_part, save_part, start_manifest, verify
 from editkit.training.loop import checkpoint_key, seed_torch, train_loop
 from editkit.training.registry import Trainer, create_trainer, register_trainer
+from editkit.typedconfig import TypedConfig
 
 PART = "steer"
 
 
 # --------------------------------------------------------------------------- trainer
 @dataclass
-class ToyTrainConfig(EditorConfig):
+class ToyTrainConfig(TypedConfig):
     data: list[str] = field(default_factory=list, metadata={"help": "training files"})
     out: str = field(default="", metadata={"help": "folder for the trained artifact"})
     base_model: str = field(default="tiny-llama", metadata={"help": "the model the vector is trained for"})
@@ -72,7 +73,7 @@ class ToyTrainer(Trainer):
     """A steering vector on one MLP output (test-only)."""
 
     name = "toy"
-    config_cls: ClassVar[type[EditorConfig]] = ToyTrainConfig
+    config_cls: ClassVar[type[TypedConfig]] = ToyTrainConfig
     config: ToyTrainConfig
 
     def train(self, *, progress: bool = True) -> dict[str, Any]:

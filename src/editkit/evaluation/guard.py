@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from statistics import mean, median
 from typing import Any
 
-from editkit.editors.base import EditHandle, Editor, EditorConfig
+from editkit.editors.base import EditHandle, Editor
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.evaluation.downstream import evaluate_task
 from editkit.evaluation.drift import edit_drift
 from editkit.models.lm import LanguageModel
+from editkit.typedconfig import TypedConfig
 
 
 class EditRejected(ValidationError):
@@ -43,7 +44,7 @@ class EditRejected(ValidationError):
 
 
 @dataclass
-class GuardConfig(EditorConfig):
+class GuardConfig(TypedConfig):
     drift_factor: float = field(
         default=10.0, metadata={"help": "reject an edit whose drift exceeds this many times the accepted median"}
     )

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
-from editkit.editors.base import EditorConfig
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_write
 from editkit.models.zoo import DEFAULT_MODEL
+from editkit.typedconfig import TypedConfig
 
 if TYPE_CHECKING:
     from editkit.evaluation.guard import EditGuard
@@ -38,7 +38,7 @@ MAPPINGS = ("settings", "guard")  # RunConfig fields that hold settings of their
 
 
 @dataclass
-class RunConfig(EditorConfig):
+class RunConfig(TypedConfig):
     """One evaluation run's settings. Every field carries its help, from which ``editkit eval`` makes its options
     (``edits_per_step`` -> ``--edits-per-step``); mappings (``settings``, ``guard``) are given as KEY=VALUE
     pairs there. Values are checked on construction (:meth:`validate`)."""
@@ -61,7 +61,7 @@ class RunConfig(EditorConfig):
     max_groups: int | None = field(default=None, metadata={"help": "batch: at most this many groups of k edits per k"})
     distinct_subjects: bool = field(
         default=False,
-        metadata={"help": "batch: no two edits of a group about the same subject (protocols.edit_groups)"},
+        metadata={"help": "batch: no two edits of a group about the same subject (batch.edit_groups)"},
     )
     every: int = field(default=20, metadata={"help": "sequential: evaluate retention and downstream every N edits"})
     downstream: list[str] = field(

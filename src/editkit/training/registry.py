@@ -1,7 +1,7 @@
 """The trainers' registry: ``editkit train NAME`` serves every trainer registered here.
 
 A trainer makes the parts an editor of the same name needs (``capabilities.trained``). It is a class with a
-``name``, a ``config_cls`` (a typed :class:`~editkit.editors.base.EditorConfig`: unknown keys are rejected,
+``name``, a ``config_cls`` (a typed :class:`~editkit.typedconfig.TypedConfig`: unknown keys are rejected,
 command-line strings coerced; it has an ``out`` folder) and :meth:`Trainer.train`, which trains into that folder
 through :func:`~editkit.training.loop.train_loop`, writes the artifact with :mod:`editkit.trained` and returns
 its manifest.
@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from editkit.editors.base import EditorConfig
 from editkit.errors import ConfigError, UnknownNameError
+from editkit.typedconfig import TypedConfig
 
 _TRAINERS: dict[str, type[Trainer]] = {}
 
@@ -26,9 +26,9 @@ class Trainer(ABC):
     :func:`register_trainer`."""
 
     name: ClassVar[str] = ""
-    config_cls: ClassVar[type[EditorConfig]] = EditorConfig
+    config_cls: ClassVar[type[TypedConfig]] = TypedConfig
 
-    def __init__(self, config: EditorConfig) -> None:
+    def __init__(self, config: TypedConfig) -> None:
         if not isinstance(config, self.config_cls):
             raise ConfigError(f"trainer {self.name} takes a {self.config_cls.__name__}, got {type(config).__name__}")
         self.config = config
@@ -63,8 +63,8 @@ def get_trainer_class(name: str) -> type[Trainer]:
     return _TRAINERS[name.lower()]
 
 
-def create_trainer(name: str, settings: Mapping[str, Any] | EditorConfig | None = None) -> Trainer:
+def create_trainer(name: str, settings: Mapping[str, Any] | TypedConfig | None = None) -> Trainer:
     cls = get_trainer_class(name)
-    if isinstance(settings, EditorConfig):
+    if isinstance(settings, TypedConfig):
         return cls(settings)
     return cls(cls.config_cls.from_dict(settings))

@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from editkit.data.formats import Dataset, load_cases
-from editkit.editors.base import EditorConfig
 from editkit.editors.memory import descriptor_of
 from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
@@ -53,6 +52,7 @@ from editkit.progress import progress_bar
 from editkit.trained import record_part, save_part, start_manifest
 from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop
 from editkit.training.registry import Trainer, register_trainer
+from editkit.typedconfig import TypedConfig
 
 PARTS = ("scope-embed", "scope-cross", "counterfactual")
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
@@ -60,7 +60,7 @@ OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
 
 
 @dataclass
-class SERACTrainConfig(EditorConfig):
+class SERACTrainConfig(TypedConfig):
     data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
     out: str = field(default="", metadata={"help": "folder for the trained parts"})
     parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": "parts to train"})
@@ -388,7 +388,7 @@ class SERACTrainer(Trainer):
     """SERAC's scope classifiers and counterfactual model."""
 
     name = "serac"
-    config_cls: ClassVar[type[EditorConfig]] = SERACTrainConfig
+    config_cls: ClassVar[type[TypedConfig]] = SERACTrainConfig
     config: SERACTrainConfig
 
     def train(self, *, progress: bool = True) -> dict[str, Any]:
