@@ -68,7 +68,7 @@ def test_an_unknown_handle_type_or_format_is_a_one_line_error(tmp_path):
 
 
 def test_load_dispatches_to_the_loader_registered_for_the_type(tmp_path, monkeypatch):
-    monkeypatch.setattr(handle, "_LOADERS", dict(handle._LOADERS))
+    monkeypatch.setattr(handle, "_LOADERS", handle._LOADERS.copy())
     folder, _ = _saved(tmp_path)
     _rewrite(folder, kind="notes")
     seen = []
@@ -83,5 +83,5 @@ def test_load_dispatches_to_the_loader_registered_for_the_type(tmp_path, monkeyp
     assert seen == [(folder, "ft", lm)] and loaded.method == "ft" and not loaded.applied
     assert "notes" in handle_types()
     register_handle_loader("notes", load_notes)  # the same loader again is harmless
-    with pytest.raises(ValueError, match="has a loader already"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_handle_loader("notes", lambda where, meta, model: loaded)

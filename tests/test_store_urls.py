@@ -59,7 +59,7 @@ def test_malformed_sqlite_urls_are_refused(url: str, match: str) -> None:
 
 
 def test_a_registered_scheme_gets_the_whole_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(urls, "_FACTORIES", dict(urls._FACTORIES))
+    monkeypatch.setattr(urls, "_FACTORIES", urls._FACTORIES.copy())
     seen: list[str] = []
 
     def factory(url: str) -> EditStore:

@@ -22,8 +22,9 @@ import torch
 from editkit.editors.config import EditorConfig
 from editkit.editors.handle import EditHandle, ParamChange
 from editkit.edits import EditRequest
-from editkit.errors import ConfigError, UnknownNameError, ValidationError
+from editkit.errors import ConfigError, ValidationError
 from editkit.models.lm import LanguageModel
+from editkit.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -43,33 +44,23 @@ class Capabilities:
     replay: bool = False  # replay(): an edit applied again from its recorded info, without its search
 
 
-_REGISTRY: dict[str, type[Editor]] = {}
+_EDITORS: Registry[type[Editor]] = Registry("method", builtins="editkit.editors")
 
 E = TypeVar("E", bound="Editor")
 
 
 def register(cls: type[E]) -> type[E]:
     """Class decorator: add an editor to the registry under ``cls.name``."""
-    if not getattr(cls, "name", ""):
-        raise TypeError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"editor name {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
+    _EDITORS.add(cls.name, cls)
     return cls
 
 
 def available_methods() -> list[str]:
-    import editkit.editors  # noqa: F401  (registers the built-in methods)
-
-    return sorted(_REGISTRY)
+    return _EDITORS.names()
 
 
 def get_editor_class(name: str) -> type[Editor]:
-    available = available_methods()
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise UnknownNameError("method", name, available)
-    return _REGISTRY[key]
+    return _EDITORS.get(name)
 
 
 def create_editor(name: str, config: Mapping[str, Any] | EditorConfig | None = None) -> Editor:

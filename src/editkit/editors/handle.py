@@ -25,6 +25,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.files import tensor_sha256
 from editkit.models.lm import LanguageModel
+from editkit.registry import Registry
 
 HANDLE_FORMAT = 1
 HANDLE_FILE = "handle.json"
@@ -32,21 +33,17 @@ HANDLE_FILE = "handle.json"
 HandleLoader = Callable[[Path, dict[str, Any], LanguageModel], "EditHandle"]
 """Applies a saved edit to a model: ``loader(folder, meta, lm)``, ``meta`` being the folder's handle.json."""
 
-_LOADERS: dict[str, HandleLoader] = {}
+_LOADERS: Registry[HandleLoader] = Registry("handle type", builtins="editkit.editors")
 
 
 def register_handle_loader(handle_type: str, loader: HandleLoader) -> None:
     """Make :meth:`EditHandle.load` read folders whose handle.json has ``"kind": handle_type`` with ``loader``."""
-    if _LOADERS.get(handle_type, loader) is not loader:
-        raise ValueError(f"handle type {handle_type!r} has a loader already")
-    _LOADERS[handle_type] = loader
+    _LOADERS.add(handle_type, loader)
 
 
 def handle_types() -> list[str]:
     """The handle types :meth:`EditHandle.load` can read."""
-    import editkit.editors  # noqa: F401  (registers the built-in handle types)
-
-    return sorted(_LOADERS)
+    return _LOADERS.names()
 
 
 @dataclass
@@ -186,7 +183,7 @@ class EditHandle:
         known = handle_types()
         if kind not in known:
             raise ValidationError(f"{meta_path}: unknown handle type {kind!r}; known: {', '.join(known)}")
-        return _LOADERS[kind](folder, meta, lm)
+        return _LOADERS.get(kind)(folder, meta, lm)
 
 
 def _load_weights(folder: Path, meta: dict[str, Any], lm: LanguageModel) -> EditHandle:

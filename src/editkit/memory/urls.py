@@ -24,14 +24,15 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from editkit.errors import UnknownNameError, ValidationError
+from editkit.errors import ValidationError
 from editkit.memory.sqlite import SQLiteStore
 from editkit.memory.store import EditStore
+from editkit.registry import Registry
 
 StoreFactory = Callable[[str], EditStore]
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(//)?")
-_FACTORIES: dict[str, StoreFactory] = {}
+_FACTORIES: Registry[StoreFactory] = Registry("edit store scheme")
 
 
 def register_store(scheme: str, factory: StoreFactory) -> None:
@@ -39,15 +40,12 @@ def register_store(scheme: str, factory: StoreFactory) -> None:
     factory is a :class:`ValueError` (two stores would claim the same URLs)."""
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+", scheme):
         raise ValueError(f"a store scheme is a letter then letters, digits, '+', '.' or '-', got {scheme!r}")
-    key = scheme.lower()
-    if _FACTORIES.get(key, factory) is not factory:
-        raise ValueError(f"edit store scheme {key!r} registered twice")
-    _FACTORIES[key] = factory
+    _FACTORIES.add(scheme, factory)
 
 
 def store_schemes() -> list[str]:
     """The registered schemes, sorted."""
-    return sorted(_FACTORIES)
+    return _FACTORIES.names()
 
 
 def _scheme_of(url: str) -> str | None:
@@ -67,8 +65,7 @@ def check_store_url(url: str) -> str | None:
     scheme = _scheme_of(url)
     if scheme is None:
         return None
-    if scheme not in _FACTORIES:
-        raise UnknownNameError("edit store scheme", scheme, _FACTORIES)
+    _FACTORIES.get(scheme)
     if scheme == "sqlite":
         sqlite_path(url)
     return scheme
@@ -79,7 +76,7 @@ def open_store(url: str | Path) -> EditStore:
     scheme = None if isinstance(url, Path) else check_store_url(url)
     if scheme is None:
         return SQLiteStore(url)
-    return _FACTORIES[scheme](str(url))
+    return _FACTORIES.get(scheme)(str(url))
 
 
 def sqlite_path(url: str) -> Path:

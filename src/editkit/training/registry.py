@@ -13,10 +13,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from editkit.errors import ConfigError, UnknownNameError
+from editkit.errors import ConfigError
+from editkit.registry import Registry
 from editkit.typedconfig import TypedConfig
 
-_TRAINERS: dict[str, type[Trainer]] = {}
+_TRAINERS: Registry[type[Trainer]] = Registry("trainer", builtins="editkit.training.serac")
 
 T = TypeVar("T", bound="Trainer")
 
@@ -42,25 +43,16 @@ class Trainer(ABC):
 
 def register_trainer(cls: type[T]) -> type[T]:
     """Class decorator: add a trainer to the registry under ``cls.name``."""
-    if not getattr(cls, "name", ""):
-        raise TypeError(f"{cls.__name__} has no name")
-    if cls.name in _TRAINERS and _TRAINERS[cls.name] is not cls:
-        raise ValueError(f"trainer name {cls.name!r} registered twice")
-    _TRAINERS[cls.name] = cls
+    _TRAINERS.add(cls.name, cls)
     return cls
 
 
 def available_trainers() -> list[str]:
-    import editkit.training.serac  # noqa: F401  (registers the built-in trainers)
-
-    return sorted(_TRAINERS)
+    return _TRAINERS.names()
 
 
 def get_trainer_class(name: str) -> type[Trainer]:
-    available = available_trainers()
-    if name.lower() not in _TRAINERS:
-        raise UnknownNameError("trainer", name, available)
-    return _TRAINERS[name.lower()]
+    return _TRAINERS.get(name)
 
 
 def create_trainer(name: str, settings: Mapping[str, Any] | TypedConfig | None = None) -> Trainer:
