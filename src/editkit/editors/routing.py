@@ -6,7 +6,8 @@ memory-editor class.
 
 * :class:`RoutingModel`: a model with a scope ``threshold``, a ``memory`` that finds each input's best edit and
   its scope probability (:meth:`EditLookup.lookup`, no threshold applied) and reads an edit's record by id
-  (``memory.store.get``), and an ``answerer`` that scores inputs given the edit to read;
+  (``memory.store.get``), and an ``answerer`` (:class:`~editkit.editors.answerers.Answerer`, the abstract h)
+  that scores inputs given the edit to read;
 * :class:`RecordedEditHandle`: an edit handle that names the records its edits were stored as.
 """
 
@@ -15,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from editkit.editors.answerers import Answerer
 from editkit.memory.store import EditRecord
-from editkit.models.lm import TokenScores
 
 
 class ScopeRoute(Protocol):
@@ -44,19 +45,6 @@ class EditLookup(Protocol):
     def lookup(self, texts: Sequence[str]) -> Sequence[ScopeRoute]: ...
 
 
-class EditAnswerer(Protocol):
-    """Scores continuations of inputs, each given the edit it reads."""
-
-    def score_tokens(
-        self,
-        routed: Sequence[tuple[EditRecord, str]],
-        continuations: Sequence[list[int]],
-        *,
-        batch_size: int,
-        first_distribution: bool,
-    ) -> list[TokenScores]: ...
-
-
 @runtime_checkable
 class RoutingModel(Protocol):
     """An edited model that routes each input to an edit whose scope probability reaches ``threshold``, else to
@@ -69,7 +57,7 @@ class RoutingModel(Protocol):
     def memory(self) -> EditLookup: ...
 
     @property
-    def answerer(self) -> EditAnswerer: ...
+    def answerer(self) -> Answerer: ...
 
 
 @runtime_checkable
