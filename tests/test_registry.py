@@ -35,19 +35,26 @@ def test_an_unknown_name_is_one_line_with_a_suggestion_and_the_known_names() -> 
     assert str(err.value) == "unknown widget 'romee'. Did you mean 'rome'? Known: memit, rome."
 
 
-def test_builtins_are_imported_on_first_use_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_module_of_the_builtins_package_registers_on_first_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new built-in is one new module in the package: no list elsewhere names it."""
     (tmp_path / "widget_registry.py").write_text(
         "from editkit.registry import Registry\nREG = Registry('widget', builtins='widget_builtins')\n"
     )
-    (tmp_path / "widget_builtins.py").write_text("from widget_registry import REG\nREG.add('builtin', 'b')\n")
+    package = tmp_path / "widget_builtins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name in ("alpha", "beta"):
+        (package / f"{name}.py").write_text(f"from widget_registry import REG\nREG.add({name!r}, {name.upper()!r})\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    for name in ("widget_registry", "widget_builtins"):
+    for name in ("widget_registry", "widget_builtins", "widget_builtins.alpha", "widget_builtins.beta"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     import widget_registry  # type: ignore[import-not-found]
 
-    assert "widget_builtins" not in sys.modules
-    assert widget_registry.REG.names() == ["builtin"]
-    assert widget_registry.REG.get("BUILTIN") == "b"
+    assert "widget_builtins.alpha" not in sys.modules  # nothing imported before the registry is used
+    assert widget_registry.REG.names() == ["alpha", "beta"]
+    assert widget_registry.REG.get("Beta") == "BETA"
 
 
 def test_the_editor_and_trainer_registries_share_it() -> None:

@@ -1,9 +1,9 @@
 """Editors: one contract (:class:`Editor`), one handle type (:class:`EditHandle`), one registry.
 
-Importing this package registers the built-in methods and the handle types they save.
+The registries find the built-in methods and the handle types they save by importing every module of this
+package on first use (:mod:`editkit.registry`): a new method is one new module here.
 """
 
-from editkit.editors import alphaedit, ft, lu, memit, rome, serac
 from editkit.editors.base import (
     Capabilities,
     Editor,
@@ -22,14 +22,8 @@ __all__ = [
     "Editor",
     "EditorConfig",
     "WeightEditor",
-    "alphaedit",
     "available_methods",
     "create_editor",
-    "ft",
     "get_editor_class",
-    "lu",
-    "memit",
     "register",
-    "rome",
-    "serac",
 ]

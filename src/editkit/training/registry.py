@@ -17,7 +17,7 @@ from editkit.errors import ConfigError
 from editkit.registry import Registry
 from editkit.typedconfig import TypedConfig
 
-_TRAINERS: Registry[type[Trainer]] = Registry("trainer", builtins="editkit.training.serac")
+_TRAINERS: Registry[type[Trainer]] = Registry("trainer", builtins="editkit.training")
 
 T = TypeVar("T", bound="Trainer")
 
