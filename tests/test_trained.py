@@ -113,3 +113,11 @@ def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
     editor = create_editor("serac", {"artifacts": str(copy), "scope": "embed-untrained"})
     with pytest.raises(ValidationError, match=r"adapter_config\.json does not match its recorded hash"):
         editor.routed(tiny_model("llama"))
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+def test_an_unreadable_manifest_is_one_line_naming_it(artifact: Path, content: bytes):
+    (artifact / "manifest.json").write_bytes(content)
+    with pytest.raises(ValidationError, match="manifest") as err:
+        verify(artifact, [])
+    assert str(artifact / "manifest.json") in str(err.value) and "\n" not in str(err.value)

@@ -122,7 +122,14 @@ def find(name: str, path: str | None, alternative: str = "") -> Path:
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text())
+    """The artifact's manifest; an unreadable one is a one-line error naming it."""
+    path = folder / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"{path} is not a readable manifest ({exc}); retrain the artifact") from None
+    if not isinstance(manifest, dict):
+        raise ValidationError(f"{path} is not a manifest (a JSON object); retrain the artifact")
     return manifest
 
 
