@@ -58,11 +58,15 @@ class MENDTrainConfig(TypedConfig):
     )
     rank: int = field(default=64, metadata={"help": "hidden width of the editor networks' low-rank blocks"})
     blocks: int = field(default=2, metadata={"help": "residual blocks per editor network"})
-    alpha_init: float = field(default=1e-4, metadata={"help": "initial step size alpha_l of every edited weight"})
+    alpha_init: float = field(
+        default=1e-2,
+        metadata={"help": "initial step alpha_l of every edited weight (the untrained editor's gradient step)"},
+    )
     steps: int = field(default=500, metadata={"help": "optimisation steps"})
     batch: int = field(default=4, metadata={"help": "cases edited together per step (and locality probes)"})
     rephrases: int = field(default=2, metadata={"help": "rephrase probes per case in the edit loss"})
-    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the editor networks and alpha"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the editor networks"})
+    alpha_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of log alpha_l"})
     c_edit: float = field(default=0.1, metadata={"help": "weight of the edit loss L_e"})
     c_loc: float = field(default=1.0, metadata={"help": "weight of the locality KL L_loc"})
     norm_cases: int = field(default=32, metadata={"help": "cases whose edit gradients give the normalisation"})
@@ -73,8 +77,8 @@ class MENDTrainConfig(TypedConfig):
             raise ConfigError("top_layers, rank, blocks, steps, batch and norm_cases must be at least 1")
         if self.checkpoint_every < 1 or self.rephrases < 0:
             raise ConfigError("checkpoint_every must be at least 1 and rephrases at least 0")
-        if self.alpha_init <= 0 or self.lr <= 0 or self.c_edit < 0 or self.c_loc < 0:
-            raise ConfigError("alpha_init and lr must be positive, c_edit and c_loc at least 0")
+        if min(self.alpha_init, self.lr, self.alpha_lr) <= 0 or self.c_edit < 0 or self.c_loc < 0:
+            raise ConfigError("alpha_init, lr and alpha_lr must be positive, c_edit and c_loc at least 0")
         bad = [p for p in self.parts if p not in PARTS]
         if bad or not self.parts:
             raise ConfigError(f"parts must be among {', '.join(PARTS)}; got {self.parts}")
@@ -171,7 +175,12 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     seed_torch(config.seed, PART)
     parts = MENDParts(spec)
     parts.set_normalisation(stats, names)
-    opt = torch.optim.Adam(parts.parameters(), lr=config.lr)
+    opt = torch.optim.Adam(
+        [
+            {"params": [p for n, p in parts.named_parameters() if n != "log_alpha"], "lr": config.lr},
+            {"params": [parts.log_alpha], "lr": config.alpha_lr},
+        ]
+    )
 
     def loss_fn(rng: random.Random) -> torch.Tensor:
         chosen = rng.sample(cases, min(config.batch, len(cases)))
