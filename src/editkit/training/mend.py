@@ -71,6 +71,7 @@ class MENDTrainConfig(TypedConfig):
     c_loc: float = field(default=1.0, metadata={"help": "weight of the locality KL L_loc"})
     norm_cases: int = field(default=32, metadata={"help": "cases whose edit gradients give the normalisation"})
     checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
 
     def validate(self) -> None:
         if min(self.top_layers, self.rank, self.blocks, self.steps, self.batch, self.norm_cases) < 1:
@@ -156,6 +157,8 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     if not config.out:
         raise ConfigError("no output folder given (out: FOLDER)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     cases, datasets = load_training_cases(config)
     locality = [p for c in cases for p in c.of_kind(*LOCALITY)]
     lm = load(config.base_model, progress=False)
@@ -200,7 +203,7 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
         loss_loc = locality_loss(lm, weights, loc, before)
         return config.c_edit * loss_e + config.c_loc * loss_loc
 
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "steps", "checkpoint_every")}
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "steps", "checkpoint_every", "threads")}
     folder = Path(config.out)
     result = train_loop(
         PART,
