@@ -1,14 +1,16 @@
-"""MEND (Mitchell et al., 2022, "Fast Model Editing at Scale"): an edit is the fine-tuning gradient of the edit's
-loss, transformed by small trained editor networks.
+"""MEND (Mitchell et al., 2022): an edit's fine-tuning gradient, transformed by small trained editor networks.
+
+"Fast Model Editing at Scale", §3.
 
 For a linear weight W (``[out, in]``) applied at every token t, the gradient of a loss is a sum of rank-one terms,
 ``dL/dW = sum_t delta_t u_t^T`` with u_t the layer's input and delta_t the gradient of the loss at its output.
 :func:`gradient_factors` captures both in one forward and backward pass of the edit (the loss of each request is
 its mean target NLL; the requests' losses are summed, so a batch of edits is the sum of their gradients). An
 editor network g, one per weight shape and shared by every edited weight of that shape, maps each token's
-normalised ``z_t = [u_t; delta_t]`` to ``(u~_t, delta~_t)``: ``z + U relu(s_l * (V z + b) + o_l)`` in ``blocks``
-residual blocks of rank ``rank``, with a per-weight scale s_l and shift o_l and U initialised to zero, so an
-untrained network is the identity. The update is ``W - alpha_l sum_t delta~_t u~_t^T`` with alpha_l learned per
+``z_t = [u_t; delta_t]``, normalised per feature (statistics fixed at training), through ``blocks`` residual
+blocks ``z + U relu(s_l * (V z + b) + o_l)`` of rank ``rank`` (a scale s_l and shift o_l per edited weight, U
+initialised to zero) and back to the inputs' scale, to ``(u~_t, delta~_t)``: an untrained network is the
+identity. The update is ``W - alpha_l sum_t delta~_t u~_t^T`` with alpha_l learned per
 weight: an untrained MEND is one step of gradient descent with step alpha_l. The weights edited (the MLP input
 and output projections of the top layers, by default) are chosen at training time (``editkit train mend``,
 :mod:`editkit.training.mend`) and recorded with the parts.
