@@ -84,7 +84,9 @@ def test_a_batch_edit_is_the_sum_of_its_single_edits(mend_parts):  # noqa: F811
         handle = editor.apply(lm, [r])
         single.append({n: c.edited - c.original for n, c in handle.changes.items()})
         assert handle.info["nll_after"] < handle.info["nll_before"]
-    handle = editor.apply(tiny_model("llama"), REQUESTS)
+    lm = tiny_model("llama")
+    assert editor.provenance().keys() == {"editor:tiny-llama-s0"}  # the parts each result will name
+    handle = editor.apply(lm, REQUESTS)
     assert len(handle.changes) == 4  # mlp_in and mlp_out of the top two layers
     for n, c in handle.changes.items():
         torch.testing.assert_close(c.edited - c.original, single[0][n] + single[1][n], rtol=1e-4, atol=1e-6)

@@ -217,6 +217,10 @@ class MEND(WeightEditor):
             self._loaded[lm.name] = (folder, parts.eval().requires_grad_(False))
         return self._loaded[lm.name][1]
 
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        """Load and verify the parts for ``lm`` (so that a run's header records their fingerprint)."""
+        self.parts(lm)
+
     def provenance(self) -> dict[str, str]:
         return {f"{PART}:{model}": part_fingerprint(folder / PART) for model, (folder, _) in self._loaded.items()}
 
