@@ -11,6 +11,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import available_trainers
+from learned_parts import mend_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -39,6 +40,8 @@ def _editor(request):
         settings = dict(FAST.get(name, {}))
         if name == "serac":
             settings["artifacts"] = str(request.getfixturevalue("serac_parts"))
+        if name == "mend":
+            settings["artifacts"] = request.getfixturevalue("mend_parts")
         if name == "alphaedit":
             settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)
