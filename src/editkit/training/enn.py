@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from editkit.data import load_cases
 from editkit.editors.enn import PART, SITES, edit_steps, enn_parameter_names, logits_with, target_nll
@@ -55,6 +56,7 @@ class ENNTrainConfig(TypedConfig):
     steps: int = field(default=300, metadata={"help": "meta-training steps (0: the base weights, untrained)"})
     batch: int = field(default=4, metadata={"help": "cases per step"})
     lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the meta-trained weights"})
+    lr_lr: float = field(default=1e-2, metadata={"help": "Adam learning rate of the log inner learning rates"})
     layers: int = field(default=2, metadata={"help": "meta-train and edit the top this many layers"})
     sites: list[str] = field(
         default_factory=lambda: list(SITES), metadata={"help": "weights per layer: mlp_in, mlp_out"}
@@ -71,7 +73,8 @@ class ENNTrainConfig(TypedConfig):
     def validate(self) -> None:
         if self.steps < 0 or min(self.batch, self.layers, self.inner_steps, self.checkpoint_every) < 1:
             raise ConfigError("ENN training: steps >= 0; batch, layers, inner_steps, checkpoint_every >= 1")
-        if min(self.lr, self.inner_lr) <= 0 or min(self.edit_weight, self.locality_weight, self.base_weight) < 0:
+        weights = (self.edit_weight, self.locality_weight, self.base_weight)
+        if min(self.lr, self.lr_lr, self.inner_lr) <= 0 or min(weights) < 0:
             raise ConfigError("ENN training: learning rates must be > 0 and loss weights >= 0")
         if self.locality_probes < 0:
             raise ConfigError("ENN training: locality_probes must be >= 0")
@@ -155,10 +158,15 @@ class ENNTrainer(Trainer):
         base = {n: params[n].detach() for n in names}
         seed_torch(cfg.seed, PART)
         meta = MetaWeights(base, cfg.inner_lr, cfg.learn_lr)
-        opt = torch.optim.Adam([p for p in meta.parameters() if p.requires_grad], lr=cfg.lr)
+        groups: list[dict[str, Any]] = [{"params": list(meta.weights), "lr": cfg.lr}]
+        if cfg.learn_lr:
+            groups.append({"params": [meta.log_lr], "lr": cfg.lr_lr})
+        opt = torch.optim.Adam(groups)
 
         def loss_fn(rng: random.Random) -> torch.Tensor:
-            return meta_loss(lm, meta, rng.sample(cases, min(cfg.batch, len(cases))), cfg, rng)
+            # differentiating through the inner steps is a second derivative: fused attention kernels have none
+            with sdpa_kernel(SDPBackend.MATH):
+                return meta_loss(lm, meta, rng.sample(cases, min(cfg.batch, len(cases))), cfg, rng)
 
         settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "steps", "checkpoint_every")}
         folder = Path(cfg.out)
