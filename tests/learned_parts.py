@@ -1,9 +1,10 @@
-"""Trained parts of the learned editors for the contract suite: each method's session-scoped fixture trains tiny
-parts for every tiny architecture on ``write_tiny_cases`` in a few steps (the training itself is tested in each
-method's own test module)."""
+"""Trained parts of the learned editors on tiny models, for the contract suite (tests/test_contract.py): each
+method's session fixture trains its parts per architecture in a few steps on ``write_tiny_cases`` (the training
+itself is tested in each method's own test module)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,29 @@ def mend_parts(tmp_path_factory: pytest.TempPathFactory) -> str:
             progress=False
         )
     return str(Path(root) / "{model}")
+
+
+def arch_of(request: pytest.FixtureRequest) -> str:
+    """The tiny architecture a contract test runs on (``llama`` for tests not parametrized over them)."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("arch", "llama")) if callspec is not None else "llama"
+
+
+@pytest.fixture(scope="session")
+def enn_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """ENN parts for a tiny architecture (top layer's MLP weights meta-trained for three steps)."""
+    from editkit.training.registry import create_trainer
+
+    root = tmp_path_factory.mktemp("enn")
+    data = write_tiny_cases(root / "cases.jsonl")
+    folders: dict[str, Path] = {}
+
+    def parts(arch: str) -> Path:
+        if arch not in folders:
+            settings = {"data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}", "steps": 3}
+            settings |= {"batch": 2, "layers": 1, "lr": 1e-3, "inner_lr": 0.1, "checkpoint_every": 3}
+            create_trainer("enn", settings).train(progress=False)
+            folders[arch] = root / arch
+        return folders[arch]
+
+    return parts
