@@ -11,6 +11,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import available_trainers
+from learned_parts import ke_parts  # noqa: F401  (session fixture: the learned editors' tiny parts)
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -29,6 +30,7 @@ FAST = {
     # threshold 0: every input goes to its nearest edit, so even untrained tiny parts change outputs
     "rp": {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0},
     "serac": {"encoder": "tiny-bert", "threshold": 0.0},
+    "ke": {"scale": 1.0},
 }
 WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.storage == "weights"]
 
@@ -39,6 +41,8 @@ def _editor(request):
         settings = dict(FAST.get(name, {}))
         if name == "serac":
             settings["artifacts"] = str(request.getfixturevalue("serac_parts"))
+        if name == "ke":
+            settings["artifacts"] = str(request.getfixturevalue("ke_parts")(request))
         if name == "alphaedit":
             settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)
