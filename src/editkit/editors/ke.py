@@ -139,14 +139,25 @@ def edited_weights(lm: LanguageModel, layers: Sequence[int], parts: Sequence[str
 
 
 @contextmanager
-def row_deltas(lm: LanguageModel, deltas: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Run the model as if each edited matrix W were ``W + deltas[name][r]`` for batch row r (``[rows, out, in]``):
-    a forward hook adds ``x_r D_r^T`` to each matrix's output."""
+def row_deltas(
+    lm: LanguageModel, deltas: Mapping[str, torch.Tensor], groups: Sequence[int] | None = None
+) -> Iterator[None]:
+    """Run the model as if each edited matrix W were ``W + deltas[name][g]`` for the batch rows of group g
+    (``[groups, out, in]``; without ``groups``, group r is row r): a forward hook adds ``x D_g^T`` to each matrix's
+    output, one matrix product per group."""
+    rows = None if groups is None else torch.tensor(list(groups))
 
     def add(delta: torch.Tensor) -> Any:
         def hook(_m: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
             x = args[0]
-            return output + torch.einsum("rti,roi->rto", x, delta.to(x.dtype))
+            d = delta.to(x.dtype)
+            if rows is None:
+                return output + torch.einsum("rti,roi->rto", x, d)
+            extra = torch.empty_like(output)
+            for g in range(d.shape[0]):
+                mask = rows == g
+                extra[mask] = x[mask] @ d[g].T
+            return output + extra
 
         return hook
 

@@ -12,7 +12,7 @@ KE (De Cao et al., 2021, §3) solves ``min_phi L_edit s.t. C <= m`` through its 
 m)``, minimised in the hypernetwork's parameters and maximised in ``lambda >= 0``. Here ``lambda =
 softplus(rho)`` and the step minimises::
 
-    L_edit + [lambda] (C - m) - lambda ([C] - m)        ([x]: x without gradient)
+    L_edit + [lambda] (C - m) + ([lambda] - lambda) ([C] - m)        ([x]: x without gradient)
 
 whose value is the Lagrangian and whose gradient in rho is ``-(C - m) dlambda/drho``: descent in rho is
 gradient ascent in lambda (by Adam, at ``lagrange_lr``), so lambda grows while the constraint is violated and
@@ -103,7 +103,7 @@ class Trainable(nn.Module):
 def lagrangian(edit_loss: torch.Tensor, constraint: torch.Tensor, margin: float, lam: torch.Tensor) -> torch.Tensor:
     """``L_edit + lambda (C - m)`` in value; its gradient descends in everything but lambda and ascends in lambda."""
     slack = constraint - margin
-    return edit_loss + lam.detach() * slack - lam * slack.detach()
+    return edit_loss + lam.detach() * slack + (lam.detach() - lam) * slack.detach()
 
 
 def _rows(
@@ -134,15 +134,14 @@ def step_loss(
     if cfg.slag:
         deltas = {n: d.sum(0, keepdim=True) for n, d in deltas.items()}
 
-    def per_row(owner: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.tensor([0 if cfg.slag else g for g in owner])
-        return {n: d[index] for n, d in deltas.items()}
+    def groups(owner: list[int]) -> list[int]:
+        return [0] * len(owner) if cfg.slag else owner
 
     kinds = (*EDIT_KINDS, ProbeKind.HARD_IN) if cfg.slag else EDIT_KINDS
     prompts, answers, owner = _rows(cases, rng, kinds, cfg.probes_per_edit, with_request=True)
     tf = lm.teacher_forced(prompts, answers)
     index, valid = tf.positions()
-    with row_deltas(lm, per_row(owner)):
+    with row_deltas(lm, deltas, groups(owner)):
         logprobs = tf.token_logprobs(lm.logits_at(tf.inputs, index))
     edit_loss = -(logprobs.sum(1) / valid.sum(1)).mean()
 
@@ -153,7 +152,7 @@ def step_loss(
     index, valid = tf.positions()
     with torch.no_grad():
         base = F.log_softmax(lm.logits_at(tf.inputs, index).float(), -1)
-    with row_deltas(lm, per_row(owner)):
+    with row_deltas(lm, deltas, groups(owner)):
         edited = F.log_softmax(lm.logits_at(tf.inputs, index).float(), -1)
     kl = (base.exp() * (base - edited)).sum(-1)
     constraint = (kl * valid).sum() / valid.sum()
@@ -174,7 +173,7 @@ class KETrainer(Trainer):
         cfg = self.config
         if not cfg.out or not cfg.data:
             raise ConfigError("ke training needs data: [FILE, ...] and out: FOLDER")
-        datasets = [load_cases(p) for p in cfg.data]
+        datasets = [load_cases(p, skip_invalid=True) for p in cfg.data]  # invalid records are listed, not fatal
         cases = [c for d in datasets for c in d.cases]
         if not cases:
             raise ValidationError(f"no edit cases in {', '.join(cfg.data)}")
