@@ -14,7 +14,7 @@ from editkit.editors import create_editor
 from editkit.errors import ConfigError
 from editkit.evaluation.downstream import get_task
 from editkit.evaluation.runner import RunConfig, matrix_configs
-from editkit.training.serac import SERACTrainConfig
+from editkit.training.registry import get_trainer_class
 
 SHIPPED = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
 TRAINING = [p for p in SHIPPED if p.name.startswith("train_")]
@@ -109,7 +109,7 @@ def test_run_config_errors_name_the_setting(tmp_path: Path, yaml: str, message: 
 
 @pytest.mark.parametrize("path", TRAINING, ids=[p.name for p in TRAINING])
 def test_shipped_training_config_is_valid(path: Path):
-    config = SERACTrainConfig.from_dict(read_yaml(path))
+    config = get_trainer_class(path.stem.removeprefix("train_")).config_cls.from_dict(read_yaml(path))  # train_NAME
     assert config.data and config.out
     if not DATA.is_dir():
         pytest.skip(f"benchmark data {DATA} not available")

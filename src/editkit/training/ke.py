@@ -60,8 +60,8 @@ class KETrainConfig(TypedConfig):
         default_factory=lambda: ["mlp_in", "mlp_out"], metadata={"help": "matrices edited in each layer"}
     )
     hidden: int = field(default=128, metadata={"help": "width of the hypernetwork's trunk"})
-    max_scale: float = field(default=1.0, metadata={"help": "largest step size sigma(eta) * max_scale can reach"})
-    init_step: float = field(default=0.1, metadata={"help": "the untrained hypernetwork's gradient step size"})
+    max_scale: float = field(default=0.1, metadata={"help": "largest step size sigma(eta) * max_scale can reach"})
+    init_step: float = field(default=0.01, metadata={"help": "the untrained hypernetwork's gradient step size"})
     slag: bool = field(
         default=False,
         metadata={"help": "SLAG: the step's edits applied together as one summed update, hard_in probes in L_edit"},
