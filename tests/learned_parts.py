@@ -1,5 +1,6 @@
-"""Trained parts of the learned editors for the contract suite: each trained on tiny models in a few steps, once
-per session and architecture (their training itself is tested in each method's own test module)."""
+"""Trained parts of the learned editors on tiny models, for the contract suite (tests/test_contract.py): each
+method's session fixture trains its parts per architecture in a few steps on ``write_tiny_cases`` (the training
+itself is tested in each method's own test module)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import write_tiny_cases
-from editkit.training.registry import create_trainer
+
+
+def arch_of(request: pytest.FixtureRequest) -> str:
+    """The tiny architecture a contract test runs on (``llama`` for tests not parametrized over them)."""
+    callspec = getattr(request.node, "callspec", None)
+    return str(callspec.params.get("arch", "llama")) if callspec is not None else "llama"
+
 
 # KE: the top layer's MLP output matrix, a narrow hypernetwork, two steps
 KE_TINY = {
@@ -25,21 +32,19 @@ KE_TINY = {
 
 
 @pytest.fixture(scope="session")
-def ke_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[pytest.FixtureRequest], Path]:
-    """KE's hypernetwork for the tiny architecture a test runs on (its ``arch`` parameter, else llama), trained on
-    first request: ``ke_parts(request)``."""
+def ke_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """KE's hypernetwork for a tiny architecture (``ke_parts("gpt2")``), trained on first request."""
+    from editkit.training.registry import create_trainer
+
     root = tmp_path_factory.mktemp("ke")
     data = write_tiny_cases(root / "cases.jsonl")
-    trained: dict[str, Path] = {}
+    folders: dict[str, Path] = {}
 
-    def parts(request: pytest.FixtureRequest) -> Path:
-        callspec = getattr(request.node, "callspec", None)
-        arch = callspec.params.get("arch", "llama") if callspec else "llama"
-        if arch not in trained:
-            out = root / arch
-            settings = {**KE_TINY, "data": [str(data)], "out": str(out), "base_model": f"tiny-{arch}"}
+    def parts(arch: str) -> Path:
+        if arch not in folders:
+            settings = {**KE_TINY, "data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}"}
             create_trainer("ke", settings).train(progress=False)
-            trained[arch] = out
-        return trained[arch]
+            folders[arch] = root / arch
+        return folders[arch]
 
     return parts

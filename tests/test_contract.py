@@ -11,7 +11,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import available_trainers
-from learned_parts import ke_parts  # noqa: F401  (session fixture: the learned editors' tiny parts)
+from learned_parts import arch_of, ke_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -42,7 +42,7 @@ def _editor(request):
         if name == "serac":
             settings["artifacts"] = str(request.getfixturevalue("serac_parts"))
         if name == "ke":
-            settings["artifacts"] = str(request.getfixturevalue("ke_parts")(request))
+            settings["artifacts"] = str(request.getfixturevalue("ke_parts")(arch_of(request)))
         if name == "alphaedit":
             settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)

@@ -155,6 +155,11 @@ def test_a_resumed_training_run_ends_where_an_uninterrupted_one_does(tmp_path):
     lm = tiny_model("llama")
     handle = create_editor("ke", {"artifacts": str(tmp_path / "slag")}).apply(lm, REQUESTS)
     assert handle.info["method"] == "SLAG" and set(handle.changes) == set(part["weights"])
+    fingerprint = read_manifest(tmp_path / "slag")["parts"]["hypernet"]["fingerprint"]
+    assert create_editor("ke", {"artifacts": str(tmp_path / "slag")}).provenance() == {}
+    editor = create_editor("ke", {"artifacts": str(tmp_path / "slag")})
+    editor.prepare(lm)
+    assert editor.provenance() == {"hypernet:tiny-llama-s0": fingerprint}
 
 
 def test_bad_artifacts_are_one_line_errors_and_leave_the_model_untouched(tmp_path):

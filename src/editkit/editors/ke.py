@@ -39,7 +39,7 @@ from editkit.errors import ValidationError
 from editkit.models.adapters import get_module
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
-from editkit.trained import find, load_tensors, verify
+from editkit.trained import find, load_tensors, part_fingerprint, verify
 
 PART = "hypernet"
 
@@ -242,8 +242,26 @@ class KE(WeightEditor):
     capabilities: ClassVar[Capabilities] = Capabilities(storage="weights", trained=True, batch=True)
     config: KEConfig
 
+    def __init__(self, config: EditorConfig | None = None) -> None:
+        super().__init__(config)
+        self._loaded: dict[str, tuple[Path, HyperNetwork, dict[str, Any]]] = {}
+
+    def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
+        """Load and verify the hypernetwork for ``lm`` (so that a run's header records its fingerprint)."""
+        self.hypernetwork(lm)
+
+    def provenance(self) -> dict[str, str]:
+        return {f"{PART}:{model}": part_fingerprint(folder / PART) for model, (folder, _, _) in self._loaded.items()}
+
     def hypernetwork(self, lm: LanguageModel) -> tuple[HyperNetwork, dict[str, Any]]:
-        """The trained hypernetwork for ``lm`` (verified; refused for another base model) and its part's record."""
+        """The trained hypernetwork for ``lm`` (verified on first use; refused for another base model) and its
+        part's record."""
+        if lm.name not in self._loaded:
+            self._loaded[lm.name] = self._load(lm)
+        _, hyper, meta = self._loaded[lm.name]
+        return hyper, meta
+
+    def _load(self, lm: LanguageModel) -> tuple[Path, HyperNetwork, dict[str, Any]]:
         folder: Path = find("ke", self.config.artifacts)
         manifest = verify(folder, [PART], base_model=lm.name)
         meta: dict[str, Any] = manifest["parts"][PART]
@@ -256,7 +274,7 @@ class KE(WeightEditor):
             hyper.load_state_dict(load_tensors(folder / PART))
         except RuntimeError as err:
             raise ValidationError(f"{folder / PART} does not hold a KE hypernetwork of its recorded shape") from err
-        return hyper.eval(), meta
+        return folder, hyper.eval(), meta
 
     def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
         return list(self.hypernetwork(lm)[1]["weights"])
