@@ -55,3 +55,35 @@ def enn_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
         return folders[arch]
 
     return parts
+
+
+# KE: the top layer's MLP output matrix, a narrow hypernetwork, two steps
+KE_TINY = {
+    "layers": [-1],
+    "parts": ["mlp_out"],
+    "hidden": 8,
+    "edits": 2,
+    "probes_per_edit": 2,
+    "local_per_edit": 1,
+    "steps": 2,
+    "checkpoint_every": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def ke_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """KE's hypernetwork for a tiny architecture (``ke_parts("gpt2")``), trained on first request."""
+    from editkit.training.registry import create_trainer
+
+    root = tmp_path_factory.mktemp("ke")
+    data = write_tiny_cases(root / "cases.jsonl")
+    folders: dict[str, Path] = {}
+
+    def parts(arch: str) -> Path:
+        if arch not in folders:
+            settings = {**KE_TINY, "data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}"}
+            create_trainer("ke", settings).train(progress=False)
+            folders[arch] = root / arch
+        return folders[arch]
+
+    return parts
