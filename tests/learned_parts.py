@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,25 +38,28 @@ def arch_of(request: pytest.FixtureRequest) -> str:
     return str(callspec.params.get("arch", "llama")) if callspec is not None else "llama"
 
 
-@pytest.fixture(scope="session")
-def enn_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """ENN parts for a tiny architecture (top layer's MLP weights meta-trained for three steps)."""
+def _trained_per_arch(
+    tmp_path_factory: pytest.TempPathFactory, trainer: str, settings: dict[str, Any]
+) -> Callable[[str], Path]:
+    """``parts(arch)``: the folder of ``trainer``'s tiny parts for that architecture, trained on first request."""
     from editkit.training.registry import create_trainer
 
-    root = tmp_path_factory.mktemp("enn")
+    root = tmp_path_factory.mktemp(trainer)
     data = write_tiny_cases(root / "cases.jsonl")
     folders: dict[str, Path] = {}
 
     def parts(arch: str) -> Path:
         if arch not in folders:
-            settings = {"data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}", "steps": 3}
-            settings |= {"batch": 2, "layers": 1, "lr": 1e-3, "inner_lr": 0.1, "checkpoint_every": 3}
-            create_trainer("enn", settings).train(progress=False)
+            where = {"data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}"}
+            create_trainer(trainer, {**settings, **where}).train(progress=False)
             folders[arch] = root / arch
         return folders[arch]
 
     return parts
 
+
+# ENN: the top layer's MLP weights meta-trained for three steps
+ENN_TINY = {"steps": 3, "batch": 2, "layers": 1, "lr": 1e-3, "inner_lr": 0.1, "checkpoint_every": 3}
 
 # KE: the top layer's MLP output matrix, a narrow hypernetwork, two steps
 KE_TINY = {
@@ -71,19 +75,12 @@ KE_TINY = {
 
 
 @pytest.fixture(scope="session")
+def enn_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """ENN parts for a tiny architecture (``enn_parts("gpt2")``)."""
+    return _trained_per_arch(tmp_path_factory, "enn", ENN_TINY)
+
+
+@pytest.fixture(scope="session")
 def ke_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """KE's hypernetwork for a tiny architecture (``ke_parts("gpt2")``), trained on first request."""
-    from editkit.training.registry import create_trainer
-
-    root = tmp_path_factory.mktemp("ke")
-    data = write_tiny_cases(root / "cases.jsonl")
-    folders: dict[str, Path] = {}
-
-    def parts(arch: str) -> Path:
-        if arch not in folders:
-            settings = {**KE_TINY, "data": [str(data)], "out": str(root / arch), "base_model": f"tiny-{arch}"}
-            create_trainer("ke", settings).train(progress=False)
-            folders[arch] = root / arch
-        return folders[arch]
-
-    return parts
+    """KE's hypernetwork for a tiny architecture (``ke_parts("gpt2")``)."""
+    return _trained_per_arch(tmp_path_factory, "ke", KE_TINY)

@@ -29,8 +29,8 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
-from editkit.trained import find, load_tensors, record_part, save_part, start_manifest, verify
-from editkit.training.loop import checkpoint_key, seed_torch, train_loop
+from editkit.trained import find, load_tensors, verify, write_part
+from editkit.training.loop import seed_torch, train_part
 from editkit.training.registry import Trainer, create_trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -105,25 +105,10 @@ class ToyTrainer(Trainer):
             with hooks([(site, "forward", add)]):
                 return -(tf.token_logprobs(lm.logits_at(tf.inputs, index)).sum() / valid.sum())
 
-        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "steps", "checkpoint_every")}
-        folder = Path(cfg.out)
-        result = train_loop(
-            PART,
-            cfg.steps,
-            steer,
-            opt,
-            loss_fn,
-            out=folder,
-            key=checkpoint_key(PART, settings, [d.sha256 for d in datasets]),
-            seed=cfg.seed,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=progress,
-        )
-        manifest = start_manifest(folder, cfg.to_dict(), datasets, lm.name)
+        result = train_part(PART, cfg, steer, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
         meta = {"part": PART, **result.summary(), "layer": layer, "base_model": lm.name}
-        save_part(folder / PART, meta, tensors={"vector": steer.vector.detach()})
-        record_part(folder, manifest, PART, meta)
-        return manifest
+        tensors = {"vector": steer.vector.detach()}
+        return write_part(Path(cfg.out), cfg.to_dict(), datasets, lm.name, PART, meta, tensors)
 
 
 # --------------------------------------------------------------------------- editor

@@ -108,6 +108,23 @@ def save_part(
     atomic_write(folder / "part.json", json.dumps(dict(meta), indent=2))
 
 
+def write_part(
+    folder: Path,
+    config: Mapping[str, Any],
+    datasets: Sequence[Dataset],
+    base_model: str,
+    part: str,
+    meta: Mapping[str, Any],
+    tensors: Mapping[str, torch.Tensor],
+) -> dict[str, Any]:
+    """A trainer of one tensor part finishes: the manifest (:func:`start_manifest`), the part's tensors and
+    ``part.json`` (:func:`save_part`), the part recorded (:func:`record_part`). Returns the manifest."""
+    manifest = start_manifest(folder, config, datasets, base_model)
+    save_part(folder / part, meta, tensors=tensors)
+    record_part(folder, manifest, part, meta)
+    return manifest
+
+
 # --------------------------------------------------------------------------- finding and verifying
 def find(name: str, path: str | None, alternative: str = "") -> Path:
     """The artifact folder of trainer ``name``: ``path`` if given, else the one packaged with editkit.

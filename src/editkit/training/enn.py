@@ -38,8 +38,8 @@ from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError
 from editkit.files import tensor_sha256
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
-from editkit.trained import record_part, save_part, start_manifest
-from editkit.training.loop import checkpoint_key, seed_torch, train_loop
+from editkit.trained import write_part
+from editkit.training.loop import seed_torch, train_part
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -168,33 +168,16 @@ class ENNTrainer(Trainer):
             with sdpa_kernel(SDPBackend.MATH):
                 return meta_loss(lm, meta, rng.sample(cases, min(cfg.batch, len(cases))), cfg, rng)
 
-        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "steps", "checkpoint_every")}
-        folder = Path(cfg.out)
-        result = train_loop(
-            PART,
-            cfg.steps,
-            meta,
-            opt,
-            loss_fn,
-            out=folder,
-            key=checkpoint_key(PART, settings, [d.sha256 for d in datasets]),
-            seed=cfg.seed,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=progress,
-        )
-        manifest = start_manifest(folder, cfg.to_dict(), datasets, lm.name)
-        lrs = {n: float(v.detach()) for n, v in meta.lrs().items()}
+        result = train_part(PART, cfg, meta, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
         info = {
             "part": PART,
             **result.summary(),
             "base_model": lm.name,
             "parameters": names,
             "base_sha256": {n: tensor_sha256(w) for n, w in base.items()},
-            "lrs": lrs,
+            "lrs": {n: float(v.detach()) for n, v in meta.lrs().items()},
             "inner_steps": cfg.inner_steps,
             "dtype": str(lm.dtype),
         }
         tensors = {n: w.detach().clone().contiguous() for n, w in meta.values().items()}
-        save_part(folder / PART, info, tensors=tensors)
-        record_part(folder, manifest, PART, info)
-        return manifest
+        return write_part(Path(cfg.out), cfg.to_dict(), datasets, lm.name, PART, info, tensors)

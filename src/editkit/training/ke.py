@@ -39,8 +39,8 @@ from editkit.editors.ke import PART, HyperNetwork, edit_deltas, edited_weights, 
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.lm import LanguageModel
-from editkit.trained import record_part, save_part, start_manifest
-from editkit.training.loop import checkpoint_key, seed_torch, train_loop
+from editkit.trained import write_part
+from editkit.training.loop import seed_torch, train_part
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -194,21 +194,7 @@ class KETrainer(Trainer):
         def loss_fn(rng: random.Random) -> torch.Tensor:
             return step_loss(lm, trainable, rng.sample(cases, min(cfg.edits, len(cases))), rng, cfg)
 
-        settings = {k: v for k, v in cfg.to_dict().items() if k not in ("out", "steps", "checkpoint_every")}
-        folder = Path(cfg.out)
-        result = train_loop(
-            PART,
-            cfg.steps,
-            trainable,
-            opt,
-            loss_fn,
-            out=folder,
-            key=checkpoint_key(PART, settings, [d.sha256 for d in datasets]),
-            seed=cfg.seed,
-            checkpoint_every=cfg.checkpoint_every,
-            progress=progress,
-        )
-        manifest = start_manifest(folder, cfg.to_dict(), datasets, lm.name)
+        result = train_part(PART, cfg, trainable, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
         meta = {
             "part": PART,
             "method": "SLAG" if cfg.slag else "KE",
@@ -221,6 +207,4 @@ class KETrainer(Trainer):
             "max_scale": cfg.max_scale,
         }
         tensors = {n: t.detach().contiguous() for n, t in trainable.hyper.state_dict().items()}
-        save_part(folder / PART, meta, tensors=tensors)
-        record_part(folder, manifest, PART, meta)
-        return manifest
+        return write_part(Path(cfg.out), cfg.to_dict(), datasets, lm.name, PART, meta, tensors)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -129,3 +129,46 @@ def train_loop(
             bar.advance()
     trainable.eval()
     return LoopResult(losses, time.perf_counter() - t0)
+
+
+class PartConfig(Protocol):
+    """What :func:`train_part` reads of a single-part trainer's config."""
+
+    out: str
+    steps: int
+    seed: int
+    checkpoint_every: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+# Settings that do not change what a step computes: a checkpoint stays valid when they change (more steps train
+# a finished part further).
+NOT_IN_KEY = ("out", "steps", "checkpoint_every", "threads")
+
+
+def train_part(
+    tag: str,
+    config: PartConfig,
+    trainable: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable[[random.Random], torch.Tensor],
+    data_hashes: Sequence[str],
+    *,
+    progress: bool,
+) -> LoopResult:
+    """:func:`train_loop` for a trainer of one part whose config has ``out``, ``steps``, ``seed`` and
+    ``checkpoint_every``: the checkpoint is keyed on every other setting and the training data's hashes."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    return train_loop(
+        tag,
+        config.steps,
+        trainable,
+        opt,
+        loss_fn,
+        out=Path(config.out),
+        key=checkpoint_key(tag, settings, data_hashes),
+        seed=config.seed,
+        checkpoint_every=config.checkpoint_every,
+        progress=progress,
+    )

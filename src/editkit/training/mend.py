@@ -36,8 +36,8 @@ from editkit.errors import ConfigError, ValidationError
 from editkit.models.adapters import get_module
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
-from editkit.trained import record_part, save_part, start_manifest
-from editkit.training.loop import checkpoint_key, seed_torch, train_loop
+from editkit.trained import write_part
+from editkit.training.loop import seed_torch, train_part
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -203,26 +203,10 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
         loss_loc = locality_loss(lm, weights, loc, before)
         return config.c_edit * loss_e + config.c_loc * loss_loc
 
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("out", "steps", "checkpoint_every", "threads")}
-    folder = Path(config.out)
-    result = train_loop(
-        PART,
-        config.steps,
-        parts,
-        opt,
-        loss_fn,
-        out=folder,
-        key=checkpoint_key(PART, settings, [d.sha256 for d in datasets]),
-        seed=config.seed,
-        checkpoint_every=config.checkpoint_every,
-        progress=progress,
-    )
-    manifest = start_manifest(folder, config.to_dict(), datasets, lm.name)
+    result = train_part(PART, config, parts, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
     meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
     tensors = {k: v.detach().contiguous() for k, v in parts.state_dict().items()}
-    save_part(folder / PART, meta, tensors=tensors)
-    record_part(folder, manifest, PART, meta)
-    return manifest
+    return write_part(Path(config.out), config.to_dict(), datasets, lm.name, PART, meta, tensors)
 
 
 @register_trainer
