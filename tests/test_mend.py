@@ -125,7 +125,7 @@ def test_training_settings_and_data_are_checked(tmp_path):
         sites_of(tiny_model("llama"), MENDTrainConfig(top_layers=5))
     only_edits = tmp_path / "edits.jsonl"
     only_edits.write_text('{"request": {"prompt": "The capital of Germany is", "target_new": " Bonn"}}\n')
-    with pytest.raises(ValidationError, match="no locality probes"):
+    with pytest.raises(ValidationError, match="no training case has a locality probe"):
         create_trainer("mend", {"data": [str(only_edits)], "out": str(tmp_path / "x")}).train(progress=False)
 
 

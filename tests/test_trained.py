@@ -19,6 +19,7 @@ from editkit.trained import (
     PACKAGED,
     find,
     load_tensors,
+    pack,
     part_fingerprint,
     read_manifest,
     record_part,
@@ -121,3 +122,32 @@ def test_an_unreadable_manifest_is_one_line_naming_it(artifact: Path, content: b
     with pytest.raises(ValidationError, match="manifest") as err:
         verify(artifact, [])
     assert str(artifact / "manifest.json") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pack_copies_verified_parts_without_checkpoints_and_records_them_anew(artifact: Path, tmp_path: Path):
+    (artifact / ".checkpoints").mkdir()
+    (artifact / ".checkpoints" / "part.pt").write_bytes(b"resume state")
+    full = pack(artifact, tmp_path / "full")
+    assert not (tmp_path / "full" / ".checkpoints").exists()
+    assert full["parts"]["part"]["fingerprint"] == read_manifest(artifact)["parts"]["part"]["fingerprint"]
+    half = pack(artifact, tmp_path / "half", half=True)
+    meta = half["parts"]["part"]
+    assert meta["dtype"] == "float16" and meta["packed_from"] == part_fingerprint(artifact / "part")
+    assert meta["fingerprint"] != meta["packed_from"]
+    verify(tmp_path / "half", ["part"], base_model="tiny-llama-s0")
+    w = load_tensors(tmp_path / "half" / "part")["w"]
+    assert w.dtype == torch.float16 and torch.equal(w.float(), torch.arange(6.0).reshape(2, 3))
+    with pytest.raises(ValidationError, match="already holds a trained artifact"):
+        pack(artifact, tmp_path / "half")
+    (artifact / "part" / "weights.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValidationError, match="does not match its recorded hash"):
+        pack(artifact, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_find_puts_the_base_models_name_in_place_of_the_model_placeholder(artifact: Path):
+    pattern = str(artifact.parent / "{model}")
+    (artifact.parent / "tiny-llama-s0").symlink_to(artifact)
+    assert find("mend", pattern, model="tiny-llama-s0") == artifact.parent / "tiny-llama-s0"
+    with pytest.raises(ValidationError, match=r"no trained MEND parts in .*tiny-gpt2-s0"):
+        find("mend", pattern, model="tiny-gpt2-s0")

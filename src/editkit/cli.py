@@ -379,6 +379,24 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="training setting")
     p.add_argument("--out", help="folder for the trained parts (resumes a run found there)")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser(
+        "pack",
+        help="copy trained parts for shipping (no checkpoints, optionally float16), verified and re-recorded",
+    )
+    p.add_argument("source", help="folder written by `editkit train`")
+    p.add_argument("dest", help="new folder (e.g. src/editkit/artifacts/NAME to ship with the package)")
+    p.add_argument("--float16", action="store_true", help="store floating tensors in float16 (half the size)")
+    p.set_defaults(fn=cmd_pack)
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from editkit.trained import pack
+
+    manifest = pack(Path(args.source), Path(args.dest), half=args.float16)
+    for name, part in manifest["parts"].items():
+        print(f"{name}: {part['fingerprint']} (from {part['packed_from']})")
+    print(f"packed to {args.dest}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -125,10 +125,43 @@ def write_part(
     return manifest
 
 
+def pack(source: Path, dest: Path, *, half: bool = False) -> dict[str, Any]:
+    """Copy the verified artifact ``source`` to ``dest`` for shipping: every recorded part, no checkpoints, and
+    with ``half`` each safetensors file's floating tensors in float16 (the editors load them into their own
+    dtype). Each part is recorded anew (its files' hashes, its fingerprint, ``packed_from``: the source part's
+    fingerprint); ``dest`` must not hold an artifact yet. Returns the new manifest."""
+    manifest = read_manifest(source)
+    parts = list(manifest.get("parts", {}))
+    if not parts:
+        raise ValidationError(f"{source / MANIFEST} records no trained part; nothing to pack")
+    verify(source, parts)
+    if (dest / MANIFEST).exists():
+        raise ValidationError(f"{dest} already holds a trained artifact; remove it or pack elsewhere")
+    packed = {**manifest, "parts": {}}
+    for part in parts:
+        meta = {k: v for k, v in manifest["parts"][part].items() if k not in ("files", "fingerprint")}
+        meta["packed_from"] = manifest["parts"][part]["fingerprint"]
+        for rel in manifest["parts"][part]["files"]:
+            src, out = source / part / rel, dest / part / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if half and rel.endswith(".safetensors"):
+                tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+                atomic_save_tensors(tensors, out)
+            else:
+                atomic_write(out, src.read_bytes())
+        if half:
+            meta["dtype"] = "float16"
+        record_part(dest, packed, part, meta)
+    return packed
+
+
 # --------------------------------------------------------------------------- finding and verifying
-def find(name: str, path: str | None, alternative: str = "") -> Path:
-    """The artifact folder of trainer ``name``: ``path`` if given, else the one packaged with editkit.
-    ``alternative`` ends the error's advice (another way to go on without trained parts)."""
+def find(name: str, path: str | None, alternative: str = "", *, model: str | None = None) -> Path:
+    """The artifact folder of trainer ``name``: ``path`` if given (``{model}`` in it replaced by ``model``, so one
+    setting can name a folder per base model), else the one packaged with editkit. ``alternative`` ends the
+    error's advice (another way to go on without trained parts)."""
+    if path and model is not None:
+        path = path.replace("{model}", model)
     folder = Path(path).expanduser() if path else PACKAGED / name
     if not (folder / MANIFEST).is_file():
         raise ValidationError(

@@ -150,7 +150,10 @@ def load_parts(folder: Path, lm: LanguageModel) -> ENNParts:
 class ENNConfig(EditorConfig):
     artifacts: str | None = field(
         default=None,
-        metadata={"help": "folder written by `editkit train enn`; default: the parts packaged with editkit"},
+        metadata={
+            "help": "folder written by `editkit train enn` ({model} in it: the base model's name); "
+            "default: the parts packaged with editkit"
+        },
     )
     steps: int | None = field(
         default=None, metadata={"help": "gradient steps per edit; default: the inner steps it was meta-trained with"}
@@ -183,7 +186,7 @@ class ENN(WeightEditor):
     def parts(self, lm: LanguageModel) -> ENNParts:
         """The verified parts for ``lm`` (loaded once per base model)."""
         if lm.name not in self._parts:
-            self._parts[lm.name] = load_parts(find(PART, self.config.artifacts), lm)
+            self._parts[lm.name] = load_parts(find(PART, self.config.artifacts, model=lm.name), lm)
         return self._parts[lm.name]
 
     def provenance(self) -> dict[str, str]:

@@ -228,7 +228,10 @@ def edit_deltas(
 class KEConfig(EditorConfig):
     artifacts: str | None = field(
         default=None,
-        metadata={"help": "folder written by `editkit train ke` (default: the parts packaged with editkit, if any)"},
+        metadata={
+            "help": "folder written by `editkit train ke` ({model} in it: the base model's name); "
+            "default: the parts packaged with editkit"
+        },
     )
     scale: float = field(default=1.0, metadata={"help": "multiplies the predicted update (1: as trained)"})
 
@@ -262,7 +265,7 @@ class KE(WeightEditor):
         return hyper, meta
 
     def _load(self, lm: LanguageModel) -> tuple[Path, HyperNetwork, dict[str, Any]]:
-        folder: Path = find("ke", self.config.artifacts)
+        folder: Path = find("ke", self.config.artifacts, model=lm.name)
         manifest = verify(folder, [PART], base_model=lm.name)
         meta: dict[str, Any] = manifest["parts"][PART]
         params = dict(lm.model.named_parameters())

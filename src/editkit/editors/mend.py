@@ -194,8 +194,7 @@ class MEND(WeightEditor):
         self._loaded: dict[str, tuple[Path, MENDParts]] = {}
 
     def folder(self, lm: LanguageModel) -> Path:
-        path = self.config.artifacts.replace("{model}", lm.name) if self.config.artifacts else None
-        return find("mend", path)
+        return find("mend", self.config.artifacts, model=lm.name)
 
     def parts(self, lm: LanguageModel) -> MENDParts:
         """The trained parts for ``lm``: verified (refused when trained for another model) once per model."""

@@ -7,7 +7,9 @@ gradients' rank-one factors (u, delta) per edited weight go through the editor n
 * L_e: the mean target NLL, under W~, of each case's edit prompt and up to ``rephrases`` of its rephrase probes
   (the edit's equivalence neighbourhood);
 * L_loc: the KL divergence from the unedited model's next-token distributions to W~'s, at the answer positions
-  of ``batch`` locality probes (kinds ``out`` and ``neighborhood``, drawn from all training cases).
+  of up to ``local_per_edit`` locality probes of each edited case (kinds ``out`` and ``neighborhood``: for zsRE
+  the unrelated NQ question MEND's paper uses, for CounterFact the case's own neighbourhood, the prompts of the
+  same relation and old object that an edit must leave alone).
 
 The post-edit passes run the model with the edited weights substituted (``torch.func.functional_call``), so the
 loss's gradient flows through the update into the editor networks and alpha_l; the base model never changes.
@@ -63,8 +65,9 @@ class MENDTrainConfig(TypedConfig):
         metadata={"help": "initial step alpha_l of every edited weight (the untrained editor's gradient step)"},
     )
     steps: int = field(default=500, metadata={"help": "optimisation steps"})
-    batch: int = field(default=4, metadata={"help": "cases edited together per step (and locality probes)"})
+    batch: int = field(default=4, metadata={"help": "cases edited together per step"})
     rephrases: int = field(default=2, metadata={"help": "rephrase probes per case in the edit loss"})
+    local_per_edit: int = field(default=1, metadata={"help": "each edited case's own locality probes in L_loc"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the editor networks"})
     alpha_lr: float = field(default=3e-3, metadata={"help": "Adam learning rate of log alpha_l"})
     c_edit: float = field(default=0.1, metadata={"help": "weight of the edit loss L_e"})
@@ -76,8 +79,8 @@ class MENDTrainConfig(TypedConfig):
     def validate(self) -> None:
         if min(self.top_layers, self.rank, self.blocks, self.steps, self.batch, self.norm_cases) < 1:
             raise ConfigError("top_layers, rank, blocks, steps, batch and norm_cases must be at least 1")
-        if self.checkpoint_every < 1 or self.rephrases < 0:
-            raise ConfigError("checkpoint_every must be at least 1 and rephrases at least 0")
+        if self.checkpoint_every < 1 or self.rephrases < 0 or self.local_per_edit < 1:
+            raise ConfigError("checkpoint_every and local_per_edit must be at least 1, rephrases at least 0")
         if min(self.alpha_init, self.lr, self.alpha_lr) <= 0 or self.c_edit < 0 or self.c_loc < 0:
             raise ConfigError("alpha_init, lr and alpha_lr must be positive, c_edit and c_loc at least 0")
         bad = [p for p in self.parts if p not in PARTS]
@@ -145,8 +148,9 @@ def load_training_cases(config: MENDTrainConfig) -> tuple[list[EditCase], list[D
     cases = [c for d in datasets for c in d.cases]
     if not cases:
         raise ValidationError("the training files hold no usable cases")
-    if not any(c.of_kind(*LOCALITY) for c in cases):
-        raise ValidationError("the training files hold no locality probes (kinds out or neighborhood)")
+    cases = [c for c in cases if c.of_kind(*LOCALITY)]
+    if not cases:
+        raise ValidationError("no training case has a locality probe (kinds out or neighborhood)")
     return cases, datasets
 
 
@@ -160,7 +164,6 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     cases, datasets = load_training_cases(config)
-    locality = [p for c in cases for p in c.of_kind(*LOCALITY)]
     lm = load(config.base_model, progress=False)
     lm.model.requires_grad_(False)
     sites = sites_of(lm, config)
@@ -189,14 +192,15 @@ def train(config: MENDTrainConfig, *, progress: bool = True) -> dict[str, Any]:
         chosen = rng.sample(cases, min(config.batch, len(cases)))
         changes = parts.updates(factors_of(chosen), names)
         weights = {n: originals[n] + lm.adapter.from_out_in(changes[n]).to(originals[n].dtype) for n in names}
-        prompts, targets = [], []
+        prompts, targets, probes = [], [], []
         for case in chosen:
             rephrases = case.of_kind(ProbeKind.REPHRASE)
             picked = rng.sample(rephrases, min(config.rephrases, len(rephrases)))
             prompts += [case.request.text, *(p.prompt for p in picked)]
             targets += [case.request.target_new] * (1 + len(picked))
+            local = case.of_kind(*LOCALITY)
+            probes += rng.sample(local, min(config.local_per_edit, len(local)))
         loss_e = edit_loss(lm, weights, lm.teacher_forced(prompts, targets))
-        probes = rng.sample(locality, min(config.batch, len(locality)))
         loc = lm.teacher_forced([p.prompt for p in probes], [p.expected for p in probes])
         with torch.no_grad():
             before = F.log_softmax(lm.logits_at(loc.inputs, loc.positions()[0]).float(), dim=-1)
