@@ -223,3 +223,24 @@ def test_packed_tensors_round_trip_bit_for_bit_and_bad_ones_are_refused():
     for bad in ({"shape": [3, 4]}, {"shape": [5], "float32": data}, {"shape": [1], "float32": "%"}):
         with pytest.raises(ValidationError, match="not a packed tensor"):
             unpack_tensor(bad)
+
+
+@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("words", [24, 5000])
+def test_a_long_target_is_edited_and_rolled_back_or_refused_leaving_the_model_untouched(method, words, _editor):
+    """A target of many tokens either takes (and rolls back bit for bit) or, past the model's context window,
+    is refused with one line before anything changes."""
+    lm = tiny_model("llama")
+    before = _snapshot(lm)
+    outputs = _logits(lm)
+    request = EditRequest(prompt=REQUEST.prompt, subject=REQUEST.subject, target_new=" Rome and Paris" * words)
+    if words > 1000:
+        with pytest.raises(ValidationError, match=r"context window|too long|tokens"):
+            _editor(method).apply(lm, [request])
+        assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+        assert torch.equal(_logits(lm), outputs)
+        return
+    handle = _editor(method).apply(lm, [request])
+    handle.rollback()
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert torch.equal(_logits(handle.model), outputs)
