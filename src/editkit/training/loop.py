@@ -28,6 +28,7 @@ from torch import nn
 from editkit.errors import ValidationError
 from editkit.files import atomic_torch_save
 from editkit.progress import progress_bar
+from editkit.provenance import peak_memory_mb
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,18 @@ def checkpoint_key(tag: str, settings: Mapping[str, Any], data_hashes: Sequence[
 class LoopResult:
     losses: list[float]  # every step's loss, the resumed steps' included
     seconds: float  # this run's training time
+    peak_memory_mb: float  # the process's peak resident memory at the end of the run
 
     def summary(self) -> dict[str, Any]:
-        """Steps, first loss, mean of the last 20 and this run's seconds: what a manifest records of a part."""
+        """Steps, first loss, mean of the last 20, this run's seconds and peak memory: what a manifest records of a
+        part."""
         tail = self.losses[-20:]
         return {
             "steps": len(self.losses),
             "loss_first": self.losses[0] if self.losses else None,
             "loss_last20_mean": sum(tail) / len(tail) if tail else None,
             "seconds_this_run": self.seconds,
+            "peak_memory_mb": round(self.peak_memory_mb, 1),
         }
 
 
@@ -128,7 +132,7 @@ def train_loop(
                 checkpoint.save(step + 1, losses, trainable, opt, rng)
             bar.advance()
     trainable.eval()
-    return LoopResult(losses, time.perf_counter() - t0)
+    return LoopResult(losses, time.perf_counter() - t0, peak_memory_mb())
 
 
 class PartConfig(Protocol):
