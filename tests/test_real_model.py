@@ -114,3 +114,27 @@ def test_packaged_serac_answers_in_scope_inputs_from_the_edit_and_leaves_the_res
         assert other == smollm2.generate([UNRELATED], 3)[0]
     finally:
         handle.rollback()
+
+
+@pytest.mark.parametrize("method", ["ke"])
+def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smollm2, method):
+    """The float16 parts shipped in the package for SmolLM2-135M, with no settings at all."""
+    assert _margin(smollm2, EIFFEL.text, " Rome", " Paris") < 0
+    before = _logits(smollm2, [EIFFEL.text, UNRELATED])
+    handle = create_editor(method).apply(smollm2, [EIFFEL])
+    try:
+        assert _margin(smollm2, EIFFEL.text, " Rome", " Paris") > 0
+        assert _margin(smollm2, PARAPHRASE, " Rome", " Paris") > 0
+    finally:
+        handle.rollback()
+    assert torch.equal(_logits(smollm2, [EIFFEL.text, UNRELATED]), before)
+
+
+@pytest.mark.parametrize("method", ["ke"])
+def test_packaged_learned_parts_refuse_another_model_naming_both(method):
+    from editkit.errors import ValidationError
+    from editkit.models.tiny import tiny_model
+
+    lm = tiny_model("llama")
+    with pytest.raises(ValidationError, match=r"trained for smollm2-135m, not tiny-llama-s0"):
+        create_editor(method).apply(lm, [EIFFEL])
