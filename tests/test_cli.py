@@ -89,9 +89,9 @@ USER_ERRORS = {
     "unknown setting": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lrr=1"], None, "Did you mean 'v_lr'"),
     "ROME without subject": (["edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome"], None, "subject"),
     "unknown memory store": (
-        ["edit", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "memory=postgresql://db/edits"],
+        ["edit", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "memory=mysql://db/edits"],
         None,
-        "unknown edit store scheme 'postgresql'. Known: sqlite.",
+        "unknown edit store scheme 'mysql'. Known: postgres, postgresql, sqlite.",
     ),
     "serve: a store for a weight editor": (["serve", "--method", "rome", "--store", "x.sqlite"], None, "--journal"),
     "serve: unknown store": (["serve", "--method", "lu", "--store", "mysql://db/x"], None, "unknown edit store"),
