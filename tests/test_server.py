@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -279,3 +280,43 @@ def test_a_journal_that_does_not_match_the_model_is_refused(tmp_path: Path) -> N
     path.write_text(json.dumps(entry) + "\n" + '{"op": "apply", "id": 2, "auth')  # and a line cut by a crash
     with pytest.raises(ValidationError, match="differs from what was recorded"):
         Running(tmp_path, method="ft", journal=True)
+
+
+def test_a_query_never_sees_a_half_applied_weight_edit(tmp_path: Path) -> None:
+    """Readers ask while a writer adds weight edits; every answer must be the answer of the model with exactly
+    the edits its explanation names (the writer records that answer after each of its edits)."""
+    srv = Running(tmp_path, method="ft", journal=True)
+    editor = srv.service.editor
+    apply = editor.apply
+
+    def slow_apply(*args: Any, **kwargs: Any) -> Any:  # the weights change, then the apply lingers before it ends
+        handle = apply(*args, **kwargs)
+        time.sleep(0.2)
+        return handle
+
+    editor.apply = slow_apply  # type: ignore[method-assign]
+    probe = "Apple was founded by"
+    expected = {0: srv.ask(probe, 4)["text"]}
+    seen: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            choice = srv.ask(probe, 4)
+            seen.append((len(choice["editkit"]["handles"]), choice["text"]))
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    for t in readers:
+        t.start()
+    facts = [(PROMPT, "Bonn"), (OTHER, "tennis"), ("The official language of Brazil is", "French")]
+    try:
+        for n, (prompt, target) in enumerate(facts, start=1):
+            srv.edit(prompt, target)
+            expected[n] = srv.ask(probe, 4)["text"]
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    srv.server.close()
+    assert len(set(expected.values())) > 1  # the edits change the probe's answer, so a torn read would show
+    assert seen and all(text == expected[n] for n, text in seen), (expected, seen)
