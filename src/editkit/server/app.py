@@ -1,7 +1,9 @@
 """The FastAPI application of ``editkit serve``.
 
-Routes: ``GET /healthz``, ``GET /metrics``, the OpenAI-compatible ``GET /v1/models``, ``POST /v1/completions`` and
-``POST /v1/chat/completions`` (``stream: true`` sends server-sent events), and the edits API: ``POST /v1/edits``,
+Routes: ``GET /`` (a web page: the journal, a form to add an edit, an ask box showing the routing, rollback
+buttons; plain HTML and script over the API below), ``GET /healthz``, ``GET /metrics``, the OpenAI-compatible
+``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` (``stream: true`` sends
+server-sent events), and the edits API: ``POST /v1/edits``,
 ``GET /v1/edits`` (paged with ``after`` / ``limit``; filtered by ``author``, ``since``, ``until``, ``q``),
 ``GET /v1/edits/{id}``, ``DELETE /v1/edits/{id}`` (rollback) and ``POST /v1/explain``.
 
@@ -24,12 +26,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +49,9 @@ from editkit.typedconfig import TypedConfig
 # aliases (`Read`, `Write`) live inside create_app, where postponed strings could not be resolved.
 
 log = logging.getLogger(__name__)
+
+# The page's script and style are inline; it talks only to this server and cannot be framed.
+PAGE_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
 
 
 @dataclass
@@ -326,6 +332,11 @@ def create_app(server: Server) -> FastAPI:
 
     Read = Annotated[Token | None, Depends(reader)]
     Write = Annotated[Token | None, Depends(writer)]
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        html = resources.files("editkit.server").joinpath("page.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
