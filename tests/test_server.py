@@ -33,10 +33,17 @@ OTHER = "Michael Jordan plays the sport of"
 class Running:
     """A server over a tiny llama with LU (exact-prompt scope), its test client and tokens."""
 
-    def __init__(self, folder: Path, method: str = "lu", journal: bool = False, **config: Any) -> None:
-        settings: dict[str, Any] = {"delta": 1e-3, "memory": str(folder / "memory.sqlite")}
-        if method != "lu":
-            settings = {"steps": 2, "lr": 0.5}
+    def __init__(
+        self,
+        folder: Path,
+        method: str = "lu",
+        journal: bool = False,
+        settings: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> None:
+        if settings is None:
+            lu = {"delta": 1e-3, "memory": str(folder / "memory.sqlite")}
+            settings = lu if method == "lu" else {"steps": 2, "lr": 0.5}
         self.service = EditService(tiny_model("llama"), create_editor(method, settings))
         self.desk = EditDesk(self.service, WeightJournal(folder / "journal") if journal else None)
         self.restored = self.desk.restore()
@@ -57,8 +64,11 @@ class Running:
         choice: dict[str, Any] = r.json()["choices"][0]
         return choice
 
-    def edit(self, prompt: str = PROMPT, target: str = "Bonn", token: str | None = None) -> dict[str, Any]:
-        r = self.client.post("/v1/edits", json={"prompt": prompt, "target_new": target}, headers=self.auth(token))
+    def edit(
+        self, prompt: str = PROMPT, target: str = "Bonn", token: str | None = None, subject: str | None = None
+    ) -> dict[str, Any]:
+        body = {"prompt": prompt, "target_new": target, "subject": subject}
+        r = self.client.post("/v1/edits", json=body, headers=self.auth(token))
         assert r.status_code == 201, r.text
         body: dict[str, Any] = r.json()
         return body
@@ -266,6 +276,27 @@ def test_weight_edits_are_journalled_reapplied_on_restart_bit_for_bit_and_rolled
     third = Running(tmp_path, method="ft", journal=True)
     assert third.restored == 1 and [e["id"] for e in third.client.get("/v1/edits").json()["data"]] == [c["id"]] == [3]
     third.server.close()
+
+
+def test_alphaedit_keeps_the_keys_of_its_edits_across_a_restart(tmp_path: Path, tiny_corpus: Path) -> None:
+    settings = {
+        **{"v_steps": 6, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4},
+        **{"layers": [2], "corpus": str(tiny_corpus), "mom2_n_tokens": 2000, "nullspace_threshold": 0.05},
+    }
+    first = Running(tmp_path, method="alphaedit", journal=True, settings=settings)
+    no_subject = first.client.post("/v1/edits", json={"prompt": PROMPT, "target_new": "Bonn"}, headers=first.auth())
+    assert no_subject.status_code == 400 and "subject" in no_subject.json()["error"]["message"]
+    first.edit("The Eiffel Tower is located in the city of", "Rome", subject="The Eiffel Tower")
+    first.edit("Michael Jordan plays the sport of", "tennis", subject="Michael Jordan")
+    first.client.delete("/v1/edits/2", headers=first.auth())
+    kept = first.service.editor.export_state(first.service.base)
+    assert kept and kept["counts"].tolist() == [1]
+    first.server.close()
+
+    again = Running(tmp_path, method="alphaedit", journal=True, settings=settings)
+    restored = again.service.editor.export_state(again.service.base)
+    assert restored.keys() == kept.keys() and all(torch.equal(restored[k], kept[k]) for k in kept)
+    again.server.close()
 
 
 def test_a_journal_that_does_not_match_the_model_is_refused(tmp_path: Path) -> None:

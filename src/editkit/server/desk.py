@@ -99,6 +99,7 @@ class EditDesk:
                 except BaseException:
                     self.service.rollback(applied.handle_id)
                     raise
+                self.journal.save_state(self.service.editor.export_state(self.service.base))
             new = not (self.memory and applied.handle.info.get("duplicates"))
             return self.view(applied.edits[0]), new
 
@@ -137,6 +138,7 @@ class EditDesk:
                 )
             self.service.rollback(handle_id)
             self.journal.rolled_back(edit_id)
+            self.journal.save_state(self.service.editor.export_state(self.service.base))
             return view
 
     def _params(self, handle_id: str) -> tuple[str, ...]:

@@ -14,6 +14,11 @@ was made from) and then checks every edited parameter against the sha256 recorde
 the server with a one-line error rather than serving a model nobody made.
 
 Ids are journal ids (1, 2, ...), stable across restarts; the service's handle ids (``h1``, ...) are not.
+
+What the editor remembers of its applied edits (:meth:`~editkit.editors.base.Editor.export_state`: AlphaEdit's
+keys) is saved whole as ``editor_state.safetensors`` after every commit and rollback, and handed to
+:meth:`~editkit.editors.base.Editor.import_state` once the edits are re-applied, so the next edit after a
+restart is computed as it would have been without one.
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from editkit.editors.handle import EditHandle
 from editkit.errors import ValidationError
-from editkit.files import tensor_sha256
+from editkit.files import atomic_save_tensors, tensor_sha256
 from editkit.service import EditService
 
 
@@ -58,6 +66,7 @@ class WeightJournal:
         self.handles = self.folder / "handles"
         self.handles.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "journal.jsonl"
+        self.state_path = self.folder / "editor_state.safetensors"
         self._lock = threading.Lock()
         self.active: dict[int, JournalEntry] = {}
         self.handle_ids: dict[int, str] = {}  # journal id -> the service's handle id in this process
@@ -106,7 +115,16 @@ class WeightJournal:
                     )
             applied = service.adopt(handle, author=entry.author, created=entry.created)
             self.handle_ids[entry.id] = applied.handle_id
+        if self.active and self.state_path.exists():
+            service.editor.import_state(service.base, load_file(str(self.state_path)))
         return len(self.active)
+
+    def save_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Keep the editor's :meth:`~editkit.editors.base.Editor.export_state` (written whole; none: removed)."""
+        if tensors:
+            atomic_save_tensors(tensors, self.state_path)
+        else:
+            self.state_path.unlink(missing_ok=True)
 
     def commit(self, handle_id: str, handle: EditHandle, author: str) -> JournalEntry:
         """Make an applied edit durable (module docstring) and return its entry."""
