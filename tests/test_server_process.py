@@ -1,6 +1,7 @@
 """``editkit serve`` as a real process (uvicorn on a free loopback port, a tiny model saved to a folder): the
-defaults work with no store or tokens flag (a write token printed once, on first start only), and a server
-killed with SIGKILL while clients add edits keeps every edit it acknowledged."""
+defaults work with no store or tokens flag (a write token printed once, on first start only), a server killed
+with SIGKILL while clients add edits keeps every edit it acknowledged, and of two replicas on one PostgreSQL
+store, the one left after the other is killed keeps serving and sees every edit."""
 
 from __future__ import annotations
 
@@ -40,14 +41,14 @@ def free_port() -> int:
 
 
 class Process:
-    def __init__(self, model: Path, cache: Path, port: int) -> None:
+    def __init__(self, model: Path, cache: Path, port: int, extra: tuple[str, ...] = ()) -> None:
         env = {
             **os.environ,
             "EDITKIT_CACHE": str(cache),
             "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         }
         argv = [sys.executable, "-m", "editkit.cli", "serve", "--model", str(model), "--method", "lu"]
-        argv += ["--set", "delta=0.001", "--port", str(port)]
+        argv += ["--set", "delta=0.001", "--port", str(port), *extra]
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
@@ -121,3 +122,37 @@ def test_defaults_then_kill_9_mid_load_keeps_every_acknowledged_edit(model_folde
         assert answer["text"] == last["target_new"] and answer["editkit"]["edit_id"] == last["id"]
     finally:
         second.kill()
+
+
+def test_two_replicas_on_postgresql_one_killed_the_other_serves_every_edit(
+    model_folder: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    shared = ("--store", postgres_url, "--tokens", str(tmp_path / "tokens.json"), "--sync-seconds", "0.2")
+    one = Process(model_folder, tmp_path / "one", free_port(), shared)
+    two = Process(model_folder, tmp_path / "two", free_port(), shared)
+    try:
+        token = one.token()
+        assert token is not None and two.token() is None  # one tokens file, one admin token
+        auth = {"Authorization": f"Bearer {token}"}
+        made = [
+            httpx.post(f"{p.url}/v1/edits", json={"prompt": f"Question {i} is", "target_new": f"a{i}"}, headers=auth)
+            for i, p in enumerate((one, two, one))
+        ]
+        assert [r.status_code for r in made] == [201, 201, 201]
+        one.kill()
+        deadline = time.monotonic() + 1.0
+        while True:
+            ids = {e["id"] for e in httpx.get(f"{two.url}/v1/edits").json()["data"]}
+            if ids == {r.json()["id"] for r in made} or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert ids == {r.json()["id"] for r in made}
+        body = {"model": str(model_folder), "prompt": "Question 2 is", "max_tokens": 8}
+        answer = httpx.post(f"{two.url}/v1/completions", json=body, timeout=30).json()["choices"][0]
+        assert answer["text"] == " a2" and answer["editkit"]["edit_id"] == made[2].json()["id"]
+        later = httpx.post(f"{two.url}/v1/edits", json={"prompt": "Question 9 is", "target_new": "b"}, headers=auth)
+        assert later.status_code == 201
+    finally:
+        for p in (one, two):
+            if p.proc.poll() is None:
+                p.kill()
