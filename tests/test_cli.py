@@ -96,6 +96,12 @@ USER_ERRORS = {
     "serve: a store for a weight editor": (["serve", "--method", "rome", "--store", "x.sqlite"], None, "--journal"),
     "serve: unknown store": (["serve", "--method", "lu", "--store", "mysql://db/x"], None, "unknown edit store"),
     "serve: unknown method": (["serve", "--method", "romee"], None, "Did you mean 'rome'"),
+    "serve: guard on a memory editor": (["serve", "--method", "lu", "--guard"], None, "the guard checks weight"),
+    "serve: unknown guard setting": (
+        ["serve", "--method", "ft", "--guard-set", "drift=2"],
+        None,
+        "Did you mean 'drift_factor'",
+    ),
     "eval: missing data file": (["eval", "--data", "{missing}", "--out", "{out}"], None, "does not exist"),
     "eval: malformed record": (
         ["eval", "--data", "{file}", "--out", "{out}"],

@@ -39,14 +39,15 @@ class Running:
         method: str = "lu",
         journal: bool = False,
         settings: dict[str, Any] | None = None,
+        guard: Any = None,
         **config: Any,
     ) -> None:
         if settings is None:
             lu = {"delta": 1e-3, "memory": str(folder / "memory.sqlite")}
             settings = lu if method == "lu" else {"steps": 2, "lr": 0.5}
-        self.service = EditService(tiny_model("llama"), create_editor(method, settings))
+        self.service = EditService(tiny_model("llama"), create_editor(method, settings), guard=guard)
         self.desk = EditDesk(self.service, WeightJournal(folder / "journal") if journal else None)
-        self.restored = self.desk.restore()
+        self.restored = len(self.desk.restore())
         self.tokens = folder / f"tokens-{uuid.uuid4().hex}.json"  # a restart in the same folder: new tokens
         book = TokenBook(self.tokens)
         self.write = book.add("alice", "write")
@@ -297,6 +298,28 @@ def test_alphaedit_keeps_the_keys_of_its_edits_across_a_restart(tmp_path: Path, 
     restored = again.service.editor.export_state(again.service.base)
     assert restored.keys() == kept.keys() and all(torch.equal(restored[k], kept[k]) for k in kept)
     again.server.close()
+
+
+def test_with_the_guard_a_rejected_edit_is_a_422_and_leaves_model_and_journal_as_they_were(tmp_path: Path) -> None:
+    from editkit.evaluation.guard import EditGuard, GuardConfig
+
+    guard = EditGuard(GuardConfig(drift_factor=1.0001, min_history=1, recall_edits=0))
+    srv = Running(tmp_path, method="ft", journal=True, guard=guard)
+    facts = [(PROMPT, "Bonn"), (OTHER, "tennis"), ("Apple was founded by", "Gates"), ("People in Peru speak", "Dutch")]
+    statuses = []
+    for prompt, target in facts:
+        before = {n: p.detach().clone() for n, p in srv.service.base.model.named_parameters()}
+        r = srv.client.post("/v1/edits", json={"prompt": prompt, "target_new": target}, headers=srv.auth())
+        statuses.append(r.status_code)
+        if r.status_code == 422:
+            assert r.json()["error"]["code"] == "edit_rejected" and "median accepted edit" in r.text
+            for n, p in srv.service.base.model.named_parameters():
+                assert torch.equal(p, before[n]), n
+    assert statuses[0] == 201 and 422 in statuses  # a drift above 1.0001x the median is rejected
+    listed = srv.client.get("/v1/edits").json()["data"]
+    assert len(listed) == statuses.count(201) == len(guard.accepted)
+    assert [e["id"] for e in listed] == list(range(1, len(listed) + 1))  # rejected edits take no journal id
+    srv.server.close()
 
 
 def test_a_journal_that_does_not_match_the_model_is_refused(tmp_path: Path) -> None:

@@ -437,6 +437,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import re
 
     from editkit.editors import create_editor
+    from editkit.evaluation.drift import edit_drift
+    from editkit.evaluation.guard import EditGuard, GuardConfig
     from editkit.memory.urls import check_store_url, sqlite_path
     from editkit.models.zoo import load
     from editkit.server.app import ServeConfig, Server, serve
@@ -451,6 +453,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     memory = probe.capabilities.storage == "memory"
     if args.store and not memory:
         raise ValidationError(f"{probe.name} edits the weights: its journal is a folder (--journal), not --store")
+    if (args.guard or args.guard_set) and memory:
+        raise ValidationError(f"the guard checks weight edits; {probe.name} keeps its edits outside the weights")
+    guard = EditGuard(GuardConfig.from_dict(_overrides(args.guard_set))) if args.guard or args.guard_set else None
     store = args.store or str(_serve_dir() / f"{slug}.sqlite")
     scheme = check_store_url(store) if memory else None
     sync = args.sync_seconds if args.sync_seconds is not None else (0.5 if scheme not in (None, "sqlite") else 0.0)
@@ -463,7 +468,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sync_seconds=sync,
     )
     book = TokenBook(args.tokens or _serve_dir() / "tokens.json")
-    first_token = None if any(t.role == "write" for t in book.tokens) else book.add("admin", "write")
+    needs_token = not any(t.role == "write" for t in book.tokens)
     if memory:
         if scheme in (None, "sqlite"):
             (Path(store) if scheme is None else sqlite_path(store)).parent.mkdir(parents=True, exist_ok=True)
@@ -471,10 +476,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         editor = probe
     lm = load(args.model, device=args.device)
-    service = EditService(lm, editor)
+    service = EditService(lm, editor, guard=guard)
     journal = None if memory else WeightJournal(args.journal or _serve_dir() / f"{slug}-journal")
     desk = EditDesk(service, journal)
-    restored = desk.restore()
+    handles = desk.restore()
+    restored = len(handles)
+    if guard is not None:  # the re-applied edits are the guard's accepted history
+        guard.resume(lm, [(r, edit_drift(lm.model, h) / len(h.requests)) for h in handles for r in h.requests])
+    first_token = book.add("admin", "write") if needs_token else None  # made once nothing else can fail
     where = store if memory else str(journal.folder if journal else "")
     print(f"editkit serve: {lm.name} with {editor.name}; edits in {where} ({len(service.list())} active", end="")
     print(f", {restored} re-applied from the journal)" if journal else ")")
@@ -501,6 +510,10 @@ def _add_serve_parsers(sub: Any, default_model: str) -> None:
     p.add_argument("--max-batch", type=int, default=16, help="the most queries sharing one generation pass")
     p.add_argument("--cors", metavar="ORIGINS", help="comma-separated origins allowed by CORS (default: none)")
     p.add_argument("--sync-seconds", type=float, help="poll a shared store this often (default: 0.5 for PostgreSQL)")
+    p.add_argument(
+        "--guard", action="store_true", help="weight editors: check each edit's drift and recent edits' recall first"
+    )
+    p.add_argument("--guard-set", action="append", default=[], metavar="KEY=VALUE", help="a guard setting (--guard)")
     p.add_argument("--device", default=None)
     p.set_defaults(fn=cmd_serve)
 

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from editkit.editors.base import EditHandle, Editor
 from editkit.editors.memory import MemoryEditHandle, MemoryEditor, RoutedModel
@@ -41,6 +41,13 @@ from editkit.errors import ValidationError
 from editkit.models.lm import LanguageModel
 
 log = logging.getLogger(__name__)
+
+
+class Guard(Protocol):
+    """Checks a weight edit before it is kept (:class:`~editkit.evaluation.guard.EditGuard`): applies it, and
+    rolls it back and raises when a check fails."""
+
+    def apply(self, editor: Editor, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle: ...
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,14 @@ class Applied:
 class EditService:
     """Edits of one base model through one editor, safe to call from several threads (module docstring)."""
 
-    def __init__(self, lm: LanguageModel, editor: Editor) -> None:
+    def __init__(self, lm: LanguageModel, editor: Editor, *, guard: Guard | None = None) -> None:
         if isinstance(lm, RoutedModel):
             raise ValidationError(f"{lm!r} is an edited model; give the service its base model")
+        if guard is not None and isinstance(editor, MemoryEditor):
+            raise ValidationError(f"the guard checks weight edits; {editor.name} keeps its edits outside the weights")
         self.base = lm
         self.editor = editor
+        self.guard = guard
         self._lock = threading.Lock()
         self._handles: dict[str, EditHandle] = {}  # applied handles in apply order
         self._made: dict[str, tuple[str, float]] = {}  # handle id -> (author, unix time) of its apply
@@ -101,13 +111,16 @@ class EditService:
 
     # ------------------------------------------------------------------ writes
     def apply(self, requests: Sequence[EditRequest], *, author: str | None = None) -> Applied:
-        """Apply ``requests`` together (one handle). A failure leaves the model and the list as they were.
-        ``author`` is recorded with the edits (a memory editor's journal; default: its ``author`` setting)."""
+        """Apply ``requests`` together (one handle), through the guard when the service has one. A failure (a
+        rejection included) leaves the model and the list as they were. ``author`` is recorded with the edits (a
+        memory editor's journal; default: its ``author`` setting)."""
         requests = list(requests)
         with self._lock:
             t0 = time.perf_counter()
             if isinstance(self.editor, MemoryEditor):
                 handle = self.editor.apply(self.base, requests, author=author)
+            elif self.guard is not None:
+                handle = self.guard.apply(self.editor, self.base, requests)
             else:
                 handle = self.editor.apply(self.base, requests)
             seconds = time.perf_counter() - t0

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from editkit.editors.handle import EditHandle
 from editkit.editors.memory import MemoryEditor
 from editkit.edits import EditRequest
 from editkit.errors import EditkitError
@@ -57,10 +58,11 @@ class EditDesk:
         self.journal = None if self.memory else journal
         self._write = threading.Lock()
 
-    def restore(self) -> int:
-        """Re-apply the weight journal (nothing to do for a memory editor, whose store is its journal)."""
+    def restore(self) -> list[EditHandle]:
+        """Re-apply the weight journal (nothing to do for a memory editor, whose store is its journal); returns the
+        handles re-applied."""
         if self.journal is None:
-            return 0
+            return []
         with self._write:
             return self.journal.restore(self.service)
 

@@ -99,9 +99,10 @@ class WeightJournal:
             f.flush()
             os.fsync(f.fileno())
 
-    def restore(self, service: EditService) -> int:
-        """Re-apply every active edit, in order, to the service's base model (module docstring); returns how
-        many."""
+    def restore(self, service: EditService) -> list[EditHandle]:
+        """Re-apply every active edit, in order, to the service's base model (module docstring); returns their
+        handles."""
+        handles = []
         for entry in self.active.values():
             folder = self.handles / str(entry.id)
             handle = EditHandle.load(folder, service.base)
@@ -115,9 +116,10 @@ class WeightJournal:
                     )
             applied = service.adopt(handle, author=entry.author, created=entry.created)
             self.handle_ids[entry.id] = applied.handle_id
+            handles.append(handle)
         if self.active and self.state_path.exists():
             service.editor.import_state(service.base, load_file(str(self.state_path)))
-        return len(self.active)
+        return handles
 
     def save_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Keep the editor's :meth:`~editkit.editors.base.Editor.export_state` (written whole; none: removed)."""
