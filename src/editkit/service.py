@@ -255,7 +255,7 @@ class EditService:
         """Read edits other processes added to or rolled back from a shared store (a memory editor's
         :meth:`~editkit.editors.memory.EditMemory.refresh`); returns how many active edits changed (0 for a
         weight editor, whose edits live in this process)."""
-        if self._routed is None:
+        if self._routed is None or not self._routed.memory.stale():  # the common case reads without the lock
             return 0
         with self._lock:
             changed = self._routed.memory.refresh()

@@ -190,6 +190,12 @@ class EditMemory:
             self.add(back)
         return back
 
+    def stale(self) -> bool:
+        """Whether the store's active edits differ from this memory's (one read of the store, no lock held)."""
+        stored = {r.id for r in self.store.active()}
+        with self._lock:
+            return stored != set(self._records)
+
     def refresh(self) -> int:
         """Catch up with writes other processes made to a shared store: index the active edits this memory has
         not seen, drop those no longer active. Returns how many changed (0: nothing to do)."""

@@ -3,7 +3,8 @@
 Routes: ``GET /`` (a web page: the journal, a form to add an edit, an ask box showing the routing, rollback
 buttons; plain HTML and script over the API below), ``GET /healthz``, ``GET /metrics``, the OpenAI-compatible
 ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` (``stream: true`` sends
-server-sent events), and the edits API: ``POST /v1/edits``,
+server-sent events in OpenAI's chunk format; the answer is generated whole, in a batch with others, and then sent
+in word-sized pieces, so the first piece arrives with the last), and the edits API: ``POST /v1/edits``,
 ``GET /v1/edits`` (paged with ``after`` / ``limit``; filtered by ``author``, ``since``, ``until``, ``q``),
 ``GET /v1/edits/{id}``, ``DELETE /v1/edits/{id}`` (rollback) and ``POST /v1/explain``.
 
