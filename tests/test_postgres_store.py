@@ -14,9 +14,8 @@ import pytest
 pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'editkit[serve]')")
 
 import test_memory
-from editkit.errors import ValidationError
 from editkit.memory.postgres import PostgresStore, redact
-from editkit.memory.store import EditStore
+from editkit.memory.store import EditStore, StoreUnavailableError
 from editkit.memory.urls import open_store
 
 RULES: list[Callable[[Any], None]] = [
@@ -71,8 +70,22 @@ def test_two_connections_racing_on_one_input_leave_one_active_edit(postgres_url:
         s.close()
 
 
+def test_a_lost_connection_fails_one_call_and_the_next_connects_again(postgres_url: str) -> None:
+    import psycopg
+
+    with open_store(postgres_url) as store:
+        first = store.add(test_memory.PM, "pm").record
+        database = postgres_url.rsplit("/", 1)[1]
+        with psycopg.connect(postgres_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+        with pytest.raises(StoreUnavailableError, match="failed"):
+            store.add(test_memory.SPORT, "sport")
+        assert [r.id for r in store.journal()] == [first.id]  # nothing half-written; connected again
+        assert store.add(test_memory.SPORT, "sport").status == "added"
+
+
 def test_an_unreachable_server_is_one_line_without_the_password() -> None:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(StoreUnavailableError) as info:
         PostgresStore("postgresql://ed:s3cret@127.0.0.1:1/edits", connect_timeout=2)
     assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
     assert redact("postgresql://ed:s3cret@h/db") == "postgresql://ed:***@h/db"

@@ -9,7 +9,8 @@ default). Each write also sends ``NOTIFY editkit_edits`` with the edit id, for l
 polling :meth:`~editkit.editors.memory.EditMemory.refresh` (``editkit serve --sync-seconds``).
 
 psycopg 3 is imported when a store opens (the ``serve`` extra), so editkit imports without it. The password of a
-URL never appears in :attr:`PostgresStore.location` or in messages.
+URL never appears in :attr:`PostgresStore.location` or in messages. A lost connection is replaced on the next
+call; the call that met it raises :class:`~editkit.memory.store.StoreUnavailableError`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from editkit.memory.store import (
     EditRecord,
     EditStore,
     MemoryCorruptError,
+    StoreUnavailableError,
     check_edit,
     conflict_key,
     is_duplicate,
@@ -84,13 +86,11 @@ class PostgresStore(EditStore):
         except ImportError:
             raise ValidationError("PostgreSQL edit stores need psycopg: pip install 'editkit[serve]'") from None
         self.url = url
+        self._psycopg = psycopg
+        self._timeout = connect_timeout
         self._lock = threading.Lock()
         self._closed = False
-        try:
-            self._db = psycopg.connect(url, connect_timeout=connect_timeout)
-        except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValidationError(f"cannot connect to the edit store {self.location}: {reason}") from None
+        self._db = self._connect()
         try:
             self._create()
         except BaseException:
@@ -100,6 +100,30 @@ class PostgresStore(EditStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location!r})"
+
+    def _connect(self) -> Any:
+        try:
+            return self._psycopg.connect(self.url, connect_timeout=self._timeout)
+        except self._psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(f"cannot connect to the edit store {self.location}: {reason}") from None
+
+    @contextmanager
+    def _session(self) -> Iterator[None]:
+        """Hold the lock around one use of the connection: a connection found broken (the server restarted, the
+        network dropped) is replaced first, and a failure of the connection during the use is a
+        :class:`StoreUnavailableError` (the transaction was rolled back or never committed: nothing is half
+        written; the next call connects again)."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailableError(f"the edit store {self.location} is closed")
+            if self._db.closed or self._db.broken:
+                self._db = self._connect()
+            try:
+                yield
+            except self._psycopg.OperationalError as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise StoreUnavailableError(f"the edit store {self.location} failed: {reason}") from None
 
     @property
     def location(self) -> str:
@@ -114,7 +138,7 @@ class PostgresStore(EditStore):
             yield cur
 
     def _create(self) -> None:
-        with self._lock, self._transaction() as cur:
+        with self._session(), self._transaction() as cur:
             for statement in _SCHEMA:
                 cur.execute(statement)
             cur.execute("SELECT value FROM editkit_meta WHERE key = 'schema_version'")
@@ -200,7 +224,7 @@ class PostgresStore(EditStore):
     ) -> AddOutcome:
         check_edit(request, descriptor, author)
         checked = {space: vector_blob(space, "being added", v) for space, v in (vectors or {}).items()}
-        with self._lock, self._transaction() as cur:
+        with self._session(), self._transaction() as cur:
             outcome = self._add(cur, request, descriptor, author)
             if outcome.status != "duplicate":
                 for space, (dim, blob) in checked.items():
@@ -215,12 +239,12 @@ class PostgresStore(EditStore):
     def add_many(self, items: Sequence[tuple[EditRequest, str, str]]) -> list[AddOutcome]:
         for request, descriptor, author in items:
             check_edit(request, descriptor, author)
-        with self._lock, self._transaction() as cur:
+        with self._session(), self._transaction() as cur:
             return [self._add(cur, request, descriptor, author) for request, descriptor, author in items]
 
     def get(self, edit_id: int) -> EditRecord:
         key = self._key(edit_id)
-        with self._lock:
+        with self._session():
             found = self._select("WHERE id = %s", (key,))
         if not found:
             raise ValidationError(f"no edit with id {edit_id} in {self.location}")
@@ -228,7 +252,7 @@ class PostgresStore(EditStore):
 
     def delete(self, edit_id: int) -> EditRecord:
         key = self._key(edit_id)
-        with self._lock, self._transaction() as cur:
+        with self._session(), self._transaction() as cur:
             cur.execute(f"SELECT {_COLUMNS} FROM editkit_edits WHERE id = %s", (key,))
             row = cur.fetchone()
             if row is None:
@@ -243,11 +267,11 @@ class PostgresStore(EditStore):
         return replace(record, deleted=now)
 
     def journal(self) -> list[EditRecord]:
-        with self._lock:
+        with self._session():
             return self._select("")
 
     def active(self) -> list[EditRecord]:
-        with self._lock:
+        with self._session():
             return self._select("WHERE deleted IS NULL AND superseded_by IS NULL")
 
     def put_vectors(self, space: str, vectors: Mapping[int, np.ndarray]) -> None:
@@ -255,7 +279,7 @@ class PostgresStore(EditStore):
         checked = [vector_blob(space, i, v) for i, v in vectors.items()]
         if not ids:
             return
-        with self._lock, self._transaction() as cur:
+        with self._session(), self._transaction() as cur:
             self._check_dims(cur, space, {dim for dim, _ in checked})
             cur.execute("SELECT id FROM editkit_edits WHERE id = ANY(%s)", (ids,))
             found = {int(r[0]) for r in cur.fetchall()}
@@ -269,7 +293,7 @@ class PostgresStore(EditStore):
             )
 
     def get_vectors(self, space: str) -> dict[int, np.ndarray]:
-        with self._lock, self._db.transaction():
+        with self._session(), self._db.transaction():
             rows = self._db.execute(
                 "SELECT edit_id, vector FROM editkit_vectors WHERE space = %s ORDER BY edit_id", (space,)
             ).fetchall()

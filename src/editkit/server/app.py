@@ -16,7 +16,8 @@ last user message (the zoo's models are base models, without a chat template).
 Errors are JSON in OpenAI's shape, ``{"error": {"message", "type", "code"}}``, with a 4xx status for anything a
 client can cause (bad JSON, missing or wrong fields, a body over ``max_body_bytes`` (413), a prompt longer than
 the model's context, an unknown model or edit id, a missing or wrong token (401 / 403), a statement edit or an
-edit the guard rejects (422), a rollback that later weight edits overlap (409)); a 500 says only
+edit the guard rejects (422), a rollback that later weight edits overlap (409)); a shared store out of reach is
+a 503; a 500 says only
 "internal error" (the traceback goes to the server's log).
 """
 
@@ -42,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from editkit.edits import EditRequest
 from editkit.errors import EditkitError
 from editkit.evaluation.guard import EditRejected
+from editkit.memory.store import StoreUnavailableError
 from editkit.server.batcher import Batcher
 from editkit.server.desk import Conflict, EditDesk, EditFilter, NotFound
 from editkit.server.metrics import Metrics
@@ -317,6 +319,10 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(Conflict)
     async def conflict(_r: Request, exc: Conflict) -> JSONResponse:
         return _error(409, str(exc), "conflict")
+
+    @app.exception_handler(StoreUnavailableError)
+    async def unavailable(_r: Request, exc: StoreUnavailableError) -> JSONResponse:
+        return _error(503, str(exc), "store_unavailable", "server_error")
 
     @app.exception_handler(EditRejected)
     async def rejected(_r: Request, exc: EditRejected) -> JSONResponse:
