@@ -29,7 +29,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -47,6 +46,7 @@ from editkit.memory.store import StoreUnavailableError
 from editkit.server.batcher import Batcher
 from editkit.server.desk import Conflict, EditDesk, EditFilter, NotFound
 from editkit.server.metrics import Metrics
+from editkit.server.page import PAGE
 from editkit.server.tokens import Role, Token, TokenBook
 from editkit.typedconfig import TypedConfig
 
@@ -348,8 +348,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        html = resources.files("editkit.server").joinpath("page.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY"})
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

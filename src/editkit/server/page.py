@@ -1,4 +1,8 @@
-<!doctype html>
+"""The web page ``editkit serve`` answers at ``/``: the edit journal (who, when, what) with rollback buttons, a form
+to add an edit, and an ask box that shows the routing explanation. Plain HTML and script over the JSON API; user
+text is only ever set as ``textContent``. Kept in a module (not a data file) so it ships with the code."""
+
+PAGE = r"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -7,7 +11,8 @@
   body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 60rem; color: #222; }
   h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
   input[type=text], input[type=password] { width: 24rem; padding: 0.3rem; }
-  table { border-collapse: collapse; width: 100%; } td, th { border-bottom: 1px solid #ddd; padding: 0.3rem; text-align: left; }
+  table { border-collapse: collapse; width: 100%; }
+  td, th { border-bottom: 1px solid #ddd; padding: 0.3rem; text-align: left; }
   #answer { font-size: 1.2rem; font-weight: bold; } #routing, #status { color: #555; } .error { color: #b00; }
 </style>
 </head>
@@ -51,15 +56,20 @@ async function call(method, path, body, write) {
   const headers = { "Content-Type": "application/json" };
   const token = $("token").value.trim();
   if (token) headers["Authorization"] = "Bearer " + token;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const payload = body === undefined ? undefined : JSON.stringify(body);
+  const response = await fetch(path, { method, headers, body: payload });
   const data = await response.json();
   if (!response.ok) throw new Error(data.error ? data.error.message : response.statusText);
   return data;
 }
 
 function explain(e) {
-  if (e.answered_by === "edit") return "answered by edit " + e.edit_id + " (scope score " + e.scope_score.toFixed(3) + ")";
-  if (e.answered_by === "base") return "answered by the base model (best scope score " + e.best_scope_score.toFixed(3) + ")";
+  if (e.answered_by === "edit") {
+    return "answered by edit " + e.edit_id + " (scope score " + e.scope_score.toFixed(3) + ")";
+  }
+  if (e.answered_by === "base") {
+    return "answered by the base model (best scope score " + e.best_scope_score.toFixed(3) + ")";
+  }
   return "answered by the edited weights (edits " + (e.handles || []).join(", ") + ")";
 }
 
@@ -103,7 +113,8 @@ $("ask-form").onsubmit = async (event) => {
 $("edit-form").onsubmit = async (event) => {
   event.preventDefault();
   try {
-    const e = await call("POST", "/v1/edits", { prompt: $("edit-prompt").value, target_new: $("edit-target").value });
+    const edit = { prompt: $("edit-prompt").value, target_new: $("edit-target").value };
+    const e = await call("POST", "/v1/edits", edit);
     say((e.status === "duplicate" ? "already there: edit " : "added edit ") + e.id);
     await journal();
   } catch (err) { say(err.message, true); }
@@ -120,3 +131,4 @@ $("edit-form").onsubmit = async (event) => {
 </script>
 </body>
 </html>
+"""
