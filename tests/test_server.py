@@ -175,6 +175,7 @@ def test_cors_only_for_configured_origins(tmp_path: Path) -> None:
     srv.server.close()
 
 
+LONG = "tok " * 3000  # over the tiny model's 2,048 positions
 BAD = {
     "malformed json": ("post", "/v1/edits", b'{"prompt": "x", ', 400),
     "missing target": ("post", "/v1/edits", {"prompt": PROMPT}, 400),
@@ -182,7 +183,7 @@ BAD = {
     "edit of 1 MB": ("post", "/v1/edits", {"prompt": PROMPT, "target_new": "x" * 1_000_000}, 413),
     "statement edit": ("post", "/v1/edits", {"statement": "Bonn is the capital of Germany."}, 422),
     "edit not a str": ("post", "/v1/edits", {"prompt": ["a"], "target_new": "x"}, 400),
-    "prompt over context": ("post", "/v1/completions", {"model": "M", "prompt": "tok " * 3000}, 400),
+    "prompt over context": ("post", "/v1/completions", {"model": "M", "prompt": LONG}, 400),
     "negative max_tokens": ("post", "/v1/completions", {"model": "M", "prompt": "x", "max_tokens": -1}, 400),
     "huge max_tokens": ("post", "/v1/completions", {"model": "M", "prompt": "x", "max_tokens": 10**9}, 400),
     "chat zero max_tokens": ("post", "/v1/chat/completions", {"model": "M", "messages": [], "max_tokens": 0}, 400),
@@ -193,6 +194,13 @@ BAD = {
     "edit id not a number": ("get", "/v1/edits/abc", None, 400),
     "bad paging": ("get", "/v1/edits?limit=0", None, 400),
     "explain without input": ("post", "/v1/explain", {}, 400),
+    "explain over context": ("post", "/v1/explain", {"input": LONG}, 400),
+    "chat over context": (
+        "post",
+        "/v1/chat/completions",
+        {"model": "M", "messages": [{"role": "user", "content": LONG}]},
+        400,
+    ),
     "unknown route": ("get", "/v2/nothing", None, 404),
 }
 

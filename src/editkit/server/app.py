@@ -461,6 +461,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/explain")
     def explain(body: ExplainIn, _t: Read) -> dict[str, Any]:
+        server.service.base.check_fits(body.input)
         return server.desk.explain(body.input)
 
     return app
