@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,70 @@ def serac_parts(tmp_path_factory: pytest.TempPathFactory) -> Path:
         SERACTrainConfig.from_dict({**TINY_TRAINING, "data": [str(data)], "out": str(folder / "parts")}), progress=False
     )
     return folder / "parts"
+
+
+def _postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server binaries (initdb, pg_ctl), or None."""
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session: initdb in a temporary folder, on a free loopback port, trust
+    authentication, stopped and removed at the end. Its URL names the server, not a database. As root, initdb
+    and the server run as the ``postgres`` user (initdb refuses root); skipped when the binaries are absent."""
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed (pip install 'editkit[serve]')")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="editkit-pg-"))
+    if os.geteuid() == 0:
+        try:
+            pg = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run initdb as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chown(folder, pg.pw_uid, pg.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+
+    def run(*argv: str) -> None:
+        subprocess.run([*as_user, *argv], check=True, capture_output=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "editkit", "--auth=trust", "--no-sync")
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    ctl = [str(bindir / "pg_ctl"), "-D", str(data)]
+    run(*ctl, "-o", options, "-l", str(folder / "log"), "-w", "start")
+    try:
+        yield f"postgresql://editkit@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, *ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> str:
+    """A new, empty database on the session's PostgreSQL server."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{postgres_server}/postgres", autocommit=True) as db:
+        db.execute(f"CREATE DATABASE {name}")
+    return f"{postgres_server}/{name}"

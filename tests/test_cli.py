@@ -89,9 +89,18 @@ USER_ERRORS = {
     "unknown setting": (["edit", "--prompt", "x", "--target", "y", "--set", "v_lrr=1"], None, "Did you mean 'v_lr'"),
     "ROME without subject": (["edit", "--prompt", "The Eiffel Tower is in", "--target", "Rome"], None, "subject"),
     "unknown memory store": (
-        ["edit", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "memory=postgresql://db/edits"],
+        ["edit", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "memory=mysql://db/edits"],
         None,
-        "unknown edit store scheme 'postgresql'. Known: sqlite.",
+        "unknown edit store scheme 'mysql'. Known: postgres, postgresql, sqlite.",
+    ),
+    "serve: a store for a weight editor": (["serve", "--method", "rome", "--store", "x.sqlite"], None, "--journal"),
+    "serve: unknown store": (["serve", "--method", "lu", "--store", "mysql://db/x"], None, "unknown edit store"),
+    "serve: unknown method": (["serve", "--method", "romee"], None, "Did you mean 'rome'"),
+    "serve: guard on a memory editor": (["serve", "--method", "lu", "--guard"], None, "the guard checks weight"),
+    "serve: unknown guard setting": (
+        ["serve", "--method", "ft", "--guard-set", "drift=2"],
+        None,
+        "Did you mean 'drift_factor'",
     ),
     "eval: missing data file": (["eval", "--data", "{missing}", "--out", "{out}"], None, "does not exist"),
     "eval: malformed record": (
@@ -156,6 +165,28 @@ def test_user_errors_are_one_line_and_status_2(case, tmp_path, capsys, no_model)
     assert lines[0].startswith("editkit: error:")
     assert expected in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_serve_without_the_serve_extra_is_one_line_saying_how_to_install_it(monkeypatch, capsys, no_model):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # import fastapi now raises ImportError
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["editkit: error: editkit serve needs the serve extra: pip install 'editkit[serve]'"]
+
+
+def test_token_adds_a_named_token_shown_once_and_stored_hashed(tmp_path, capsys):
+    pytest.importorskip("fastapi")
+    from editkit.server.tokens import TokenBook
+
+    path = tmp_path / "tokens.json"
+    assert main(["token", "bob", "--role", "read", "--tokens", str(path)]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert token.startswith("ek_") and token not in path.read_text()
+    found = TokenBook(path).check(token)
+    assert found is not None and (found.name, found.role) == ("bob", "read")
+    assert main(["token", "bob", "--tokens", str(path)]) == 2  # names are unique
 
 
 @pytest.mark.parametrize("argv", [["frobnicate"], [], ["edit", "--max-new-tokens", "many"]])

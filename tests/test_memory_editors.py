@@ -385,3 +385,22 @@ def test_scope_breakdown_reads_the_classifier_at_each_threshold(tmp_path):
                 hits[split].append(float(got == (own[c.request] if split == "in_easy" else None)))
         handle.rollback()
     assert out["classifier_accuracy"] == pytest.approx({s: sum(v) / len(v) for s, v in hits.items()})
+
+
+def test_a_memory_refreshed_from_a_shared_store_takes_up_other_writers_edits_and_rollbacks(tmp_path) -> None:
+    """Two editors on one store (two server replicas): what one adds or rolls back, the other's memory sees after
+    refresh (and says it is stale until then); its routing follows."""
+    path = str(tmp_path / "shared.sqlite")
+    lm = tiny_model("llama")
+    mine = create_editor("lu", {"delta": 1e-3, "memory": path}).routed(lm)
+    theirs = create_editor("lu", {"delta": 1e-3, "memory": path})
+    edit = EditRequest(prompt="The capital of Germany is", target_new=" Bonn")
+    assert not mine.memory.stale()
+    handle = theirs.apply(lm, [edit])
+    assert mine.memory.stale() and mine.explain(edit.text)["answered_by"] == "base"
+    assert mine.memory.refresh() == 1 and not mine.memory.stale()
+    assert mine.explain(edit.text)["answered_by"] == "edit"
+    assert mine.generate([edit.text], 4) == [" Bonn"]
+    assert mine.memory.refresh() == 0
+    handle.rollback()
+    assert mine.memory.refresh() == 1 and mine.explain(edit.text)["answered_by"] == "base"

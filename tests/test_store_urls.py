@@ -44,9 +44,9 @@ def test_a_bare_path_with_a_colon_is_still_a_path(tmp_path: Path, monkeypatch: p
 
 def test_an_unregistered_scheme_is_one_line_naming_the_known_ones() -> None:
     with pytest.raises(UnknownNameError) as info:
-        open_store("postgresql://editkit@db.example/edits")
+        open_store("mysql://editkit@db.example/edits")
     message = str(info.value)
-    assert "\n" not in message and "'postgresql'" in message and "Known: sqlite." in message
+    assert "\n" not in message and "'mysql'" in message and "Known: postgres, postgresql, sqlite." in message
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_a_registered_scheme_gets_the_whole_url(tmp_path: Path, monkeypatch: pyt
         return SQLiteStore(tmp_path / "fake.sqlite")
 
     register_store("fakedb", factory)
-    assert store_schemes() == ["fakedb", "sqlite"]
+    assert store_schemes() == ["fakedb", "postgres", "postgresql", "sqlite"]
     open_store("FakeDB://user@host:5432/edits?sslmode=require").close()
     assert seen == ["FakeDB://user@host:5432/edits?sslmode=require"]
     open_store("fakedb:short").close()  # a registered scheme needs no //
@@ -90,6 +90,6 @@ def test_a_memory_editor_reads_a_store_url(tmp_path: Path) -> None:
     reopened = create_editor("rp", {**settings, "memory": str(path)}).routed(tiny_model("llama"))
     assert [r.request for r in reopened.memory.records()] == [PM]
     with pytest.raises(UnknownNameError, match="edit store scheme"):
-        create_editor("rp", {**settings, "memory": "postgresql://db/edits"})  # refused before any model loads
+        create_editor("rp", {**settings, "memory": "mysql://db/edits"})  # refused before any model loads
     with pytest.raises(ValidationError, match="names no host"):
         create_editor("lu", {"memory": "sqlite://host/edits.sqlite"})

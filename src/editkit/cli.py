@@ -407,6 +407,123 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- serve
+def _serve_modules() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ValidationError("editkit serve needs the serve extra: pip install 'editkit[serve]'") from None
+
+
+def _serve_dir() -> Path:
+    from editkit.models.zoo import cache_dir
+
+    return cache_dir() / "serve"
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    _serve_modules()
+    from editkit.server.tokens import TokenBook
+
+    book = TokenBook(args.tokens or _serve_dir() / "tokens.json")
+    token = book.add(args.name, args.role)
+    print(f"{args.role} token {args.name!r} (stored hashed in {book.path}; shown only now):\n{token}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _serve_modules()
+    import re
+
+    from editkit.editors import create_editor
+    from editkit.evaluation.drift import edit_drift
+    from editkit.evaluation.guard import EditGuard, GuardConfig
+    from editkit.memory.urls import check_store_url, sqlite_path
+    from editkit.models.zoo import load
+    from editkit.server.app import ServeConfig, Server, serve
+    from editkit.server.desk import EditDesk
+    from editkit.server.journal import WeightJournal
+    from editkit.server.tokens import TokenBook
+    from editkit.service import EditService
+
+    settings = _overrides(args.set)
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{args.model}-{args.method}")
+    probe = create_editor(args.method, settings)
+    memory = probe.capabilities.storage == "memory"
+    if args.store and not memory:
+        raise ValidationError(f"{probe.name} edits the weights: its journal is a folder (--journal), not --store")
+    if (args.guard or args.guard_set) and memory:
+        raise ValidationError(f"the guard checks weight edits; {probe.name} keeps its edits outside the weights")
+    guard = EditGuard(GuardConfig.from_dict(_overrides(args.guard_set))) if args.guard or args.guard_set else None
+    store = args.store or str(_serve_dir() / f"{slug}.sqlite")
+    scheme = check_store_url(store) if memory else None
+    sync = args.sync_seconds if args.sync_seconds is not None else (0.5 if scheme not in (None, "sqlite") else 0.0)
+    config = ServeConfig(
+        read_tokens=args.read_tokens,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        max_batch=args.max_batch,
+        cors_origins=args.cors or "",
+        sync_seconds=sync,
+    )
+    book = TokenBook(args.tokens or _serve_dir() / "tokens.json")
+    needs_token = not any(t.role == "write" for t in book.tokens)
+    if memory:
+        if scheme in (None, "sqlite"):
+            (Path(store) if scheme is None else sqlite_path(store)).parent.mkdir(parents=True, exist_ok=True)
+        editor = create_editor(args.method, {**settings, "memory": store})
+    else:
+        editor = probe
+    lm = load(args.model, device=args.device)
+    service = EditService(lm, editor, guard=guard)
+    journal = None if memory else WeightJournal(args.journal or _serve_dir() / f"{slug}-journal")
+    desk = EditDesk(service, journal)
+    handles = desk.restore()
+    restored = len(handles)
+    if guard is not None:  # the re-applied edits are the guard's accepted history
+        guard.resume(lm, [(r, edit_drift(lm.model, h) / len(h.requests)) for h in handles for r in h.requests])
+    first_token = book.add("admin", "write") if needs_token else None  # made once nothing else can fail
+    where = store if memory else str(journal.folder if journal else "")
+    print(f"editkit serve: {lm.name} with {editor.name}; edits in {where} ({len(service.list())} active", end="")
+    print(f", {restored} re-applied from the journal)" if journal else ")")
+    if first_token is not None:
+        print(f"write token 'admin' (stored hashed in {book.path}; shown only now): {first_token}")
+    print(f"listening on http://{args.host}:{args.port} (OpenAI API under /v1)", flush=True)
+    serve(Server(desk, book, config), args.host, args.port)
+    return 0
+
+
+def _add_serve_parsers(sub: Any, default_model: str) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP (OpenAI-compatible) with live edits")
+    p.add_argument("--model", default=default_model)
+    p.add_argument("--method", default="serac")
+    p.add_argument("--store", help="memory editors: the edit store URL (default: an SQLite file in the cache)")
+    p.add_argument("--journal", help="weight editors: the journal folder (default: in the cache)")
+    p.add_argument("--tokens", help="the tokens file (default: tokens.json in the cache's serve folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    p.add_argument("--read-tokens", action="store_true", help="reads need a token too (default: open)")
+    p.add_argument("--max-body-bytes", type=int, default=65536)
+    p.add_argument("--max-tokens", type=int, default=256, help="the most new tokens one answer may ask for")
+    p.add_argument("--max-batch", type=int, default=16, help="the most queries sharing one generation pass")
+    p.add_argument("--cors", metavar="ORIGINS", help="comma-separated origins allowed by CORS (default: none)")
+    p.add_argument("--sync-seconds", type=float, help="poll a shared store this often (default: 0.5 for PostgreSQL)")
+    p.add_argument(
+        "--guard", action="store_true", help="weight editors: check each edit's drift and recent edits' recall first"
+    )
+    p.add_argument("--guard-set", action="append", default=[], metavar="KEY=VALUE", help="a guard setting (--guard)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("token", help="add a named bearer token for editkit serve (printed once)")
+    p.add_argument("name", help="the token's name (the author of edits made with it)")
+    p.add_argument("--role", choices=["write", "read"], default="write")
+    p.add_argument("--tokens", help="the tokens file (default: tokens.json in the cache's serve folder)")
+    p.set_defaults(fn=cmd_token)
+
+
 # --------------------------------------------------------------------------- entry point
 def build_parser() -> argparse.ArgumentParser:
     from editkit.models.zoo import DEFAULT_MODEL
@@ -457,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="results JSON files")
     p.add_argument("--out", required=True, help="folder for report.md and the plots")
     p.set_defaults(fn=cmd_report)
+
+    _add_serve_parsers(sub, DEFAULT_MODEL)
     return ap
 
 

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from editkit.editors.base import EditHandle, Editor
 from editkit.editors.memory import MemoryEditHandle, MemoryEditor, RoutedModel
@@ -43,6 +43,13 @@ from editkit.models.lm import LanguageModel
 log = logging.getLogger(__name__)
 
 
+class Guard(Protocol):
+    """Checks a weight edit before it is kept (:class:`~editkit.evaluation.guard.EditGuard`): applies it, and
+    rolls it back and raises when a check fails."""
+
+    def apply(self, editor: Editor, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle: ...
+
+
 @dataclass(frozen=True)
 class ServiceEdit:
     """One active edit as :meth:`EditService.list` shows it."""
@@ -51,6 +58,8 @@ class ServiceEdit:
     handle_id: str | None  # the apply of this service that made it; None for a memory record made elsewhere
     edit_id: int | None = None  # memory editors: the record's id in the journal
     parameters: tuple[str, ...] = ()  # weight editors: the parameters its handle changed
+    author: str = ""  # who made it (the journal's author; for weight edits, the apply's)
+    created: float | None = None  # unix time it was stored (memory) or applied (weights)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +67,8 @@ class ServiceEdit:
             "handle_id": self.handle_id,
             "edit_id": self.edit_id,
             "parameters": list(self.parameters),
+            "author": self.author,
+            "created": self.created,
         }
 
 
@@ -74,13 +85,17 @@ class Applied:
 class EditService:
     """Edits of one base model through one editor, safe to call from several threads (module docstring)."""
 
-    def __init__(self, lm: LanguageModel, editor: Editor) -> None:
+    def __init__(self, lm: LanguageModel, editor: Editor, *, guard: Guard | None = None) -> None:
         if isinstance(lm, RoutedModel):
             raise ValidationError(f"{lm!r} is an edited model; give the service its base model")
+        if guard is not None and isinstance(editor, MemoryEditor):
+            raise ValidationError(f"the guard checks weight edits; {editor.name} keeps its edits outside the weights")
         self.base = lm
         self.editor = editor
+        self.guard = guard
         self._lock = threading.Lock()
         self._handles: dict[str, EditHandle] = {}  # applied handles in apply order
+        self._made: dict[str, tuple[str, float]] = {}  # handle id -> (author, unix time) of its apply
         self._count = 0
         self._routed = editor.routed(lm) if isinstance(editor, MemoryEditor) else None
         self._edits: tuple[ServiceEdit, ...] = self._snapshot()
@@ -95,16 +110,24 @@ class EditService:
         return self._routed if self._routed is not None else self.base
 
     # ------------------------------------------------------------------ writes
-    def apply(self, requests: Sequence[EditRequest]) -> Applied:
-        """Apply ``requests`` together (one handle). A failure leaves the model and the list as they were."""
+    def apply(self, requests: Sequence[EditRequest], *, author: str | None = None) -> Applied:
+        """Apply ``requests`` together (one handle), through the guard when the service has one. A failure (a
+        rejection included) leaves the model and the list as they were. ``author`` is recorded with the edits (a
+        memory editor's journal; default: its ``author`` setting)."""
         requests = list(requests)
         with self._lock:
             t0 = time.perf_counter()
-            handle = self.editor.apply(self.base, requests)
+            if isinstance(self.editor, MemoryEditor):
+                handle = self.editor.apply(self.base, requests, author=author)
+            elif self.guard is not None:
+                handle = self.guard.apply(self.editor, self.base, requests)
+            else:
+                handle = self.editor.apply(self.base, requests)
             seconds = time.perf_counter() - t0
             self._count += 1
             handle_id = f"h{self._count}"
             self._handles[handle_id] = handle
+            self._made[handle_id] = (author or "", time.time())
             self._edits = self._snapshot()
             if isinstance(handle, MemoryEditHandle):
                 by_id = {e.edit_id: e for e in self._edits}
@@ -113,6 +136,20 @@ class EditService:
                 edits = tuple(e for e in self._edits if e.handle_id == handle_id)
         log.info("%s applied %d edit(s) as %s in %.3f s", self.editor.name, len(requests), handle_id, seconds)
         return Applied(handle_id, handle, edits, seconds)
+
+    def adopt(self, handle: EditHandle, *, author: str = "", created: float | None = None) -> Applied:
+        """Take over a weight edit already applied to the base model (a saved edit loaded again with
+        :meth:`EditHandle.load`, as a server re-applies its journal), listed as if :meth:`apply` had made it."""
+        if isinstance(handle, MemoryEditHandle) or handle.model is not self.base or not handle.applied:
+            raise ValidationError("adopt takes a weight edit applied to this service's base model")
+        with self._lock:
+            self._count += 1
+            handle_id = f"h{self._count}"
+            self._handles[handle_id] = handle
+            self._made[handle_id] = (author, time.time() if created is None else created)
+            self._edits = self._snapshot()
+            edits = tuple(e for e in self._edits if e.handle_id == handle_id)
+        return Applied(handle_id, handle, edits, 0.0)
 
     def rollback(self, edit_id: str | int) -> list[ServiceEdit]:
         """Roll back a handle (its id, ``"h3"``) or, for a memory editor, one edit (its journal id, an int).
@@ -144,6 +181,7 @@ class EditService:
             )
         handle.rollback()
         del self._handles[handle_id]
+        self._made.pop(handle_id, None)
 
     def _rollback_record(self, edit_id: int) -> None:
         if self._routed is None:
@@ -174,9 +212,12 @@ class EditService:
         """The active edits (call with the lock held, or before the service is shared)."""
         if self._routed is not None:
             owners = {i: h for h, handle in self._handles.items() for i in self._owned(handle)}
-            return tuple(ServiceEdit(r.request, owners.get(r.id), r.id) for r in self._routed.memory.records())
+            return tuple(
+                ServiceEdit(r.request, owners.get(r.id), r.id, author=r.author, created=r.created)
+                for r in self._routed.memory.records()
+            )
         return tuple(
-            ServiceEdit(request, h, parameters=tuple(handle.changes))
+            ServiceEdit(request, h, parameters=tuple(handle.changes), author=self._made[h][0], created=self._made[h][1])
             for h, handle in self._handles.items()
             for request in handle.requests
         )
@@ -193,6 +234,34 @@ class EditService:
             owner = next((e.handle_id for e in self._edits if e.edit_id == explained["edit_id"]), None)
             explained["handle_id"] = owner
         return explained
+
+    def answer(
+        self, prompts: Sequence[str], max_new_tokens: int = 16, **kwargs: Any
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Each prompt's continuation (as :meth:`generate`) with what answered it (as :meth:`explain`), both under
+        one hold of the lock: no edit or rollback comes between the explanation and the answer."""
+        with self._lock:
+            texts = self.model.generate(prompts, max_new_tokens, **kwargs)
+            if self._routed is None:
+                return [(t, {"answered_by": "weights", "handles": list(self._handles)}) for t in texts]
+            explained = [self._routed.explain(p) for p in prompts]
+            owners = {e.edit_id: e.handle_id for e in self._edits}
+        for e in explained:
+            if e["answered_by"] == "edit":
+                e["handle_id"] = owners.get(e["edit_id"])
+        return list(zip(texts, explained, strict=True))
+
+    def refresh(self) -> int:
+        """Read edits other processes added to or rolled back from a shared store (a memory editor's
+        :meth:`~editkit.editors.memory.EditMemory.refresh`); returns how many active edits changed (0 for a
+        weight editor, whose edits live in this process)."""
+        if self._routed is None or not self._routed.memory.stale():  # the common case reads without the lock
+            return 0
+        with self._lock:
+            changed = self._routed.memory.refresh()
+            if changed:
+                self._edits = self._snapshot()
+        return changed
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 16, **kwargs: Any) -> list[str]:
         """The edited model's continuations (:meth:`~editkit.models.lm.LanguageModel.generate`)."""

@@ -190,6 +190,37 @@ class EditMemory:
             self.add(back)
         return back
 
+    def stale(self) -> bool:
+        """Whether the store's active edits differ from this memory's (one read of the store, no lock held)."""
+        stored = {r.id for r in self.store.active()}
+        with self._lock:
+            return stored != set(self._records)
+
+    def refresh(self) -> int:
+        """Catch up with writes other processes made to a shared store: index the active edits this memory has
+        not seen, drop those no longer active. Returns how many changed (0: nothing to do)."""
+        with self._lock:
+            active = {r.id: r for r in self.store.active()}
+            new = [r for i, r in active.items() if i not in self._records]
+            gone = [i for i in self._records if i not in active]
+            if not new and not gone:
+                return 0
+            if gone:
+                self.index.remove(gone)
+                for i in gone:
+                    del self._records[i]
+            if new:
+                stored = self.store.get_vectors(self.scope.space)
+                missing = [r for r in new if r.id not in stored]
+                if missing:
+                    fresh = self.scope.edit_vectors([r.request for r in missing])
+                    stored.update({r.id: v for r, v in zip(missing, fresh, strict=True)})
+                self.index.add([r.id for r in new], np.stack([stored[r.id] for r in new]).astype(np.float32))
+                self._records.update({r.id: r for r in new})
+            self.version += 1
+        log.info("edit memory %s: %d edit(s) from elsewhere, %d gone", self.location, len(new), len(gone))
+        return len(new) + len(gone)
+
     def lookup(self, texts: Sequence[str]) -> list[Route]:
         """The best edit for each input and its scope probability (no threshold applied)."""
         with self._lock:
@@ -466,13 +497,14 @@ class MemoryEditor(Editor):
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         self.routed(lm)
 
-    def apply(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> EditHandle:
+    def apply(self, lm: LanguageModel, requests: Sequence[EditRequest], *, author: str | None = None) -> EditHandle:
+        """Store ``requests`` in the memory; ``author`` (default: the ``author`` setting) goes into the journal."""
         requests = list(requests)
         base = lm.base if isinstance(lm, RoutedModel) else lm
         self.validate(base, requests)
         t0 = time.perf_counter()
         model = self.routed(lm)
-        outcomes = model.memory.add(requests, author=self.config.author)
+        outcomes = model.memory.add(requests, author=self.config.author if author is None else author)
         info = {
             "seconds": time.perf_counter() - t0,
             "edits_in_memory": len(model.memory),

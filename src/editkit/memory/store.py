@@ -55,6 +55,10 @@ class MemoryCorruptError(EditkitError, RuntimeError):
     """An edit memory file cannot be read (not an editkit memory, damaged, or of an unknown schema version)."""
 
 
+class StoreUnavailableError(EditkitError, RuntimeError):
+    """A store on another machine (a database server) cannot be reached now; nothing was written."""
+
+
 @dataclass(frozen=True)
 class EditRecord:
     """One edit in the journal."""

@@ -6,11 +6,13 @@ What a memory setting may say:
   between ``//`` and the path's own leading ``/``; unlike SQLAlchemy, where three slashes mean a relative path);
 * ``sqlite:relative/path/memory.sqlite``: an SQLite file relative to the current folder;
 * a bare path (``memory.sqlite``, ``/abs/memory.sqlite``, a :class:`~pathlib.Path`): an SQLite file, as memory
-  settings have always meant.
+  settings have always meant;
+* ``postgresql://user:password@host:port/database`` (or ``postgres://``): a PostgreSQL database
+  (:class:`~editkit.memory.postgres.PostgresStore`, psycopg 3 from the ``serve`` extra), shared by server replicas.
 
 The path after ``sqlite:`` is taken literally (no percent-decoding, no ``~``, no query string). A string is read
 as a URL when it begins with ``scheme://`` (any scheme) or with ``scheme:`` for a registered scheme; anything
-else is a path. A URL whose scheme nobody registered (``postgresql://...`` today) is an
+else is a path. A URL whose scheme nobody registered (``mysql://...``) is an
 :class:`~editkit.errors.UnknownNameError` naming the known schemes.
 
 To add a store: implement :class:`~editkit.memory.store.EditStore` (every rule in its module docstring, and
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from editkit.errors import ValidationError
+from editkit.memory.postgres import PostgresStore
 from editkit.memory.sqlite import SQLiteStore
 from editkit.memory.store import EditStore
 from editkit.registry import Registry
@@ -98,3 +101,5 @@ def sqlite_path(url: str) -> Path:
 
 
 register_store("sqlite", lambda url: SQLiteStore(sqlite_path(url)))
+register_store("postgresql", PostgresStore)
+register_store("postgres", PostgresStore)
