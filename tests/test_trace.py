@@ -169,3 +169,15 @@ def test_trace_cli_writes_json_and_png(monkeypatch, tmp_path, capsys):
     assert out.with_suffix(".png").stat().st_size > 1000
     assert main(["trace", "--prompt", PROMPT, "--subject", "nope", "--out", str(out)]) == 2
     assert "editkit: error:" in capsys.readouterr().err
+
+
+def test_trace_neurons_cli_lists_the_top_neurons(monkeypatch, tmp_path, capsys):
+    from editkit.models import zoo
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    out = tmp_path / "n.json"
+    assert main(["trace", "--neurons", "--prompt", PROMPT, "--steps", "3", "--top", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    values = [row["attribution"] for row in data["top"]]
+    assert len(values) == 4 and values == sorted(values, reverse=True)
+    assert "layer" in capsys.readouterr().out

@@ -286,6 +286,11 @@ def _add_trace_parser(sub: Any) -> None:
     p.add_argument("--known", help="known-facts JSON file: trace the average over its facts")
     p.add_argument("--limit", type=int, default=100, help="with --known: the first N facts (default 100)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trace setting")
+    p.add_argument(
+        "--neurons", action="store_true", help="knowledge neurons: integrated-gradient attributions (Dai et al.)"
+    )
+    p.add_argument("--steps", type=int, default=20, help="with --neurons: integrated-gradient steps (default 20)")
+    p.add_argument("--top", type=int, default=10, help="with --neurons: neurons shown (default 10)")
     p.add_argument("--out", required=True, help="results JSON (the PNG is written beside it)")
     p.set_defaults(fn=cmd_trace)
 
@@ -303,6 +308,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise ValidationError(f"--out must name a .json file, got {out}")
     if args.known:
         return _trace_average(args, config, out)
+    if args.neurons:
+        return _trace_neurons(args, out)
     if not args.prompt or not args.subject:
         raise ValidationError("give --prompt and --subject (or --known FILE for the average over known facts)")
     from editkit.locating.output import header, plot_trace, write_json
@@ -326,6 +333,23 @@ def cmd_trace(args: argparse.Namespace) -> int:
             f"at layer {int(row.argmax())}"
         )
     print(f"{seconds:.1f} s; written {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _trace_neurons(args: argparse.Namespace, out: Path) -> int:
+    from editkit.locating.output import header, neuron_report, write_json
+    from editkit.models.zoo import load
+
+    if not args.prompt or args.steps < 1 or args.top < 1:
+        raise ValidationError("--neurons needs --prompt (and --steps, --top >= 1)")
+    lm = load(args.model)
+    report = neuron_report(lm, args.prompt, args.answer, args.steps, args.top)
+    write_json(out, {**header(lm, " ".join(["editkit", *sys.argv[1:]]), {}), **report})
+    print(f"{args.prompt!r} -> {report['answer']!r}: top neurons by integrated gradients ({args.steps} steps)")
+    for row in report["top"]:
+        print(f"  layer {row['layer']:>3} neuron {row['neuron']:>6}: {row['attribution']:.5f}")
+    n_above = len(report["above_0.2_of_max"])
+    print(f"{n_above} neurons above 0.2 x the largest; {report['seconds']:.1f} s; written {out}")
     return 0
 
 

@@ -4,6 +4,7 @@ heatmaps of one trace: token x layer, one panel per kind; or the average effect 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,38 @@ def header(lm: Any, command: str, extra: dict[str, Any]) -> dict[str, Any]:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(data, indent=1) + "\n")
+
+
+def neuron_report(lm: Any, prompt: str, answer: str | None, steps: int, top: int) -> dict[str, Any]:
+    """A fact's knowledge-neuron attributions over every layer (``answer``'s first token; default the greedy next
+    token): the ``top`` neurons, those above 0.2 x the largest (the paper's t) and each layer's sum."""
+    import torch
+
+    from editkit.locating.neurons import coarse_neurons, prompt_attributions
+
+    if answer:
+        answer_id = lm.encode(answer if answer.startswith(" ") else " " + answer, special=False)[0]
+    else:
+        answer_id = int(lm.next_token_logprobs([prompt])[0].argmax())
+    start = time.perf_counter()
+    layers = list(range(lm.adapter.n_layers(lm.model)))
+    attrs = prompt_attributions(lm, prompt, answer_id, layers, steps)
+    flat = torch.cat([attrs[layer] for layer in layers])
+    width = attrs[0].numel()
+    best = flat.topk(min(top, flat.numel()))
+    return {
+        "prompt": prompt,
+        "answer": lm.tokenizer.decode([answer_id]),
+        "answer_id": answer_id,
+        "steps": steps,
+        "seconds": time.perf_counter() - start,
+        "top": [
+            {"layer": int(i) // width, "neuron": int(i) % width, "attribution": float(v)}
+            for v, i in zip(best.values, best.indices, strict=True)
+        ],
+        "above_0.2_of_max": [f"{layer}:{i}" for layer, i in sorted(coarse_neurons(attrs, 0.2))],
+        "per_layer_sum": {str(layer): float(attrs[layer].sum()) for layer in layers},
+    }
 
 
 def plot_trace(result: TraceResult, path: Path) -> None:
@@ -89,4 +122,4 @@ def plot_average(summary: dict[str, Any], model: str, path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["header", "plot_average", "plot_trace", "write_json"]
+__all__ = ["header", "neuron_report", "plot_average", "plot_trace", "write_json"]

@@ -186,12 +186,13 @@ class Tracer:
         """P(every token) at the prompt's last position (the first decoder position for encoder-decoders)."""
         lm, n = self.lm, embeds.shape[0]
         with hooks(specs):
+            inputs: dict[str, Any] = {"inputs_embeds": embeds}
+            position = embeds.shape[1] - 1
             if lm.is_encoder_decoder:
-                start = torch.full((n, 1), int(lm.config.decoder_start_token_id), device=lm.device)
-                logits = lm.model(inputs_embeds=embeds, decoder_input_ids=start, use_cache=False).logits[:, 0]
-            else:
-                last = torch.full((n, 1), embeds.shape[1] - 1, device=lm.device)
-                logits = lm.logits_at({"inputs_embeds": embeds}, last)[:, 0]
+                start = int(lm.config.decoder_start_token_id)
+                inputs["decoder_input_ids"] = torch.full((n, 1), start, device=lm.device)
+                position = 0
+            logits = lm.logits_at(inputs, torch.full((n, 1), position, device=lm.device))[:, 0]
         return F.softmax(logits.float(), dim=-1).squeeze(0) if n == 1 else F.softmax(logits.float(), dim=-1)
 
     def _capture_clean(self) -> torch.Tensor:
