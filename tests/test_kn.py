@@ -50,8 +50,10 @@ def test_kn_moves_each_neurons_value_vector_by_the_embeddings(arch):
     request = EditRequest(prompt="{} is located in the city of", subject="The Eiffel Tower", target_new=" Rome")
     editor = create_editor("kn", {"steps": 4, "n_context": 2, "context_length": 3, "p": 0.0})
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    acts = activations(lm, request.text, range(lm.adapter.n_layers(lm.model)))
     handle = editor.apply(lm, [request])
     neurons = [tuple(map(int, n.split(":"))) for n in handle.info["neurons"]]
+    signs = dict(zip(neurons, handle.info["replay"]["signs"], strict=True))
     assert neurons and handle.info["n_neurons"] == len(neurons)
     emb = get_module(lm.model, lm.adapter.embeddings).weight.detach()
     old = lm.encode(handle.info["old"], special=False)[0]
@@ -64,6 +66,8 @@ def test_kn_moves_each_neurons_value_vector_by_the_embeddings(arch):
         w1 = lm.adapter.as_out_in(dict(lm.model.named_parameters())[name].detach())
         mine = [i for (lay, i) in neurons if lay == layer]
         for i in range(w0.shape[1]):
-            want = w0[:, i] + expected if i in mine else w0[:, i]
+            if i in mine:
+                assert signs[(layer, i)] == (1.0 if acts[layer][i] >= 0 else -1.0)
+            want = w0[:, i] + signs[(layer, i)] * expected if i in mine else w0[:, i]
             assert torch.allclose(w1[:, i], want, atol=1e-6), (layer, i)
     handle.rollback()

@@ -3,8 +3,10 @@
 The neurons are found by integrated gradients over the MLP intermediate activations at the last token
 (:mod:`editkit.locating.neurons`) for the old answer, over the edit prompt and ``n_context`` prefixed versions of
 it (the seeded, model-sampled prefixes ROME uses; the paper uses rephrasings of the fact); each one's value
-vector (column of the MLP output projection) then moves by ``-lambda_old e(old) + lambda_new e(new)``. The old
-answer is the request's ``target_true``, else the model's greedy next token.
+vector (column of the MLP output projection) then moves by ``-lambda_old e(old) + lambda_new e(new)``, times the
+sign of the neuron's activation at the edit prompt: the paper's MLPs (GELU) fire positively, but a gated MLP's
+activations (SwiGLU, GeGLU) are often negative, and there the paper's update would push the output away from the
+new answer. The old answer is the request's ``target_true``, else the model's greedy next token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from editkit.editors.config import EditorConfig
 from editkit.editors.locate import sample_contexts
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
-from editkit.locating.neurons import Neuron, NeuronSearch, knowledge_neurons, value_update
+from editkit.locating.neurons import Neuron, NeuronSearch, activations, knowledge_neurons, value_update
 from editkit.models.lm import LanguageModel
 
 
@@ -86,11 +88,14 @@ class KN(WeightEditor):
     ) -> WeightUpdate:
         (req,) = requests
         old = self.old_answer(lm, req)
-        search = NeuronSearch(self.layers(lm), self.config.steps, self.config.t, self.config.p)
+        layers = self.layers(lm)
+        search = NeuronSearch(layers, self.config.steps, self.config.t, self.config.p)
         neurons, info = knowledge_neurons(lm, self.prompts(lm, req), old, search)
         if self.config.max_neurons is not None:
             neurons = neurons[: self.config.max_neurons]
-        update = self._update(lm, req, params, neurons, old)
+        acts = activations(lm, req.text, sorted({layer for layer, _ in neurons}))
+        signs = [1.0 if float(acts[layer][i]) >= 0 else -1.0 for layer, i in neurons]
+        update = self._update(lm, req, params, neurons, signs, old)
         update.info.update(coarse=info["coarse"], attribution=info["attribution"])
         return update
 
@@ -102,30 +107,37 @@ class KN(WeightEditor):
         recorded: Mapping[str, Any],
     ) -> WeightUpdate:
         (req,) = requests
-        if not isinstance(recorded, Mapping) or "neurons" not in recorded or "old" not in recorded:
-            raise ValidationError("the edit's record holds no 'neurons' and 'old' answer to replay it from")
+        if not isinstance(recorded, Mapping) or not {"neurons", "signs", "old"} <= set(recorded):
+            raise ValidationError("the edit's record holds no 'neurons', 'signs' and 'old' answer to replay it from")
         neurons = [(int(layer), int(i)) for layer, i in recorded["neurons"]]
-        update = self._update(lm, req, params, neurons, str(recorded["old"]))
+        signs = [float(x) for x in recorded["signs"]]
+        update = self._update(lm, req, params, neurons, signs, str(recorded["old"]))
         update.info["replayed"] = True
         return update
 
     def _update(
-        self, lm: LanguageModel, req: EditRequest, params: dict[str, nn.Parameter], neurons: list[Neuron], old: str
+        self,
+        lm: LanguageModel,
+        req: EditRequest,
+        params: dict[str, nn.Parameter],
+        neurons: list[Neuron],
+        signs: list[float],
+        old: str,
     ) -> WeightUpdate:
         delta = value_update(lm, old, req.target_new, self.config.lambda_old, self.config.lambda_new)
         values: dict[str, torch.Tensor] = {}
         adapter = lm.adapter
         with torch.no_grad():
-            for layer, i in neurons:
+            for (layer, i), sign in zip(neurons, signs, strict=True):
                 name = adapter.weight_name(layer, "mlp_out")
                 if name not in values:
                     values[name] = adapter.as_out_in(params[name].detach()).clone()
-                values[name][:, i] += delta.to(values[name].dtype)
+                values[name][:, i] += sign * delta.to(values[name].dtype)
         info = {
             "n_neurons": len(neurons),
             "old": old,
             "neurons": [f"{layer}:{i}" for layer, i in neurons],
-            "replay": {"neurons": [[layer, i] for layer, i in neurons], "old": old},
+            "replay": {"neurons": [[layer, i] for layer, i in neurons], "signs": signs, "old": old},
         }
         return WeightUpdate({n: adapter.from_out_in(v).contiguous() for n, v in values.items()}, info)
 
