@@ -181,3 +181,15 @@ def test_trace_neurons_cli_lists_the_top_neurons(monkeypatch, tmp_path, capsys):
     values = [row["attribution"] for row in data["top"]]
     assert len(values) == 4 and values == sorted(values, reverse=True)
     assert "layer" in capsys.readouterr().out
+
+
+def test_the_zoos_traced_layer_is_the_committed_measurement():
+    from pathlib import Path
+
+    from editkit.models.zoo import MODELS
+
+    spec = MODELS["smollm2-135m"]
+    out = spec.traced_by.split("--out ")[1]
+    data = json.loads((Path(__file__).parents[1] / out).read_text())
+    assert data["kinds"]["mlp"]["peak_layer"] == spec.traced_layer
+    assert data["model"] == spec.name and data["data"]["limit"] == 100
