@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from editkit.editors import create_editor
-from editkit.edits import EditRequest
-from editkit.locating.neurons import (
+from editkit.editors.neurons import (
     activations,
     coarse_neurons,
     layer_attributions,
     probability_with,
     value_update,
 )
+from editkit.edits import EditRequest
 from editkit.models.adapters import get_module
 from editkit.models.tiny import tiny_model
 

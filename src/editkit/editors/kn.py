@@ -1,7 +1,7 @@
 """KN: editing a fact through its knowledge neurons (Dai et al. 2022, section 6.1, "updating facts").
 
 The neurons are found by integrated gradients over the MLP intermediate activations at the last token
-(:mod:`editkit.locating.neurons`) for the old answer, over the edit prompt and ``n_context`` prefixed versions of
+(:mod:`editkit.editors.neurons`) for the old answer, over the edit prompt and ``n_context`` prefixed versions of
 it (the seeded, model-sampled prefixes ROME uses; the paper uses rephrasings of the fact); each one's value
 vector (column of the MLP output projection) then moves by ``-lambda_old e(old) + lambda_new e(new)``, times the
 sign of the neuron's activation at the edit prompt: the paper's MLPs (GELU) fire positively, but a gated MLP's
@@ -21,9 +21,9 @@ from torch import nn
 from editkit.editors.base import Capabilities, WeightEditor, WeightUpdate, register
 from editkit.editors.config import EditorConfig
 from editkit.editors.locate import sample_contexts
+from editkit.editors.neurons import Neuron, NeuronSearch, activations, knowledge_neurons, value_update
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
-from editkit.locating.neurons import Neuron, NeuronSearch, activations, knowledge_neurons, value_update
 from editkit.models.lm import LanguageModel
 
 

@@ -37,7 +37,7 @@ def neuron_report(lm: Any, prompt: str, answer: str | None, steps: int, top: int
     token): the ``top`` neurons, those above 0.2 x the largest (the paper's t) and each layer's sum."""
     import torch
 
-    from editkit.locating.neurons import coarse_neurons, prompt_attributions
+    from editkit.editors.neurons import coarse_neurons, prompt_attributions
 
     if answer:
         answer_id = lm.encode(answer if answer.startswith(" ") else " " + answer, special=False)[0]
