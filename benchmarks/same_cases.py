@@ -24,8 +24,10 @@ KINDS = ("efficacy", "paraphrase", "neighborhood")
 
 
 def label(run: dict[str, Any]) -> str:
-    layer = (run.get("config") or {}).get("layer")
-    return f"{run['method']} (layer {layer if layer is not None else 'default'})"
+    config = run.get("config") or {}
+    if "layer" not in config:
+        return str(run["method"])
+    return f"{run['method']} (layer {config['layer'] if config['layer'] is not None else 'default'})"
 
 
 def compare(paths: list[Path]) -> dict[str, Any]:
