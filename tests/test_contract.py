@@ -32,6 +32,8 @@ FAST = {
     "serac": {"encoder": "tiny-bert", "threshold": 0.0},
     "enn": {"steps": 1},
     "ke": {"scale": 1.0},
+    # p 0: every neuron above t x the largest of either prompt
+    "kn": {"steps": 4, "n_context": 1, "context_length": 3, "p": 0.0},
 }
 WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.storage == "weights"]
 

@@ -267,6 +267,124 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if ds.skipped else 0
 
 
+# --------------------------------------------------------------------------- trace
+def _add_trace_parser(sub: Any) -> None:
+    from editkit.models.zoo import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "trace",
+        help="causal tracing of a fact (ROME), or its average over known facts",
+        description="One fact: --prompt and --subject (--answer defaults to the greedy next token); writes --out "
+        "(JSON) and a PNG of token x layer heatmaps beside it. Many: --known FILE (ROME's known_1000.json) "
+        "--limit N: the average indirect effect at the subject's last token by layer; resumable (state in the "
+        "cache). Settings (--set): " + ", ".join(f.name for f in dataclasses.fields(_trace_config())),
+    )
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--prompt")
+    p.add_argument("--subject")
+    p.add_argument("--answer", help="the true answer (its first token is traced)")
+    p.add_argument("--known", help="known-facts JSON file: trace the average over its facts")
+    p.add_argument("--limit", type=int, default=100, help="with --known: the first N facts (default 100)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="trace setting")
+    p.add_argument(
+        "--neurons", action="store_true", help="knowledge neurons: integrated-gradient attributions (Dai et al.)"
+    )
+    p.add_argument("--steps", type=int, default=20, help="with --neurons: integrated-gradient steps (default 20)")
+    p.add_argument("--top", type=int, default=10, help="with --neurons: neurons shown (default 10)")
+    p.add_argument("--out", required=True, help="results JSON (the PNG is written beside it)")
+    p.set_defaults(fn=cmd_trace)
+
+
+def _trace_config() -> Any:
+    from editkit.locating.trace import TraceConfig
+
+    return TraceConfig
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    config = _trace_config().from_dict(_overrides(args.set))
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise ValidationError(f"--out must name a .json file, got {out}")
+    if args.known:
+        return _trace_average(args, config, out)
+    if args.neurons:
+        return _trace_neurons(args, out)
+    if not args.prompt or not args.subject:
+        raise ValidationError("give --prompt and --subject (or --known FILE for the average over known facts)")
+    from editkit.locating.output import header, plot_trace, write_json
+    from editkit.locating.trace import Tracer
+    from editkit.models.zoo import load
+
+    lm = load(args.model)
+    start = time.perf_counter()
+    tracer = Tracer(lm, args.prompt, args.subject, config, answer=args.answer)
+    result = tracer.trace()
+    seconds = time.perf_counter() - start
+    command = " ".join(["editkit", *sys.argv[1:]])
+    write_json(out, {**header(lm, command, {"seconds": seconds}), **result.to_dict()})
+    plot_trace(result, out.with_suffix(".png"))
+    s1 = result.subject_range[1]
+    print(f"{args.prompt!r} -> {result.answer!r}: p clean {result.p_clean:.4f}, corrupted {result.p_corrupted:.4f}")
+    for kind in result.scores:
+        row = result.effect(kind)[s1 - 1]
+        print(
+            f"{kind:>6} at the last subject token {result.tokens[s1 - 1]!r}: peak effect {float(row.max()):.4f} "
+            f"at layer {int(row.argmax())}"
+        )
+    print(f"{seconds:.1f} s; written {out} and {out.with_suffix('.png')}")
+    return 0
+
+
+def _trace_neurons(args: argparse.Namespace, out: Path) -> int:
+    from editkit.locating.output import header, neuron_report, write_json
+    from editkit.models.zoo import load
+
+    if not args.prompt or args.steps < 1 or args.top < 1:
+        raise ValidationError("--neurons needs --prompt (and --steps, --top >= 1)")
+    lm = load(args.model)
+    report = neuron_report(lm, args.prompt, args.answer, args.steps, args.top)
+    write_json(out, {**header(lm, " ".join(["editkit", *sys.argv[1:]]), {}), **report})
+    print(f"{args.prompt!r} -> {report['answer']!r}: top neurons by integrated gradients ({args.steps} steps)")
+    for row in report["top"]:
+        print(f"  layer {row['layer']:>3} neuron {row['neuron']:>6}: {row['attribution']:.5f}")
+    n_above = len(report["above_0.2_of_max"])
+    print(f"{n_above} neurons above 0.2 x the largest; {report['seconds']:.1f} s; written {out}")
+    return 0
+
+
+def _trace_average(args: argparse.Namespace, config: Any, out: Path) -> int:
+    from editkit.files import file_sha256
+    from editkit.locating.average import average_effects, load_known, state_path, traced_facts
+    from editkit.locating.output import header, plot_average, write_json
+    from editkit.models.zoo import cache_dir, load
+    from editkit.progress import progress_bar
+
+    facts = load_known(args.known)
+    if args.limit < 1:
+        raise ValidationError("--limit must be >= 1")
+    lm = load(args.model)
+    sha = file_sha256(args.known)
+    state = state_path(lm, config, sha, cache_dir())
+    n = min(args.limit, len(facts))
+    with progress_bar(n, "tracing known facts") as bar:
+        records = list(traced_facts(lm, facts, config, state, n, bar))
+    summary = average_effects(records, config.kinds)
+    command = " ".join(["editkit", *sys.argv[1:]])
+    data = {"path": args.known, "sha256": sha, "limit": n, "state": str(state)}
+    write_json(out, {**header(lm, command, {"data": data, "config": config.to_dict()}), **summary})
+    if summary["known"]:
+        plot_average(summary, lm.name, out.with_suffix(".png"))
+    print(f"{summary['known']} of {n} facts known to {lm.name} (greedy next token = the attribute's first token)")
+    for kind, stats in summary["kinds"].items():
+        print(
+            f"{kind:>6}: peak average indirect effect at the last subject token: layer {stats['peak_layer']} "
+            f"({max(stats['mean_effect']):.4f})"
+        )
+    print(f"written {out}" + (f" and {out.with_suffix('.png')}" if summary["known"] else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- eval / report
 def _config_options(cls: type) -> list[tuple[str, dict[str, Any]]]:
     """``(field name, add_argument keywords)`` for every field of the typed config ``cls`` that an option sets
@@ -569,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
 
     _add_train_parser(sub)
+
+    _add_trace_parser(sub)
 
     p = sub.add_parser("report", help="Markdown tables and PNG plots from results JSON files")
     p.add_argument("results", nargs="+", help="results JSON files")

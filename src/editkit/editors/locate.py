@@ -75,6 +75,16 @@ class TargetResidual:
     info: dict[str, Any]
 
 
+def sample_contexts(lm: LanguageModel, n: int, length: int, seed: int) -> list[str]:
+    """``"{}"`` and ``n`` templates ``"<sampled text>. {}"``: ``length`` tokens sampled (top-5, seeded) from the
+    start of a document (the model's own prefix, or its BOS)."""
+    start = "" if lm.encode("") else (lm.tokenizer.bos_token or lm.tokenizer.eos_token or "")
+    gen = torch.Generator().manual_seed(seed)
+    texts = lm.generate([start] * n, length, sample=True, top_k=5, generator=gen) if n else []
+    clean = [t.replace("{", "").replace("}", "").replace("\n", " ").strip() for t in texts]
+    return ["{}"] + [f"{t}. {{}}" for t in clean]
+
+
 def subject_last_index(lm: LanguageModel, text: str, subject_end: int) -> int:
     """Index of the token (in ``lm.encode(text)``) that holds the subject's last character."""
     _, offsets = lm.encode_with_offsets(text)
@@ -108,16 +118,7 @@ class LocateEditor(WeightEditor):
         cfg = self.config
         key = (lm.name, id(lm.model), cfg.seed, cfg.n_context, cfg.context_length)
         if key not in self._contexts:
-            # Sample from the start of a document: the model's own prefix or BOS when it has one.
-            start = "" if lm.encode("") else (lm.tokenizer.bos_token or lm.tokenizer.eos_token or "")
-            gen = torch.Generator().manual_seed(cfg.seed)
-            texts = (
-                lm.generate([start] * cfg.n_context, cfg.context_length, sample=True, top_k=5, generator=gen)
-                if cfg.n_context
-                else []
-            )
-            clean = [t.replace("{", "").replace("}", "").replace("\n", " ").strip() for t in texts]
-            self._contexts[key] = ["{}"] + [f"{t}. {{}}" for t in clean]
+            self._contexts[key] = sample_contexts(lm, cfg.n_context, cfg.context_length, cfg.seed)
         return self._contexts[key]
 
     def covariance(self, lm: LanguageModel, layer: int, progress: bool = False) -> torch.Tensor | None:
@@ -219,4 +220,4 @@ class LocateEditor(WeightEditor):
         )
 
 
-__all__ = ["LocateEditConfig", "LocateEditor", "TargetResidual", "subject_last_index"]
+__all__ = ["LocateEditConfig", "LocateEditor", "TargetResidual", "sample_contexts", "subject_last_index"]

@@ -68,6 +68,11 @@ class ModelSpec:
     sha256: str
     gguf_name: str = ""
     edit_layer: int | None = None  # default layer for locate-and-edit methods on this model
+    # The layer causal tracing found (the peak of the MLP's average indirect effect at the last subject token over
+    # known facts, window centre) and the command that measured it; ROME's default is edit_layer, whichever of the
+    # two scored better on CounterFact (docs/benchmarks.md, "Locating knowledge").
+    traced_layer: int | None = None
+    traced_by: str = ""
     prefix: str | None = None  # document-start text put before prompts (see LanguageModel)
 
     @property
@@ -97,6 +102,10 @@ MODELS: dict[str, ModelSpec] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             edit_layer=6,
+            traced_layer=5,
+            traced_by="editkit trace --model smollm2-135m --known ../shared/data/counterfact/rome_knowns/"
+            "known_1000.json --limit 100 --set kinds=mlp"
+            " --out benchmarks/results/trace/trace_known100_mlp_smollm2.json",
             prefix="<|endoftext|>",  # its document separator in pre-training; the tokenizer adds no BOS
         ),
         ModelSpec(
