@@ -11,7 +11,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import available_trainers
-from learned_parts import arch_of, enn_parts, ke_parts, mend_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
+from learned_parts import arch_of, enn_parts, ke_parts, mend_parts, seprog_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -32,6 +32,7 @@ FAST = {
     "serac": {"encoder": "tiny-bert", "threshold": 0.0},
     "enn": {"steps": 1},
     "ke": {"scale": 1.0},
+    "seprog": {"encoder": "tiny-bert", "threshold": 0.0},
 }
 WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.storage == "weights"]
 
@@ -48,6 +49,8 @@ def _editor(request):
             settings["artifacts"] = str(request.getfixturevalue("enn_parts")(arch_of(request)))
         if name == "ke":
             settings["artifacts"] = str(request.getfixturevalue("ke_parts")(arch_of(request)))
+        if name == "seprog":
+            settings["artifacts"] = str(request.getfixturevalue("seprog_parts")(arch_of(request)))
         if name == "alphaedit":
             settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)
