@@ -159,3 +159,16 @@ def test_training_lowers_the_loss_and_sp_noclassifier_has_no_classifier(tmp_path
     assert not any(k.startswith("classifier") for k in load_file(str(ablated / PART / "weights.safetensors")))
     model = _editor(ablated, threshold=0.99).apply(tiny_model("llama"), EDITS).model
     assert all(model.explain(p)["scope_score"] == 1.0 for p in PROMPTS)
+
+
+def test_a_rerun_reuses_the_training_features(tmp_path, monkeypatch):
+    _train(tmp_path, "run", steps=2, checkpoint_every=2)
+    import editkit.training.seprog as training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("b(x) recomputed")
+
+    monkeypatch.setattr(training, "base_encoding", refuse)
+    _train(tmp_path, "run", steps=3, checkpoint_every=3)
+    with pytest.raises(AssertionError, match="recomputed"):
+        _train(tmp_path, "run", steps=3, checkpoint_every=3, max_out=2)  # other inputs: recomputed

@@ -13,13 +13,15 @@ loss is eq. 7, ``lambda L_sc + (1 - lambda) L_pg``:
 
 ``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). The base model and the sentence encoder are
 frozen, so b(x) of every training input and the encoder's embedding of every descriptor are computed once before
-the loop (they are recomputed, identically, by a resumed run). Adam at a constant rate, no warm-up or clipping
+the loop and kept beside the checkpoint for a resumed run. Adam at a constant rate, no warm-up or clipping
 (the shared loop has neither). One part, ``prompter``: the generator's tensors, its sizes (``spec``) in the
 manifest, trained through :func:`~editkit.training.loop.train_part` (seeded, resumable).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +36,9 @@ from editkit.editors.memory import descriptor_of
 from editkit.editors.seprog import PART, PromptGenerator, base_encoding, prefixed_logits
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
+from editkit.files import atomic_torch_save
 from editkit.models.encoder import SentenceEncoder
+from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
 from editkit.training.loop import seed_torch, train_part
 from editkit.training.registry import Trainer, register_trainer
@@ -101,6 +105,30 @@ def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list
     return cases, datasets
 
 
+def _features(
+    config: SEPROGTrainConfig,
+    lm: LanguageModel,
+    encoder: SentenceEncoder,
+    texts: Sequence[str],
+    examples: Sequence[Example],
+    datasets: Sequence[Dataset],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """b(x) of every training input and the encoder's embedding of every descriptor, cached in
+    ``OUT/.checkpoints/features.pt`` (minutes of base-model passes on a CPU) and reused by a rerun with the same
+    models (by weights), data and selection of inputs."""
+    settings = [config.base_model, lm.fingerprint(), encoder.fingerprint(), config.max_cases, config.max_out]
+    key = hashlib.sha256(json.dumps([settings, [d.sha256 for d in datasets]]).encode()).hexdigest()
+    path = Path(config.out) / ".checkpoints" / "features.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached["key"] == key:
+            return cached["base"], cached["encoded"]
+    base = base_encoding(lm, texts, batch_size=32)
+    encoded = encoder.embed([e.descriptor for e in examples])
+    atomic_torch_save({"key": key, "base": base, "encoded": encoded}, path)
+    return base, encoded
+
+
 def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train the prompt generator into ``config.out`` (resuming a run with the same settings); returns the
     artifact's manifest."""
@@ -119,8 +147,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     encoder = SentenceEncoder.load(config.encoder)
     texts = list(dict.fromkeys([x for e in examples for x, _ in e.inside] + [x for e in examples for x in e.outside]))
     row = {t: i for i, t in enumerate(texts)}
-    base = base_encoding(lm, texts, batch_size=32)
-    encoded = encoder.embed([e.descriptor for e in examples])
+    base, encoded = _features(config, lm, encoder, texts, examples, datasets)
     embedding = lm.model.get_input_embeddings().weight
     spec = {
         "enc_dim": encoder.dim,
