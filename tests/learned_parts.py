@@ -84,3 +84,13 @@ def enn_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]
 def ke_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """KE's hypernetwork for a tiny architecture (``ke_parts("gpt2")``)."""
     return _trained_per_arch(tmp_path_factory, "ke", KE_TINY)
+
+
+# SEPROG: a narrow prompt generator (two prefix embeddings) on the tiny BERT encoder, three steps
+SEPROG_TINY = {"encoder": "tiny-bert", "hidden": 8, "prefix_len": 2, "steps": 3, "batch": 2, "checkpoint_every": 3}
+
+
+@pytest.fixture(scope="session")
+def seprog_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """SEPROG's prompt generator for a tiny architecture (``seprog_parts("t5")``)."""
+    return _trained_per_arch(tmp_path_factory, "seprog", SEPROG_TINY)

@@ -11,7 +11,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import available_trainers
-from learned_parts import arch_of, enn_parts, ke_parts, mend_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
+from learned_parts import arch_of, enn_parts, ke_parts, mend_parts, seprog_parts  # noqa: F401  (fixtures of the learned editors' tiny parts)
 
 ARCHS = ["llama", "gpt2", "gemma3", "gptj", "gpt_neox", "t5"]
 REQUEST = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
@@ -34,6 +34,7 @@ FAST = {
     "ke": {"scale": 1.0},
     # p 0: every neuron above t x the largest of either prompt
     "kn": {"steps": 4, "n_context": 1, "context_length": 3, "p": 0.0},
+    "seprog": {"encoder": "tiny-bert", "threshold": 0.0},
 }
 WEIGHT_METHODS = [m for m in available_methods() if get_editor_class(m).capabilities.storage == "weights"]
 
@@ -50,6 +51,8 @@ def _editor(request):
             settings["artifacts"] = str(request.getfixturevalue("enn_parts")(arch_of(request)))
         if name == "ke":
             settings["artifacts"] = str(request.getfixturevalue("ke_parts")(arch_of(request)))
+        if name == "seprog":
+            settings["artifacts"] = str(request.getfixturevalue("seprog_parts")(arch_of(request)))
         if name == "alphaedit":
             settings["corpus"] = str(request.getfixturevalue("tiny_corpus"))
         return create_editor(name, settings)

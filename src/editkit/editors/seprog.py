@@ -1,0 +1,415 @@
+"""SEPROG: model editing by generated prefix prompts (semi-parametric prompt generation, seed paper 002, §3).
+
+A memory editor: the base model's weights never change. Edits are records in SERAC's
+:class:`~editkit.editors.memory.EditMemory` (the same journal, index and rollback); what differs is how an input
+routed to the memory is answered. For an input x and the edits Z^e in memory:
+
+* edit encoder (eq. 1): ``h_i^e = tanh(W_e MiniLM(z_i^e) + c)``: the frozen sentence encoder SERAC's raw scope
+  uses (all-MiniLM-L6-v2) with a trained feed-forward top layer (the paper's appended layer; the encoder itself
+  is not fine-tuned, so the index keys stay raw MiniLM embeddings);
+* b(x): the frozen base model's own encoding of x: the mean of its last layer's hidden states over the prompt's
+  tokens (leading document-start / BOS tokens left out); for an encoder-decoder base, the mean of its encoder's
+  last hidden states (E_base(x) of the paper);
+* edit selection (eq. 2): ``h(x) = sum_i a_i h_i^e``, ``a = softmax(h^e . W_att LN(b(x)) / sqrt(d_h))`` over
+  the ``candidates`` nearest edits the memory's index returns for x (raw MiniLM distance; with
+  ``candidates`` at least the number of edits it attends over all of them);
+* edit classifier (eq. 3): ``e(x) = sigmoid(NN_e([h(x); LN(b(x))]))``, a two-layer network;
+* prompt decoder (eq. 4): ``NN_prompt(h(x))``, ``p x d`` embeddings, inserted before the input's token
+  embeddings (after its leading document-start / BOS tokens) of the frozen decoder-only model, or before the
+  decoder's input embeddings of an encoder-decoder model (the paper's decoder prefix). The base model then
+  answers with its own knowledge and the prefix.
+
+An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
+model untouched. Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
+injected); parts trained with ``classifier: false`` have no NN_e and always inject (SP-NOCLASSIFIER). With an
+empty memory every input is the base model's. ``explain`` names the most attended edit and e(x).
+
+Descriptors longer than the encoder's window (128 tokens) are truncated to it for the key, as SERAC's scope
+does. The trained part (``prompter``, :mod:`editkit.training.seprog`) is verified for the base model: parts
+trained for another model are refused naming both.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from editkit.editors.answerers import Answerer
+from editkit.editors.base import Capabilities, EditorConfig, register
+from editkit.editors.memory import EditMemory, MemoryConfig, MemoryEditor, RoutedModel, ScopeModel
+from editkit.editors.scope import EmbedScope
+from editkit.edits import EditRequest
+from editkit.errors import ConfigError, ValidationError
+from editkit.memory.store import EditRecord
+from editkit.models.lm import LanguageModel, TokenScores
+from editkit.trained import find, load_tensors, part_fingerprint, verify
+
+PART = "prompter"
+
+
+# --------------------------------------------------------------------------- the trained modules
+class PromptGenerator(nn.Module):
+    """E_edit's top layer, W_att, NN_e and NN_prompt. ``spec`` (kept in the part's ``part.json``) gives the
+    sizes: ``enc_dim`` (MiniLM), ``base_dim`` (b(x)), ``hidden`` (d_h), ``prefix_len`` (p), ``embed_dim`` (d),
+    ``classifier`` and ``scale`` (the RMS of the base model's token embeddings, the prefix's scale)."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.spec = dict(spec)
+        hidden, base_dim = int(spec["hidden"]), int(spec["base_dim"])
+        self.prefix_len, self.embed_dim = int(spec["prefix_len"]), int(spec["embed_dim"])
+        self.edit_head = nn.Linear(int(spec["enc_dim"]), hidden)
+        self.w_att = nn.Linear(base_dim, hidden, bias=False)
+        self.classifier = (
+            nn.Sequential(nn.Linear(hidden + base_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+            if spec["classifier"]
+            else None
+        )
+        self.prompt = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, self.prefix_len * self.embed_dim)
+        )
+        self.scale = float(spec["scale"])
+
+    def edit_keys(self, encoded: torch.Tensor) -> torch.Tensor:
+        """h_i^e from the encoder's embeddings ``[..., enc_dim]`` (eq. 1)."""
+        return torch.tanh(self.edit_head(encoded))
+
+    def select(self, base: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 2: h(x) ``[B, d_h]`` and the attention ``[B, K]`` of b(x) ``[B, base_dim]`` over each row's
+        candidate keys ``[B, K, d_h]`` (``mask`` False where a row has fewer candidates)."""
+        query = self.w_att(F.layer_norm(base, base.shape[-1:]))
+        logits = (keys @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(keys.shape[-1])
+        attn = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+        return (attn.unsqueeze(-1) * keys).sum(1), attn
+
+    def in_scope_logit(self, h: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 before the sigmoid, ``[B]``; parts without a classifier have none."""
+        if self.classifier is None:
+            raise ValidationError("these SEPROG parts were trained without an edit classifier (SP-NOCLASSIFIER)")
+        return self.classifier(torch.cat([h, F.layer_norm(base, base.shape[-1:])], -1)).squeeze(-1)
+
+    def prefix(self, h: torch.Tensor) -> torch.Tensor:
+        """Eq. 4: ``[B, p, d]`` prefix embeddings."""
+        return self.scale * self.prompt(h).view(-1, self.prefix_len, self.embed_dim)
+
+
+# --------------------------------------------------------------------------- the frozen base model's side
+def leading_tokens(lm: LanguageModel) -> int:
+    """How many tokens every prompt of ``lm`` starts with (document-start prefix, BOS): the prefix goes after them."""
+    return 0 if lm.is_encoder_decoder else len(lm.encode(""))
+
+
+@torch.no_grad()
+def base_encoding(lm: LanguageModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """b(x): mean of the last layer's hidden states over each prompt's tokens (the leading ones left out), or of
+    the encoder's for an encoder-decoder model; ``[n, d]`` float32 on the CPU."""
+    lead = leading_tokens(lm)
+    rows: list[torch.Tensor] = []
+    for i in range(0, len(texts), batch_size):
+        seqs = [lm.encode(t) for t in texts[i : i + batch_size]]
+        ids, mask = _pad(lm, seqs)
+        if lm.is_encoder_decoder:
+            hidden = lm.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
+        else:
+            hidden = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+            hidden = hidden.hidden_states[-1]
+        keep = mask.clone()
+        keep[:, :lead] = 0
+        keep = torch.where(keep.sum(1, keepdim=True) > 0, keep, mask).unsqueeze(-1).to(hidden.dtype)
+        rows.append(((hidden * keep).sum(1) / keep.sum(1)).float().cpu())
+    return torch.cat(rows) if rows else torch.zeros((0, int(lm.config.hidden_size)))
+
+
+def _pad(lm: LanguageModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(lm.tokenizer.pad_token_id), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(lm.device), mask.to(lm.device)
+
+
+def _with_prefix(lm: LanguageModel, rows: Sequence[Sequence[int]], prefix: torch.Tensor, lead: int) -> dict[str, Any]:
+    """Right-padded token rows embedded, with ``prefix`` ``[B, p, d]`` inserted after the first ``lead``."""
+    ids, mask = _pad(lm, rows)
+    emb = lm.model.get_input_embeddings()(ids)  # type: ignore[operator]
+    p = prefix.to(emb.dtype)
+    ones = torch.ones(p.shape[:2], dtype=mask.dtype, device=mask.device)
+    return {
+        "embeds": torch.cat([emb[:, :lead], p, emb[:, lead:]], 1),
+        "mask": torch.cat([mask[:, :lead], ones, mask[:, lead:]], 1),
+    }
+
+
+def prefixed_logits(
+    lm: LanguageModel,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    prefix: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Logits ``[B, P, V]`` of the frozen ``lm`` reading ``prefix`` before each prompt (prompt token ids, as
+    :meth:`LanguageModel.encode` gives them) followed by its continuation tokens. ``positions[b, j]`` counts
+    predictions: j-th position 0 predicts the continuation's first token, position ``len(continuation)`` the
+    token after it. Differentiable in ``prefix``."""
+    p = prefix.shape[1]
+    if lm.is_encoder_decoder:
+        enc_ids, enc_mask = _pad(lm, prompts)
+        start = int(lm.config.decoder_start_token_id)
+        dec = _with_prefix(lm, [[start, *c] for c in continuations], prefix, 0)
+        inputs = {
+            "input_ids": enc_ids,
+            "attention_mask": enc_mask,
+            "decoder_inputs_embeds": dec["embeds"],
+            "decoder_attention_mask": dec["mask"],
+        }
+        return lm.logits_at(inputs, positions.to(lm.device) + p)
+    rows = [[*a, *c] for a, c in zip(prompts, continuations, strict=True)]
+    full = _with_prefix(lm, rows, prefix, leading_tokens(lm))
+    first = torch.tensor([len(a) - 1 for a in prompts], device=lm.device)[:, None]
+    inputs = {"inputs_embeds": full["embeds"], "attention_mask": full["mask"]}
+    return lm.logits_at(inputs, positions.to(lm.device) + first + p)
+
+
+# --------------------------------------------------------------------------- scope and answerer
+class PromptScope(ScopeModel):
+    """The index preselects ``candidates`` edits by raw MiniLM distance; eq. 2 attends over them and eq. 3
+    scores the input. The route's edit is the most attended one and its score e(x) (each other candidate gets
+    e(x) scaled by its attention relative to the top one, so the memory's argmax picks the top one). h(x) of
+    every input scored is kept for the answerer until the input is scored again (after a memory change)."""
+
+    def __init__(
+        self, lm: LanguageModel, net: PromptGenerator, index: EmbedScope, candidates: int, select: bool
+    ) -> None:
+        self.lm = lm
+        self.net = net.eval()
+        self.index = index
+        self.candidates = candidates
+        self.select = select
+        self.memory: EditMemory | None = None  # attached by the editor once its memory exists
+        self._keys: dict[int, torch.Tensor] = {}
+        self._context: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def space(self) -> str:
+        return self.index.space  # keys are raw MiniLM embeddings; the trained top layer applies at scoring
+
+    @property
+    def dim(self) -> int:
+        return self.index.dim
+
+    def edit_vectors(self, requests: Sequence[EditRequest]) -> np.ndarray:
+        return self.index.edit_vectors(requests)
+
+    def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        return self.index.query_vectors(texts)
+
+    def _edit_keys(self, records: Sequence[EditRecord]) -> torch.Tensor:
+        missing = list({r.id: r for r in records if r.id not in self._keys}.values())
+        if missing:
+            encoded = self.index.encoder.embed([r.descriptor for r in missing])
+            for r, key in zip(missing, self.net.edit_keys(encoded), strict=True):
+                self._keys[r.id] = key
+        return torch.stack([self._keys[r.id] for r in records])
+
+    @torch.no_grad()
+    def scores(
+        self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
+    ) -> np.ndarray:
+        width = sqdist.shape[1]
+        keys = torch.zeros((len(texts), width, int(self.net.spec["hidden"])))
+        mask = torch.zeros((len(texts), width), dtype=torch.bool)
+        for i, row in enumerate(candidates):
+            if row:
+                keys[i, : len(row)] = self._edit_keys(row)
+                mask[i, : len(row)] = True
+        out = np.zeros(sqdist.shape, dtype=np.float32)
+        rows = [i for i, row in enumerate(candidates) if row]
+        if not rows:
+            return out
+        base = base_encoding(self.lm, [texts[i] for i in rows])
+        h, attn = self.net.select(base, keys[rows], mask[rows])
+        if self.select and self.net.classifier is not None:
+            e = torch.sigmoid(self.net.in_scope_logit(h, base))
+        else:
+            e = torch.ones(len(rows))
+        rel = attn / attn.max(-1, keepdim=True).values
+        out[rows] = (e[:, None] * rel).numpy()
+        with self._lock:
+            for i, hi in zip(rows, h, strict=True):
+                self._context[texts[i]] = hi
+        return out
+
+    def context(self, texts: Sequence[str]) -> torch.Tensor:
+        """h(x) ``[n, d_h]`` of each input: as last scored, else scored now against the memory (an input the
+        memory did not route itself, e.g. a few-shot prompt around a routed example)."""
+        with self._lock:
+            missing = [t for t in dict.fromkeys(texts) if t not in self._context]
+        if missing:
+            if self.memory is None:
+                raise ValidationError("this SEPROG scope has no memory attached")
+            self.memory.lookup(missing)
+        with self._lock:
+            return torch.stack([self._context[t] for t in texts])
+
+
+class PrefixAnswerer(Answerer):
+    """Answers routed inputs with the frozen base model reading the generated prefix NN_prompt(h(x))."""
+
+    def __init__(self, lm: LanguageModel, scope: PromptScope) -> None:
+        self.lm = lm
+        self.scope = scope
+
+    def _logits(
+        self, texts: Sequence[str], continuations: Sequence[Sequence[int]], positions: torch.Tensor
+    ) -> torch.Tensor:
+        prefix = self.scope.net.prefix(self.scope.context(texts))
+        return prefixed_logits(self.lm, [self.lm.encode(t) for t in texts], continuations, prefix, positions)
+
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        routed: Sequence[tuple[EditRecord, str]],
+        continuations: Sequence[list[int]],
+        *,
+        batch_size: int,
+        first_distribution: bool,
+    ) -> list[TokenScores]:
+        out: list[TokenScores] = []
+        for i in range(0, len(routed), batch_size):
+            texts = [x for _, x in routed[i : i + batch_size]]
+            conts = continuations[i : i + batch_size]
+            width = max(len(c) for c in conts)
+            lengths = torch.tensor([len(c) for c in conts])
+            positions = torch.minimum(torch.arange(width)[None, :], lengths[:, None] - 1)  # clamped: unread
+            logits = self._logits(texts, conts, positions).float()
+            logp = F.log_softmax(logits, dim=-1).cpu()
+            for b, c in enumerate(conts):
+                target = torch.tensor(c)
+                row = logp[b, : len(c)]
+                lp = row.gather(-1, target[:, None]).squeeze(-1)
+                out.append(TokenScores(lp, row.argmax(-1) == target, logp[b, 0] if first_distribution else None))
+        return out
+
+    @torch.no_grad()
+    def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
+        rows = []
+        for i in range(0, len(routed), batch_size):
+            texts = [x for _, x in routed[i : i + batch_size]]
+            logits = self._logits(texts, [[] for _ in texts], torch.zeros((len(texts), 1), dtype=torch.long))
+            rows.append(F.log_softmax(logits[:, 0].float(), dim=-1).cpu())
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def generate_ids(
+        self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
+    ) -> list[list[int]]:
+        """Greedy decoding (the prefix is recomputed with the whole sequence at every step)."""
+        if kwargs.get("sample"):
+            raise ValidationError("SEPROG generates greedily; sampling is not supported")
+        stop_at_newline = bool(kwargs.get("stop_at_newline"))
+        texts = [x for _, x in routed]
+        new: list[list[int]] = [[] for _ in texts]
+        live = list(range(len(texts)))
+        eos = self.lm.tokenizer.eos_token_id
+        for _ in range(max_new_tokens):
+            if not live:
+                break
+            pos = torch.tensor([[len(new[i])] for i in live])
+            logits = self._logits([texts[i] for i in live], [new[i] for i in live], pos)
+            still = []
+            for i, t in zip(live, logits[:, 0].argmax(-1).tolist(), strict=True):
+                if t == eos:
+                    continue
+                new[i].append(t)
+                if not (stop_at_newline and "\n" in self.lm.tokenizer.decode([t])):
+                    still.append(i)
+            live = still
+        return new
+
+
+# --------------------------------------------------------------------------- the editor
+@dataclass
+class SEPROGConfig(MemoryConfig):
+    artifacts: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder of trained parts (editkit train seprog); may contain {model}; default: the packaged ones"
+        },
+    )
+    encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder the edit keys come from"})
+    candidates: int = field(
+        default=16, metadata={"help": "edits the index preselects per input before the cross-attention (eq. 2)"}
+    )
+    select: bool = field(
+        default=True, metadata={"help": "prefix only when e(x) >= threshold; false: always (SP-NOSELECT)"}
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.candidates < 1:
+            raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
+
+
+@register
+class SEPROG(MemoryEditor):
+    name = "seprog"
+    config_cls: ClassVar[type[EditorConfig]] = SEPROGConfig
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True)
+    config: SEPROGConfig
+
+    def __init__(self, config: EditorConfig | None = None) -> None:
+        super().__init__(config)
+        self._scopes: weakref.WeakKeyDictionary[LanguageModel, PromptScope] = weakref.WeakKeyDictionary()
+
+    def artifacts(self, lm: LanguageModel | None = None) -> Path:
+        path = self.config.artifacts
+        if path and lm is not None:
+            path = path.replace("{model}", lm.name)
+        return find("seprog", path)
+
+    def provenance(self) -> dict[str, str]:
+        if self.config.artifacts and "{model}" in self.config.artifacts:
+            return {}
+        return {PART: part_fingerprint(self.artifacts() / PART)}
+
+    def load_parts(self, lm: LanguageModel) -> PromptGenerator:
+        """The trained prompt generator for ``lm`` (verified: parts trained for another model are refused)."""
+        folder = self.artifacts(lm)
+        manifest = verify(folder, [PART], base_model=lm.name)
+        spec = manifest["parts"][PART]["spec"]
+        if spec.get("encoder", self.config.encoder) != self.config.encoder:
+            raise ValidationError(
+                f"{folder / PART} was trained on encoder {spec['encoder']}, not {self.config.encoder}"
+            )
+        net = PromptGenerator(spec)
+        net.load_state_dict(load_tensors(folder / PART))
+        return net.requires_grad_(False).eval()
+
+    def build_scope(self, lm: LanguageModel) -> ScopeModel:
+        cfg = self.config
+        scope = PromptScope(lm, self.load_parts(lm), EmbedScope.untrained(cfg.encoder), cfg.candidates, cfg.select)
+        self._scopes[lm] = scope
+        return scope
+
+    def build_answerer(self, lm: LanguageModel) -> Answerer:
+        return PrefixAnswerer(lm, self._scopes[lm])
+
+    def routed(self, lm: LanguageModel) -> RoutedModel:
+        model = super().routed(lm)
+        scope = model.memory.scope
+        if isinstance(scope, PromptScope) and scope.memory is None:
+            scope.memory = model.memory
+        return model

@@ -1,0 +1,222 @@
+"""Training SEPROG's prompt generator (seed paper 002, §3.3 and appendix B; the editor is
+:mod:`editkit.editors.seprog`).
+
+Each step draws ``batch`` training cases; their descriptors ``z_e = [x_e ; y_e]`` are the edit set Z^e every
+input of the step attends over (eq. 2). Per case one in-scope input (its edit prompt, a rephrase or a hard
+in-scope probe, with the answer it should give) and one out-of-scope input (its own unrelated or neighborhood
+probe, else another case's in-scope input), so each batch holds as many in-scope as out-of-scope samples. The
+loss is eq. 7, ``lambda L_sc + (1 - lambda) L_pg``:
+
+* L_sc (eq. 5): the binary cross-entropy of e(x), in-scope and out-of-scope terms averaged apart;
+* L_pg (eq. 6): on the in-scope inputs only, the answer's mean token NLL under the frozen base model reading the
+  generated prefix ``NN_prompt(h(x))`` before the input.
+
+``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). The base model and the sentence encoder are
+frozen, so b(x) of every training input and the encoder's embedding of every descriptor are computed once before
+the loop and kept beside the checkpoint for a resumed run. Adam at a constant rate, no warm-up or clipping
+(the shared loop has neither). One part, ``prompter``: the generator's tensors, its sizes (``spec``) in the
+manifest, trained through :func:`~editkit.training.loop.train_part` (seeded, resumable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from editkit.data.formats import Dataset, load_cases
+from editkit.editors.memory import descriptor_of
+from editkit.editors.seprog import PART, PromptGenerator, base_encoding, prefixed_logits
+from editkit.edits import EditCase, ProbeKind
+from editkit.errors import ConfigError, ValidationError
+from editkit.files import atomic_torch_save
+from editkit.models.encoder import SentenceEncoder
+from editkit.models.lm import LanguageModel
+from editkit.trained import write_part
+from editkit.training.loop import seed_torch, train_part
+from editkit.training.registry import Trainer, register_trainer
+from editkit.typedconfig import TypedConfig
+
+IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
+OUT_OF_SCOPE = (ProbeKind.OUT, ProbeKind.NEIGHBORHOOD)
+
+
+@dataclass
+class SEPROGTrainConfig(TypedConfig):
+    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    out: str = field(default="", metadata={"help": "folder for the trained part"})
+    base_model: str = field(default="smollm2-135m", metadata={"help": "the frozen model the prefixes are for"})
+    encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder of the edit descriptors"})
+    max_cases: int | None = field(default=None, metadata={"help": "at most this many cases per file"})
+    max_out: int = field(default=2, metadata={"help": "out-of-scope probes kept per case"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation and sampling"})
+    hidden: int = field(default=256, metadata={"help": "d_h: width of h_i^e, h(x) and the networks"})
+    prefix_len: int = field(default=8, metadata={"help": "p: prefix embeddings generated per input"})
+    classifier: bool = field(default=True, metadata={"help": "train the edit classifier (false: SP-NOCLASSIFIER)"})
+    lam: float = field(default=0.3, metadata={"help": "lambda of eq. 7 (weight of L_sc)"})
+    steps: int = field(default=1000, metadata={"help": "optimisation steps"})
+    batch: int = field(default=8, metadata={"help": "edits per step (= in-scope = out-of-scope inputs)"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+
+    def validate(self) -> None:
+        if min(self.hidden, self.prefix_len, self.steps, self.checkpoint_every, self.max_out) < 1:
+            raise ConfigError("hidden, prefix_len, steps, checkpoint_every and max_out must be at least 1")
+        if self.batch < 2:
+            raise ConfigError("batch must be at least 2 (the edits of a step are what each input selects from)")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"lam must lie in [0, 1], not {self.lam}")
+        if self.lr <= 0:
+            raise ConfigError("lr must be positive")
+
+
+@dataclass(frozen=True)
+class Example:
+    descriptor: str
+    inside: tuple[tuple[str, str], ...]  # (input, answer) in scope
+    outside: tuple[str, ...]  # the case's own out-of-scope inputs
+
+
+def examples_of(cases: Sequence[EditCase], max_out: int) -> list[Example]:
+    out = []
+    for c in cases:
+        inside = tuple(dict.fromkeys((p.prompt, p.expected) for p in c.of_kind(*IN_SCOPE)))
+        outside = tuple(dict.fromkeys(p.prompt for p in c.of_kind(*OUT_OF_SCOPE)))[:max_out]
+        if inside:
+            out.append(Example(descriptor_of(c.request), inside, outside))
+    return out
+
+
+def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
+    if not config.data:
+        raise ConfigError("no training data given (data: [FILE, ...])")
+    datasets = [load_cases(p, limit=config.max_cases, skip_invalid=True) for p in config.data]
+    cases = [c for d in datasets for c in d.cases]
+    if not cases:
+        raise ValidationError("the training files hold no usable cases")
+    return cases, datasets
+
+
+def _features(
+    config: SEPROGTrainConfig,
+    lm: LanguageModel,
+    encoder: SentenceEncoder,
+    texts: Sequence[str],
+    examples: Sequence[Example],
+    datasets: Sequence[Dataset],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """b(x) of every training input and the encoder's embedding of every descriptor, cached in
+    ``OUT/.checkpoints/features.pt`` (minutes of base-model passes on a CPU) and reused by a rerun with the same
+    models (by weights), data and selection of inputs."""
+    settings = [config.base_model, lm.fingerprint(), encoder.fingerprint(), config.max_cases, config.max_out]
+    key = hashlib.sha256(json.dumps([settings, [d.sha256 for d in datasets]]).encode()).hexdigest()
+    path = Path(config.out) / ".checkpoints" / "features.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached["key"] == key:
+            return cached["base"], cached["encoded"]
+    base = base_encoding(lm, texts, batch_size=32)
+    encoded = encoder.embed([e.descriptor for e in examples])
+    atomic_torch_save({"key": key, "base": base, "encoded": encoded}, path)
+    return base, encoded
+
+
+def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Train the prompt generator into ``config.out`` (resuming a run with the same settings); returns the
+    artifact's manifest."""
+    from editkit.models.zoo import load
+
+    if not config.out:
+        raise ConfigError("no output folder given (out: FOLDER)")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    cases, datasets = load_training_cases(config)
+    examples = examples_of(cases, config.max_out)
+    if len(examples) < config.batch:
+        raise ValidationError(f"{len(examples)} usable training cases, fewer than batch ({config.batch})")
+    lm = load(config.base_model, progress=False)
+    lm.model.requires_grad_(False)
+    encoder = SentenceEncoder.load(config.encoder)
+    texts = list(dict.fromkeys([x for e in examples for x, _ in e.inside] + [x for e in examples for x in e.outside]))
+    row = {t: i for i, t in enumerate(texts)}
+    base, encoded = _features(config, lm, encoder, texts, examples, datasets)
+    embedding = lm.model.get_input_embeddings().weight
+    spec = {
+        "enc_dim": encoder.dim,
+        "base_dim": base.shape[1],
+        "hidden": config.hidden,
+        "prefix_len": config.prefix_len,
+        "embed_dim": embedding.shape[1],
+        "classifier": config.classifier,
+        "scale": float(embedding.detach().float().pow(2).mean().sqrt()),
+        "encoder": config.encoder,
+        "pooling": "encoder-mean" if lm.is_encoder_decoder else "last-layer-mean",
+    }
+    seed_torch(config.seed, PART)
+    net = PromptGenerator(spec)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    lam = config.lam if config.classifier else 0.0
+
+    def loss_fn(rng: random.Random) -> torch.Tensor:
+        picked = rng.sample(range(len(examples)), config.batch)
+        batch = [examples[i] for i in picked]
+        inside = [rng.choice(e.inside) for e in batch]
+        outside = [
+            rng.choice(e.outside)
+            if e.outside
+            else rng.choice(examples[rng.choice(picked[:j] + picked[j + 1 :])].inside)[0]
+            for j, e in enumerate(batch)
+        ]
+        keys = net.edit_keys(encoded[picked])  # Z^e: this step's edits
+        b_in = base[[row[x] for x, _ in inside]]
+        h_in, _ = net.select(
+            b_in, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
+        )
+        prompts = [lm.encode(x) for x, _ in inside]
+        answers = [lm.encode(y, special=False) for _, y in inside]
+        width = max(len(a) for a in answers)
+        lengths = torch.tensor([len(a) for a in answers])
+        positions = torch.minimum(torch.arange(width)[None, :], lengths[:, None] - 1)
+        logits = prefixed_logits(lm, prompts, answers, net.prefix(h_in), positions)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        target = torch.tensor([a + [a[-1]] * (width - len(a)) for a in answers], device=logp.device)
+        valid = (torch.arange(width)[None, :] < lengths[:, None]).to(logp.device)
+        nll = -(logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * valid).sum(1) / valid.sum(1)
+        loss_pg = nll.mean()
+        if lam == 0.0:
+            return loss_pg
+        b_out = base[[row[x] for x in outside]]
+        h_out, _ = net.select(
+            b_out, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
+        )
+        logit_in, logit_out = net.in_scope_logit(h_in, b_in), net.in_scope_logit(h_out, b_out)
+        loss_sc = 0.5 * (
+            F.binary_cross_entropy_with_logits(logit_in, torch.ones_like(logit_in))
+            + F.binary_cross_entropy_with_logits(logit_out, torch.zeros_like(logit_out))
+        )
+        return lam * loss_sc + (1 - lam) * loss_pg
+
+    result = train_part(PART, config, net, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
+    meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
+    tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    return write_part(Path(config.out), config.to_dict(), datasets, lm.name, PART, meta, tensors)
+
+
+@register_trainer
+class SEPROGTrainer(Trainer):
+    """SEPROG's prompt generator: edit encoder top layer, W_att, edit classifier and prompt decoder."""
+
+    name = "seprog"
+    config_cls: ClassVar[type[TypedConfig]] = SEPROGTrainConfig
+    config: SEPROGTrainConfig
+
+    def train(self, *, progress: bool = True) -> dict[str, Any]:
+        return train(self.config, progress=progress)

@@ -1,0 +1,174 @@
+"""SEPROG on tiny models: the prefix reaches the frozen model where it should, the selection and the classifier
+are eqs. 2-3, the index preselects, bad inputs, and its trainer (resumable, the ablations, a loss that falls)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_tiny_cases
+from editkit.editors import create_editor
+from editkit.editors.seprog import PART, base_encoding, leading_tokens, prefixed_logits
+from editkit.edits import EditRequest
+from editkit.errors import ValidationError
+from editkit.models.tiny import tiny_model
+from editkit.training.registry import create_trainer
+from learned_parts import SEPROG_TINY, seprog_parts  # noqa: F401  (fixture)
+
+EDITS = [
+    EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome"),
+    EditRequest(prompt="{} plays the sport of", subject="Michael Jordan", target_new=" tennis"),
+    EditRequest(prompt="The capital of {} is", subject="France", target_new=" Lyon"),
+]
+PROMPTS = ["The city of the Eiffel Tower", "Michael Jordan plays the sport of"]
+
+
+def _editor(folder: Path, **settings):
+    return create_editor("seprog", {"artifacts": str(folder), "encoder": "tiny-bert", "threshold": 0.0, **settings})
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
+def test_prefix_of_token_embeddings_equals_those_tokens_in_the_input(arch):
+    """A prefix made of real tokens' embeddings gives the logits of the sequence with those tokens inserted
+    (decoder-only: after the leading tokens; T5: at the start of the decoder input)."""
+    lm = tiny_model(arch)
+    inserted = [5, 9, 14]
+    prompt, cont = lm.encode("ab cd ef"), lm.encode(" gh ij", special=False)
+    prefix = lm.model.get_input_embeddings()(torch.tensor([inserted]))
+    got = prefixed_logits(lm, [prompt], [cont], prefix, torch.arange(len(cont) + 1)[None, :])
+    with torch.no_grad():
+        if lm.is_encoder_decoder:
+            dec = [*inserted, int(lm.config.decoder_start_token_id), *cont]
+            out = lm.model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([dec])).logits
+            want = out[0, len(inserted) :]
+        else:
+            lead = leading_tokens(lm)
+            seq = [*prompt[:lead], *inserted, *prompt[lead:], *cont]
+            out = lm.model(input_ids=torch.tensor([seq])).logits
+            start = len(prompt) + len(inserted) - 1
+            want = out[0, start : start + len(cont) + 1]
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_answerer_generation_scoring_and_next_token_agree(arch, seprog_parts):  # noqa: F811
+    lm = tiny_model(arch)
+    model = _editor(seprog_parts(arch)).apply(lm, EDITS).model
+    assert all(model.explain(p)["answered_by"] == "edit" for p in PROMPTS)
+    generated = model.generate_ids(PROMPTS, max_new_tokens=3)
+    scores = model.score_tokens(PROMPTS, generated, first_distribution=True)
+    assert all(s.exact_match for s in scores), "greedy generation is not what scoring calls greedy"
+    nxt = model.next_token_logprobs(PROMPTS)
+    torch.testing.assert_close(nxt, torch.stack([s.first_distribution for s in scores]), rtol=1e-4, atol=1e-4)
+    base = lm.next_token_logprobs(PROMPTS)
+    assert not torch.allclose(nxt, base), "the prefix changed nothing"
+
+
+def test_route_is_the_most_attended_edit_with_the_classifiers_score(seprog_parts):  # noqa: F811
+    lm = tiny_model("llama")
+    editor = _editor(seprog_parts("llama"), candidates=3)
+    model = editor.apply(lm, EDITS).model
+    scope = model.memory.scope
+    net = scope.net
+    keys = net.edit_keys(scope.index.encoder.embed([r.descriptor for r in model.memory.records()]))
+    b = base_encoding(lm, PROMPTS)
+    with torch.no_grad():
+        h, attn = net.select(b, keys.expand(2, -1, -1), torch.ones((2, 3), dtype=torch.bool))
+        e = torch.sigmoid(net.in_scope_logit(h, b))
+    ids = [r.id for r in model.memory.records()]
+    for i, p in enumerate(PROMPTS):
+        route = model.explain(p)
+        assert route["edit_id"] == ids[int(attn[i].argmax())]
+        assert route["scope_score"] == pytest.approx(float(e[i]), abs=1e-5)
+        torch.testing.assert_close(scope.context([p])[0], h[i], rtol=1e-5, atol=1e-5)
+
+
+def test_index_preselects_the_candidates_the_attention_reads(seprog_parts):  # noqa: F811
+    """With one candidate, h(x) is the key of the input's nearest edit under the raw encoder."""
+    lm = tiny_model("llama")
+    model = _editor(seprog_parts("llama"), candidates=1).apply(lm, EDITS).model
+    scope = model.memory.scope
+    nearest = model.memory.index.search(scope.query_vectors(PROMPTS), 1)[1][:, 0]
+    by_id = {r.id: r for r in model.memory.records()}
+    model.route(PROMPTS)
+    for p, i in zip(PROMPTS, nearest, strict=True):
+        key = scope.net.edit_keys(scope.index.encoder.embed([by_id[int(i)].descriptor]))[0]
+        torch.testing.assert_close(scope.context([p])[0], key)
+
+
+def test_select_false_always_prefixes_and_threshold_one_never(seprog_parts):  # noqa: F811
+    lm = tiny_model("llama")
+    always = _editor(seprog_parts("llama"), select=False, threshold=0.99).apply(lm, EDITS).model
+    assert all(always.explain(p)["scope_score"] == 1.0 for p in PROMPTS)
+    never = _editor(seprog_parts("llama"), threshold=1.0).apply(tiny_model("llama"), EDITS).model
+    assert all(never.explain(p)["answered_by"] == "base" for p in PROMPTS)
+
+
+def test_empty_memory_answers_as_the_base_model(seprog_parts):  # noqa: F811
+    lm = tiny_model("llama")
+    editor = _editor(seprog_parts("llama"))
+    handle = editor.apply(lm, EDITS[:1])
+    handle.rollback()
+    model = handle.model
+    assert len(model.memory) == 0 and model.explain(PROMPTS[0]) == {"answered_by": "base", "best_scope_score": 0.0}
+    torch.testing.assert_close(model.next_token_logprobs(PROMPTS), lm.next_token_logprobs(PROMPTS))
+
+
+def test_descriptor_longer_than_the_encoder_window_is_truncated_for_its_key(seprog_parts):  # noqa: F811
+    lm = tiny_model("llama")
+    long = " ".join(["tower"] * 300)
+    a = EditRequest(prompt="The city of x", target_new=" Rome", descriptor=long + " Rome")
+    b = EditRequest(prompt="The city of y", target_new=" Paris", descriptor=long + " Paris")
+    model = _editor(seprog_parts("llama")).apply(lm, [a, b]).model
+    keys = model.memory.scope.edit_vectors([a, b])
+    assert len(model.memory) == 2
+    torch.testing.assert_close(torch.from_numpy(keys[0]), torch.from_numpy(keys[1]))
+
+
+def test_parts_for_another_base_model_are_refused_naming_both(seprog_parts):  # noqa: F811
+    editor = _editor(seprog_parts("llama"))
+    gpt2 = tiny_model("gpt2")
+    with pytest.raises(ValidationError, match=r"tiny-llama-s0, not tiny-gpt2-s0"):
+        editor.apply(gpt2, EDITS[:1])
+
+
+def _train(tmp_path: Path, name: str, **settings) -> Path:
+    data = write_tiny_cases(tmp_path / "cases.jsonl")
+    out = tmp_path / name
+    where = {"data": [str(data)], "out": str(out), "base_model": "tiny-llama"}
+    create_trainer("seprog", {**SEPROG_TINY, **where, **settings}).train(progress=False)
+    return out
+
+
+def test_training_resumes_bit_for_bit(tmp_path):
+    whole = _train(tmp_path, "whole", steps=4, checkpoint_every=2)
+    _train(tmp_path, "parts", steps=2, checkpoint_every=2)
+    resumed = _train(tmp_path, "parts", steps=4, checkpoint_every=2)
+    a, b = load_file(str(whole / PART / "weights.safetensors")), load_file(str(resumed / PART / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_lowers_the_loss_and_sp_noclassifier_has_no_classifier(tmp_path):
+    full = _train(tmp_path, "full", steps=30, lr=1e-2, checkpoint_every=30, lam=0.5)
+    import json
+
+    meta = json.loads((full / "manifest.json").read_text())["parts"][PART]
+    assert meta["loss_last20_mean"] < meta["loss_first"]
+    ablated = _train(tmp_path, "noclf", classifier=False)
+    assert not any(k.startswith("classifier") for k in load_file(str(ablated / PART / "weights.safetensors")))
+    model = _editor(ablated, threshold=0.99).apply(tiny_model("llama"), EDITS).model
+    assert all(model.explain(p)["scope_score"] == 1.0 for p in PROMPTS)
+
+
+def test_a_rerun_reuses_the_training_features(tmp_path, monkeypatch):
+    _train(tmp_path, "run", steps=2, checkpoint_every=2)
+    import editkit.training.seprog as training
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("b(x) recomputed")
+
+    monkeypatch.setattr(training, "base_encoding", refuse)
+    _train(tmp_path, "run", steps=3, checkpoint_every=3)
+    with pytest.raises(AssertionError, match="recomputed"):
+        _train(tmp_path, "run", steps=3, checkpoint_every=3, max_out=1)  # other inputs: recomputed
