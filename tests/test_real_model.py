@@ -116,7 +116,7 @@ def test_packaged_serac_answers_in_scope_inputs_from_the_edit_and_leaves_the_res
         handle.rollback()
 
 
-@pytest.mark.parametrize("method", ["ke"])
+@pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smollm2, method):
     """The float16 parts shipped in the package for SmolLM2-135M, with no settings at all."""
     assert _margin(smollm2, EIFFEL.text, " Rome", " Paris") < 0
@@ -130,7 +130,7 @@ def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smoll
     assert torch.equal(_logits(smollm2, [EIFFEL.text, UNRELATED]), before)
 
 
-@pytest.mark.parametrize("method", ["ke"])
+@pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_parts_refuse_another_model_naming_both(method):
     from editkit.errors import ValidationError
     from editkit.models.tiny import tiny_model
