@@ -3,12 +3,15 @@
 Every file editkit writes for later reading (results, run state, caches, trained parts, manifests) goes through
 :func:`atomic_open`: the bytes go to a temporary file beside the target, are flushed to disk, and the temporary
 file is renamed over the target. A crash at any moment leaves the old file or the new one, never half of one.
+:func:`read_json` reads a JSON file back with every way it can be unreadable (missing, a folder, not UTF-8,
+truncated, nested past Python's recursion limit) as one :class:`~editkit.errors.ValidationError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,6 +20,8 @@ from typing import IO, Any
 
 import torch
 from safetensors.torch import save_file
+
+from editkit.errors import ValidationError
 
 
 @contextlib.contextmanager
@@ -80,3 +85,23 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The parsed content of JSON file ``path``; any reason it cannot be read is one ValidationError naming
+    ``what`` it was meant to be."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValidationError(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise ValidationError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise ValidationError(f"{what} {path} is nested too deeply to read") from None
+    except OSError as exc:
+        raise ValidationError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
