@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from editkit.errors import ValidationError
-from editkit.files import atomic_save_tensors, file_sha256, tensor_sha256
+from editkit.files import atomic_save_tensors, file_sha256, require_file, tensor_sha256
 from editkit.models.hooks import HookKind, StopForward, hooks
 from editkit.models.lm import LanguageModel, config_identity
 from editkit.models.zoo import cache_dir
@@ -75,8 +75,7 @@ def key_fingerprint(lm: LanguageModel, layer: int) -> str:
 
 def _corpus_chunks(lm: LanguageModel, corpus: Path, n_tokens: int, seq_len: int) -> list[list[int]]:
     """The corpus's first ``n_tokens`` tokens (whole ``seq_len`` windows), lines tokenized one by one."""
-    if not corpus.is_file():
-        raise ValidationError(f"corpus file {corpus} does not exist")
+    require_file(corpus, "corpus file")
     if n_tokens < seq_len:
         raise ValidationError(f"key statistics need at least one window: n_tokens {n_tokens} < seq_len {seq_len}")
     ids: list[int] = []

@@ -20,6 +20,7 @@ Example ``run.yaml``::
 from __future__ import annotations
 
 import json
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
 from editkit.errors import ConfigError, ValidationError
-from editkit.files import atomic_write
-from editkit.models.zoo import DEFAULT_MODEL
+from editkit.files import atomic_write, check_writable
+from editkit.models.zoo import DEFAULT_MODEL, cache_dir
 from editkit.typedconfig import TypedConfig
 
 if TYPE_CHECKING:
@@ -236,14 +237,25 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from editkit.editors import create_editor
     from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
+    from editkit.evaluation.runstate import RunState
     from editkit.evaluation.sequential import sequential_edits
     from editkit.models.zoo import check_model_name, load
 
     out = Path(config.out)
-    if out.exists() and out.is_dir():
-        raise ValidationError(f"--out {out} is a folder; give a file name ending in .json")
+    check_writable(out, "--out")
     check_model_name(config.model)
     editor = create_editor(config.method, config.settings)  # bad method names fail before any loading
+    state = config.state or str(out.with_suffix("")) + ".state"
+    if config.protocol == "sequential" and editor.capabilities.storage == "weights":
+        check_writable(state, "state folder (--state)", folder=True)
+        RunState(Path(state)).saved_results()  # a damaged state fails here, before the model loads
+    elif config.state:
+        why = (
+            f"{editor.name} keeps its edits in a memory (its setting memory=FILE)"
+            if editor.capabilities.storage != "weights"
+            else "this is a batch run"
+        )
+        raise ValidationError(f"--state holds the resumable state of a sequential run of a weight editor; {why}")
     for t in config.downstream:
         get_task(t)
     dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
@@ -276,7 +288,6 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         )
         results["run"] = config.to_dict()
     else:
-        state = config.state or str(out.with_suffix("")) + ".state"
         results = sequential_edits(
             lm,
             editor,
@@ -292,5 +303,17 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             run=config.to_dict(),
         )
     results["seed"] = config.seed
-    atomic_write(out, json.dumps(results, indent=1))
+    write_results_or_keep(out, json.dumps(results, indent=1))
     return results
+
+
+def write_results_or_keep(out: Path, text: str) -> None:
+    """Write computed results to ``out``; if that fails after all (the disk filled, the folder went away), keep
+    them in the cache's runs folder and say where, rather than losing the work."""
+    try:
+        atomic_write(out, text)
+    except OSError as exc:
+        kept = cache_dir() / "runs" / f"unwritten-{time.strftime('%Y%m%dT%H%M%S')}-{out.name}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, text)
+        raise ValidationError(f"could not write {out} ({exc.strerror or exc}); results kept in {kept}") from None
