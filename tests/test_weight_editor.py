@@ -57,7 +57,7 @@ def test_committed_is_not_called_when_the_edit_is_refused():
 
 def test_memit_remembers_the_keys_each_layer_was_solved_for():
     lm = tiny_model("llama")
-    settings = {"v_steps": 2, "n_context": 1, "context_length": 3, "layers": [1, 2]}
+    settings = {"v_steps": 2, "n_context": 1, "context_length": 3, "layers": [1, 2], "mom2_update_weight": 1.0}
     seen = []
     editor = create_editor("memit", settings)
     editor.committed = lambda lm, handle, update: seen.append(update)
