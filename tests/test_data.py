@@ -352,3 +352,33 @@ def test_real_convsent(rel, n):
     assert _kinds(ds) == {"rephrase": 5 * n, "out": n}
     assert sum("SENTIMENT: positive" in (c.request.descriptor or "") for c in ds.cases) == (n + 1) // 2
     assert all(a.startswith(" ") and a == a.rstrip() for c in ds.cases for p in c.probes for a in p.answers)
+
+
+def test_knowedit_alias_lists_are_read_whole(tmp_path):
+    """WikiData_recent writes ground truths as lists of alias lists: every alias is an accepted answer, and no
+    record is dropped for it."""
+    recent = {
+        **KNOW,
+        "locality": {"Relation_Specificity": [{"prompt": "Its seat is", "ground_truth": [["Cēsis", "Cesis"]]}]},
+        "portability": {"Reasoning": [{"prompt": "Its capital is", "ground_truth": [["Besançon"], ["Besancon"]]}]},
+    }
+    ds = load_cases(_write(tmp_path, [recent, KNOW]))
+    assert ds.skipped == [] and len(ds.cases) == 2
+    (local,) = ds.cases[0].of_kind(ProbeKind.NEIGHBORHOOD)
+    (hard,) = ds.cases[0].of_kind(ProbeKind.HARD_IN)
+    assert (local.expected, local.aliases) == (" Cēsis", (" Cesis",))
+    assert (hard.expected, hard.aliases) == (" Besançon", (" Besancon",))
+    with pytest.raises(ValidationError, match="list of alias lists"):
+        load_cases(_write(tmp_path, [{**recent, "portability": {"R": [{"prompt": "p", "ground_truth": [[]]}]}}]))
+
+
+def test_cli_data_refuses_a_file_mostly_dropped_unless_skip_invalid(tmp_path, capsys):
+    """A file whose records are mostly invalid is an error (one line, counts and the first reason); with
+    --skip-invalid it is reported, the reasons counted."""
+    path = str(_write(tmp_path, [ZSRE, {**ZSRE, "alt": ""}, {**ZSRE, "alt": ""}]))
+    assert main(["data", path]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "2 of 3 records are invalid" in line and "--skip-invalid" in line
+    assert main(["data", path, "--skip-invalid"]) == 1
+    out = capsys.readouterr().out
+    assert "1 cases from 3 records" in out and "2 invalid record(s): field 'alt'" in out

@@ -275,10 +275,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         _console().print(table)
         return 0
     ds = load_cases(args.path, format=args.format, skip_invalid=True)
+    if len(ds.skipped) * 2 > ds.n_records and not args.skip_invalid:
+        raise ValidationError(
+            f"{ds.path}: {len(ds.skipped)} of {ds.n_records} records are invalid (first: {ds.skipped[0][1]}); "
+            f"pass --skip-invalid to read the {len(ds.cases)} others"
+        )
     kinds = Counter(p.kind.value for case in ds.cases for p in case.probes)
     located = sum(case.request.subject is not None for case in ds.cases)
     print(f"{ds.path}: format {ds.format}, {len(ds.cases)} cases from {ds.n_records} records, sha256 {ds.sha256}")
     print(f"probes: {', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}; cases with a subject: {located}")
+    reasons = Counter(why.split(", ", 1)[-1] for _, why in ds.skipped)  # without "FILE: record N"
+    for why, n in reasons.most_common():
+        print(f"{n} invalid record(s): {why}")
     for index, why in ds.skipped[:10]:
         print(f"invalid record {index}: {why}")
     if len(ds.skipped) > 10:
@@ -435,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list data formats, or validate a data file")
     p.add_argument("path", nargs="?")
     p.add_argument("--format", help="the file's format (default: detected)")
+    p.add_argument("--skip-invalid", action="store_true", help="report a file even when most records are invalid")
     p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("edit", help="apply one edit and answer prompts before / after")
