@@ -176,7 +176,10 @@ def test_quickstart_answers_after_the_edit_with_the_edited_model(monkeypatch, ca
 
     monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
     assert main(["quickstart", "--method", "lu", "--limit", "1", "--max-new-tokens", "2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    steps = [line for line in captured.err.splitlines() if line.startswith("... ")]
+    assert [s.split()[1] for s in steps] == ["loading", "answering", "preparing", "edit", "answering"], steps
     request = demo_cases()[0].request
     row = next(line for line in out.splitlines() if request.text in line and "edit" in line)
     after = row.split("│")[-2].strip()

@@ -189,6 +189,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _step(text: str) -> None:
+    """A line on stderr as each step of a long command starts, so that a slow machine never looks hung."""
+    print(f"... {text}", file=sys.stderr, flush=True)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -203,6 +208,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     takes_corpus = any(name == "corpus" for name, _, _ in get_editor_class(args.method).config_cls.describe())
     editor = create_editor(args.method, {"corpus": corpus} if corpus and takes_corpus else {})
     t0 = time.perf_counter()
+    _step(f"loading {args.model} (fetched and converted on first use)")
     lm = load(args.model, device=args.device)  # fetches and converts on first use, verifies the cache after
     timings.append(("load model (fetch and convert on first use)", time.perf_counter() - t0))
     if takes_corpus and not corpus:
@@ -218,18 +224,21 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     ]
     prompts = [prompt for _, prompt in rows]
     t0 = time.perf_counter()
+    _step(f"answering {len(prompts)} prompts before the edits")
     before = _answers(lm, prompts, args.max_new_tokens)
     timings.append((f"answer {len(prompts)} prompts (before)", time.perf_counter() - t0))
     t0 = time.perf_counter()
+    _step(f"preparing {editor.name} (key statistics and context templates on first use)")
     editor.prepare(lm, progress=True)
     timings.append(
         (f"prepare {editor.name} (e.g. key statistics; cached after the first run)", time.perf_counter() - t0)
     )
     handles = []
-    for case in cases:
+    for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
-        handles.append(editor.apply(lm, [case.request]))
         r = case.request
+        _step(f"edit {i} of {len(cases)}: {r.text}{r.target_true or ''} -> {r.target_new.strip()}")
+        handles.append(editor.apply(lm, [r]))
         timings.append(
             (
                 f"{editor.name}: {r.text}{r.target_true or ''} -> {r.target_new.strip()}",
@@ -237,6 +246,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             )
         )
     t0 = time.perf_counter()
+    _step(f"answering {len(prompts)} prompts after the edits")
     after = _answers(handles[-1].model, prompts, args.max_new_tokens)  # a memory editor routes
     timings.append((f"answer {len(prompts)} prompts (after)", time.perf_counter() - t0))
 
