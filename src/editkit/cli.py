@@ -37,7 +37,10 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ValidationError(f"--set expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError):
+            raise ValidationError(f"--set {key.strip()}: {value!r} is not a valid value (YAML: 6, [1, 2], a)") from None
     return out
 
 
