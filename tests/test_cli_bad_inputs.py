@@ -113,6 +113,12 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         None,
         "--set layers: '[99' is not a valid value",
     ),
+    "edit: memory that cannot be created": (
+        ["edit", "--model", "tiny-llama", "--method", "lu", "--prompt", "x", "--target", "y", "--set", "{memory}"],
+        None,
+        "cannot open the edit memory",
+    ),
+    "edit: file is a device": (["edit", "--file", "/dev/null"], None, "is not a regular file"),
     "quickstart: no edits": (["quickstart", "--limit", "0"], None, "must be at least 1"),
     "quickstart: unknown method": (["quickstart", "--method", "romee"], None, "Did you mean 'rome'"),
     "eval: out below a file": ([*EVAL, "--out", "{blocked}"], _json([EASYEDIT]), "cannot be written"),
@@ -180,6 +186,7 @@ def test_a_bad_input_is_one_line_exit_2_and_nothing_written(case, tmp_path, caps
         "out": tmp_path / "results.json",
         "state": tmp_path / "state",
         "model": tmp_path / "model",
+        "memory": f"memory={tmp_path / 'a-file' / 'memory.sqlite'}",
     }
     argv = [a.format(**places) for a in argv]
     cache = zoo.cache_dir()

@@ -93,7 +93,7 @@ def require_file(path: str | Path, what: str = "file", error: type[EditkitError]
     if path.is_dir():
         raise error(f"{what} {path} is a folder, not a file")
     if not path.is_file():
-        raise error(f"{what} {path} does not exist")
+        raise error(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     return path
 
 
