@@ -70,8 +70,8 @@ EVAL = ["eval", "--model", "tiny-llama", "--method", "ft", "--set", "steps=1", "
 
 # name: (argv, what to write into the test folder first, expected text in the error line)
 # placeholders: {input} the file the maker wrote, {missing} a path that does not exist, {folder} an existing
-# folder, {blocked} a path below a regular file (cannot be created), {out} a results file, {state} and {model}
-# the folders the makers wrote.
+# folder, {blocked} a path below a regular file (cannot be created), {memory} a memory setting below it, {out}
+# a results file, {state} and {model} the folders the makers wrote.
 BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "models: unknown option": (["models", "--bogus"], None, "unrecognized arguments"),
     "methods: unknown method": (["methods", "romee"], None, "Did you mean 'rome'"),
