@@ -130,28 +130,5 @@ def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
 def test_an_unreadable_manifest_is_one_line_naming_it(artifact: Path, content: bytes):
     (artifact / "manifest.json").write_bytes(content)
     with pytest.raises(ValidationError, match="manifest") as err:
-        verify(artifact, ["part"])
+        verify(artifact, [])
     assert str(artifact / "manifest.json") in str(err.value) and "\n" not in str(err.value)
-
-
-def test_a_truncated_manifest_is_one_line(artifact: Path):
-    path = artifact / "manifest.json"
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValidationError, match="not valid JSON"):
-        verify(artifact, ["part"])
-
-
-def test_every_loader_verifies_the_part_it_reads(artifact: Path):
-    """A reader that skips verify still cannot use a damaged part: the loaders verify on their own."""
-    weights = artifact / "part" / "weights.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-4] ^= 0xFF  # inside the tensor's values: the file still loads
-    weights.write_bytes(bytes(data))
-    with pytest.raises(ValidationError, match="does not match its recorded hash"):
-        load_tensors(artifact / "part")
-
-
-def test_training_into_a_folder_with_a_garbled_manifest_starts_a_new_one(artifact: Path):
-    (artifact / "manifest.json").write_text('{"parts": {"par')
-    manifest = start_manifest(artifact, {"seed": 5}, [], "tiny-llama-s0")
-    assert manifest["parts"] == {} and manifest["config"] == {"seed": 5}
