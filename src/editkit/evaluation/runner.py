@@ -19,7 +19,9 @@ Example ``run.yaml``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import time
 import typing
 from dataclasses import dataclass, field
@@ -51,6 +53,10 @@ class RunConfig(TypedConfig):
     out: str = field(default="", metadata={"help": "results JSON file"})
     format: str | None = field(default=None, metadata={"help": "the data file's format"})
     limit: int | None = field(default=None, metadata={"help": "use the first N cases"})
+    sample: int | None = field(
+        default=None,
+        metadata={"help": "use N cases drawn at random (seeded by --seed) from those read, kept in file order"},
+    )
     protocol: Literal["batch", "sequential"] = field(
         default="batch",
         metadata={"help": "batch: groups of edits, each on the unedited model; sequential: edits accumulate"},
@@ -82,7 +88,7 @@ class RunConfig(TypedConfig):
         },
     )
     settings: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's settings"})
-    seed: int = field(default=0, metadata={"help": "seed of the downstream and canary examples' draws"})
+    seed: int = field(default=0, metadata={"help": "seed of the downstream and canary examples' and --sample's draws"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass when scoring"})
     device: str | None = field(default=None, metadata={"help": "torch device of the model (default: where it loads)"})
     # Editing SmolLM2 gains little from a second thread, so two runs side by side with one thread each finish
@@ -128,6 +134,8 @@ class RunConfig(TypedConfig):
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.sample is not None and self.sample < 1:
+            raise ConfigError(f"--sample must be at least 1, got {self.sample}")
         if self.distinct_subjects and self.protocol != "batch":
             raise ConfigError("--distinct-subjects groups the edits of the batch protocol (--protocol batch)")
         if self.downstream and self.protocol != "sequential":
@@ -162,7 +170,7 @@ MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_
 def matrix_configs(path: str | Path) -> list[RunConfig]:
     """The batch-protocol RunConfig of every (data set, run) pair of a matrix file, in file order; results go to
     ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step``,
-    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit}``) and ``runs`` (each
+    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit, sample}``) and ``runs`` (each
     ``{label, method}`` with optional ``settings``, ``limit`` (the lower of the run's and the data set's applies),
     ``edits_per_step``, ``max_groups``)."""
     matrix = read_yaml(Path(path))
@@ -187,6 +195,7 @@ def matrix_configs(path: str | Path) -> list[RunConfig]:
                     label=r["label"],
                     data=ds.get("data"),
                     limit=min(limits) if limits else None,
+                    sample=ds.get("sample"),
                     protocol="batch",
                     edits_per_step=r.get("edits_per_step", matrix.get("edits_per_step")),
                     max_groups=r.get("max_groups", matrix.get("max_groups")),
@@ -259,6 +268,9 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     for t in config.downstream:
         get_task(t)
     dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
+    if config.sample is not None and config.sample < len(dataset.cases):
+        kept = sorted(random.Random(config.seed).sample(range(len(dataset.cases)), config.sample))
+        dataset = dataclasses.replace(dataset, cases=[dataset.cases[i] for i in kept])
     tasks = {
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
