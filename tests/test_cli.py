@@ -191,11 +191,12 @@ def test_token_adds_a_named_token_shown_once_and_stored_hashed(tmp_path, capsys)
 
 @pytest.mark.parametrize("argv", [["frobnicate"], [], ["edit", "--max-new-tokens", "many"]])
 def test_argparse_errors_exit_2(argv, capsys):
-    """Malformed command lines are argparse's business: usage on stderr and SystemExit(2)."""
+    """Malformed command lines are argparse's business: one error line naming the help, and SystemExit(2)."""
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
-    assert "usage: editkit" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("editkit: error:") and "--help)" in line
 
 
 def test_quickstart_answers_after_the_edit_with_the_edited_model(monkeypatch, capsys):
@@ -206,7 +207,10 @@ def test_quickstart_answers_after_the_edit_with_the_edited_model(monkeypatch, ca
 
     monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
     assert main(["quickstart", "--method", "lu", "--limit", "1", "--max-new-tokens", "2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    steps = [line for line in captured.err.splitlines() if line.startswith("... ")]
+    assert [s.split()[1] for s in steps] == ["loading", "answering", "preparing", "edit", "answering"], steps
     request = demo_cases()[0].request
     row = next(line for line in out.splitlines() if request.text in line and "edit" in line)
     after = row.split("│")[-2].strip()

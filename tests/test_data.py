@@ -224,9 +224,7 @@ def test_mquake_one_rewrite_becomes_a_case_with_multi_hop_probes(tmp_path):
     assert [p.kind for p in multi] == [ProbeKind.HARD_IN] * 2
     assert multi[0].answers == (" Macron", " Emmanuel Macron")  # without the repeated " Macron"
     assert multi[0].contrasts == (" Victoria", " Queen Victoria")
-    two = {**MQUAKE, "requested_rewrite": MQUAKE["requested_rewrite"] * 2}
-    with pytest.raises(ValidationError, match=r"record 1, field 'requested_rewrite': MQuAKE record has 2 rewrites"):
-        load_cases(_write(tmp_path, [MQUAKE, two]))
+    assert case.also == () and case.requests == (req,)
     assert detect_format({"requested_rewrite": {}}, tmp_path) == "counterfact"
 
 
@@ -327,15 +325,37 @@ def test_real_wikibio():
     assert all(c.request.subject and c.request.subject in c.request.prompt for c in ds.cases)
 
 
-def test_real_mquake_keeps_the_one_rewrite_records():
+def test_mquake_several_rewrites_are_one_case_applied_together(tmp_path):
+    """MQuAKE's protocol applies all of a case's rewrites, then asks the multi-hop questions: the other rewrites
+    are the case's ``also``, each with its edit and rephrase probe; the hops they edit are no neighbours."""
+    second = {
+        "prompt": "The head of state of {} is",
+        "subject": "France",
+        "target_new": {"str": "Obama"},
+        "target_true": {"str": "Macron"},
+    }
+    two = {**MQUAKE, "requested_rewrite": [*MQUAKE["requested_rewrite"], second]}
+    case = load_cases(_write(tmp_path, [two])).cases[0]
+    assert [r.text for r in case.requests] == ["Ada Lovelace is a citizen of", "The head of state of France is"]
+    assert [r.case_id for r in case.requests] == ["7", "7/1"]
+    kinds = Counter(p.kind.value for p in case.probes)
+    assert kinds == {"edit": 2, "rephrase": 2, "hard_in": 2}
+    (edit2,) = [p for p in case.of_kind(ProbeKind.EDIT) if p.prompt.startswith("The head")]
+    assert (edit2.expected, edit2.contrast) == (" Obama", " Macron")
+    bad = {**two, "requested_rewrite": [*MQUAKE["requested_rewrite"], {**second, "prompt": "{} votes for"}]}
+    with pytest.raises(ValidationError, match="expected one hop whose cloze is the edit prompt 'France votes for'"):
+        load_cases(_write(tmp_path, [bad]))
+
+
+def test_real_mquake_is_read_whole():
     path = data_file("mquake/akew_MQuAKE-CF.json")
-    one_rewrite = sum(len(rec["requested_rewrite"]) == 1 for rec in json.loads(path.read_text()))
-    ds = load_cases(path, skip_invalid=True)
-    assert ds.format == "mquake" and ds.n_records == 354 and len(ds.cases) == one_rewrite == 277
-    assert len(ds.skipped) == 77 and all("rewrites; editkit cases hold one edit" in why for _, why in ds.skipped)
-    assert _kinds(ds) == {"edit": 277, "rephrase": 277, "hard_in": 3 * 277, "neighborhood": 503}
-    with pytest.raises(ValidationError, match=r"record 1, field 'requested_rewrite': MQuAKE record has 2 rewrites"):
-        load_cases(path)
+    records = json.loads(path.read_text())
+    rewrites = sum(len(rec["requested_rewrite"]) for rec in records)
+    hops = sum(len(rec["new_single_hops"]) for rec in records)
+    ds = load_cases(path)
+    assert ds.format == "mquake" and ds.n_records == len(ds.cases) == 354 and ds.skipped == []
+    assert sum(len(c.requests) for c in ds.cases) == rewrites == 277 + 2 * 72 + 3 * 5
+    assert _kinds(ds) == {"edit": rewrites, "rephrase": rewrites, "hard_in": 3 * 354, "neighborhood": hops - rewrites}
 
 
 def test_real_leapofthought():
@@ -352,3 +372,33 @@ def test_real_convsent(rel, n):
     assert _kinds(ds) == {"rephrase": 5 * n, "out": n}
     assert sum("SENTIMENT: positive" in (c.request.descriptor or "") for c in ds.cases) == (n + 1) // 2
     assert all(a.startswith(" ") and a == a.rstrip() for c in ds.cases for p in c.probes for a in p.answers)
+
+
+def test_knowedit_alias_lists_are_read_whole(tmp_path):
+    """WikiData_recent writes ground truths as lists of alias lists: every alias is an accepted answer, and no
+    record is dropped for it."""
+    recent = {
+        **KNOW,
+        "locality": {"Relation_Specificity": [{"prompt": "Its seat is", "ground_truth": [["Cēsis", "Cesis"]]}]},
+        "portability": {"Reasoning": [{"prompt": "Its capital is", "ground_truth": [["Besançon"], ["Besancon"]]}]},
+    }
+    ds = load_cases(_write(tmp_path, [recent, KNOW]))
+    assert ds.skipped == [] and len(ds.cases) == 2
+    (local,) = ds.cases[0].of_kind(ProbeKind.NEIGHBORHOOD)
+    (hard,) = ds.cases[0].of_kind(ProbeKind.HARD_IN)
+    assert (local.expected, local.aliases) == (" Cēsis", (" Cesis",))
+    assert (hard.expected, hard.aliases) == (" Besançon", (" Besancon",))
+    with pytest.raises(ValidationError, match="list of alias lists"):
+        load_cases(_write(tmp_path, [{**recent, "portability": {"R": [{"prompt": "p", "ground_truth": [[]]}]}}]))
+
+
+def test_cli_data_refuses_a_file_mostly_dropped_unless_skip_invalid(tmp_path, capsys):
+    """A file whose records are mostly invalid is an error (one line, counts and the first reason); with
+    --skip-invalid it is reported, the reasons counted."""
+    path = str(_write(tmp_path, [ZSRE, {**ZSRE, "alt": ""}, {**ZSRE, "alt": ""}]))
+    assert main(["data", path]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "2 of 3 records are invalid" in line and "--skip-invalid" in line
+    assert main(["data", path, "--skip-invalid"]) == 1
+    out = capsys.readouterr().out
+    assert "1 cases from 3 records" in out and "2 invalid record(s): field 'alt'" in out

@@ -43,3 +43,48 @@ def test_tensors_round_trip_and_hashes(tmp_path: Path) -> None:
     assert tensor_sha256(t) != tensor_sha256(t.to(torch.float64))
     (tmp_path / "blob").write_bytes(b"x" * 3_000_000)
     assert file_sha256(tmp_path / "blob", chunk=1 << 16) == hashlib.sha256(b"x" * 3_000_000).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"a": [1, 2', "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (None, "is a folder"),
+    ],
+)
+def test_read_json_says_in_one_line_why_a_file_cannot_be_read(tmp_path, content, message):
+    from editkit.errors import ValidationError
+    from editkit.files import read_json
+
+    path = tmp_path / "x.json"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValidationError, match=message) as err:
+        read_json(path, "results file")
+    assert "\n" not in str(err.value) and str(err.value).startswith(("results file", "cannot read"))
+    with pytest.raises(ValidationError, match="does not exist"):
+        read_json(tmp_path / "absent.json")
+
+
+def test_check_writable_refuses_before_any_work_and_creates_nothing(tmp_path):
+    from editkit.errors import ValidationError
+    from editkit.files import check_writable
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    check_writable(tmp_path / "new" / "deeper" / "out.json", "--out")
+    check_writable(tmp_path / "new-folder", "--save", folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing created by the checks
+    with pytest.raises(ValidationError, match="is a file, not a folder"):
+        check_writable(blocker / "out.json", "--out")
+    with pytest.raises(ValidationError, match="is a folder; give a file name"):
+        check_writable(tmp_path, "--out")
+    with pytest.raises(ValidationError, match="is a file; give a folder"):
+        check_writable(blocker, "--save", folder=True)
+    readonly = Path("/proc/editkit-out.json")
+    with pytest.raises(ValidationError, match="cannot be written"):
+        check_writable(readonly, "--out")

@@ -12,6 +12,7 @@ from editkit.errors import ConfigError
 from editkit.models.tiny import tiny_model
 
 FAST = {"v_steps": 8, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0, "clamp_norm_factor": 1e4}
+NO_CORPUS = {"mom2_update_weight": 1.0}  # C = I needs a lambda of its own (the default is refused)
 TOWER = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
 JORDAN = EditRequest(prompt="The sport of {}", subject="Michael Jordan", target_new=" soccer")
 
@@ -36,14 +37,24 @@ def test_update_is_the_regularised_least_squares_solution():
 
 def test_default_layers_end_at_the_edit_layer_and_bad_layers_are_refused():
     lm = tiny_model("llama")
-    editor = create_editor("memit")
+    editor = create_editor("memit", NO_CORPUS)
     assert editor.layers(lm)[-1] == lm.default_edit_layer and len(editor.layers(lm)) <= 5
-    assert create_editor("memit", {"layers": [0, 2]}).target_parameters(lm, [TOWER]) == [
+    assert create_editor("memit", {**NO_CORPUS, "layers": [0, 2]}).target_parameters(lm, [TOWER]) == [
         lm.adapter.weight_name(0, "mlp_out"),
         lm.adapter.weight_name(2, "mlp_out"),
     ]
     with pytest.raises(ConfigError, match="ascending"):
-        create_editor("memit", {"layers": [2, 1]})
+        create_editor("memit", {**NO_CORPUS, "layers": [2, 1]})
+
+
+def test_the_default_lambda_without_a_corpus_is_refused(tiny_corpus):
+    """C = I with MEMIT's corpus-statistics lambda writes (almost) nothing: refused, naming both ways out."""
+    with pytest.raises(ConfigError, match="corpus=FILE") as err:
+        create_editor("memit")
+    assert "mom2_update_weight" in str(err.value)
+    assert create_editor("memit", {"corpus": str(tiny_corpus)}).config.mom2_update_weight == 15_000.0
+    with pytest.raises(ConfigError, match="AlphaEditConfig: a corpus is needed"):
+        create_editor("alphaedit")
 
 
 def test_a_batch_edit_raises_every_target_and_changes_only_the_layer_range():
@@ -64,7 +75,8 @@ def test_fast_path_gives_the_same_edit_as_full_forward_passes(arch):
     results = []
     for fast in (True, False):
         lm = tiny_model(arch)
-        handle = create_editor("memit", {**FAST, "layers": [1, 2], "fast_path": fast}).apply(lm, [TOWER, JORDAN])
+        editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [1, 2], "fast_path": fast})
+        handle = editor.apply(lm, [TOWER, JORDAN])
         results.append({n: c.edited - c.original for n, c in handle.changes.items()})
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-4, rtol=1e-3)

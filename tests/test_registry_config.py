@@ -50,3 +50,13 @@ def test_every_setting_has_help():
     for name in available_methods():
         for setting, _default, help_text in get_editor_class(name).config_cls.describe():
             assert help_text, f"{name}.{setting} has no help text"
+
+
+def test_one_number_for_a_list_setting_is_the_list_of_it():
+    """`--set layers=6` means layers [6]; a word or a flag is still refused."""
+    from editkit.cli import _overrides
+
+    assert create_editor("ft", _overrides(["layers=6"])).config.layers == [6]
+    assert create_editor("ft", {"layers": "1,2"}).config.layers == [1, 2]
+    with pytest.raises(ConfigError, match="layers"):
+        create_editor("ft", {"layers": True})

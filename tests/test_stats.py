@@ -123,6 +123,55 @@ def test_corrupted_cache_file_is_recomputed(corpus):
     torch.testing.assert_close(second_moment(lm, req), first)
 
 
+def _flip_tensor_bytes(path, value=None):
+    """Overwrite 64 bytes in the middle of the stored statistics (or set some entries to ``value``), keeping the
+    file a valid safetensors file with its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta, mom2 = f.metadata(), f.get_tensor("mom2")
+    if value is None:
+        raw = mom2.view(torch.uint8).flatten()
+        mid = raw.numel() // 2
+        raw[mid : mid + 64] ^= 0xFF
+    else:
+        mom2[0, :3] = value
+    save_file({"mom2": mom2}, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("damage", ["flipped bytes", "nan", "inf", "no digest"])
+def test_damaged_statistics_that_still_load_are_recomputed(corpus, damage):
+    """A statistics file that parses but whose values differ from what was computed (64 flipped bytes, NaN or
+    inf written in, or no recorded digest) is recomputed, never used."""
+    lm = tiny_model("llama")
+    req = StatsRequest(layer=1, corpus=corpus, n_tokens=64, seq_len=16)
+    first = second_moment(lm, req).clone()
+    (path,) = list((stats.cache_dir() / "stats").glob("*.safetensors"))
+    if damage == "no digest":
+        from safetensors.torch import load_file, save_file
+
+        save_file({"mom2": load_file(str(path))["mom2"] * 2}, str(path), metadata={"count": "64"})
+    else:
+        _flip_tensor_bytes(path, {"flipped bytes": None, "nan": float("nan"), "inf": float("inf")}[damage])
+    stats._MEMO.clear()
+    again = second_moment(lm, req)
+    assert torch.isfinite(again).all()
+    torch.testing.assert_close(again, first)
+    stats._MEMO.clear()
+    torch.testing.assert_close(second_moment(lm, req), first)  # and the recomputed file is sound again
+
+
+def test_non_finite_statistics_are_refused(corpus, monkeypatch):
+    """Statistics that come out non-finite (an overflowing model) are an error, not a matrix to invert."""
+    lm = tiny_model("llama")
+    with torch.no_grad():
+        lm.adapter.module(lm.model, 0, "mlp_out").weight.fill_(float("inf"))
+    with pytest.raises(ValidationError, match="not finite"):
+        second_moment(lm, StatsRequest(layer=1, corpus=corpus, n_tokens=64, seq_len=16))
+    assert not list((stats.cache_dir() / "stats").glob("*.safetensors"))
+
+
 def test_rome_uses_the_corpus_statistics(corpus):
     from editkit.editors import create_editor
     from editkit.edits import EditRequest

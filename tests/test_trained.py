@@ -116,7 +116,18 @@ def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
         editor.routed(tiny_model("llama"))
 
 
-@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b"[1, 2]"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe",
+        b"[1, 2]",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"parts": [1]}',
+        b'{"parts": {"part": {"files": ["part.json"]}}}',
+        b'{"parts": {"part": 3}}',
+    ],
+)
 def test_an_unreadable_manifest_is_one_line_naming_it(artifact: Path, content: bytes):
     (artifact / "manifest.json").write_bytes(content)
     with pytest.raises(ValidationError, match="manifest") as err:

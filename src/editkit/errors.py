@@ -18,6 +18,10 @@ class ConfigError(EditkitError, ValueError):
     """A configuration has unknown keys or values of the wrong type."""
 
 
+class LayerRangeError(ValidationError, IndexError):
+    """A layer number the model does not have."""
+
+
 class UnknownNameError(EditkitError, KeyError):
     """A method, model or architecture name is not registered."""
 

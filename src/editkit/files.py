@@ -3,12 +3,15 @@
 Every file editkit writes for later reading (results, run state, caches, trained parts, manifests) goes through
 :func:`atomic_open`: the bytes go to a temporary file beside the target, are flushed to disk, and the temporary
 file is renamed over the target. A crash at any moment leaves the old file or the new one, never half of one.
+:func:`read_json` reads a JSON file back with every way it can be unreadable (missing, a folder, not UTF-8,
+truncated, nested past Python's recursion limit) as one :class:`~editkit.errors.ValidationError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -17,6 +20,8 @@ from typing import IO, Any
 
 import torch
 from safetensors.torch import save_file
+
+from editkit.errors import EditkitError, ValidationError
 
 
 @contextlib.contextmanager
@@ -80,3 +85,49 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def require_file(path: str | Path, what: str = "file", error: type[EditkitError] = ValidationError) -> Path:
+    """``path`` as a Path, or ``error`` saying that it is a folder or that it does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise error(f"{what} {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    return path
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    """The parsed content of JSON file ``path``; any reason it cannot be read is one ValidationError naming
+    ``what`` it was meant to be."""
+    path = require_file(path, what)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{what} {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise ValidationError(f"{what} {path} is nested too deeply to read") from None
+    except OSError as exc:
+        raise ValidationError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
+    """Raise a ValidationError, before any work, when ``path`` (a file, or with ``folder`` a folder) could not be
+    written: it is the wrong kind of thing, or the nearest folder that exists above it refuses a new file.
+    Nothing is created: the probe file is removed again."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValidationError(f"{what} {path} is {kind}; give {'a folder' if folder else 'a file name'}")
+    above = path if folder and path.is_dir() else path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise ValidationError(f"{what} {path} cannot be written: {above} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=above, prefix=".editkit-probe-"):
+            pass
+    except OSError as exc:
+        raise ValidationError(f"{what} {path} cannot be written: {above}: {exc.strerror or exc}") from None

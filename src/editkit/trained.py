@@ -10,14 +10,17 @@ An artifact is a folder with ``manifest.json`` at its top and one sub-folder per
 Parts are trained one at a time and recorded as each finishes (:func:`record_part`), so an interrupted run keeps
 the parts it finished. Editors read artifacts through :func:`find` (a user folder, or the one packaged under
 ``editkit/artifacts/NAME``), :func:`verify` (a missing, corrupted or truncated file is refused naming the file;
-a part trained for another base model is refused naming both models) and the loaders below. Results record each
-part's :func:`part_fingerprint`, so a number can be traced to the files that made it.
+a part trained for another base model is refused naming both models) and the loaders below, each of which
+verifies the part it reads again, so no reader can use bytes the manifest does not vouch for. A truncated or
+garbled manifest is one error. Results record each part's :func:`part_fingerprint`, so a number can be traced to
+the files that made it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from editkit.errors import ValidationError
-from editkit.files import atomic_save_tensors, atomic_write, file_sha256
+from editkit.files import atomic_save_tensors, atomic_write, file_sha256, read_json
 from editkit.provenance import code_version
 
 if TYPE_CHECKING:
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from editkit.data.formats import Dataset
     from editkit.models.encoder import SentenceEncoder
     from editkit.models.lm import LanguageModel
+
+log = logging.getLogger(__name__)
 
 PACKAGED = Path(__file__).resolve().parent / "artifacts"
 MANIFEST = "manifest.json"
@@ -62,7 +67,12 @@ def start_manifest(
     """The manifest of a training run into ``folder``: the one there (its parts kept) updated with this run's
     config, data, code version and base model. Written once a part is recorded."""
     path = folder / MANIFEST
-    manifest: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    manifest: dict[str, Any] = {}
+    if path.exists():
+        try:
+            manifest = read_manifest(folder)
+        except ValidationError as exc:  # its parts cannot be vouched for any more: start a new record
+            log.warning("%s; writing a new manifest that records only the parts trained from now on", exc)
     manifest.update(
         {
             "format": FORMAT,
@@ -175,11 +185,14 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     """The artifact's manifest; an unreadable one is a one-line error naming it."""
     path = folder / MANIFEST
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"{path} is not a readable manifest ({exc}); retrain the artifact") from None
-    if not isinstance(manifest, dict):
-        raise ValidationError(f"{path} is not a manifest (a JSON object); retrain the artifact")
+        manifest = read_json(path, "manifest")
+    except ValidationError as exc:
+        raise ValidationError(f"{exc}; retrain the artifact") from None
+    parts = manifest.get("parts", {}) if isinstance(manifest, dict) else None
+    if not isinstance(parts, dict) or not all(
+        isinstance(meta, dict) and isinstance(meta.get("files", {}), dict) for meta in parts.values()
+    ):
+        raise ValidationError(f"{path} is not a manifest editkit wrote (a JSON object of parts); retrain the artifact")
     return manifest
 
 
@@ -213,10 +226,17 @@ def verify(folder: Path, parts: Sequence[str], base_model: str | None = None) ->
 
 
 # --------------------------------------------------------------------------- loading
+def _verified(part_folder: Path) -> None:
+    """Every loader reads a part only after checking it against the manifest of the artifact above it."""
+    verify(part_folder.parent, [part_folder.name])
+
+
 def load_tensors(folder: Path, name: str = "weights.safetensors") -> dict[str, torch.Tensor]:
+    """The tensors of trained part ``folder`` (verified first)."""
     path = folder / name
     if not path.is_file():
         raise ValidationError(f"{folder} holds no trained tensors ({name} is missing)")
+    _verified(folder)
     return load_file(str(path))
 
 
@@ -229,6 +249,7 @@ def load_adapter_encoder(folder: Path, encoder_name: str) -> tuple[SentenceEncod
     weights = folder / "adapter" / "adapter_model.safetensors"
     if not weights.is_file():
         raise ValidationError(f"{folder} holds no trained adapter ({weights} is missing)")
+    _verified(folder)
     base = SentenceEncoder.load(encoder_name)
     merged = PeftModel.from_pretrained(base.model, str(folder / "adapter")).merge_and_unload()
     return SentenceEncoder(merged.eval(), base.tokenizer, name=f"{encoder_name}+{folder.name}"), file_sha256(weights)
@@ -245,7 +266,8 @@ def load_adapter_lm(folder: Path, suffix: str) -> LanguageModel:
     meta_path = folder / "part.json"
     if not meta_path.is_file():
         raise ValidationError(f"{folder} holds no trained model (part.json missing)")
-    meta = json.loads(meta_path.read_text())
+    _verified(folder)
+    meta = read_json(meta_path, "trained part")
     lm = load(meta["base_model"], progress=False)
     merged = PeftModel.from_pretrained(lm.model, str(folder / "adapter")).merge_and_unload()
     return LanguageModel(merged.eval(), lm.tokenizer, name=f"{lm.name}+{suffix}", prefix=lm.prefix)

@@ -78,6 +78,8 @@ def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one item given alone (layers=6): the list of it
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{owner}.{key}: expected a list, got {value!r}")
         inner = args[0] if args else Any

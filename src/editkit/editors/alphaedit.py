@@ -59,11 +59,11 @@ class AlphaEditConfig(MEMITConfig):
     l2: float = field(default=10.0, metadata={"help": "alpha: weight of the identity term of the update"})
 
     def validate(self) -> None:
-        super().validate()
         if self.corpus is None:
             raise ConfigError(
                 "AlphaEditConfig: a corpus is needed (corpus=FILE): the null space is that of its key statistics"
             )
+        super().validate()
         if self.nullspace_threshold <= 0 or self.l2 <= 0:
             raise ConfigError("AlphaEditConfig: nullspace_threshold and l2 must be positive")
 

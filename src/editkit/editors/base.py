@@ -241,7 +241,29 @@ class WeightEditor(Editor):
         handle = EditHandle(self.name, self.config.to_dict(), requests, lm, changes, info, applied=False)
         handle.reapply()
         self.committed(lm, handle, update)
+        not_taken = edits_not_taken(lm, requests)
+        if not_taken:
+            handle.info["not_taken"] = not_taken
+            log.warning(
+                "%s: %d of %d edit(s) did not take (the new target is still less likely than the old one): %s",
+                self.name,
+                len(not_taken),
+                len(requests),
+                "; ".join(f"{requests[i].text!r} ->{requests[i].target_new!r}" for i in not_taken[:3]),
+            )
         return handle
+
+
+def edits_not_taken(lm: LanguageModel, requests: Sequence[EditRequest]) -> list[int]:
+    """Indices of the requests (those with an old target) whose new target the model, as it is now, still finds
+    less likely than the old one on the edit prompt (length-normalised log-likelihoods, as efficacy compares)."""
+    checked = [i for i, r in enumerate(requests) if r.target_true is not None and r.target_true != r.target_new]
+    if not checked:
+        return []
+    prompts = [requests[i].text for i in checked for _ in range(2)]
+    answers = [a for i in checked for a in (requests[i].target_new, requests[i].target_true or "")]
+    scores = [float(s.mean()) for s in lm.score(prompts, answers)]
+    return [i for j, i in enumerate(checked) if scores[2 * j] <= scores[2 * j + 1]]
 
 
 __all__ = [
@@ -253,6 +275,7 @@ __all__ = [
     "WeightUpdate",
     "available_methods",
     "create_editor",
+    "edits_not_taken",
     "get_editor_class",
     "register",
 ]

@@ -5,13 +5,20 @@ load and a summary of what changed. The base class is a weight edit: the origina
 changed parameter. Another kind of edit (a memory edit, :mod:`editkit.editors.memory`) subclasses it, names its
 ``handle_type`` and registers a loader for it (:func:`register_handle_loader`): ``save`` writes the type into
 ``handle.json`` (key ``kind``; files without one are weight edits) and :meth:`EditHandle.load` dispatches on it.
+
+Everything saved is hashed and checked on load: handle.json records the sha256 of its own content (key
+``sha256``), a weight edit the sha256 of every edited tensor, so flipped bytes, a truncated file or garbled JSON
+are one :class:`~editkit.errors.ValidationError`, never an edit applied with other values. Files are written whole
+(the tensors first, handle.json last).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +26,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
-from editkit.files import tensor_sha256
+from editkit.files import atomic_save_tensors, atomic_write, read_json, tensor_sha256
 from editkit.models.lm import LanguageModel
 from editkit.registry import Registry
+
+log = logging.getLogger(__name__)
 
 HANDLE_FORMAT = 1
 HANDLE_FILE = "handle.json"
@@ -155,16 +164,19 @@ class EditHandle:
             "requests": [r.to_dict() for r in self.requests],
             **self.save_payload(folder),
         }
-        (folder / HANDLE_FILE).write_text(json.dumps(meta, indent=2))
+        meta["sha256"] = _meta_digest(meta)
+        atomic_write(folder / HANDLE_FILE, json.dumps(meta, indent=2))
         return folder
 
     def save_payload(self, folder: Path) -> dict[str, Any]:
         """Write this handle type's files into ``folder`` and return its fields of handle.json. A weight edit:
-        the edited tensors (``changes.safetensors``), the sha256 of each original and the info."""
+        the edited tensors (``changes.safetensors``), the sha256 of each original and of each edited tensor, and
+        the info."""
         tensors = {f"edited::{n}": ch.edited.contiguous() for n, ch in self.changes.items()}
-        save_file(tensors, str(folder / "changes.safetensors"))
+        atomic_save_tensors(tensors, folder / "changes.safetensors")
         return {
             "original_sha256": {n: tensor_sha256(ch.original) for n, ch in self.changes.items()},
+            "edited_sha256": {n: tensor_sha256(ch.edited) for n, ch in self.changes.items()},
             "info": _jsonable(self.info),
         }
 
@@ -174,21 +186,52 @@ class EditHandle:
         """Apply a saved edit to ``lm`` with the loader of its handle type (handle.json's ``kind``)."""
         folder = Path(path)
         meta_path = folder / HANDLE_FILE
-        if not meta_path.exists():
+        if not meta_path.is_file():
             raise ValidationError(f"{folder} holds no saved edit (no {HANDLE_FILE})")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = read_json(meta_path, "saved edit")
+        except ValidationError as exc:
+            raise ValidationError(f"{exc}: the saved edit is damaged") from None
+        if not isinstance(meta, dict):
+            raise ValidationError(f"{meta_path} is damaged: not the JSON object editkit wrote")
+        if "sha256" not in meta:
+            log.warning("%s records no digest (saved by an older editkit): its content cannot be verified", meta_path)
+        elif meta["sha256"] != _meta_digest(meta):
+            raise ValidationError(f"{meta_path} is damaged: its content does not match the sha256 it was saved with")
         if meta.get("format") != HANDLE_FORMAT:
             raise ValidationError(f"{meta_path}: unsupported handle format {meta.get('format')!r}")
         kind = meta.get("kind", EditHandle.handle_type)
         known = handle_types()
         if kind not in known:
             raise ValidationError(f"{meta_path}: unknown handle type {kind!r}; known: {', '.join(known)}")
-        return _LOADERS.get(kind)(folder, meta, lm)
+        try:
+            return _LOADERS.get(kind)(folder, meta, lm)
+        except (KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
+            raise ValidationError(f"{meta_path} is damaged: field {exc} missing or malformed") from None
+
+
+def _meta_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of handle.json's content but its own digest (canonical JSON, so a reload hashes the same)."""
+    body = {k: v for k, v in meta.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _load_weights(folder: Path, meta: dict[str, Any], lm: LanguageModel) -> EditHandle:
     """A saved weight edit, applied: the parameters it changes must hold the values it was made from."""
-    tensors = load_file(str(folder / "changes.safetensors"))
+    changes_file = folder / "changes.safetensors"
+    try:
+        tensors = load_file(str(changes_file))
+    except Exception as exc:  # safetensors reports truncation and garbage as its own SafetensorError
+        raise ValidationError(f"{changes_file} is damaged or missing ({str(exc).splitlines()[0]})") from None
+    edited_sha = meta.get("edited_sha256")
+    if edited_sha is None:
+        log.warning("%s records no digest of its edited values (saved by an older editkit)", folder / HANDLE_FILE)
+    for name in meta["original_sha256"]:
+        stored = tensors.get(f"edited::{name}")
+        if stored is None or (edited_sha is not None and tensor_sha256(stored) != edited_sha.get(name)):
+            raise ValidationError(
+                f"{changes_file} is damaged: the edited values of {name} do not match the sha256 they were saved with"
+            )
     params = dict(lm.model.named_parameters())
     changes: dict[str, ParamChange] = {}
     for name, sha in meta["original_sha256"].items():

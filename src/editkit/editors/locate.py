@@ -28,6 +28,7 @@ from editkit.editors.passes import FastPasses, Passes, ReferencePasses
 from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
+from editkit.files import require_file
 from editkit.models.lm import LanguageModel
 
 
@@ -58,8 +59,8 @@ class LocateEditConfig(EditorConfig):
             raise ConfigError(f"{name}: v_steps and context_length must be >= 1, n_context >= 0")
         if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
             raise ConfigError(f"{name}: v_lr and clamp_norm_factor must be positive")
-        if self.corpus is not None and not Path(self.corpus).is_file():
-            raise ConfigError(f"{name}: corpus file {self.corpus} does not exist")
+        if self.corpus is not None:
+            require_file(self.corpus, f"{name}: corpus file", ConfigError)
 
 
 @dataclass

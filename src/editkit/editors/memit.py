@@ -13,7 +13,10 @@ Many edits at once, spread over a range of MLP layers R = [l_1 .. L]:
       Delta_l = R_l K_l^T (lambda C_l + K_l K_l^T)^{-1}
 
   (MEMIT eq. 14), the least-squares change of W_l that maps K_l to W_l K_l + R_l while keeping the corpus keys'
-  outputs (second moment C_l, weight ``mom2_update_weight`` = lambda) in place. Without a corpus C = I.
+  outputs (second moment C_l, weight ``mom2_update_weight`` = lambda) in place. Without a corpus C = I, and
+  MEMIT's lambda (15,000, a weight for corpus statistics, whose scale is far below the identity's) holds every
+  update back: on SmolLM2 no CounterFact edit of ten took (docs/benchmarks.md). That combination is refused;
+  without a corpus a lambda for C = I must be given (15 took all ten).
 
 C_l is measured on the model as it is when the editor first sees it (``prepare``) and kept for the editor's
 life, as MEMIT's reference implementation does: after sequential edits, the preserved statistics remain those
@@ -39,6 +42,8 @@ from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import StopForward, hooks
 from editkit.models.lm import LanguageModel
 
+MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
+
 
 @dataclass
 class MEMITConfig(LocateEditConfig):
@@ -46,7 +51,7 @@ class MEMITConfig(LocateEditConfig):
         default=None, metadata={"help": "layers to edit (ascending); default: 5 layers up to the model's edit layer"}
     )
     mom2_update_weight: float = field(
-        default=15_000.0,
+        default=MEMIT_LAMBDA,
         metadata={
             "help": "lambda: weight of the preserved keys' second moment (MEMIT eq. 14); the default is MEMIT's "
             "GPT-J value, on SmolLM2-135M 1500 makes more edits take (docs/benchmarks.md)"
@@ -59,6 +64,12 @@ class MEMITConfig(LocateEditConfig):
             raise ConfigError(f"MEMITConfig: layers must be distinct and ascending, got {self.layers}")
         if self.mom2_update_weight <= 0:
             raise ConfigError("MEMITConfig: mom2_update_weight must be positive")
+        if self.corpus is None and self.mom2_update_weight == MEMIT_LAMBDA:
+            raise ConfigError(
+                f"{type(self).__name__}: without a corpus (C = I) the default mom2_update_weight ({MEMIT_LAMBDA:g}, "
+                "a weight for corpus statistics) holds every edit back; give corpus=FILE (a text file such as "
+                "WikiText), or a weight for C = I (mom2_update_weight=15 edits SmolLM2, docs/benchmarks.md)"
+            )
 
 
 def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float) -> torch.Tensor:

@@ -5,7 +5,9 @@ The forward pass stops at the measured layer (a hook raises once the keys are ca
 it are never run; several layers (MEMIT's) are measured in one pass that stops at the highest. Results are
 cached on disk under ``$EDITKIT_CACHE/stats`` and in memory, keyed by everything that affects them: a
 fingerprint of the parameters below the measured projection and the model config, the layer, the corpus
-file's sha256, the token count, the sequence length and the dtype.
+file's sha256, the token count, the sequence length and the dtype. Each file records the sha256 of the
+statistics it holds; a file whose statistics do not match it (flipped bytes, truncation), that has no digest,
+or that holds non-finite values is recomputed, and non-finite statistics are never returned.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
 
 from editkit.errors import ValidationError
-from editkit.files import atomic_save_tensors, file_sha256
+from editkit.files import atomic_save_tensors, file_sha256, require_file, tensor_sha256
 from editkit.models.hooks import HookKind, StopForward, hooks
 from editkit.models.lm import LanguageModel, config_identity
 from editkit.models.zoo import cache_dir
@@ -73,8 +75,7 @@ def key_fingerprint(lm: LanguageModel, layer: int) -> str:
 
 def _corpus_chunks(lm: LanguageModel, corpus: Path, n_tokens: int, seq_len: int) -> list[list[int]]:
     """The corpus's first ``n_tokens`` tokens (whole ``seq_len`` windows), lines tokenized one by one."""
-    if not corpus.is_file():
-        raise ValidationError(f"corpus file {corpus} does not exist")
+    require_file(corpus, "corpus file")
     if n_tokens < seq_len:
         raise ValidationError(f"key statistics need at least one window: n_tokens {n_tokens} < seq_len {seq_len}")
     ids: list[int] = []
@@ -117,8 +118,13 @@ def second_moments(lm: LanguageModel, reqs: Sequence[StatsRequest], *, progress:
         t0 = time.perf_counter()
         computed, count = _compute(lm, sorted(todo), first, progress=progress)
         for layer, mom2 in computed.items():
+            if not torch.isfinite(mom2).all():
+                raise ValidationError(
+                    f"key statistics of layer {layer} over {first.corpus} are not finite: the model's activations "
+                    "overflow there (try float32, or another layer)"
+                )
             key, path, key_fields = todo[layer]
-            meta = {k: str(v) for k, v in key_fields.items()} | {"count": str(count)}
+            meta = {k: str(v) for k, v in key_fields.items()} | {"count": str(count), "sha256": tensor_sha256(mom2)}
             atomic_save_tensors({"mom2": mom2}, path, metadata=meta)
             _MEMO[key] = found[layer] = mom2
         log.info("key statistics for layer(s) %s: %d tokens in %.1f s", sorted(todo), count, time.perf_counter() - t0)
@@ -146,9 +152,14 @@ def _cached(key: str, path: Path, layer: int) -> torch.Tensor | None:
     if not path.exists():
         return None
     try:
-        mom2 = load_file(str(path))["mom2"]
+        with safe_open(str(path), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("sha256")
+            mom2 = f.get_tensor("mom2")
     except Exception as exc:  # a truncated or corrupted cache file: recompute
         log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
+        return None
+    if recorded != tensor_sha256(mom2) or not torch.isfinite(mom2).all():
+        log.warning("ignoring statistics cache %s: its values fail their recorded sha256; recomputing", path)
         return None
     _MEMO[key] = mom2
     log.info("loaded key statistics for layer %d from %s", layer, path)

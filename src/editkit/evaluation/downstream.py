@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from editkit.errors import UnknownNameError, ValidationError
+from editkit.files import require_file
 from editkit.models.lm import LanguageModel
 
 _SST2_SHOTS = [
@@ -173,9 +174,7 @@ def get_task(name: str) -> Task:
 def load_examples(path: str | Path, task: str, *, n: int = 200, seed: int = 0) -> list[dict[str, Any]]:
     """A class-balanced sample of ``n`` examples (the paper uses 200), the same for every run with ``seed``."""
     spec = get_task(task)
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"downstream data file {path} does not exist")
+    path = require_file(path, "downstream data file")
     by_label: dict[int, list[dict[str, Any]]] = {0: [], 1: []}
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         if not line.strip():

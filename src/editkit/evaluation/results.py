@@ -30,6 +30,7 @@ from editkit.data.formats import Dataset
 from editkit.editors.base import Editor
 from editkit.edits import EditCase
 from editkit.errors import ValidationError
+from editkit.files import read_json
 from editkit.models.lm import LanguageModel
 from editkit.provenance import code_version, environment
 
@@ -106,12 +107,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     """A results file, migrated to :data:`RESULTS_VERSION`. A file that is not editkit results, or of a version
     this editkit does not know (a newer one), is a one-line :class:`ValidationError`."""
     path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"results file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    data = read_json(path, "results file")
     if not isinstance(data, dict) or "protocol" not in data:
         raise ValidationError(f"{path} is not an editkit results file (no protocol / aggregates)")
     version = data.get("version")

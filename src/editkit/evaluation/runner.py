@@ -19,7 +19,10 @@ Example ``run.yaml``::
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
+import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
 from editkit.errors import ConfigError, ValidationError
-from editkit.files import atomic_write
-from editkit.models.zoo import DEFAULT_MODEL
+from editkit.files import atomic_write, check_writable
+from editkit.models.zoo import DEFAULT_MODEL, cache_dir
 from editkit.typedconfig import TypedConfig
 
 if TYPE_CHECKING:
@@ -50,6 +53,10 @@ class RunConfig(TypedConfig):
     out: str = field(default="", metadata={"help": "results JSON file"})
     format: str | None = field(default=None, metadata={"help": "the data file's format"})
     limit: int | None = field(default=None, metadata={"help": "use the first N cases"})
+    sample: int | None = field(
+        default=None,
+        metadata={"help": "use N cases drawn at random (seeded by --seed) from those read, kept in file order"},
+    )
     protocol: Literal["batch", "sequential"] = field(
         default="batch",
         metadata={"help": "batch: groups of edits, each on the unedited model; sequential: edits accumulate"},
@@ -81,7 +88,7 @@ class RunConfig(TypedConfig):
         },
     )
     settings: dict[str, Any] = field(default_factory=dict, metadata={"help": "the method's settings"})
-    seed: int = field(default=0, metadata={"help": "seed of the downstream and canary examples' draws"})
+    seed: int = field(default=0, metadata={"help": "seed of the downstream and canary examples' and --sample's draws"})
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass when scoring"})
     device: str | None = field(default=None, metadata={"help": "torch device of the model (default: where it loads)"})
     # Editing SmolLM2 gains little from a second thread, so two runs side by side with one thread each finish
@@ -127,6 +134,8 @@ class RunConfig(TypedConfig):
             raise ConfigError(f"--threads must be at least 1, got {self.threads}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        if self.sample is not None and self.sample < 1:
+            raise ConfigError(f"--sample must be at least 1, got {self.sample}")
         if self.distinct_subjects and self.protocol != "batch":
             raise ConfigError("--distinct-subjects groups the edits of the batch protocol (--protocol batch)")
         if self.downstream and self.protocol != "sequential":
@@ -161,7 +170,7 @@ MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_
 def matrix_configs(path: str | Path) -> list[RunConfig]:
     """The batch-protocol RunConfig of every (data set, run) pair of a matrix file, in file order; results go to
     ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step``,
-    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit}``) and ``runs`` (each
+    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit, sample}``) and ``runs`` (each
     ``{label, method}`` with optional ``settings``, ``limit`` (the lower of the run's and the data set's applies),
     ``edits_per_step``, ``max_groups``)."""
     matrix = read_yaml(Path(path))
@@ -186,6 +195,7 @@ def matrix_configs(path: str | Path) -> list[RunConfig]:
                     label=r["label"],
                     data=ds.get("data"),
                     limit=min(limits) if limits else None,
+                    sample=ds.get("sample"),
                     protocol="batch",
                     edits_per_step=r.get("edits_per_step", matrix.get("edits_per_step")),
                     max_groups=r.get("max_groups", matrix.get("max_groups")),
@@ -236,17 +246,31 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from editkit.editors import create_editor
     from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
+    from editkit.evaluation.runstate import RunState
     from editkit.evaluation.sequential import sequential_edits
     from editkit.models.zoo import check_model_name, load
 
     out = Path(config.out)
-    if out.exists() and out.is_dir():
-        raise ValidationError(f"--out {out} is a folder; give a file name ending in .json")
+    check_writable(out, "--out")
     check_model_name(config.model)
     editor = create_editor(config.method, config.settings)  # bad method names fail before any loading
+    state = config.state or str(out.with_suffix("")) + ".state"
+    if config.protocol == "sequential" and editor.capabilities.storage == "weights":
+        check_writable(state, "state folder (--state)", folder=True)
+        RunState(Path(state)).saved_results()  # a damaged state fails here, before the model loads
+    elif config.state:
+        why = (
+            f"{editor.name} keeps its edits in a memory (its setting memory=FILE)"
+            if editor.capabilities.storage != "weights"
+            else "this is a batch run"
+        )
+        raise ValidationError(f"--state holds the resumable state of a sequential run of a weight editor; {why}")
     for t in config.downstream:
         get_task(t)
     dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
+    if config.sample is not None and config.sample < len(dataset.cases):
+        kept = sorted(random.Random(config.seed).sample(range(len(dataset.cases)), config.sample))
+        dataset = dataclasses.replace(dataset, cases=[dataset.cases[i] for i in kept])
     tasks = {
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
@@ -276,7 +300,6 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         )
         results["run"] = config.to_dict()
     else:
-        state = config.state or str(out.with_suffix("")) + ".state"
         results = sequential_edits(
             lm,
             editor,
@@ -292,5 +315,17 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             run=config.to_dict(),
         )
     results["seed"] = config.seed
-    atomic_write(out, json.dumps(results, indent=1))
+    write_results_or_keep(out, json.dumps(results, indent=1))
     return results
+
+
+def write_results_or_keep(out: Path, text: str) -> None:
+    """Write computed results to ``out``; if that fails after all (the disk filled, the folder went away), keep
+    them in the cache's runs folder and say where, rather than losing the work."""
+    try:
+        atomic_write(out, text)
+    except OSError as exc:
+        kept = cache_dir() / "runs" / f"unwritten-{time.strftime('%Y%m%dT%H%M%S')}-{out.name}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(kept, text)
+        raise ValidationError(f"could not write {out} ({exc.strerror or exc}); results kept in {kept}") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,10 @@ from editkit.evaluation.drift import DriftTracker
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.evaluation.replay import replay_records
 from editkit.evaluation.results import Header, load_results, saved_state_files, state_files
-from editkit.files import atomic_save_tensors, atomic_write, tensor_sha256
+from editkit.files import atomic_save_tensors, atomic_write, read_json, tensor_sha256
 from editkit.models.lm import LanguageModel
+
+log = logging.getLogger(__name__)
 
 
 class RunState:
@@ -110,8 +113,10 @@ class RunState:
             resumed = {"n_edits": results["n_edits"], "from": "records", "largest_relative_deviation": deviation}
             results["resumes"] = [*results.get("resumes", []), {**resumed, "environment": environment}]
             return results
-        meta = json.loads(meta_file.read_text())
-        if meta["n_edits"] != results["n_edits"]:
+        meta = read_json(meta_file, "saved run state")
+        if not isinstance(meta, dict) or not isinstance(meta.get("original_sha256"), dict):
+            raise ValidationError(f"{meta_file} is not the run state editkit wrote; start afresh")
+        if meta.get("n_edits") != results["n_edits"]:
             raise ValidationError(f"{self.folder}: weights and results were saved at different edits; start afresh")
         if "editor_state" not in meta and type(editor).export_state is not Editor.export_state:
             raise ValidationError(
@@ -119,14 +124,21 @@ class RunState:
                 "edits; resumed, its next edits would ignore the earlier ones: start afresh"
             )
         params = dict(lm.model.named_parameters())
-        saved = load_file(str(weights)) if meta["original_sha256"] else {}
+        try:
+            saved = load_file(str(weights)) if meta["original_sha256"] else {}
+            remembered = load_file(str(remembered_file)) if meta.get("editor_state") else {}
+        except Exception as exc:  # safetensors reports a truncated or garbled file as its own SafetensorError
+            raise ValidationError(f"{self.folder}: saved weights are damaged ({exc}); start afresh") from None
+        missing = sorted(set(meta["original_sha256"]) - set(saved))
+        if missing:
+            raise ValidationError(f"{self.folder}: saved weights lack {missing[0]}; start afresh")
         for name, sha in meta["original_sha256"].items():
             if name not in params or tensor_sha256(params[name]) != sha:
                 raise ValidationError(f"{self.folder}: saved state was made from another base model ({name})")
             drift.originals[name] = params[name].detach().cpu().clone()
             params[name].copy_(saved[name].to(params[name].device))
-        if meta.get("editor_state"):
-            editor.import_state(lm, load_file(str(remembered_file)))
+        if remembered:
+            editor.import_state(lm, remembered)
         resumed = {"n_edits": results["n_edits"], "from": "weights", "environment": environment}
         results["resumes"] = [*results.get("resumes", []), resumed]
         return results
@@ -150,9 +162,13 @@ def unedited_scores(
     were computed on (model, data, cases): a run stopped before its first edit, or a run of another method on
     the same cases given a copy of the file, does not recompute them (15 minutes for 1,000 CounterFact cases)."""
     if state is not None and state.unedited.exists():
-        saved = json.loads(state.unedited.read_text())
+        try:
+            saved = read_json(state.unedited, "unedited scores")
+        except ValidationError as exc:  # a cache: recompute it
+            log.warning("%s; computing them again", exc)
+            saved = {}
         wanted = made_on(lm, header)
-        if {k: saved.get(k) for k in wanted} == wanted:
+        if isinstance(saved, dict) and {k: saved.get(k) for k in wanted} == wanted:
             scores: list[dict[str, float]] = saved["scores"]
             return scores
     scores = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)

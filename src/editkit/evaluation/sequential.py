@@ -93,6 +93,12 @@ def sequential_edits(
     """
     if not cases:
         raise ValidationError("no cases to evaluate")
+    several = [c.request.case_id for c in cases if c.also]
+    if several:
+        raise ValidationError(
+            f"{len(several)} cases hold several edits (first: {several[0]}); the sequential protocol records one "
+            "edit per case: evaluate them with --protocol batch"
+        )
     if edits_per_step < 1 or every < 1:
         raise ValidationError("edits per step and evaluation interval must be at least 1")
     if guard is not None and editor.capabilities.storage != "weights":

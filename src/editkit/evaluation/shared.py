@@ -32,13 +32,14 @@ def mean_f1(checkpoint: dict[str, Any]) -> float | None:
 
 
 def calls(editor: Editor, n: int) -> list[list[int]]:
-    """How ``n`` cases edited together go to the editor: one call if it batches, else one call per case."""
+    """How ``n`` requests edited together go to the editor: one call if it batches, else one call per request."""
     return [list(range(n))] if editor.capabilities.batch or n == 1 else [[i] for i in range(n)]
 
 
 def apply_cases(lm: LanguageModel, editor: Editor, cases: Sequence[EditCase]) -> list[EditHandle]:
-    """Edit ``cases`` in, call by call (:func:`calls`)."""
-    return [editor.apply(lm, [cases[i].request for i in call]) for call in calls(editor, len(cases))]
+    """Edit every request of ``cases`` in (a case's ``also`` with its request), call by call (:func:`calls`)."""
+    requests = [r for case in cases for r in case.requests]
+    return [editor.apply(lm, [requests[i] for i in call]) for call in calls(editor, len(requests))]
 
 
 def guarded_apply(

@@ -69,9 +69,12 @@ class SQLiteStore(EditStore):
                     raise MemoryCorruptError(
                         f"{self.path} is not an editkit edit memory (not an SQLite file); {_RESTORE_HINT}"
                     )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None)
+        try:
+            if not existing:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.OperationalError) as exc:  # a folder or file that cannot be created
+            raise ValidationError(f"cannot open the edit memory {self.path}: {exc}") from None
         try:
             if existing:
                 self._verify()  # before anything is written: a file we refuse is left exactly as it was

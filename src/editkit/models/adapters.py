@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from editkit.errors import UnsupportedArchitectureError
+from editkit.errors import LayerRangeError, UnsupportedArchitectureError
 
 Layout = Literal["out_in", "in_out"]
 
@@ -64,7 +64,7 @@ class ArchAdapter:
     def check_layer(self, model: nn.Module, layer: int) -> None:
         n = self.n_layers(model)
         if not 0 <= layer < n:
-            raise IndexError(f"layer {layer} out of range: this {self.name} model has layers 0..{n - 1}")
+            raise LayerRangeError(f"layer {layer} out of range: this {self.name} model has layers 0..{n - 1}")
 
     def site(self, layer: int, part: str) -> str:
         """Dotted module path of ``part`` ("mlp_in", "mlp_out", "attn_out") in ``layer``."""

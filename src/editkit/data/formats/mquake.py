@@ -1,13 +1,12 @@
 """MQuAKE records -> EditCase.
 
 ``mquake``: MQuAKE-CF (``requested_rewrite`` list, multi-hop ``questions``, ``new_answer(_alias)``,
-``answer(_alias)``, ``new_single_hops``). A case holds one edit, and a record's multi-hop answer depends on all its
-rewrites, so only records with exactly one rewrite convert; the others raise :class:`ValidationError`
-(``skip_invalid`` leaves them out and lists them in :attr:`~editkit.data.formats.Dataset.skipped`). The rewrite is
-the request. Probes: the edit prompt (contrast: the true target); the edited hop's question (rephrase, with that
+``answer(_alias)``, ``new_single_hops``). MQuAKE's protocol applies all of a case's rewrites, then asks the
+multi-hop questions: the first rewrite is the case's request, the others its ``also`` (applied with it). Probes:
+each rewrite's prompt (edit, contrast: its true target); the question of each edited hop (rephrase, with that
 hop's answer aliases); the multi-hop questions (hard in-scope: ``new_answer`` and its aliases, contrast ``answer``
 and its aliases); the other hops' cloze prompts with their answers (neighborhood: facts about other entities that
-the edit must not change, e.g. who heads the new country).
+the edits must not change, e.g. who heads the new country). The number of hops is ``len(new_single_hops)``.
 """
 
 from __future__ import annotations
@@ -23,37 +22,38 @@ def _answers(r: Record, name: str, aliases: str) -> tuple[str, ...]:
 
 
 def mquake_case(r: Record) -> EditCase:
-    rewrites = r.objects("requested_rewrite")
-    if len(rewrites) != 1:
-        raise ValidationError(
-            f"{r.where('requested_rewrite')}: MQuAKE record has {len(rewrites)} rewrites; editkit cases hold one "
-            "edit, and the multi-hop answers need all of them (skip_invalid leaves such records out)"
-        )
-    rw = rewrites[0]
-    new, true = rw.field("target_new").text("str"), rw.field("target_true").text("str")
-    req = request(r, rw.text("prompt"), rw.text("subject"), new, true, case_id(r))
-    probes = [Probe(req.text, req.target_new, ProbeKind.EDIT, contrast=req.target_true), *_mquake_hops(r, req)]
+    requests = []
+    for j, rw in enumerate(r.objects("requested_rewrite")):
+        new, true = rw.field("target_new").text("str"), rw.field("target_true").text("str")
+        name = case_id(r) + (f"/{j}" if j else "")  # the first rewrite's id is the case's
+        requests.append(request(r, rw.text("prompt"), rw.text("subject"), new, true, name))
+    probes = [Probe(q.text, q.target_new, ProbeKind.EDIT, contrast=q.target_true) for q in requests]
+    probes += _mquake_hops(r, requests)
     after, before = _answers(r, "new_answer", "new_answer_alias"), _answers(r, "answer", "answer_alias")
     probes += [
         Probe(q, after[0], ProbeKind.HARD_IN, contrast=before[0], aliases=after[1:], contrast_aliases=before[1:])
         for q in r.strings("questions")
     ]
-    return EditCase(req, tuple(probes))
+    return EditCase(requests[0], tuple(probes), also=tuple(requests[1:]))
 
 
-def _mquake_hops(r: Record, req: EditRequest) -> list[Probe]:
-    """The edited hop's question rephrases the edit; the other hops are facts the edit must not change."""
+def _mquake_hops(r: Record, requests: list[EditRequest]) -> list[Probe]:
+    """Each edited hop's question rephrases its edit; the other hops are facts the edits must not change."""
     hops = r.objects("new_single_hops")
-    edited = [hop for hop in hops if hop.text("cloze") == req.text]
-    if len(edited) != 1:
-        raise ValidationError(
-            f"{r.where('new_single_hops')}: expected one hop whose cloze is the edit prompt {req.text!r}, "
-            f"found {len(edited)}"
-        )
+    edited: dict[int, EditRequest] = {}
+    for req in requests:
+        matches = [j for j, hop in enumerate(hops) if hop.text("cloze") == req.text]
+        if len(matches) != 1:
+            raise ValidationError(
+                f"{r.where('new_single_hops')}: expected one hop whose cloze is the edit prompt {req.text!r}, "
+                f"found {len(matches)}"
+            )
+        edited[matches[0]] = req
     probes = []
-    for hop in hops:
+    for j, hop in enumerate(hops):
         answers = _answers(hop, "answer", "answer_alias")
-        if hop is edited[0]:
+        if j in edited:
+            req = edited[j]
             aliases = tuple(a for a in answers if a != req.target_new)
             probes.append(
                 Probe(hop.text("question"), req.target_new, ProbeKind.REPHRASE, req.target_true, aliases=aliases)

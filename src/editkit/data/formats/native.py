@@ -16,9 +16,10 @@ verbatim), ``target_new``, and optional ``subject``, ``target_true``, ``descript
 of objects with ``prompt``, ``expected`` (the answer the edited model should give), ``kind`` (``edit``,
 ``rephrase``, ``hard_in``, ``neighborhood`` or ``out``; see :class:`~editkit.edits.ProbeKind`), and optional
 ``contrast`` (the answer that should lose to ``expected``), ``aliases`` and ``contrast_aliases`` (lists of further
-answers that count as ``expected`` / ``contrast``). Answers are continuations of their prompt and are used as
-written, so start them with the space a tokenizer expects after the prompt (``" Rome"``). Unknown fields are
-errors. :func:`editkit_record` writes a case in this format; the package's demo edits
+answers that count as ``expected`` / ``contrast``). ``also`` (optional): a list of further requests, applied
+together with ``request`` (a case whose probes need several facts changed). Answers are continuations of their
+prompt and are used as written, so start them with the space a tokenizer expects after the prompt (``" Rome"``).
+Unknown fields are errors. :func:`editkit_record` writes a case in this format; the package's demo edits
 (``editkit/data/demo_edits.jsonl``) are an example file.
 """
 
@@ -34,13 +35,17 @@ _PROBE_FIELDS = ("prompt", "expected", "kind", "contrast", "aliases", "contrast_
 
 
 def editkit_case(r: Record) -> EditCase:
-    r.only(("request", "probes"))
-    request = r.field("request")
+    r.only(("request", "probes", "also"))
+    also = tuple(_editkit_request(a) for a in r.objects("also", optional=True))
+    probes = tuple(_editkit_probe(p) for p in r.objects("probes", optional=True))
+    return EditCase(_editkit_request(r.field("request")), probes, also=also)
+
+
+def _editkit_request(request: Record) -> EditRequest:
     try:
-        req = EditRequest.from_dict(request.rec)
+        return EditRequest.from_dict(request.rec)
     except ValidationError as exc:
         raise ValidationError(f"{request.where()}: {exc}") from None
-    return EditCase(req, tuple(_editkit_probe(p) for p in r.objects("probes", optional=True)))
 
 
 def _editkit_probe(p: Record) -> Probe:
@@ -60,7 +65,10 @@ def _editkit_probe(p: Record) -> Probe:
 
 def editkit_record(case: EditCase) -> dict[str, Any]:
     """A case as a record of the ``editkit`` format (write ``json.dumps`` of each, one per line)."""
-    return {"request": case.request.to_dict(), "probes": [_probe_record(p) for p in case.probes]}
+    rec = {"request": case.request.to_dict(), "probes": [_probe_record(p) for p in case.probes]}
+    if case.also:
+        rec["also"] = [r.to_dict() for r in case.also]
+    return rec
 
 
 def _probe_record(p: Probe) -> dict[str, Any]:

@@ -95,8 +95,21 @@ class Record:
         j = (self.index + 1) % len(self.file)
         return Record(self.path, j, self.file[j], file=self.file) if isinstance(self.file[j], dict) else None
 
-    def groups(self, name: str) -> list[tuple[str, str]]:
-        """``{group: [{prompt, ground_truth}]}`` -> ``[(prompt, answer)]`` (KnowEdit's probe groups)."""
+    def answers(self, name: str) -> tuple[str, ...]:
+        """Every accepted answer, in order and without repeats: a string, a list of strings, or a list of alias
+        lists (KnowEdit's WikiData_recent writes ``[["Cesis", "Cēsis"]]``), flattened."""
+        value = self.rec.get(name)
+        flat = value if isinstance(value, list) else [value]
+        flat = [a for item in flat for a in (item if isinstance(item, list) else [item])]
+        if not flat or any(not isinstance(a, str) or not a.strip() for a in flat):
+            raise ValidationError(
+                f"{self.where(name)} must be an answer, a list of answers or a list of alias lists, got {value!r:.80}"
+            )
+        return tuple(dict.fromkeys(flat))
+
+    def groups(self, name: str) -> list[tuple[str, tuple[str, ...]]]:
+        """``{group: [{prompt, ground_truth}]}`` -> ``[(prompt, answers)]`` (KnowEdit's probe groups; every alias
+        of a ground truth is an accepted answer, the first the reference)."""
         value = self.rec.get(name) or {}
         if not isinstance(value, dict):
             raise ValidationError(f"{self.where(name)} must be an object of probe groups")
@@ -105,7 +118,7 @@ class Record:
             for j, item in enumerate(items if isinstance(items, list) else [items]):
                 sub = Record(self.path, self.index, item)
                 try:
-                    out.append((sub.text("prompt"), sub.text("ground_truth")))
+                    out.append((sub.text("prompt"), sub.answers("ground_truth")))
                 except ValidationError as exc:
                     raise ValidationError(f"{exc} (in {name}.{group}[{j}])") from None
         return out
