@@ -66,6 +66,13 @@ def _folder_with_damaged_tokenizer(tmp: Path) -> None:
     tokenizer.write_bytes(bytes(data))
 
 
+def _manifest(data: bytes) -> Maker:
+    def make(tmp: Path) -> None:
+        (tmp / "folder" / "manifest.json").write_bytes(data)
+
+    return make
+
+
 EVAL = ["eval", "--model", "tiny-llama", "--method", "ft", "--set", "steps=1", "--data", "{input}"]
 
 # name: (argv, what to write into the test folder first, expected text in the error line)
@@ -142,6 +149,19 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "eval: config nested too deep": (["eval", "--config", "{input}"], _bytes(b"a: " + NESTED), "nested too deeply"),
     "train: unknown trainer": (["train", "seracc"], None, "Did you mean 'serac'"),
     "train: config is a folder": (["train", "serac", "--config", "{folder}"], None, "is a folder, not a file"),
+    "serve: unknown method": (["serve", "--method", "romee"], None, "Did you mean 'rome'"),
+    "serve: tokens file is a folder": (["serve", "--tokens", "{folder}"], None, "folder"),
+    "token: tokens file below a file": (["token", "alice", "--tokens", "{blocked}"], None, "cannot"),
+    "trace: out not JSON": (["trace", "--prompt", "x", "--subject", "x", "--out", "{folder}"], None, ".json file"),
+    "trace: out below a file": (
+        ["trace", "--model", "tiny-llama", "--prompt", "x", "--subject", "x", "--out", "{blocked}.json"],
+        None,
+        "cannot be written",
+    ),
+    "trace: known file missing": (["trace", "--known", "{missing}", "--out", "{out}"], None, "does not exist"),
+    "trace: known file not UTF-8": (["trace", "--known", "{input}", "--out", "{out}"], _bytes(NOT_UTF8), "UTF-8"),
+    "pack: no manifest": (["pack", "{folder}", "{out}"], None, "does not exist"),
+    "pack: garbled manifest": (["pack", "{folder}", "{out}"], _manifest(b'{"parts": {"p'), "not valid JSON"),
     "report: results not UTF-8": (["report", "{input}", "--out", "{folder}"], _bytes(NOT_UTF8), "not UTF-8"),
     "report: results nested too deep": (["report", "{input}", "--out", "{folder}"], _bytes(NESTED), "nested"),
     "report: results is a folder": (["report", "{folder}", "--out", "{out}"], None, "is a folder, not a file"),

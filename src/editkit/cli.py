@@ -346,6 +346,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValidationError(f"--out must name a .json file, got {out}")
+    from editkit.files import check_writable
+
+    check_writable(out, "--out")
     if args.known:
         return _trace_average(args, config, out)
     if args.neurons:
@@ -584,9 +587,12 @@ def _serve_dir() -> Path:
 
 def cmd_token(args: argparse.Namespace) -> int:
     _serve_modules()
+    from editkit.files import check_writable
     from editkit.server.tokens import TokenBook
 
-    book = TokenBook(args.tokens or _serve_dir() / "tokens.json")
+    path = Path(args.tokens) if args.tokens else _serve_dir() / "tokens.json"
+    check_writable(path, "--tokens")
+    book = TokenBook(path)
     token = book.add(args.name, args.role)
     print(f"{args.role} token {args.name!r} (stored hashed in {book.path}; shown only now):\n{token}")
     return 0

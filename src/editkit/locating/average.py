@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from editkit.errors import ValidationError
+from editkit.files import read_json
 from editkit.locating.trace import TraceConfig, Tracer, embedding_std
 from editkit.models.lm import LanguageModel
 
@@ -36,14 +37,12 @@ class KnownFact:
 def load_known(path: str | Path) -> list[KnownFact]:
     """ROME's known facts (a JSON list of records with ``prompt``, ``subject`` and ``attribute``)."""
     p = Path(path)
-    if not p.is_file():
-        raise ValidationError(f"known-facts file {p} does not exist")
+    data = read_json(p, "known-facts file")
     try:
-        data = json.loads(p.read_text())
         return [
             KnownFact(int(r.get("known_id", i)), r["prompt"], r["subject"], r["attribute"]) for i, r in enumerate(data)
         ]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise ValidationError(f"{p} is not a list of known facts (prompt, subject, attribute): {exc}") from None
 
 
