@@ -32,14 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from editkit.data import load_cases
 from editkit.editors.enn import PART, SITES, edit_steps, enn_parameter_names, logits_with, target_nll
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError
 from editkit.files import tensor_sha256
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part
+from editkit.training.loop import seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -143,10 +142,10 @@ class ENNTrainer(Trainer):
         from editkit.models.zoo import load
 
         cfg = self.config
-        if not cfg.out or not cfg.data:
-            raise ConfigError("ENN training needs data: [FILE, ...] and out: FOLDER")
-        datasets = [load_cases(p, limit=cfg.max_cases, skip_invalid=True) for p in cfg.data]
-        cases = [c for d in datasets for c in d.cases if c.request.prompt]
+        if not cfg.out:
+            raise ConfigError("ENN training needs out: FOLDER")
+        cases, datasets = training_cases(cfg.data, cfg.max_cases)
+        cases = [c for c in cases if c.request.prompt]
         if not cases:
             raise ConfigError("ENN training found no input-output edit cases in its data")
         if not any(p.kind in LOCAL for c in cases for p in c.probes):

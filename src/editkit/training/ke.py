@@ -34,13 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.data import load_cases
 from editkit.editors.ke import PART, HyperNetwork, edit_deltas, edited_weights, row_deltas
 from editkit.edits import EditCase, ProbeKind
-from editkit.errors import ConfigError, ValidationError
+from editkit.errors import ConfigError
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part
+from editkit.training.loop import seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -171,12 +170,9 @@ class KETrainer(Trainer):
         from editkit.models.zoo import load
 
         cfg = self.config
-        if not cfg.out or not cfg.data:
-            raise ConfigError("ke training needs data: [FILE, ...] and out: FOLDER")
-        datasets = [load_cases(p, skip_invalid=True) for p in cfg.data]  # invalid records are listed, not fatal
-        cases = [c for d in datasets for c in d.cases]
-        if not cases:
-            raise ValidationError(f"no edit cases in {', '.join(cfg.data)}")
+        if not cfg.out:
+            raise ConfigError("ke training needs out: FOLDER")
+        cases, datasets = training_cases(cfg.data)
         lm = load(cfg.base_model, progress=False)
         lm.model.requires_grad_(False)
         shapes = edited_weights(lm, cfg.layers, cfg.parts)

@@ -25,7 +25,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from editkit.errors import ValidationError
+from editkit.data.formats import Dataset, load_cases
+from editkit.edits import EditCase
+from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_torch_save
 from editkit.progress import progress_bar
 from editkit.provenance import peak_memory_mb
@@ -176,3 +178,15 @@ def train_part(
         checkpoint_every=config.checkpoint_every,
         progress=progress,
     )
+
+
+def training_cases(data: Sequence[str], max_cases: int | None = None) -> tuple[list[EditCase], list[Dataset]]:
+    """The cases of every training file (at most ``max_cases`` each; invalid records skipped, as the datasets
+    list them) and the datasets, whose sha256 a trainer's checkpoint key and manifest record."""
+    if not data:
+        raise ConfigError("no training data given (data: [FILE, ...])")
+    datasets = [load_cases(p, limit=max_cases, skip_invalid=True) for p in data]
+    cases = [c for d in datasets for c in d.cases]
+    if not cases:
+        raise ValidationError(f"the training files hold no usable cases: {', '.join(data)}")
+    return cases, datasets

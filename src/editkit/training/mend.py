@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from editkit.data.formats import Dataset, load_cases
+from editkit.data.formats import Dataset
 from editkit.editors.mend import PART, MENDParts, gradient_factors, site_names
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
@@ -39,7 +39,7 @@ from editkit.models.adapters import get_module
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part
+from editkit.training.loop import seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -142,12 +142,8 @@ def locality_loss(
 
 
 def load_training_cases(config: MENDTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
-    if not config.data:
-        raise ConfigError("no training data given (data: [FILE, ...])")
-    datasets = [load_cases(p, limit=config.max_cases, skip_invalid=True) for p in config.data]
-    cases = [c for d in datasets for c in d.cases]
-    if not cases:
-        raise ValidationError("the training files hold no usable cases")
+    """The training cases that have a locality probe (the others cannot enter L_loc), and the datasets."""
+    cases, datasets = training_cases(config.data, config.max_cases)
     cases = [c for c in cases if c.of_kind(*LOCALITY)]
     if not cases:
         raise ValidationError("no training case has a locality probe (kinds out or neighborhood)")

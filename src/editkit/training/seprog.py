@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from editkit.data.formats import Dataset, load_cases
+from editkit.data.formats import Dataset
 from editkit.editors.memory import descriptor_of
 from editkit.editors.seprog import PART, PromptGenerator, base_encoding, prefixed_logits
 from editkit.edits import EditCase, ProbeKind
@@ -40,7 +40,7 @@ from editkit.files import atomic_torch_save
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part
+from editkit.training.loop import seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -96,13 +96,7 @@ def examples_of(cases: Sequence[EditCase], max_out: int) -> list[Example]:
 
 
 def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
-    if not config.data:
-        raise ConfigError("no training data given (data: [FILE, ...])")
-    datasets = [load_cases(p, limit=config.max_cases, skip_invalid=True) for p in config.data]
-    cases = [c for d in datasets for c in d.cases]
-    if not cases:
-        raise ValidationError("the training files hold no usable cases")
-    return cases, datasets
+    return training_cases(config.data, config.max_cases)
 
 
 def _features(

@@ -40,17 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.data.formats import Dataset, load_cases
+from editkit.data.formats import Dataset
 from editkit.editors.memory import descriptor_of
 from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
 from editkit.edits import EditCase, ProbeKind
-from editkit.errors import ConfigError, ValidationError
+from editkit.errors import ConfigError
 from editkit.files import atomic_write
 from editkit.models.encoder import SentenceEncoder
 from editkit.progress import progress_bar
 from editkit.trained import record_part, save_part, start_manifest
-from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop
+from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -184,13 +184,7 @@ def _mined_examples(
 
 
 def load_training_cases(config: SERACTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
-    if not config.data:
-        raise ConfigError("no training data given (data: [FILE, ...])")
-    datasets = [load_cases(p, limit=config.max_cases, skip_invalid=True) for p in config.data]
-    cases = [c for d in datasets for c in d.cases]
-    if not cases:
-        raise ValidationError("the training files hold no usable cases")
-    return cases, datasets
+    return training_cases(config.data, config.max_cases)
 
 
 # --------------------------------------------------------------------------- training through the shared loop
