@@ -158,6 +158,9 @@ def _cached(key: str, path: Path, layer: int) -> torch.Tensor | None:
     except Exception as exc:  # a truncated or corrupted cache file: recompute
         log.warning("ignoring unreadable statistics cache %s (%s)", path, exc)
         return None
+    if recorded is None:
+        log.warning("ignoring statistics cache %s: it has no digest (an older editkit wrote it); recomputing", path)
+        return None
     if recorded != tensor_sha256(mom2) or not torch.isfinite(mom2).all():
         log.warning("ignoring statistics cache %s: its values fail their recorded sha256; recomputing", path)
         return None
