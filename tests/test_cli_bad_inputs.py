@@ -146,6 +146,16 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         _state_with_truncated_results,
         "not valid JSON",
     ),
+    "eval: prefill with a weight editor": (
+        [*EVAL, "--out", "{out}", "--prefill", "{input}"],
+        _json([EASYEDIT]),
+        "fills an edit memory; ft edits weights",
+    ),
+    "eval: prefill smaller than its limit": (
+        [*EVAL[:4], "lu", *EVAL[7:], "--out", "{out}", "--prefill", "{input}", "--prefill-limit", "5"],
+        _json([EASYEDIT]),
+        "only 0 of its 1 edits",
+    ),
     "eval: config nested too deep": (["eval", "--config", "{input}"], _bytes(b"a: " + NESTED), "nested too deeply"),
     "train: unknown trainer": (["train", "seracc"], None, "Did you mean 'serac'"),
     "train: config is a folder": (["train", "serac", "--config", "{folder}"], None, "is a folder, not a file"),

@@ -156,6 +156,17 @@ def test_pack_copies_verified_parts_without_checkpoints_and_records_them_anew(ar
     assert not (tmp_path / "again").exists()
 
 
+def test_pack_takes_a_part_from_another_artifact(artifact: Path, tmp_path: Path):
+    combined = pack(artifact, tmp_path / "combined", parts_from={"counterfactual": PACKAGED / "serac"})
+    assert set(combined["parts"]) == {"part", "counterfactual"}
+    shipped = read_manifest(PACKAGED / "serac")["parts"]["counterfactual"]
+    assert combined["parts"]["counterfactual"]["fingerprint"] == shipped["fingerprint"]
+    assert combined["parts"]["counterfactual"]["base_model"] == "smollm2-135m"
+    verify(tmp_path / "combined", ["part", "counterfactual"])
+    with pytest.raises(ValidationError, match="records no trained part 'scope-x'"):
+        pack(artifact, tmp_path / "other", parts_from={"scope-x": PACKAGED / "serac"})
+
+
 def test_find_puts_the_base_models_name_in_place_of_the_model_placeholder(artifact: Path):
     pattern = str(artifact.parent / "{model}")
     (artifact.parent / "tiny-llama-s0").symlink_to(artifact)

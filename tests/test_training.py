@@ -296,3 +296,78 @@ def test_trained_serac_serves_a_base_model_of_another_family_without_retraining(
     assert torch.allclose(got, want)
     (ids,) = routed.generate_ids(["Germany's capital is"], 3)
     assert other.tokenizer.decode(ids) == h.tokenizer.decode(h.generate_ids([prompt], 3)[0])
+
+
+# --------------------------------------------------------------------------- same-subject negatives
+TEMPLATES = [
+    {"template": "{} is located in", "relation_id": "P131"},
+    {"template": "{} is in the city of", "relation_id": "P131"},
+    {"template": "{} was founded by", "relation_id": "P112"},
+    {"template": "{} is owned by", "relation_id": "P127"},
+    {"template": "{} belongs to", "relation_id": "P127"},
+    {"template": "{} belongs to", "relation_id": "P361"},  # two relations: left out
+    {"template": "no slot", "relation_id": "P1"},  # no subject slot: left out
+]
+
+
+def _subject_cases(path: Path) -> Path:
+    rows = []
+    for i, (subject, target) in enumerate([("The Louvre", " Rome"), ("Big Ben", " Oslo"), ("Notre-Dame", " Lima")]):
+        text = f"{subject} is located in"
+        rows.append(
+            {
+                "request": {"prompt": "{} is located in", "subject": subject, "target_new": target, "case_id": str(i)},
+                "probes": [
+                    {"prompt": text, "expected": target, "kind": "edit"},
+                    {"prompt": f"Where is {subject}? In", "expected": target, "kind": "rephrase"},
+                ],
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_relation_templates_keep_templates_of_one_relation(tmp_path):
+    from editkit.training.serac import relation_templates
+
+    (tmp_path / "t.json").write_text(json.dumps(TEMPLATES))
+    assert relation_templates(tmp_path / "t.json") == {
+        "{} is located in": "P131",
+        "{} is in the city of": "P131",
+        "{} was founded by": "P112",
+        "{} is owned by": "P127",
+    }
+    (tmp_path / "bad.json").write_text(json.dumps([{"template": "{} x"}]))
+    with pytest.raises(ValidationError, match="relation_id"):
+        relation_templates(tmp_path / "bad.json")
+
+
+def test_same_subject_prompts_ask_other_relations_of_the_subject():
+    import random
+
+    from editkit.training.serac import same_subject_prompts
+
+    templates = {"{} is located in": "P131", "{} is in the city of": "P131", "{} was founded by": "P112"}
+    request = EditRequest(prompt="{} is located in", subject="The Louvre", target_new=" Rome")
+    assert same_subject_prompts(request, templates, 5, random.Random(0)) == ("The Louvre was founded by",)
+    unknown = EditRequest(prompt="{} sells", subject="The Louvre", target_new=" art")
+    assert same_subject_prompts(unknown, templates, 5, random.Random(0)) == ()
+    no_subject = EditRequest(prompt="The Louvre is located in", target_new=" Rome")
+    assert same_subject_prompts(no_subject, templates, 5, random.Random(0)) == ()
+
+
+def test_training_with_same_subject_negatives_samples_them(tmp_path):
+    data = _subject_cases(tmp_path / "cases.jsonl")
+    (tmp_path / "t.json").write_text(json.dumps(TEMPLATES))
+    base = {**TINY_TRAINING, "data": [str(data)], "parts": ["scope-embed"], "scope_batch": 3, "hard_negatives": 1}
+    runs = {}
+    for share in (0.0, 1.0):
+        cfg = {**base, "out": str(tmp_path / f"s{share}"), "relation_templates": str(tmp_path / "t.json")}
+        runs[share] = train(SERACTrainConfig.from_dict({**cfg, "same_subject_share": share}), progress=False)
+    recorded = runs[1.0]["relation_templates"]
+    assert recorded["templates"] == 4 and recorded["edits_with_same_subject_negatives"] == 3
+    assert len(recorded["sha256"]) == 64
+    losses = [r["parts"]["scope-embed"]["loss_first"] for r in runs.values()]
+    assert losses[0] != losses[1]  # the negatives sampled differ
+    with pytest.raises(ConfigError, match="same_subject_share"):
+        SERACTrainConfig.from_dict({"same_subject_share": 1.5})

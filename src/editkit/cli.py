@@ -547,13 +547,26 @@ def _add_train_parser(sub: Any) -> None:
     p.add_argument("source", help="folder written by `editkit train`")
     p.add_argument("dest", help="new folder (e.g. src/editkit/artifacts/NAME to ship with the package)")
     p.add_argument("--float16", action="store_true", help="store floating tensors in float16 (half the size)")
+    p.add_argument(
+        "--part",
+        action="append",
+        default=[],
+        metavar="PART=FOLDER",
+        help="take this part from another trained folder instead (repeatable)",
+    )
     p.set_defaults(fn=cmd_pack)
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
     from editkit.trained import pack
 
-    manifest = pack(Path(args.source), Path(args.dest), half=args.float16)
+    parts_from = {}
+    for item in args.part:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValidationError(f"--part takes PART=FOLDER, not {item!r}")
+        parts_from[name] = Path(folder)
+    manifest = pack(Path(args.source), Path(args.dest), half=args.float16, parts_from=parts_from)
     for name, part in manifest["parts"].items():
         print(f"{name}: {part['fingerprint']} (from {part['packed_from']})")
     print(f"packed to {args.dest}")

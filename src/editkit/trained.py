@@ -135,24 +135,34 @@ def write_part(
     return manifest
 
 
-def pack(source: Path, dest: Path, *, half: bool = False) -> dict[str, Any]:
+def pack(
+    source: Path, dest: Path, *, half: bool = False, parts_from: Mapping[str, Path] | None = None
+) -> dict[str, Any]:
     """Copy the verified artifact ``source`` to ``dest`` for shipping: every recorded part, no checkpoints, and
     with ``half`` each safetensors file's floating tensors in float16 (the editors load them into their own
-    dtype). Each part is recorded anew (its files' hashes, its fingerprint, ``packed_from``: the source part's
-    fingerprint); ``dest`` must not hold an artifact yet. Returns the new manifest."""
+    dtype). ``parts_from`` takes some parts from other artifacts instead (part -> its folder: a newly trained
+    scope classifier beside the counterfactual model already shipped). Each part is recorded anew (its files'
+    hashes, its fingerprint, ``packed_from``: the source part's fingerprint); ``dest`` must not hold an artifact
+    yet. Returns the new manifest."""
     manifest = read_manifest(source)
-    parts = list(manifest.get("parts", {}))
-    if not parts:
+    origins = {part: source for part in manifest.get("parts", {})}
+    origins.update(parts_from or {})
+    if not origins:
         raise ValidationError(f"{source / MANIFEST} records no trained part; nothing to pack")
-    verify(source, parts)
+    manifests = {folder: read_manifest(folder) for folder in set(origins.values())}
+    for folder in manifests:
+        verify(folder, [p for p, f in origins.items() if f == folder])
     if (dest / MANIFEST).exists():
         raise ValidationError(f"{dest} already holds a trained artifact; remove it or pack elsewhere")
     packed = {**manifest, "parts": {}}
-    for part in parts:
-        meta = {k: v for k, v in manifest["parts"][part].items() if k not in ("files", "fingerprint")}
-        meta["packed_from"] = manifest["parts"][part]["fingerprint"]
-        for rel in manifest["parts"][part]["files"]:
-            src, out = source / part / rel, dest / part / rel
+    for part, folder in origins.items():
+        recorded = manifests[folder]["parts"][part]
+        meta = {k: v for k, v in recorded.items() if k not in ("files", "fingerprint")}
+        meta["packed_from"] = recorded["fingerprint"]
+        if folder != source:
+            meta["base_model"] = recorded.get("base_model", manifests[folder].get("base_model"))
+        for rel in recorded["files"]:
+            src, out = folder / part / rel, dest / part / rel
             out.parent.mkdir(parents=True, exist_ok=True)
             if half and rel.endswith(".safetensors"):
                 tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}

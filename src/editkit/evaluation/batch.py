@@ -5,6 +5,11 @@ calls ``editor.apply``, reads ``handle.model`` and rolls back through the handle
 
 The unedited model is scored on all cases first (``unedited_*`` aggregates); the case order is the same for
 every method, so methods compare case by case.
+
+A memory editor can be evaluated with its memory already holding other edits (``prefill``, distractors that a
+deployed memory would hold; :mod:`editkit.evaluation.prefill`): they are added once, before the first group, stay
+while every group is edited, scored and rolled back, and are removed at the end. Memory editors' runs split
+drawdown by cause (the ``dd_*_subject`` scores of :mod:`editkit.evaluation.metrics`).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from statistics import mean
 from typing import Any
 
 from editkit.data.formats import Dataset
-from editkit.editors.base import Editor
-from editkit.edits import EditCase
+from editkit.editors.base import EditHandle, Editor
+from editkit.edits import EditCase, EditRequest
 from editkit.errors import ValidationError
 from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.prefill import SubjectIndex
 from editkit.evaluation.results import header
 from editkit.evaluation.shared import aggregate, apply_cases, record_info, rollback
 from editkit.models.lm import LanguageModel
@@ -65,12 +71,17 @@ def batch_edits(
     batch_size: int = 16,
     progress: bool = True,
     datasets: Sequence[Dataset] = (),
+    prefill: Sequence[EditRequest] = (),
+    prefill_summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model,
-    score every case of the group, roll back. ``aggregates`` are those of the largest k; ``aggregates_by_k``
-    has them all."""
+    """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model (a
+    memory editor's memory holding the ``prefill`` edits), score every case of the group, roll back.
+    ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all."""
     if not cases:
         raise ValidationError("no cases to evaluate")
+    memory = editor.capabilities.storage != "weights"
+    if prefill and not memory:
+        raise ValidationError(f"{editor.name} edits weights; a prefilled memory is for memory editors")
     bad = [k for k in ks if k < 1 or k > len(cases)]
     if bad:
         raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
@@ -78,20 +89,73 @@ def batch_edits(
     t_start = time.perf_counter()
     reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
     unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
-    records: list[dict[str, Any]] = []
-    by_k: dict[str, dict[str, float]] = {}
     plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
     if not all(plan.values()):
         raise ValidationError(f"no group of {min(k for k, g in plan.items() if not g)} edits with distinct subjects")
+    prefilled = _prefill(lm, editor, prefill, progress)
+    subjects = SubjectIndex.of(prefill) if memory else None
+    try:
+        records, by_k = _run_groups(lm, editor, cases, plan, reference, unedited, subjects, batch_size, progress)
+    finally:
+        rollback(prefilled)
+    return {
+        **header("batch", lm, editor, cases, datasets),
+        "ks": list(ks),
+        "distinct_subjects": distinct_subjects,
+        **({"prefill": prefill_summary or {"added": len(prefill)}} if prefill else {}),
+        "aggregates": {
+            **by_k[str(max(ks))],
+            **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in unedited], "pre").items()},
+        },
+        "aggregates_by_k": by_k,
+        "total_seconds": time.perf_counter() - t_start,
+        "peak_memory_mb": peak_memory_mb(),
+        "records": records,
+    }
+
+
+PREFILL_CHUNK = 500
+
+
+def _prefill(lm: LanguageModel, editor: Editor, requests: Sequence[EditRequest], progress: bool) -> list[EditHandle]:
+    """Add ``requests`` to the editor's memory in chunks; the handles roll them back."""
+    handles: list[EditHandle] = []
+    with progress_bar(len(requests), f"prefilling {editor.name}'s memory", progress and bool(requests)) as bar:
+        try:
+            for start in range(0, len(requests), PREFILL_CHUNK):
+                chunk = requests[start : start + PREFILL_CHUNK]
+                handles.append(editor.apply(lm, chunk))
+                bar.advance(len(chunk))
+        except BaseException:
+            rollback(handles)
+            raise
+    return handles
+
+
+def _run_groups(
+    lm: LanguageModel,
+    editor: Editor,
+    cases: Sequence[EditCase],
+    plan: dict[int, list[list[int]]],
+    reference: Reference,
+    unedited: list[dict[str, float]],
+    subjects: SubjectIndex | None,
+    batch_size: int,
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    records: list[dict[str, Any]] = []
+    by_k: dict[str, dict[str, float]] = {}
     with progress_bar(sum(len(g) for g in plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
         for k, groups in plan.items():
             k_records: list[dict[str, Any]] = []
             for g, group in enumerate(groups):
                 t0 = time.perf_counter()
-                handles = apply_cases(lm, editor, [cases[i] for i in group])
+                edited = [cases[i] for i in group]
+                handles = apply_cases(lm, editor, edited)
                 edit_seconds = time.perf_counter() - t0
+                in_memory = subjects.extended(r for c in edited for r in c.requests) if subjects else None
                 try:
-                    post = score_cases(handles[-1].model, [cases[i] for i in group], reference, batch_size=batch_size)
+                    post = score_cases(handles[-1].model, edited, reference, batch_size=batch_size, subjects=in_memory)
                 finally:
                     rollback(handles)
                 for i, scores in zip(group, post, strict=True):
@@ -113,16 +177,4 @@ def batch_edits(
                 "n_cases": len(k_records),
             }
             records += k_records
-    return {
-        **header("batch", lm, editor, cases, datasets),
-        "ks": list(ks),
-        "distinct_subjects": distinct_subjects,
-        "aggregates": {
-            **by_k[str(max(ks))],
-            **{f"unedited_{k}": v for k, v in aggregate([{"pre": u} for u in unedited], "pre").items()},
-        },
-        "aggregates_by_k": by_k,
-        "total_seconds": time.perf_counter() - t_start,
-        "peak_memory_mb": peak_memory_mb(),
-        "records": records,
-    }
+    return records, by_k

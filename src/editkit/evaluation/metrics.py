@@ -17,6 +17,11 @@ Per case (numbers in parentheses are equations of the SERAC paper, Mitchell et a
   tokens as the probe's expected answer has. The base predictions are computed once on the unedited model
   (:class:`Reference`); the edited model disagrees iff it does not reproduce them greedily, again one
   teacher-forced pass. ``dd_neighborhood`` / ``dd_out`` split hard and easy out-of-scope probes.
+* ``dd_own_subject`` / ``dd_edited_subject`` / ``dd_unedited_subject``: ``dd`` split by cause when the memory's
+  edits are given (:class:`~editkit.evaluation.prefill.SubjectIndex`): probes about the edit's own subject (asked
+  of another fact), about a subject with another edit in memory, and about a subject no edit touches;
+  ``other_edit_answered``: on the second kind, whether the edited model gives that other edit's answer (the
+  probe may be in its scope).
 * ``kl_drawdown`` (7): KL(p_base(.|x) || p_e(.|x)) of the next-token distribution at the end of each
   out-of-scope prompt, averaged. The base distributions are cached in float16.
 
@@ -38,6 +43,7 @@ from safetensors.torch import load_file
 
 from editkit.edits import EditCase, Probe, ProbeKind
 from editkit.errors import ValidationError
+from editkit.evaluation.prefill import EDITED_SUBJECT, SubjectIndex, subject_cause
 from editkit.files import atomic_save_tensors, atomic_write
 from editkit.models.lm import LanguageModel, TokenScores
 from editkit.progress import progress_bar
@@ -205,19 +211,21 @@ def score_cases(
     *,
     batch_size: int = 16,
     kinds: Sequence[ProbeKind] = tuple(ProbeKind),
+    subjects: SubjectIndex | None = None,
     progress: bool = False,
 ) -> list[dict[str, float]]:
     """Every metric of the module docstring for each case, on ``lm`` as it is now, from the probes of the given
-    ``kinds`` (default all). The probes of up to :data:`CHUNK_PROBES` cases' worth go through the model together
-    in length-sorted batches; chunks bound the memory held by out-of-scope next-token distributions (a
-    vocabulary-sized row each). ``progress`` shows a bar over the cases, a chunk at a time."""
+    ``kinds`` (default all); with ``subjects`` (the edits in ``lm``'s memory) drawdown is also split by cause.
+    The probes of up to :data:`CHUNK_PROBES` cases' worth go through the model together in length-sorted
+    batches; chunks bound the memory held by out-of-scope next-token distributions (a vocabulary-sized row
+    each). ``progress`` shows a bar over the cases, a chunk at a time."""
     out: list[dict[str, float]] = []
     start, n_probes = 0, 0
     with progress_bar(len(cases), f"scoring {len(cases)} cases on {lm.name}", progress) as bar:
         for i, case in enumerate(cases):
             n_probes += len(case.probes)
             if n_probes >= CHUNK_PROBES or i == len(cases) - 1:
-                out += _score_chunk(lm, cases[start : i + 1], reference, batch_size, kinds)
+                out += _score_chunk(lm, cases[start : i + 1], reference, batch_size, kinds, subjects)
                 bar.advance(i + 1 - start)
                 start, n_probes = i + 1, 0
     return out
@@ -229,6 +237,7 @@ def _score_chunk(
     reference: Reference,
     batch_size: int,
     kinds: Sequence[ProbeKind],
+    subjects: SubjectIndex | None = None,
 ) -> list[dict[str, float]]:
     of = [(c, [p for p in c.probes if p.kind in kinds]) for c in cases]
     plain = [(c, p) for c, ps in of if not c.request.descriptor for p in ps if p.kind in IN_SCOPE]
@@ -240,10 +249,16 @@ def _score_chunk(
     in_pairs: list[tuple[str, str | list[int]]] = [(p.prompt, a) for _, p in plain for a in p.answers]
     margin_pairs = _set_pairs([p for _, p in contrast])
     sent_pairs = _set_pairs([p for _, p in sentiment])
-    everything = _score_sorted(lm, in_pairs + margin_pairs + sent_pairs, batch_size)
+    causes = [subject_cause(c, p.prompt, subjects) for c, p in outs] if subjects is not None else []
+    other_pairs: list[tuple[str, str | list[int]]] = [
+        (outs[j][1].prompt, other.target_new) for j, (_, other) in enumerate(causes) if other is not None
+    ]
+    everything = _score_sorted(lm, in_pairs + margin_pairs + sent_pairs + other_pairs, batch_size)
     in_scores = everything[: len(in_pairs)]
-    margins = _set_likelihoods([p for _, p in contrast], everything[len(in_pairs) : len(in_pairs) + len(margin_pairs)])
-    sent_liks = _set_likelihoods([p for _, p in sentiment], everything[len(in_pairs) + len(margin_pairs) :])
+    n_before_sent = len(in_pairs) + len(margin_pairs)
+    margins = _set_likelihoods([p for _, p in contrast], everything[len(in_pairs) : n_before_sent])
+    sent_liks = _set_likelihoods([p for _, p in sentiment], everything[n_before_sent : n_before_sent + len(sent_pairs)])
+    other_scores = iter(everything[n_before_sent + len(sent_pairs) :])
     missing = [p for _, p in outs if _key(p) not in reference.predictions]
     if missing:
         raise ValueError(f"the reference has no base prediction for {len(missing)} out-of-scope probes; build it first")
@@ -271,10 +286,15 @@ def _score_chunk(
         add(case, "z_sent", z_sent)
         add(case, "z_topic", z_topic)
         add(case, KIND_ACCURACY[probe.kind], z_sent * z_topic)
-    for (case, probe), s in zip(outs, out_scores, strict=True):
+    for j, ((case, probe), s) in enumerate(zip(outs, out_scores, strict=True)):
         changed = 0.0 if s.exact_match else 1.0
         add(case, "dd", changed)
         add(case, KIND_DRAWDOWN[probe.kind], changed)
+        if causes:
+            cause, other = causes[j]
+            add(case, f"dd_{cause}", changed)
+            if cause == EDITED_SUBJECT and other is not None:
+                add(case, "other_edit_answered", float(next(other_scores).exact_match))
         assert s.first_distribution is not None
         add(case, "kl_drawdown", kl_divergence(reference.distributions[_key(probe)], s.first_distribution))
     for (case, probe), (l_exp, l_con) in zip(contrast, margins, strict=True):

@@ -70,6 +70,14 @@ class RunConfig(TypedConfig):
         default=False,
         metadata={"help": "batch: no two edits of a group about the same subject (batch.edit_groups)"},
     )
+    prefill: str | None = field(
+        default=None,
+        metadata={
+            "help": "batch, memory editors: a data file of other edits put in the memory first (distractors; those "
+            "sharing a case id, prompt or subject with the run's cases are left out)"
+        },
+    )
+    prefill_limit: int | None = field(default=None, metadata={"help": "use the first N distractors of --prefill"})
     every: int = field(default=20, metadata={"help": "sequential: evaluate retention and downstream every N edits"})
     downstream: list[str] = field(
         default_factory=list, metadata={"help": "sequential: comma-separated tasks (sst2,mrpc,rte,cola)"}
@@ -136,6 +144,10 @@ class RunConfig(TypedConfig):
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.sample is not None and self.sample < 1:
             raise ConfigError(f"--sample must be at least 1, got {self.sample}")
+        if self.prefill_limit is not None and (self.prefill is None or self.prefill_limit < 1):
+            raise ConfigError("--prefill-limit N needs --prefill FILE and N of at least 1")
+        if self.prefill is not None and self.protocol != "batch":
+            raise ConfigError("--prefill fills the memory of the batch protocol (--protocol batch)")
         if self.distinct_subjects and self.protocol != "batch":
             raise ConfigError("--distinct-subjects groups the edits of the batch protocol (--protocol batch)")
         if self.downstream and self.protocol != "sequential":
@@ -246,6 +258,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from editkit.editors import create_editor
     from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
+    from editkit.evaluation.prefill import load_prefill
     from editkit.evaluation.runstate import RunState
     from editkit.evaluation.sequential import sequential_edits
     from editkit.models.zoo import check_model_name, load
@@ -282,6 +295,13 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                 f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
                 f"(first: {unlocated[0]}); choose other data or a method that does not locate"
             )
+    if config.prefill is not None and editor.capabilities.storage == "weights":
+        raise ValidationError(f"--prefill fills an edit memory; {editor.name} edits weights (use serac, rp or lu)")
+    prefill = (
+        load_prefill(config.prefill, config.prefill_limit, dataset.cases, config.data, format=config.format)
+        if config.prefill is not None
+        else None
+    )
     guard = _guard(config, tasks) if config.guard is not None else None
     if config.threads is not None:
         torch.set_num_threads(config.threads)
@@ -297,6 +317,8 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             batch_size=config.batch_size,
             progress=progress,
             datasets=[dataset],
+            prefill=prefill.requests if prefill else (),
+            prefill_summary=prefill.summary if prefill else None,
         )
         results["run"] = config.to_dict()
     else:

@@ -6,7 +6,11 @@ edit descriptor ``z_e = [x_e ; y_e]``:
 * in-scope inputs I(z_e): the case's edit prompt, rephrases and hard in-scope probes;
 * out-of-scope inputs O(z_e): the case's own out-of-scope probes (zsRE's unrelated NQ questions, CounterFact's
   neighborhood prompts) and hard negatives mined as the nearest in-scope inputs of *other* cases under raw
-  all-MiniLM-L6-v2 embeddings (appendix D.1 mines hard out-of-scope inputs the same way).
+  all-MiniLM-L6-v2 embeddings (appendix D.1 mines hard out-of-scope inputs the same way);
+* with ``relation_templates`` (ROME's known-facts file, one prompt template per row with its Wikidata relation),
+  same-subject negatives: the edit's subject in templates of *other* relations ("The mother tongue of X is" for
+  an edit of "X is a citizen of"), for the cases whose prompt is one of those templates. An edit of one fact must
+  not claim everything else asked about its subject (KnowEdit's relation-specificity probes).
 
 Parts, each trained separately and each a LoRA adapter (peft) so the artifact is small:
 
@@ -31,7 +35,7 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,9 +48,9 @@ from editkit.data.formats import Dataset
 from editkit.editors.memory import descriptor_of
 from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
-from editkit.edits import EditCase, ProbeKind
-from editkit.errors import ConfigError
-from editkit.files import atomic_write
+from editkit.edits import EditCase, EditRequest, ProbeKind
+from editkit.errors import ConfigError, ValidationError
+from editkit.files import atomic_write, file_sha256, read_json
 from editkit.models.encoder import SentenceEncoder
 from editkit.progress import progress_bar
 from editkit.trained import record_part, save_part, start_manifest
@@ -72,6 +76,20 @@ class SERACTrainConfig(TypedConfig):
     hard_negatives: int = field(default=32, metadata={"help": "nearest other-case inputs kept per edit"})
     scope_steps: int = field(default=400, metadata={"help": "optimisation steps per scope classifier"})
     scope_batch: int = field(default=32, metadata={"help": "edits per scope batch"})
+    relation_templates: str | None = field(
+        default=None,
+        metadata={
+            "help": "ROME's known_1000.json (template, relation_id per row): same-subject negatives from templates "
+            "of other relations; None: none"
+        },
+    )
+    same_subject_negatives: int = field(
+        default=4, metadata={"help": "same-subject prompts (other relations) made per edit with relation_templates"}
+    )
+    same_subject_share: float = field(
+        default=0.25,
+        metadata={"help": "embedding classifier: share of sampled negatives that are same-subject prompts, if any"},
+    )
     scope_hard_weight: float = field(
         default=0.5,
         metadata={
@@ -96,6 +114,10 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
         if self.scope_batch < 2:
             raise ConfigError("scope_batch must be at least 2 (in-batch negatives)")
+        if not 0.0 <= self.same_subject_share <= 1.0:
+            raise ConfigError(f"same_subject_share must lie in [0, 1], not {self.same_subject_share}")
+        if self.same_subject_negatives < 0:
+            raise ConfigError(f"same_subject_negatives must be at least 0, not {self.same_subject_negatives}")
         if not 0.0 <= self.scope_hard_weight <= 1.0:
             raise ConfigError(f"scope_hard_weight must lie in [0, 1], not {self.scope_hard_weight}")
         if "{edit}" not in self.template or "{input}" not in self.template:
@@ -109,6 +131,7 @@ class ScopeExample:
     positives: tuple[str, ...]
     negatives: tuple[str, ...]  # the case's own out-of-scope inputs
     hard: tuple[str, ...] = ()  # mined: nearest in-scope inputs of other cases
+    same_subject: tuple[str, ...] = ()  # the edit's subject asked about other relations
 
 
 @dataclass(frozen=True)
@@ -160,6 +183,46 @@ def mine_hard_negatives(
             hard = [texts[j] for j in idx if texts[j] not in own][:k]
             out.append(dataclasses.replace(ex, hard=tuple(dict.fromkeys(hard))))
     return out
+
+
+def relation_templates(path: str | Path) -> dict[str, str]:
+    """Template -> relation id from ROME's known-facts file (``{"template": "{} plays the", "relation_id":
+    "P1303", ...}`` per row); a template that two relations share is left out."""
+    rows = read_json(path, "relation templates file")
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and {"template", "relation_id"} <= set(r) for r in rows
+    ):
+        raise ValidationError(f"{path}: expected a list of records with 'template' and 'relation_id'")
+    relations: dict[str, set[str]] = {}
+    for r in rows:
+        if str(r["template"]).count("{}") == 1:
+            relations.setdefault(str(r["template"]), set()).add(str(r["relation_id"]))
+    return {t: next(iter(rs)) for t, rs in relations.items() if len(rs) == 1}
+
+
+def same_subject_prompts(
+    request: EditRequest, templates: Mapping[str, str], n: int, rng: random.Random
+) -> tuple[str, ...]:
+    """Up to ``n`` prompts about the request's subject in templates of relations other than its own; none when
+    its prompt is not one of ``templates`` (its relation is unknown) or it has no subject."""
+    if not request.subject or n == 0:
+        return ()
+    relation = templates.get(request.template)
+    if relation is None:
+        return ()
+    others = sorted(t for t, r in templates.items() if r != relation)
+    return tuple(t.format(request.subject) for t in rng.sample(others, min(n, len(others))))
+
+
+def with_same_subject(
+    examples: Sequence[ScopeExample], cases: Sequence[EditCase], templates: Mapping[str, str], n: int, seed: int
+) -> list[ScopeExample]:
+    """``examples`` with their same-subject negatives (:func:`same_subject_prompts`, drawn with ``seed``)."""
+    rng = random.Random(f"same-subject:{seed}")
+    by_descriptor: dict[str, tuple[str, ...]] = {}
+    for c in cases:
+        by_descriptor.setdefault(descriptor_of(c.request), same_subject_prompts(c.request, templates, n, rng))
+    return [dataclasses.replace(e, same_subject=by_descriptor.get(e.descriptor, ())) for e in examples]
 
 
 def _mined_examples(
@@ -264,7 +327,12 @@ def train_scope_embed(
     def loss_fn(rng: random.Random) -> torch.Tensor:
         batch = rng.sample(list(examples), config.scope_batch)
         pos = [rng.choice(e.positives) for e in batch]
-        neg = [_pick(rng, e.hard + e.negatives, pool) for e in batch]
+        neg = [
+            rng.choice(e.same_subject)
+            if e.same_subject and rng.random() < config.same_subject_share
+            else _pick(rng, e.hard + e.negatives, pool)
+            for e in batch
+        ]
         z = clf.embed([e.descriptor for e in batch])
         x = clf.embed(pos + neg)
         logits = clf.logits_from_sqdist(torch.cdist(z, x).pow(2))
@@ -365,6 +433,15 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
         examples = _mined_examples(config, cases, datasets, progress=progress)
+        if config.relation_templates:
+            templates = relation_templates(config.relation_templates)
+            examples = with_same_subject(examples, cases, templates, config.same_subject_negatives, config.seed)
+            manifest["relation_templates"] = {
+                "path": config.relation_templates,
+                "sha256": file_sha256(Path(config.relation_templates)),
+                "templates": len(templates),
+                "edits_with_same_subject_negatives": sum(bool(e.same_subject) for e in examples),
+            }
         if "scope-embed" in scope_parts:
             meta = train_scope_embed(config, examples, datasets, progress=progress)
             record_part(folder, manifest, "scope-embed", meta)
