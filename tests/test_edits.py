@@ -57,3 +57,12 @@ def test_case_probes_by_kind():
     assert ProbeKind.EDIT.in_scope and not ProbeKind.NEIGHBORHOOD.in_scope
     with pytest.raises(ValidationError):
         Probe(" ", "x", ProbeKind.OUT)
+
+
+def test_names_subject_matches_whole_words_case_insensitively():
+    from editkit.edits import names_subject
+
+    assert names_subject("Where is the eiffel tower's base?", "The Eiffel Tower")
+    assert not names_subject("Parisian food is", "Paris")
+    assert not names_subject("The Tower of Eiffel", "Eiffel Tower")
+    assert not names_subject("anything", "  ")

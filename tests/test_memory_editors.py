@@ -95,6 +95,19 @@ def test_routing_follows_eq1_threshold():
     assert _greedy(everything, [FAR]) == prompted
 
 
+def test_the_subject_gate_routes_only_inputs_that_name_the_edits_subject():
+    tower = EditRequest(prompt="{} is located in the city of", subject="The Eiffel Tower", target_new=" Rome")
+    unlocated = EditRequest(prompt="Who leads the UK? It is", target_new=" Boris")
+    louvre = "The Louvre is located in the city of"
+    model = _rp(threshold=0.0, subject_gate=True).apply(tiny_model("llama"), [tower]).model
+    assert model.route(["Where is the eiffel tower's base?"])[0].record is not None
+    assert model.route([louvre])[0].record is None  # nearest edit, but another entity
+    ungated = _rp(threshold=0.0).apply(tiny_model("llama"), [tower]).model
+    assert ungated.route([louvre])[0].record is not None
+    both = _rp(threshold=0.0, subject_gate=True).apply(tiny_model("llama"), [tower, unlocated]).model
+    assert both.route([louvre])[0].record.request == unlocated  # an edit without a subject is not gated
+
+
 def test_routed_scores_equal_the_answering_model_scores():
     lm = tiny_model("llama")
     routed = _rp(threshold=0.0).apply(lm, [EIFFEL]).model

@@ -8,6 +8,7 @@ that fits the model) check it with :meth:`EditRequest.require_subject` and :func
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -166,3 +167,18 @@ class EditCase:
 
 def requests_of(cases: Sequence[EditCase]) -> list[EditRequest]:
     return [c.request for c in cases]
+
+
+_WORD = re.compile(r"\w+")
+
+
+def words(text: str) -> tuple[str, ...]:
+    """The text's words, lower-cased (punctuation and possessive marks separate them)."""
+    return tuple(_WORD.findall(text.lower()))
+
+
+def names_subject(text: str, subject: str) -> bool:
+    """Whether ``text`` names ``subject`` as whole words, case-insensitively ("the eiffel tower's" names "The
+    Eiffel Tower"; "Parisian" does not name "Paris")."""
+    s, w = words(subject), words(text)
+    return bool(s) and any(w[i : i + len(s)] == s for i in range(len(w) - len(s) + 1))

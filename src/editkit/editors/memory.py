@@ -7,6 +7,10 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
 * a :class:`ScopeModel` g(z_e, x) gives, for an input x, the probability that it lies in the scope of each
   candidate edit the index returns;
 * an :class:`~editkit.editors.answerers.Answerer` h(z_e, x) answers an input routed to an edit;
+* with ``subject_gate`` an input is routed only to edits whose subject it names (edits without a subject, such
+  as statements, are not gated), from the index's :data:`SUBJECT_GATE_CANDIDATES` nearest: an edit then never
+  answers a question about another entity, however close the two questions look (at the cost of inputs that
+  name the subject otherwise: aliases, multi-hop questions);
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
@@ -34,7 +38,7 @@ import torch
 from editkit.editors.answerers import Answerer
 from editkit.editors.base import Capabilities, EditHandle, Editor, EditorConfig, create_editor
 from editkit.editors.handle import register_handle_loader
-from editkit.edits import EditRequest
+from editkit.edits import EditRequest, names_subject
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.index import VectorIndex
 from editkit.memory.store import AddOutcome, EditRecord, EditStore
@@ -42,6 +46,8 @@ from editkit.memory.urls import check_store_url, open_store
 from editkit.models.lm import LanguageModel, TokenScores
 
 log = logging.getLogger(__name__)
+
+SUBJECT_GATE_CANDIDATES = 10  # nearest edits a subject-gated lookup considers
 
 
 def descriptor_of(request: EditRequest) -> str:
@@ -107,9 +113,18 @@ class EditMemory:
     ``store`` says where the journal is: a store URL or a bare SQLite path (:func:`~editkit.memory.urls.open_store`);
     ``None`` keeps it in an SQLite file in a temporary folder that lives as long as this object. Opening an
     existing store rebuilds the index from it (stored vectors are reused when they were made in the same space).
+    With ``subject_gate`` an edit with a subject answers only inputs that name it.
     """
 
-    def __init__(self, scope: ScopeModel, store: str | Path | None = None, *, exact_below: int = 20_000) -> None:
+    def __init__(
+        self,
+        scope: ScopeModel,
+        store: str | Path | None = None,
+        *,
+        exact_below: int = 20_000,
+        subject_gate: bool = False,
+    ) -> None:
+        self.subject_gate = subject_gate
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="editkit-memory-")
@@ -226,9 +241,12 @@ class EditMemory:
         with self._lock:
             if not self._records:
                 return [Route(None, 0.0) for _ in texts]
-            k = min(self.scope.candidates, len(self._records))
+            wanted = max(self.scope.candidates, SUBJECT_GATE_CANDIDATES if self.subject_gate else 1)
+            k = min(wanted, len(self._records))
             sqdist, ids = self.index.search(self.scope.query_vectors(texts).astype(np.float32), k)
             candidates = [[self._records[int(i)] for i in row if i >= 0] for row in ids]
+        if self.subject_gate:
+            candidates, sqdist = _gate(texts, candidates, sqdist)
         probs = self.scope.scores(texts, candidates, sqdist)
         routes = []
         for row, cands in zip(probs, candidates, strict=True):
@@ -243,6 +261,19 @@ class EditMemory:
         self.store.close()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _gate(
+    texts: Sequence[str], candidates: list[list[EditRecord]], sqdist: np.ndarray
+) -> tuple[list[list[EditRecord]], np.ndarray]:
+    """Each input's candidates less the edits whose subject it does not name, with their distances (``inf``
+    pads the rows that lost some)."""
+    kept_rows, dist = [], np.full_like(sqdist, np.inf)
+    for i, (text, cands) in enumerate(zip(texts, candidates, strict=True)):
+        keep = [j for j, r in enumerate(cands) if not r.request.subject or names_subject(text, r.request.subject)]
+        kept_rows.append([cands[j] for j in keep])
+        dist[i, : len(keep)] = sqdist[i, keep]
+    return kept_rows, dist
 
 
 # --------------------------------------------------------------------------- the edited model
@@ -455,6 +486,10 @@ class MemoryConfig(EditorConfig):
         },
     )
     threshold: float = field(default=0.5, metadata={"help": "scope probability from which an edit answers (eq. 1)"})
+    subject_gate: bool = field(
+        default=False,
+        metadata={"help": "an edit with a subject answers only inputs that name its subject (whole words)"},
+    )
     author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
 
     def validate(self) -> None:
@@ -490,7 +525,7 @@ class MemoryEditor(Editor):
                 raise ValidationError(f"{lm!r} belongs to another editor; apply edits through the editor that made it")
             return lm
         if lm not in self._routed:
-            memory = EditMemory(self.build_scope(lm), self.config.memory)
+            memory = EditMemory(self.build_scope(lm), self.config.memory, subject_gate=self.config.subject_gate)
             self._routed[lm] = RoutedModel(lm, memory, self.build_answerer(lm), threshold=self.config.threshold)
         return self._routed[lm]
 

@@ -14,27 +14,20 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from editkit.data.formats import load_cases
-from editkit.edits import EditCase, EditRequest
+from editkit.edits import EditCase, EditRequest, names_subject, words
 from editkit.errors import ValidationError
 
 MAX_SUBJECT_WORDS = 12
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 OWN_SUBJECT = "own_subject"
 EDITED_SUBJECT = "edited_subject"
 UNEDITED_SUBJECT = "unedited_subject"
-
-
-def words(text: str) -> tuple[str, ...]:
-    """The text's words, lower-cased (punctuation and possessive marks are separators)."""
-    return tuple(_WORD.findall(text.lower()))
 
 
 def subject_key(request: EditRequest) -> str:
@@ -83,9 +76,7 @@ def subject_cause(case: EditCase, prompt: str, index: SubjectIndex) -> tuple[str
     """Why an out-of-scope probe of ``case`` might change: it names the case's own subject (``own_subject``),
     else a subject with another edit in the memory (``edited_subject``, with that edit), else neither
     (``unedited_subject``)."""
-    own = words(case.request.subject or "")
-    w = words(prompt)
-    if own and any(w[i : i + len(own)] == own for i in range(len(w) - len(own) + 1)):
+    if case.request.subject and names_subject(prompt, case.request.subject):
         return OWN_SUBJECT, None
     ours = {id(r) for r in case.requests}
     others = [r for r in index.named(prompt) if id(r) not in ours]
