@@ -6,7 +6,8 @@ cases whose edits are in memory (the most recently added, so the cases change as
 
 * ES: exact match of the new target on the rephrase probes (SERAC eq. 4), and the classifier's routing accuracy;
 * DD: on the neighborhood probes, 1 when the edited model's greedy answer differs from the base model's (eq. 5),
-  and the share of those probes that name a subject with an edit of its own in memory (in scope of that edit);
+  split by cause (probes naming no edited subject, and those naming a subject with an edit of its own in memory,
+  with how often that edit's answer came: they may be in its scope), and the share of the second kind;
 * latency of one forward pass (one input, next-token distribution) for the base model, SERAC on an
   out-of-scope input (routed to the base) and SERAC on an in-scope input (routed to h), median of --repeats;
   and of a 16-token greedy generation, base against SERAC out of scope (routing happens once per input);
@@ -36,6 +37,7 @@ from editkit.editors import create_editor
 from editkit.editors.serac import SERAC
 from editkit.edits import ProbeKind
 from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.prefill import SubjectIndex
 from editkit.models.zoo import load
 
 log = logging.getLogger("serac_scale")
@@ -99,8 +101,13 @@ def main() -> None:
                 added += 1
             probe_cases = cases[max(0, size - args.probe_cases) : size]
             reference = Reference.build(lm, probe_cases)
+            in_memory = SubjectIndex.of(c.request for c in cases[:size])
             scores = score_cases(
-                model, probe_cases, reference, kinds=(ProbeKind.REPHRASE, ProbeKind.NEIGHBORHOOD, ProbeKind.EDIT)
+                model,
+                probe_cases,
+                reference,
+                kinds=(ProbeKind.REPHRASE, ProbeKind.NEIGHBORHOOD, ProbeKind.EDIT),
+                subjects=in_memory,
             )
             rephrases = [(c, p) for c in probe_cases for p in c.of_kind(ProbeKind.REPHRASE)]
             routes = model.route([p.prompt for _, p in rephrases])
@@ -109,9 +116,8 @@ def main() -> None:
                 for (c, _), r in zip(rephrases, routes, strict=True)
             ]
             neighbours = [p.prompt for c in probe_cases for p in c.of_kind(ProbeKind.NEIGHBORHOOD)]
-            # A neighborhood prompt about a subject that has its own edit in memory is in scope of that edit.
-            subjects = {c.request.subject for c in cases[:size] if c.request.subject and len(c.request.subject) > 3}
-            naming_edited = [any(s in text for s in subjects) for text in neighbours]
+            # A neighborhood prompt about a subject that has its own edit in memory may be in scope of that edit.
+            naming_edited = [bool(in_memory.named(text)) for text in neighbours]
             out_routes = model.route(neighbours)
             in_text = rephrases[0][1].prompt
             out_text = next((t for t, r in zip(neighbours, out_routes, strict=True) if r.record is None), neighbours[0])
@@ -142,6 +148,11 @@ def main() -> None:
                 "es_edit": statistics.mean(s["edit_acc"] for s in scores if "edit_acc" in s),
                 "dd_neighborhood": statistics.mean(s["dd"] for s in scores if "dd" in s),
                 "kl_drawdown": statistics.mean(s["kl_drawdown"] for s in scores if "kl_drawdown" in s),
+                **{
+                    key: statistics.mean(s[key] for s in scores if key in s)
+                    for key in ("dd_unedited_subject", "dd_edited_subject", "other_edit_answered")
+                    if any(key in s for s in scores)
+                },
                 "rephrase_routed_to_own_edit": statistics.mean(routed_right),
                 "neighborhood_routed_to_base": statistics.mean(r.record is None for r in out_routes),
                 "neighborhood_naming_an_edited_subject": statistics.mean(naming_edited),

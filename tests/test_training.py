@@ -365,9 +365,42 @@ def test_training_with_same_subject_negatives_samples_them(tmp_path):
         cfg = {**base, "out": str(tmp_path / f"s{share}"), "relation_templates": str(tmp_path / "t.json")}
         runs[share] = train(SERACTrainConfig.from_dict({**cfg, "same_subject_share": share}), progress=False)
     recorded = runs[1.0]["relation_templates"]
-    assert recorded["templates"] == 4 and recorded["edits_with_same_subject_negatives"] == 3
-    assert len(recorded["sha256"]) == 64
+    assert recorded["templates"] == 4 and len(recorded["sha256"]) == 64
+    assert runs[1.0]["same_subject_negatives"] == {"edits": 3}
     losses = [r["parts"]["scope-embed"]["loss_first"] for r in runs.values()]
     assert losses[0] != losses[1]  # the negatives sampled differ
     with pytest.raises(ConfigError, match="same_subject_share"):
         SERACTrainConfig.from_dict({"same_subject_share": 1.5})
+
+
+def test_own_out_of_scope_inputs_naming_the_subject_are_same_subject_negatives(tmp_path):
+    from editkit.data import load_cases
+    from editkit.training.serac import with_same_subject
+
+    row = {
+        "request": {"prompt": "{} is located in", "subject": "The Louvre", "target_new": " Rome"},
+        "probes": [
+            {"prompt": "The Louvre is located in", "expected": " Rome", "kind": "edit"},
+            {"prompt": "The founder of the Louvre was", "expected": " Philip", "kind": "neighborhood"},
+            {"prompt": "Big Ben is located in", "expected": " London", "kind": "neighborhood"},
+        ],
+    }
+    (tmp_path / "c.jsonl").write_text(json.dumps(row))
+    cases = load_cases(tmp_path / "c.jsonl").cases
+    [example] = with_same_subject(scope_examples(cases), cases, {}, 4, 0)
+    assert example.same_subject == ("The founder of the Louvre was",)
+
+
+def test_holdout_leaves_out_training_cases_sharing_a_subject_or_prompt(tmp_path):
+    from editkit.data import load_cases
+    from editkit.training.serac import held_out
+
+    data = _subject_cases(tmp_path / "cases.jsonl")  # The Louvre, Big Ben, Notre-Dame
+    evaluated = {"request": {"prompt": "Who built {}?", "subject": "big ben", "target_new": " x"}, "probes": []}
+    (tmp_path / "eval.jsonl").write_text(json.dumps(evaluated))
+    cases = load_cases(data).cases
+    kept, records = held_out(cases, [str(tmp_path / "eval.jsonl")], None)
+    assert [c.request.subject for c in kept] == ["The Louvre", "Notre-Dame"]
+    assert records[0]["left_out"] == 1 and records[0]["cases"] == 1
+    kept, _ = held_out(cases, [str(data)], 1)  # a file's first case held out of its own training
+    assert [c.request.subject for c in kept] == ["Big Ben", "Notre-Dame"]

@@ -7,10 +7,16 @@ edit descriptor ``z_e = [x_e ; y_e]``:
 * out-of-scope inputs O(z_e): the case's own out-of-scope probes (zsRE's unrelated NQ questions, CounterFact's
   neighborhood prompts) and hard negatives mined as the nearest in-scope inputs of *other* cases under raw
   all-MiniLM-L6-v2 embeddings (appendix D.1 mines hard out-of-scope inputs the same way);
-* with ``relation_templates`` (ROME's known-facts file, one prompt template per row with its Wikidata relation),
-  same-subject negatives: the edit's subject in templates of *other* relations ("The mother tongue of X is" for
-  an edit of "X is a citizen of"), for the cases whose prompt is one of those templates. An edit of one fact must
-  not claim everything else asked about its subject (KnowEdit's relation-specificity probes).
+* same-subject negatives: the case's own out-of-scope inputs that name its subject (KnowEdit's relation
+  specificity: "The name of the founder of X is" for an edit of X's country) and, with ``relation_templates``
+  (ROME's known-facts file, one prompt template per row with its Wikidata relation), the edit's subject in
+  templates of *other* relations ("The mother tongue of X is" for an edit of "X is a citizen of"), for the cases
+  whose prompt is one of those templates. An edit of one fact must not claim everything else asked about its
+  subject; ``same_subject_share`` of the embedding classifier's sampled negatives are these.
+
+``holdout`` names evaluation files (with ``holdout_limit``: their first N cases): training cases that share a
+subject or a prompt with them are left out, so that a training file whose first cases are evaluated (KnowEdit's
+WikiData_counterfact ships only a training file) can train on the rest.
 
 Parts, each trained separately and each a LoRA adapter (peft) so the artifact is small:
 
@@ -44,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.data.formats import Dataset
+from editkit.data.formats import Dataset, load_cases
 from editkit.editors.memory import descriptor_of
 from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
-from editkit.edits import EditCase, EditRequest, ProbeKind
+from editkit.edits import EditCase, EditRequest, ProbeKind, names_subject, words
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_write, file_sha256, read_json
 from editkit.models.encoder import SentenceEncoder
@@ -86,6 +92,11 @@ class SERACTrainConfig(TypedConfig):
     same_subject_negatives: int = field(
         default=4, metadata={"help": "same-subject prompts (other relations) made per edit with relation_templates"}
     )
+    holdout: list[str] = field(
+        default_factory=list,
+        metadata={"help": "evaluation files: training cases sharing a subject or prompt with them are left out"},
+    )
+    holdout_limit: int | None = field(default=None, metadata={"help": "only the first N cases of each holdout file"})
     same_subject_share: float = field(
         default=0.25,
         metadata={"help": "embedding classifier: share of sampled negatives that are same-subject prompts, if any"},
@@ -116,6 +127,8 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError("scope_batch must be at least 2 (in-batch negatives)")
         if not 0.0 <= self.same_subject_share <= 1.0:
             raise ConfigError(f"same_subject_share must lie in [0, 1], not {self.same_subject_share}")
+        if self.holdout_limit is not None and self.holdout_limit < 1:
+            raise ConfigError(f"holdout_limit must be at least 1, not {self.holdout_limit}")
         if self.same_subject_negatives < 0:
             raise ConfigError(f"same_subject_negatives must be at least 0, not {self.same_subject_negatives}")
         if not 0.0 <= self.scope_hard_weight <= 1.0:
@@ -131,7 +144,7 @@ class ScopeExample:
     positives: tuple[str, ...]
     negatives: tuple[str, ...]  # the case's own out-of-scope inputs
     hard: tuple[str, ...] = ()  # mined: nearest in-scope inputs of other cases
-    same_subject: tuple[str, ...] = ()  # the edit's subject asked about other relations
+    same_subject: tuple[str, ...] = ()  # out-of-scope inputs about the edit's subject (other relations)
 
 
 @dataclass(frozen=True)
@@ -217,12 +230,38 @@ def same_subject_prompts(
 def with_same_subject(
     examples: Sequence[ScopeExample], cases: Sequence[EditCase], templates: Mapping[str, str], n: int, seed: int
 ) -> list[ScopeExample]:
-    """``examples`` with their same-subject negatives (:func:`same_subject_prompts`, drawn with ``seed``)."""
+    """``examples`` with their same-subject negatives: each case's own out-of-scope inputs that name its subject,
+    and :func:`same_subject_prompts` (drawn with ``seed``)."""
     rng = random.Random(f"same-subject:{seed}")
     by_descriptor: dict[str, tuple[str, ...]] = {}
     for c in cases:
-        by_descriptor.setdefault(descriptor_of(c.request), same_subject_prompts(c.request, templates, n, rng))
+        subject = c.request.subject
+        own = [p.prompt for p in c.of_kind(*OUT_OF_SCOPE) if subject and names_subject(p.prompt, subject)]
+        made = same_subject_prompts(c.request, templates, n, rng)
+        by_descriptor.setdefault(descriptor_of(c.request), tuple(dict.fromkeys([*own, *made])))
     return [dataclasses.replace(e, same_subject=by_descriptor.get(e.descriptor, ())) for e in examples]
+
+
+def held_out(
+    cases: Sequence[EditCase], files: Sequence[str], limit: int | None
+) -> tuple[list[EditCase], list[dict[str, Any]]]:
+    """``cases`` less those sharing a subject or a prompt with the first ``limit`` cases of ``files``, and what
+    the manifest records of each file (path, sha256, cases read, training cases left out)."""
+    kept, records = list(cases), []
+    for path in files:
+        dataset = load_cases(path, limit=limit, skip_invalid=True)
+        subjects = {words(r.subject) for c in dataset.cases for r in c.requests if r.subject}
+        prompts = {words(r.text) for c in dataset.cases for r in c.requests}
+        before = len(kept)
+        kept = [
+            c
+            for c in kept
+            if not any(words(r.text) in prompts or (r.subject and words(r.subject) in subjects) for r in c.requests)
+        ]
+        records.append(
+            {"path": path, "sha256": dataset.sha256, "cases": len(dataset.cases), "left_out": before - len(kept)}
+        )
+    return kept, records
 
 
 def _mined_examples(
@@ -425,22 +464,25 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     if config.threads:
         torch.set_num_threads(config.threads)
     cases, datasets = load_training_cases(config)
+    cases, holdout = held_out(cases, config.holdout, config.holdout_limit)
     folder = Path(config.out)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(folder, config.to_dict(), datasets, config.base_model)
     manifest["template"] = config.template
+    if holdout:
+        manifest["holdout"] = holdout
     # The manifest is rewritten as each part finishes: an interrupted run keeps the parts it finished usable.
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
         examples = _mined_examples(config, cases, datasets, progress=progress)
+        templates = relation_templates(config.relation_templates) if config.relation_templates else {}
+        examples = with_same_subject(examples, cases, templates, config.same_subject_negatives, config.seed)
+        manifest["same_subject_negatives"] = {"edits": sum(bool(e.same_subject) for e in examples)}
         if config.relation_templates:
-            templates = relation_templates(config.relation_templates)
-            examples = with_same_subject(examples, cases, templates, config.same_subject_negatives, config.seed)
             manifest["relation_templates"] = {
                 "path": config.relation_templates,
                 "sha256": file_sha256(Path(config.relation_templates)),
                 "templates": len(templates),
-                "edits_with_same_subject_negatives": sum(bool(e.same_subject) for e in examples),
             }
         if "scope-embed" in scope_parts:
             meta = train_scope_embed(config, examples, datasets, progress=progress)
