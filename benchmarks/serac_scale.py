@@ -14,6 +14,14 @@ cases whose edits are in memory (the most recently added, so the cases change as
 * seconds per added edit, one at a time (the last --single-adds edits before each size) and in chunks (durable
   write + embedding + index), bytes of the memory file per edit, process RSS.
 
+With ``--probes FILE`` the probed cases are fixed instead: the first --probe-cases of FILE go into the memory
+first and are probed at every size, and --data only fills the memory (its edits that share a case id, prompt or
+subject with the probes left out, as ``editkit eval --prefill`` does). Out-of-scope overhead is then also measured
+as a ratio in one interleaved loop (base and SERAC alternately on the same input: median ratio and its
+quartiles, which a shared CPU's drift does not bias), for one input and for batches of 16 and 64 out-of-scope
+prompts; above the index's exact-search threshold (HNSW), the recall of the approximate nearest edit against
+brute force on the probes' inputs.
+
     python benchmarks/serac_scale.py --artifacts build/serac --sizes 10,100,1000,10000 \
         --out benchmarks/results/serac_scale_smollm2.json
 """
@@ -37,7 +45,7 @@ from editkit.editors import create_editor
 from editkit.editors.serac import SERAC
 from editkit.edits import ProbeKind
 from editkit.evaluation.metrics import Reference, score_cases
-from editkit.evaluation.prefill import SubjectIndex
+from editkit.evaluation.prefill import SubjectIndex, load_prefill
 from editkit.models.zoo import load
 
 log = logging.getLogger("serac_scale")
@@ -53,12 +61,35 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved(base, serac, repeats: int) -> dict[str, float]:
+    """Base and SERAC timed alternately: medians, and the median and quartiles of the per-pair ratio."""
+    base(), serac()  # warm-up
+    pairs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        base()
+        t1 = time.perf_counter()
+        serac()
+        pairs.append((t1 - t0, time.perf_counter() - t1))
+    ratios = sorted(b / a for a, b in pairs)
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "base_s": statistics.median(a for a, _ in pairs),
+        "serac_s": statistics.median(b for _, b in pairs),
+        "ratio": statistics.median(ratios),
+        "ratio_q1": q[0],
+        "ratio_q3": q[2],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--artifacts", help="trained SERAC parts (default: the packaged ones)")
     ap.add_argument("--scope", default="embed")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another SERAC setting")
     ap.add_argument("--data", default="../shared/data/counterfact/easyedit/counterfact-edit.json")
+    ap.add_argument("--probes", help="fixed probe cases (first --probe-cases of this file), in memory first")
     ap.add_argument("--sizes", default="10,100,1000,10000")
     ap.add_argument("--probe-cases", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=20)
@@ -68,10 +99,22 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    dataset = load_cases(args.data, limit=max(sizes), skip_invalid=True)
-    cases = dataset.cases
+    if args.probes:
+        probe_set = load_cases(args.probes, limit=args.probe_cases, skip_invalid=True)
+        fill = load_prefill(args.data, max(sizes) - len(probe_set.cases), probe_set.cases, args.probes)
+        requests = [c.request for c in probe_set.cases] + fill.requests
+        data = {"probes": {"path": str(probe_set.path), "sha256": probe_set.sha256}, "fill": fill.summary}
+        cases = probe_set.cases
+    else:
+        dataset = load_cases(args.data, limit=max(sizes), skip_invalid=True)
+        cases = dataset.cases
+        requests = [c.request for c in cases]
+        data = {"path": str(dataset.path), "sha256": dataset.sha256}
     lm = load(args.model, progress=False)
-    settings = {"scope": args.scope}
+    settings: dict[str, object] = {"scope": args.scope}
+    for pair in args.set:
+        key, _, value = pair.partition("=")
+        settings[key] = {"true": True, "false": False}.get(value, value)
     if args.artifacts:
         settings["artifacts"] = args.artifacts
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,23 +128,24 @@ def main() -> None:
         rows = []
         added = 0
         add_seconds: list[float] = []
+        fixed_reference = Reference.build(lm, cases) if args.probes else None
         for size in sizes:
             singles = min(args.single_adds, size - added)
             while added < size - singles:
-                chunk = cases[added : min(size - singles, added + args.chunk)]
+                chunk = requests[added : min(size - singles, added + args.chunk)]
                 t0 = time.perf_counter()
-                editor.apply(lm, [c.request for c in chunk])
+                editor.apply(lm, chunk)
                 add_seconds.append((time.perf_counter() - t0) / len(chunk))
                 added += len(chunk)
             single_seconds = []
-            for case in cases[added:size]:  # the last few edits one at a time, as a user adds them
+            for request in requests[added:size]:  # the last few edits one at a time, as a user adds them
                 t0 = time.perf_counter()
-                editor.apply(lm, [case.request])
+                editor.apply(lm, [request])
                 single_seconds.append(time.perf_counter() - t0)
                 added += 1
-            probe_cases = cases[max(0, size - args.probe_cases) : size]
-            reference = Reference.build(lm, probe_cases)
-            in_memory = SubjectIndex.of(c.request for c in cases[:size])
+            probe_cases = cases if args.probes else cases[max(0, size - args.probe_cases) : size]
+            reference = fixed_reference or Reference.build(lm, probe_cases)
+            in_memory = SubjectIndex.of(requests[:size])
             scores = score_cases(
                 model,
                 probe_cases,
@@ -120,20 +164,18 @@ def main() -> None:
             naming_edited = [bool(in_memory.named(text)) for text in neighbours]
             out_routes = model.route(neighbours)
             in_text = rephrases[0][1].prompt
-            out_text = next((t for t, r in zip(neighbours, out_routes, strict=True) if r.record is None), neighbours[0])
+            outside = [t for t, r in zip(neighbours, out_routes, strict=True) if r.record is None] or neighbours
+            out_text = outside[0]
 
-            def base_pass(text: str = out_text) -> None:
-                lm.next_token_logprobs([text])
+            def base_pass(texts: tuple[str, ...] = (out_text,)) -> None:
+                lm.next_token_logprobs(list(texts), batch_size=64)
 
-            def serac_pass(text: str) -> None:
+            def serac_pass(texts: tuple[str, ...] = (out_text,)) -> None:
                 model.clear_routes()  # measure routing too, not the route cache
-                model.next_token_logprobs([text])
-
-            def serac_out(text: str = out_text) -> None:
-                serac_pass(text)
+                model.next_token_logprobs(list(texts), batch_size=64)
 
             def serac_in(text: str = in_text) -> None:
-                serac_pass(text)
+                serac_pass((text,))
 
             def base_generate(text: str = out_text) -> None:
                 lm.generate_ids([text], 16)
@@ -157,23 +199,40 @@ def main() -> None:
                 "neighborhood_routed_to_base": statistics.mean(r.record is None for r in out_routes),
                 "neighborhood_naming_an_edited_subject": statistics.mean(naming_edited),
                 "base_forward_s": _median_seconds(base_pass, args.repeats),
-                "serac_out_of_scope_forward_s": _median_seconds(serac_out, args.repeats),
+                "serac_out_of_scope_forward_s": _median_seconds(serac_pass, args.repeats),
                 "serac_in_scope_forward_s": _median_seconds(serac_in, args.repeats),
                 "base_generate16_s": _median_seconds(base_generate, max(3, args.repeats // 4)),
                 "serac_out_of_scope_generate16_s": _median_seconds(serac_generate, max(3, args.repeats // 4)),
                 "seconds_per_added_edit_in_chunks": statistics.mean(add_seconds[-3:]) if add_seconds else None,
-                "seconds_per_single_add": statistics.median(single_seconds),
+                "seconds_per_single_add": statistics.median(single_seconds) if single_seconds else None,
                 "memory_file_bytes_per_edit": os.path.getsize(model.memory.location) / len(model.memory),
                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "index_exact": model.memory.index.exact,
             }
+            if args.probes:
+                row["overhead_interleaved"] = {
+                    str(n): _interleaved(
+                        lambda t=tuple(outside[:n]): base_pass(t),
+                        lambda t=tuple(outside[:n]): serac_pass(t),
+                        args.repeats if n == 1 else max(5, args.repeats // 4),
+                    )
+                    for n in (1, 16, 64)
+                    if len(outside) >= n
+                }
+            if not model.memory.index.exact:
+                texts = [p.prompt for _, p in rephrases] + neighbours
+                queries = model.memory.scope.query_vectors(texts).astype("float32")
+                _, approx = model.memory.index.search(queries, 1)
+                exact = model.memory.index.nearest_exact(queries)
+                row["index_recall_at_1"] = float((approx[:, 0] == exact).mean())
             rows.append(row)
             log.info("%s", json.dumps(row))
     result = {
         "model": lm.name,
         "scope": args.scope,
+        "settings": {k: v for k, v in settings.items() if k != "memory"},
         "provenance": editor.provenance(),
-        "data": {"path": str(dataset.path), "sha256": dataset.sha256},
+        "data": data,
         "probe_cases": args.probe_cases,
         "threads": torch.get_num_threads(),
         "load_seconds": load_seconds,

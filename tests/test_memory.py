@@ -470,6 +470,7 @@ def test_past_the_threshold_the_index_is_approximate_and_still_finds_neighbours(
     d, found = index.search(queries, 5)
     want_d, want_ids = brute(x, ids, queries, 5)
     assert (found[:, 0] == want_ids[:, 0]).mean() >= 0.9
+    np.testing.assert_array_equal(index.nearest_exact(queries), want_ids[:, 0])  # what recall is measured against
     hit = found[:, 0] == want_ids[:, 0]
     np.testing.assert_allclose(d[hit, 0], want_d[hit, 0], rtol=1e-4)  # squared L2, like the exact index
     assert (np.diff(d, axis=1) >= 0).all() and (found >= 0).all()

@@ -232,6 +232,19 @@ class VectorIndex:
             self._search_hnsw(q, k, live, dist, out)
         return dist, out
 
+    def nearest_exact(self, queries: np.ndarray) -> np.ndarray:
+        """The id of each query's nearest live vector by brute force, whatever the mode (-1 when empty): what an
+        approximate search's recall is measured against."""
+        q = self._matrix(queries, "queries")
+        with self._lock:
+            if not self._vectors:
+                return np.full(q.shape[0], -1, dtype=np.int64)
+            ids = np.fromiter(self._vectors, dtype=np.int64, count=len(self._vectors))
+            flat = faiss.IndexFlatL2(self.dim)
+            flat.add(np.stack([self._vectors[int(i)] for i in ids]).astype(np.float32))
+        _, nearest = flat.search(q, 1)
+        return ids[nearest[:, 0]]
+
     def _search_hnsw(self, q: np.ndarray, k: int, live: int, dist: np.ndarray, out: np.ndarray) -> None:
         """Fill ``dist`` / ``out`` from the graph, over-fetching to make up for tombstones. Lock held."""
         total = self._index.ntotal
