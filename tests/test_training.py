@@ -279,6 +279,14 @@ def test_cross_scope_scores_the_embedding_candidates_with_the_trained_cross_enco
     best = int(probs.argmax())
     assert route.record is not None and route.record.request == requests[nearest[best]]
     assert route.score == pytest.approx(float(probs[best]), abs=1e-5)
+    # with a floor, only candidates the embedding classifier gives at least that probability are read
+    embed = scope.retrieval.probabilities(((keys[nearest] - query) ** 2).sum(-1).numpy())
+    floor = float(embed.max()) + 1e-3
+    floored = create_editor("serac", {**settings, "scope": "cross", "cross_floor": floor}).apply(lm, requests).model
+    assert floored.memory.lookup([text])[0].score == 0.0
+    below = float(embed.min()) - 1e-3
+    kept = create_editor("serac", {**settings, "scope": "cross", "cross_floor": below}).apply(lm, requests).model
+    assert kept.memory.lookup([text])[0].score == pytest.approx(route.score, abs=1e-5)
 
 
 def test_trained_serac_serves_a_base_model_of_another_family_without_retraining(serac_parts):

@@ -123,20 +123,27 @@ class EmbedScope(ScopeModel):
 
 class CrossScope(ScopeModel):
     """Cross classifier as a memory scope: the embedding index proposes ``candidates`` edits per input; the
-    cross-encoder scores each (edit, input) pair."""
+    cross-encoder scores each (edit, input) pair. With ``floor`` > 0 it reads only the candidates the embedding
+    classifier gives at least that probability (the rest score 0): most out-of-scope inputs are then routed by
+    one embedding and a search, and the cross-encoder checks the possible matches."""
 
-    def __init__(self, retrieval: EmbedScope, classifier: CrossClassifier, candidates: int, tag: str) -> None:
+    def __init__(
+        self, retrieval: EmbedScope, classifier: CrossClassifier, candidates: int, tag: str, floor: float = 0.0
+    ) -> None:
         self.retrieval = retrieval
         self.classifier = classifier.eval()
         self.candidates = candidates
+        self.floor = floor
         self._space = f"{retrieval.space}|cross:{tag}"
 
     @classmethod
-    def load(cls, folder: Path, retrieval: EmbedScope, encoder_name: str, candidates: int) -> CrossScope:
+    def load(
+        cls, folder: Path, retrieval: EmbedScope, encoder_name: str, candidates: int, floor: float = 0.0
+    ) -> CrossScope:
         encoder, sha = load_adapter_encoder(folder, encoder_name)
         classifier = CrossClassifier(encoder)
         classifier.load_state_dict({k: v for k, v in load_tensors(folder, HEAD).items()}, strict=False)
-        return cls(retrieval, classifier, candidates, tag=sha[:16])
+        return cls(retrieval, classifier, candidates, tag=sha[:16], floor=floor)
 
     @property
     def space(self) -> str:
@@ -157,7 +164,8 @@ class CrossScope(ScopeModel):
         self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
     ) -> np.ndarray:
         out = np.zeros(sqdist.shape, dtype=np.float32)
-        pairs = [(i, j) for i, row in enumerate(candidates) for j in range(len(row))]
+        embed = self.retrieval.scores(texts, candidates, sqdist)
+        pairs = [(i, j) for i, row in enumerate(candidates) for j in range(len(row)) if embed[i, j] >= self.floor]
         for start in range(0, len(pairs), 64):
             chunk = pairs[start : start + 64]
             logits = self.classifier.logits(

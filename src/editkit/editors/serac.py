@@ -46,6 +46,13 @@ class RetrievalConfig(MemoryConfig):
         default="embed", metadata={"help": "scope classifier: embed, cross, or embed-untrained (raw MiniLM)"}
     )
     candidates: int = field(default=5, metadata={"help": "cross: how many nearest edits the cross-encoder reads"})
+    cross_floor: float = field(
+        default=0.0,
+        metadata={
+            "help": "cross: the cross-encoder reads only candidates the embedding classifier gives at least this "
+            "probability (0: all)"
+        },
+    )
     artifacts: str | None = field(
         default=None, metadata={"help": "folder of trained parts (editkit train serac); default: the packaged ones"}
     )
@@ -58,6 +65,8 @@ class RetrievalConfig(MemoryConfig):
         super().validate()
         if self.candidates < 1:
             raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
+        if not 0.0 <= self.cross_floor <= 1.0:
+            raise ConfigError(f"{type(self).__name__}: cross_floor must be in [0, 1], got {self.cross_floor}")
         if "{edit}" not in self.template or "{input}" not in self.template:
             raise ConfigError(f"{type(self).__name__}: template needs '{{edit}}' and '{{input}}'")
 
@@ -90,7 +99,7 @@ class _Retrieval(MemoryEditor):
         embed = EmbedScope.load(folder / "scope-embed", cfg.encoder)
         if cfg.scope == "embed":
             return embed
-        return CrossScope.load(folder / "scope-cross", embed, cfg.encoder, cfg.candidates)
+        return CrossScope.load(folder / "scope-cross", embed, cfg.encoder, cfg.candidates, cfg.cross_floor)
 
 
 @register

@@ -99,7 +99,10 @@ class SERACTrainConfig(TypedConfig):
     holdout_limit: int | None = field(default=None, metadata={"help": "only the first N cases of each holdout file"})
     same_subject_share: float = field(
         default=0.25,
-        metadata={"help": "embedding classifier: share of sampled negatives that are same-subject prompts, if any"},
+        metadata={
+            "help": "share of sampled negatives that are same-subject prompts, if an edit has any (embedding: of "
+            "its one negative; cross: of its own-input negative)"
+        },
     )
     scope_hard_weight: float = field(
         default=0.5,
@@ -400,7 +403,12 @@ def train_scope_cross(
         edits, inputs, labels = [], [], []
         for e in batch:
             edits += [e.descriptor] * 3
-            inputs += [rng.choice(e.positives), _pick(rng, e.hard, pool), _pick(rng, e.negatives, pool)]
+            own = (
+                rng.choice(e.same_subject)
+                if e.same_subject and rng.random() < config.same_subject_share
+                else _pick(rng, e.negatives, pool)
+            )
+            inputs += [rng.choice(e.positives), _pick(rng, e.hard, pool), own]
             labels += [1.0, 0.0, 0.0]
         return _balanced_bce(clf.logits(edits, inputs), torch.tensor(labels))
 
