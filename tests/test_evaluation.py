@@ -146,6 +146,28 @@ def test_reference_saves_loads_and_extends_only_what_it_lacks(llama, tmp_path):
         Reference.load(tmp_path)
 
 
+def test_a_cached_reference_is_reused_for_the_same_model_and_probes(tmp_path, monkeypatch):
+    from editkit.models.tiny import tiny_model
+
+    lm, cases = tiny_model("llama"), demo_cases()[:2]
+    first = Reference.cached(lm, cases, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    monkeypatch.setattr(type(lm), "generate_ids", no_generation)
+    again = Reference.cached(lm, cases, tmp_path)
+    assert again.predictions == first.predictions and score_cases(lm, cases, again) == score_cases(lm, cases, first)
+    monkeypatch.undo()
+    Reference.cached(tiny_model("llama", seed=1), cases, tmp_path)  # other weights: a reference of their own
+    Reference.cached(lm, demo_cases()[:3], tmp_path)  # other probes: another
+    assert len(list(tmp_path.iterdir())) == 3
+    for folder in tmp_path.iterdir():
+        (folder / "reference.safetensors").write_bytes(b"damaged")
+    assert Reference.cached(lm, cases, tmp_path).predictions == first.predictions  # rebuilt
+
+
 def test_reference_build_reports_both_of_its_passes(llama, capsys):
     """Both passes over the out-of-scope probes (greedy answers, then next-token distributions: minutes each on
     a large run) say how far they are."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -73,10 +74,12 @@ def batch_edits(
     datasets: Sequence[Dataset] = (),
     prefill: Sequence[EditRequest] = (),
     prefill_summary: dict[str, Any] | None = None,
+    reference_cache: Path | None = None,
 ) -> dict[str, Any]:
     """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model (a
     memory editor's memory holding the ``prefill`` edits), score every case of the group, roll back.
-    ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all."""
+    ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all. With ``reference_cache`` the
+    unedited model's reference is kept there and reused (:meth:`Reference.cached`)."""
     if not cases:
         raise ValidationError("no cases to evaluate")
     memory = editor.capabilities.storage != "weights"
@@ -87,7 +90,11 @@ def batch_edits(
         raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
     editor.prepare(lm)
     t_start = time.perf_counter()
-    reference = Reference.build(lm, cases, batch_size=batch_size, progress=progress)
+    reference = (
+        Reference.cached(lm, cases, reference_cache, batch_size=batch_size, progress=progress)
+        if reference_cache is not None
+        else Reference.build(lm, cases, batch_size=batch_size, progress=progress)
+    )
     unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
     plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
     if not all(plan.values()):

@@ -30,7 +30,9 @@ Fluency (ROME §3: weighted bi- and tri-gram entropy of generated text) is :func
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -47,6 +49,8 @@ from editkit.evaluation.prefill import EDITED_SUBJECT, SubjectIndex, subject_cau
 from editkit.files import atomic_save_tensors, atomic_write
 from editkit.models.lm import LanguageModel, TokenScores
 from editkit.progress import progress_bar
+
+log = logging.getLogger(__name__)
 
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
 OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
@@ -127,6 +131,27 @@ class Reference:
             for p, lik in zip(sentiment, _set_likelihoods(sentiment, scores, contrasts=False), strict=True):
                 self.likelihoods[_key(p)] = lik[0]
         return len(out) + len(sentiment)
+
+    @classmethod
+    def cached(
+        cls, lm: LanguageModel, cases: Sequence[EditCase], root: Path, *, batch_size: int = 16, progress: bool = False
+    ) -> Reference:
+        """:meth:`build`, kept under ``root`` by the model's fingerprint and the probes' digest, so that another
+        run on the same model and probes (another method, another memory) reads it instead of redoing minutes
+        of generation. A damaged or mismatched copy is rebuilt."""
+        probes = sorted({_key(p) for c in cases for p in c.probes})
+        digest = hashlib.sha256(json.dumps([lm.fingerprint(), probes]).encode()).hexdigest()[:24]
+        folder = root / digest
+        try:
+            ref = cls.load(folder)
+        except Exception as exc:  # a cache must never stop a run: whatever is wrong with it, build anew
+            log.warning("the cached reference in %s cannot be read (%s); building it again", folder, exc)
+            ref = cls()
+        if ref.model and ref.model != lm.fingerprint():
+            ref = cls()
+        if ref.extend(lm, cases, batch_size=batch_size, progress=progress):
+            ref.save(folder)
+        return ref
 
     def save(self, folder: Path) -> None:
         """Write ``reference.safetensors`` (the distributions, a row per probe) and ``reference.json`` (the

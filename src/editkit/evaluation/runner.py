@@ -319,6 +319,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             datasets=[dataset],
             prefill=prefill.requests if prefill else (),
             prefill_summary=prefill.summary if prefill else None,
+            reference_cache=cache_dir() / "references",
         )
         results["run"] = config.to_dict()
     else:
