@@ -46,7 +46,7 @@ from editkit.editors.serac import SERAC
 from editkit.edits import ProbeKind
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.evaluation.prefill import SubjectIndex, load_prefill
-from editkit.models.zoo import load
+from editkit.models.zoo import cache_dir, load
 
 log = logging.getLogger("serac_scale")
 
@@ -128,7 +128,7 @@ def main() -> None:
         rows = []
         added = 0
         add_seconds: list[float] = []
-        fixed_reference = Reference.build(lm, cases) if args.probes else None
+        fixed_reference = Reference.cached(lm, cases, cache_dir() / "references") if args.probes else None
         for size in sizes:
             singles = min(args.single_adds, size - added)
             while added < size - singles:
