@@ -126,6 +126,28 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         "cannot open the edit memory",
     ),
     "edit: file is a device": (["edit", "--file", "/dev/null"], None, "is not a regular file"),
+    "edit: empty statement": (["edit", "--method", "rp", "--statement", " ", "--ask", "x"], None, "is empty"),
+    "edit: statement of thousands of words": (
+        ["edit", "--method", "rp", "--statement", "word " * 3000, "--ask", "x"],
+        None,
+        "15000 characters long; the limit is 2000",
+    ),
+    "edit: statement to a weight editor": (
+        ["edit", "--method", "rome", "--statement", "Rom ist die Hauptstadt Italiens.", "--ask", "x"],
+        None,
+        "methods that take statements: rp, seprog, serac",
+    ),
+    "edit: statement to LU": (
+        ["edit", "--method", "lu", "--statement", "x", "--ask", "x"],
+        None,
+        "lu edits with input-output pairs",
+    ),
+    "edit: statement and prompt": (
+        ["edit", "--method", "rp", "--statement", "x", "--prompt", "y", "--ask", "x"],
+        None,
+        "drop --prompt or drop --statement",
+    ),
+    "edit: statement without a question": (["edit", "--method", "rp", "--statement", "x"], None, "--ask PROMPT"),
     "quickstart: no edits": (["quickstart", "--limit", "0"], None, "must be at least 1"),
     "quickstart: unknown method": (["quickstart", "--method", "romee"], None, "Did you mean 'rome'"),
     "eval: out below a file": ([*EVAL, "--out", "{blocked}"], _json([EASYEDIT]), "cannot be written"),
