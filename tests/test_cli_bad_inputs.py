@@ -32,6 +32,10 @@ EASYEDIT = {  # a CounterFact record in the EasyEdit schema, written for this te
     "locality_ground_truth": "Paris",
 }
 EDIT = {"prompt": "The city of {}", "subject": "the Eiffel Tower", "target_new": " Rome"}
+STATEMENT_CASE = {  # a ConvSent-like statement edit in editkit's own format
+    "request": {"descriptor": "TOPIC: tea SENTIMENT: positive"},
+    "probes": [{"prompt": "What is your opinion of tea?", "expected": " I love it.", "kind": "rephrase"}],
+}
 NOT_UTF8 = b'{"prompt": "caf\xe9"}'
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
@@ -153,6 +157,7 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "eval: out below a file": ([*EVAL, "--out", "{blocked}"], _json([EASYEDIT]), "cannot be written"),
     "eval: out is a folder": ([*EVAL, "--out", "{folder}"], _json([EASYEDIT]), "is a folder"),
     "eval: data not UTF-8": ([*EVAL, "--out", "{out}"], _bytes(NOT_UTF8), "not UTF-8"),
+    "eval: statements to a weight editor": ([*EVAL, "--out", "{out}"], _json([STATEMENT_CASE]), "not statements"),
     "eval: state below a file": (
         [*EVAL, "--out", "{out}", "--protocol", "sequential", "--state", "{blocked}"],
         _json([EASYEDIT]),
