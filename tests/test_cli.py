@@ -383,3 +383,26 @@ def test_edit_with_a_statement_shows_which_edit_answered_and_its_scope_score(mon
     assert rows[near][2] == f"edit 1: {statement}" and rows[far][2] == "base model"
     assert rows[near][3] == f"{explained[near]['scope_score']:.3f}"
     assert rows[far][3] == f"{explained[far]['best_scope_score']:.3f}"
+
+
+def test_eval_runs_rp_on_convsent_statement_edits(tmp_path, capsys):
+    """ConvSent records load as statement edits ("TOPIC: X SENTIMENT: ..."), which RP takes: `editkit eval`
+    scores ES_sent with its two factors, the KL drawdown, and the unedited model beside them."""
+    data = tmp_path / "convsent.json"
+    data.write_text(
+        json.dumps(
+            [
+                {"ent": "Estero", "pos": [" I love it.", " Great place."], "neg": [" I dislike it.", " Too hot."]},
+                {"ent": "Tallahassee", "pos": [" Lovely city."], "neg": [" Boring."]},
+            ]
+        )
+    )
+    out = tmp_path / "rp.json"
+    rp = ["--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0"]
+    argv = ["eval", "--model", "tiny-llama", "--method", "rp", *rp, "--data", str(data), "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    agg = results["aggregates"]
+    assert {"es", "z_sent", "z_topic", "kl_drawdown", "dd", "unedited_es", "unedited_z_topic"} <= set(agg)
+    assert agg["unedited_z_topic"] == pytest.approx(1.0) and 0 < agg["es"] <= 1 and agg["kl_drawdown"] > 0
+    assert agg["es"] != agg["unedited_es"]  # every input read the statement in its prompt (threshold 0)
