@@ -274,7 +274,8 @@ def test_edit_goes_through_the_edit_service(monkeypatch, tmp_path, capsys):
     argv = ["edit", "--method", "lu", "--prompt", prompt, "--target", "Rome", "--set", f"memory=sqlite://{path}"]
     assert main([*argv, "--max-new-tokens", "2"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if prompt in line and "│" in line)
-    assert row.split("│")[-2].strip().startswith("Rome"), row
+    assert row.split("│")[3].strip().startswith("Rome"), row  # prompt, before, after, answered by, scope score
+    assert row.split("│")[4].strip().startswith("edit 1:") and row.split("│")[5].strip() == "1.000", row
     assert [[r.text for r in requests] for requests in applied] == [[prompt]]
     with SQLiteStore(path) as store:
         assert [r.request.target_new for r in store.active()] == [" Rome"]
@@ -348,3 +349,60 @@ def test_eval_options_override_the_config_file_and_only_when_given(monkeypatch, 
     assert main([*argv, "--limit", "3", "--edits-per-step", "1, 5", "--set", "steps=7", "--skip-invalid"]) == 0
     assert (made[1].limit, made[1].edits_per_step, made[1].distinct_subjects) == (3, [1, 5], True)
     assert made[1].settings == {"lr": 0.1, "steps": 7} and made[1].skip_invalid and made[1].method == "ft"
+
+
+def test_edit_with_a_statement_shows_which_edit_answered_and_its_scope_score(monkeypatch, capsys):
+    """`editkit edit --statement S --ask Q`: Q before and after, the edit that answered it and its scope score
+    (RP's untrained scope on a tiny encoder; the threshold splits the two questions)."""
+    from editkit.models.tiny import tiny_model
+    from editkit.service import EditService
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    statement, near, far = "Boris Johnson is the UK PM.", "Who is the UK PM?", "What is 2+2?"
+    explained = {}
+    real_answer = EditService.answer
+
+    def answer(self, prompts, *args, **kwargs):
+        out = real_answer(self, prompts, *args, **kwargs)
+        explained.update({p: why for p, (_, why) in zip(prompts, out, strict=True)})
+        return out
+
+    monkeypatch.setattr(EditService, "answer", answer)
+    settings = ["--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0.95"]
+    argv = ["edit", "--method", "rp", *settings, "--statement", statement, "--ask", near, "--ask", far]
+    assert main([*argv, "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"statement {statement!r}" in out
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("│")
+    }
+    assert set(rows) == {near, far}  # a statement has no prompt of its own to answer
+    assert explained[near]["answered_by"] == "edit" and explained[far]["answered_by"] == "base"
+    assert rows[near][2] == f"edit 1: {statement}" and rows[far][2] == "base model"
+    assert rows[near][3] == f"{explained[near]['scope_score']:.3f}"
+    assert rows[far][3] == f"{explained[far]['best_scope_score']:.3f}"
+
+
+def test_eval_runs_rp_on_convsent_statement_edits(tmp_path, capsys):
+    """ConvSent records load as statement edits ("TOPIC: X SENTIMENT: ..."), which RP takes: `editkit eval`
+    scores ES_sent with its two factors, the KL drawdown, and the unedited model beside them."""
+    data = tmp_path / "convsent.json"
+    data.write_text(
+        json.dumps(
+            [
+                {"ent": "Estero", "pos": [" I love it.", " Great place."], "neg": [" I dislike it.", " Too hot."]},
+                {"ent": "Tallahassee", "pos": [" Lovely city."], "neg": [" Boring."]},
+            ]
+        )
+    )
+    out = tmp_path / "rp.json"
+    rp = ["--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0"]
+    argv = ["eval", "--model", "tiny-llama", "--method", "rp", *rp, "--data", str(data), "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    agg = results["aggregates"]
+    assert {"es", "z_sent", "z_topic", "kl_drawdown", "dd", "unedited_es", "unedited_z_topic"} <= set(agg)
+    assert agg["unedited_z_topic"] == pytest.approx(1.0) and 0 < agg["es"] <= 1 and agg["kl_drawdown"] > 0
+    assert agg["es"] != agg["unedited_es"]  # every input read the statement in its prompt (threshold 0)

@@ -32,6 +32,10 @@ EASYEDIT = {  # a CounterFact record in the EasyEdit schema, written for this te
     "locality_ground_truth": "Paris",
 }
 EDIT = {"prompt": "The city of {}", "subject": "the Eiffel Tower", "target_new": " Rome"}
+STATEMENT_CASE = {  # a ConvSent-like statement edit in editkit's own format
+    "request": {"descriptor": "TOPIC: tea SENTIMENT: positive"},
+    "probes": [{"prompt": "What is your opinion of tea?", "expected": " I love it.", "kind": "rephrase"}],
+}
 NOT_UTF8 = b'{"prompt": "caf\xe9"}'
 NESTED = b"[" * 100_000 + b"]" * 100_000
 
@@ -126,11 +130,34 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         "cannot open the edit memory",
     ),
     "edit: file is a device": (["edit", "--file", "/dev/null"], None, "is not a regular file"),
+    "edit: empty statement": (["edit", "--method", "rp", "--statement", " ", "--ask", "x"], None, "is empty"),
+    "edit: statement of thousands of words": (
+        ["edit", "--method", "rp", "--statement", "word " * 3000, "--ask", "x"],
+        None,
+        "15000 characters long; the limit is 2000",
+    ),
+    "edit: statement to a weight editor": (
+        ["edit", "--method", "rome", "--statement", "Rom ist die Hauptstadt Italiens.", "--ask", "x"],
+        None,
+        "methods that take statements: rp, seprog, serac",
+    ),
+    "edit: statement to LU": (
+        ["edit", "--method", "lu", "--statement", "x", "--ask", "x"],
+        None,
+        "lu edits with input-output pairs",
+    ),
+    "edit: statement and prompt": (
+        ["edit", "--method", "rp", "--statement", "x", "--prompt", "y", "--ask", "x"],
+        None,
+        "drop --prompt or drop --statement",
+    ),
+    "edit: statement without a question": (["edit", "--method", "rp", "--statement", "x"], None, "--ask PROMPT"),
     "quickstart: no edits": (["quickstart", "--limit", "0"], None, "must be at least 1"),
     "quickstart: unknown method": (["quickstart", "--method", "romee"], None, "Did you mean 'rome'"),
     "eval: out below a file": ([*EVAL, "--out", "{blocked}"], _json([EASYEDIT]), "cannot be written"),
     "eval: out is a folder": ([*EVAL, "--out", "{folder}"], _json([EASYEDIT]), "is a folder"),
     "eval: data not UTF-8": ([*EVAL, "--out", "{out}"], _bytes(NOT_UTF8), "not UTF-8"),
+    "eval: statements to a weight editor": ([*EVAL, "--out", "{out}"], _json([STATEMENT_CASE]), "not statements"),
     "eval: state below a file": (
         [*EVAL, "--out", "{out}", "--protocol", "sequential", "--state", "{blocked}"],
         _json([EASYEDIT]),

@@ -249,3 +249,35 @@ def test_a_long_target_is_edited_and_rolled_back_or_refused_leaving_the_model_un
     handle.rollback()
     assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
     assert torch.equal(_logits(handle.model), outputs)
+
+
+STATEMENT = EditRequest.statement("The Eiffel Tower is in Rome.")
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_a_statement_takes_and_rolls_back_or_is_refused_in_one_line_naming_who_takes_it(method, _editor):
+    """A statement edit (no prompt, no target) either takes (an editor with capabilities.free_form: outputs
+    change, rollback restores them exactly) or is refused with one line naming every method that takes
+    statements, before anything changes."""
+    from editkit.editors import statement_methods
+
+    lm = tiny_model("llama")
+    before = _snapshot(lm)
+    outputs = _logits(lm)
+    editor = _editor(method)
+    caps = get_editor_class(method).capabilities
+    if not caps.free_form:
+        with pytest.raises(ValidationError) as refused:  # in a batch, one statement among pairs is enough
+            editor.apply(lm, [REQUEST, STATEMENT] if caps.batch else [STATEMENT])
+        message = str(refused.value)
+        assert "\n" not in message and "not statements" in message and method in message
+        assert statement_methods() and all(m in message for m in statement_methods())
+        assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+        assert torch.equal(_logits(lm), outputs)
+        return
+    handle = editor.apply(lm, [STATEMENT])
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+    assert not torch.equal(_logits(handle.model), outputs), f"{method}'s statement changed no output"
+    assert [r["descriptor"] for r in handle.summary()["memory"]["records"]] == [STATEMENT.descriptor]
+    handle.rollback()
+    assert torch.equal(_logits(handle.model), outputs)

@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
+from editkit.edits import MAX_STATEMENT_CHARS, EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import ValidationError
 
 
@@ -33,7 +35,48 @@ def test_invalid_requests_say_what_is_wrong(kwargs, message):
 
 def test_free_form_descriptor_needs_no_prompt():
     r = EditRequest(descriptor="TOPIC: bananas SENTIMENT: negative")
-    assert r.descriptor and not r.prompt
+    assert r.descriptor and not r.prompt and r.is_statement
+
+
+def test_a_statement_is_a_request_of_its_own_kind():
+    r = EditRequest.statement("Boris Johnson is the UK PM.", case_id="s1")
+    assert r.is_statement and (r.prompt, r.target_new, r.descriptor) == ("", "", "Boris Johnson is the UK PM.")
+    assert EditRequest.from_dict(r.to_dict()) == r
+    paired = EditRequest(prompt="The UK PM is", target_new=" Boris Johnson", descriptor="Boris Johnson is the UK PM.")
+    assert not paired.is_statement and not EditRequest(prompt="x is", target_new=" y").is_statement
+
+
+MAX_WORDS = "word " * 5000  # thousands of words: over MAX_STATEMENT_CHARS
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "statement (descriptor) is empty"),
+        (" \n\t ", "statement (descriptor) is empty"),
+        (MAX_WORDS, f"{len(MAX_WORDS)} characters long; the limit is 2000"),
+    ],
+)
+def test_an_empty_or_enormous_statement_is_one_line_error(text, message):
+    for make in (lambda: EditRequest.statement(text), lambda: EditRequest(descriptor=text or " ")):
+        with pytest.raises(ValidationError, match=re.escape(message)) as err:
+            make()
+        assert "\n" not in str(err.value)
+
+
+def test_a_statement_stands_alone_and_at_the_limit_is_taken():
+    with pytest.raises(ValidationError, match="has target_new, subject but no prompt"):
+        EditRequest(descriptor="Rome is in Italy.", target_new=" Italy", subject="Rome")
+    with pytest.raises(ValidationError, match="must be a string"):
+        EditRequest.statement(None)  # type: ignore[arg-type]
+    assert EditRequest.statement("x" * MAX_STATEMENT_CHARS).is_statement
+
+
+def test_a_non_english_statement_is_kept_verbatim():
+    """Any language is a statement (documented: the scope encoder, English MiniLM, decides how well it routes)."""
+    for text in ("Der Eiffelturm steht in Rom.", "埃菲尔铁塔位于罗马。", "Эйфелева башня находится в Риме."):
+        r = EditRequest.statement(text)
+        assert r.descriptor == text and EditRequest.from_dict(r.to_dict()) == r
 
 
 def test_require_subject():

@@ -112,6 +112,34 @@ def test_es_sent_follows_equation_6(llama):
     assert scores["es"] == pytest.approx(z_sent, rel=1e-4)
 
 
+def test_es_sent_and_kl_drawdown_after_a_statement_edit_follow_equations_6_and_7(llama):
+    """RP edits with the statement (threshold 0: every input reads it in its prompt); ES_sent (eq. 6) and the KL
+    drawdown (eq. 7) recomputed by hand from the base model's own scores of the prompted inputs."""
+    statement = "TOPIC: tea SENTIMENT: positive"
+    pos, neg = (" Wonderful", " yes"), (" I hate it.", " Tea is awful.")  # pos: less likely after the statement
+    probe = Probe("What is your opinion of tea?", pos[0], ProbeKind.REPHRASE, neg[0], pos[1:], neg[1:])
+    out = Probe("What is your opinion of coffee?", " It is fine.", ProbeKind.OUT)
+    case = EditCase(EditRequest.statement(statement), (probe, out))
+    ref = Reference.build(llama, [case])
+    rp = create_editor("rp", {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0})
+    with rp.edited(llama, [case.request]) as edited:
+        (scores,) = score_cases(edited, [case], ref)
+
+    def mean_lik(prompt: str, answers: tuple[str, ...]) -> float:
+        return sum(float(s.mean()) for s in llama.score([prompt] * len(answers), list(answers))) / len(answers)
+
+    prompted = f"{statement}\n{probe.prompt}"
+    l_pos, l_neg, l_base = mean_lik(prompted, pos), mean_lik(prompted, neg), mean_lik(probe.prompt, pos)
+    z_sent, z_topic = 1 / (1 + math.exp(l_neg - l_pos)), min(1.0, math.exp(l_pos - l_base))
+    assert z_topic < 1.0  # the edit moved the responses' likelihood: eq. 6's second factor is at work
+    assert scores["z_sent"] == pytest.approx(z_sent, rel=1e-4)
+    assert scores["z_topic"] == pytest.approx(z_topic, rel=1e-4)
+    assert scores["es"] == pytest.approx(z_sent * z_topic, rel=1e-4)
+    base, after = llama.next_token_logprobs([out.prompt, f"{statement}\n{out.prompt}"])
+    kl = float(F.kl_div(after, base, log_target=True, reduction="sum"))  # KL(p_base || p_edited)
+    assert kl > 1e-3 and scores["kl_drawdown"] == pytest.approx(kl, rel=1e-2, abs=1e-4)  # the base row is float16
+
+
 def test_counterfact_margins_and_scores(llama):
     case = demo_cases()[0]
     ref = Reference.build(llama, [case])

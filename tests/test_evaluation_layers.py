@@ -19,7 +19,7 @@ EVALUATION = Path(__file__).parents[1] / "src" / "editkit" / "evaluation"
 
 # What evaluation may import from editkit.editors: the contract, the registry and the routing interfaces.
 ALLOWED = {
-    "editkit.editors": {"create_editor"},
+    "editkit.editors": {"create_editor", "check_edit_kinds"},  # check_edit_kinds: the contract's statement refusal
     "editkit.editors.base": {"Editor", "EditHandle", "Capabilities"},
     "editkit.editors.routing": {"RoutingModel", "RecordedEditHandle"},
 }

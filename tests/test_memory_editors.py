@@ -417,3 +417,26 @@ def test_a_memory_refreshed_from_a_shared_store_takes_up_other_writers_edits_and
     assert mine.memory.refresh() == 0
     handle.rollback()
     assert mine.memory.refresh() == 1 and mine.explain(edit.text)["answered_by"] == "base"
+
+
+# --------------------------------------------------------------------------- statements
+STATEMENTS = ["The Eiffel Tower is in Rome.", "Der Eiffelturm steht in Rom.", "埃菲尔铁塔位于罗马。"]
+
+
+@pytest.mark.parametrize("text", STATEMENTS)
+def test_rp_edits_with_a_statement_read_in_its_prompt(text, tmp_path):
+    """A statement (in any language) is the descriptor z_e: embedded for the scope, read by the answerer as
+    ``statement\ninput``; it is stored verbatim, explained, saved and loaded again."""
+    lm = tiny_model("llama")
+    statement = EditRequest.statement(text)
+    handle = _rp(threshold=0.0).apply(lm, [statement])
+    routed = handle.model
+    assert _greedy(routed, [FAR]) == lm.generate_ids([f"{text}\n{FAR}"], 3)
+    explained = routed.explain(FAR)
+    assert explained["answered_by"] == "edit" and explained["descriptor"] == text
+    assert [r.descriptor for r in routed.memory.store.active()] == [text]
+    handle.save(tmp_path / "edit")
+    loaded = EditHandle.load(tmp_path / "edit", tiny_model("llama"))
+    assert loaded.requests == [statement] and _greedy(loaded.model, [FAR]) == _greedy(routed, [FAR])
+    # the same statement again is a duplicate, not a second edit
+    assert _rp(threshold=0.0).apply(lm, [statement, statement]).info["duplicates"] == 1

@@ -151,6 +151,29 @@ def test_an_edit_is_added_listed_filtered_paged_explained_and_rolled_back_to_the
 
 
 # --------------------------------------------------------------------------- security
+def test_a_statement_edit_is_added_answers_through_rp_and_rolls_back(tmp_path: Path) -> None:
+    """``{"statement": ...}`` to a server over RP: stored as its descriptor, it answers every input (threshold 0)
+    with the statement in RP's prompt, is found by ``q`` and rolls back to the base answer."""
+    rp = {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0, "memory": str(tmp_path / "m.sqlite")}
+    srv = Running(tmp_path, method="rp", settings=rp)
+    before = srv.ask()
+    statement = "Bonn ist die Hauptstadt Deutschlands."
+    r = srv.client.post("/v1/edits", json={"statement": statement}, headers=srv.auth())
+    assert r.status_code == 201, r.text
+    view = r.json()
+    assert (view["descriptor"], view["text"], view["target_new"], view["status"]) == (statement, "", "", "added")
+    again = srv.client.post("/v1/edits", json={"statement": statement}, headers=srv.auth())
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    answer = srv.ask()
+    assert answer["editkit"]["answered_by"] == "edit" and answer["editkit"]["edit_id"] == view["id"]
+    want = srv.service.base.generate([f"{statement}\n{PROMPT}"], 8)[0]
+    assert answer["text"] == want
+    assert [e["id"] for e in srv.client.get("/v1/edits", params={"q": "hauptstadt"}).json()["data"]] == [view["id"]]
+    assert srv.client.delete(f"/v1/edits/{view['id']}", headers=srv.auth()).status_code == 200
+    assert srv.ask()["text"] == before["text"]
+    srv.server.close()
+
+
 def test_writes_need_a_write_token_and_reads_a_read_token_when_asked(tmp_path: Path) -> None:
     srv = Running(tmp_path, read_tokens=True)
     body = {"prompt": PROMPT, "target_new": "Bonn"}
@@ -181,7 +204,10 @@ BAD = {
     "missing target": ("post", "/v1/edits", {"prompt": PROMPT}, 400),
     "unknown field": ("post", "/v1/edits", {"prompt": PROMPT, "target_new": "x", "colour": 1}, 400),
     "edit of 1 MB": ("post", "/v1/edits", {"prompt": PROMPT, "target_new": "x" * 1_000_000}, 413),
-    "statement edit": ("post", "/v1/edits", {"statement": "Bonn is the capital of Germany."}, 422),
+    "statement edit to LU": ("post", "/v1/edits", {"statement": "Bonn is the capital of Germany."}, 422),
+    "statement with a prompt": ("post", "/v1/edits", {"statement": "Bonn is the capital.", "prompt": PROMPT}, 400),
+    "empty statement": ("post", "/v1/edits", {"statement": "  "}, 400),
+    "statement over 2,000 characters": ("post", "/v1/edits", {"statement": "word " * 500}, 400),
     "edit not a str": ("post", "/v1/edits", {"prompt": ["a"], "target_new": "x"}, 400),
     "prompt over context": ("post", "/v1/completions", {"model": "M", "prompt": LONG}, 400),
     "negative max_tokens": ("post", "/v1/completions", {"model": "M", "prompt": "x", "max_tokens": -1}, 400),

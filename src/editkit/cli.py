@@ -84,11 +84,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
         _console().print(table)
         return 0
     table = Table(title="Methods")
-    for col in ("name", "edits live in", "trained parts", "batch", "needs subject", "replay"):
+    for col in ("name", "edits live in", "trained parts", "batch", "needs subject", "replay", "statements"):
         table.add_column(col)
     for name in available_methods():
         caps = get_editor_class(name).capabilities
-        table.add_row(name, caps.storage, str(caps.trained), str(caps.batch), str(caps.needs_subject), str(caps.replay))
+        flags = (caps.trained, caps.batch, caps.needs_subject, caps.replay, caps.free_form)
+        table.add_row(name, caps.storage, *map(str, flags))
     _console().print(table)
     print("Settings of one method: editkit methods NAME")
     return 0
@@ -142,6 +143,14 @@ def _load_request(args: argparse.Namespace) -> Any:
     from editkit.edits import EditRequest
     from editkit.files import read_json
 
+    if args.statement is not None:
+        fields = ("prompt", "subject", "target", "target_true", "file")
+        given = [f"--{n.replace('_', '-')}" for n in fields if getattr(args, n)]
+        if given:
+            raise ValidationError(f"--statement is the whole edit; drop {', '.join(given)} or drop --statement")
+        if not args.ask:
+            raise ValidationError("--statement needs at least one --ask PROMPT to answer before and after the edit")
+        return EditRequest.statement(args.statement)
     if args.file:
         given = [f"--{n.replace('_', '-')}" for n in ("prompt", "subject", "target", "target_true") if getattr(args, n)]
         if given:
@@ -152,38 +161,54 @@ def _load_request(args: argparse.Namespace) -> Any:
             raise ValidationError(f"{path} must hold one JSON object (an edit request), not {type(data).__name__}")
         return EditRequest.from_dict(data)
     if not args.prompt or args.target is None:
-        raise ValidationError("give --prompt and --target (and --subject for locate-and-edit methods), or --file")
+        raise ValidationError(
+            "give --prompt and --target (and --subject for locate-and-edit methods), --file, or --statement"
+        )
     true = _spaced(args.target_true) if args.target_true else None
     return EditRequest(prompt=args.prompt, subject=args.subject, target_new=_spaced(args.target), target_true=true)
+
+
+def _answered_by(explained: dict[str, Any]) -> str:
+    """What answered a prompt, from :meth:`EditService.answer`'s explanation: an edit (its id and descriptor) or
+    the base model."""
+    if explained["answered_by"] != "edit":
+        return "base model"
+    return f"edit {explained['edit_id']}: {explained['descriptor'][:60]}"
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from editkit.editors import create_editor
+    from editkit.editors import check_edit_kinds, create_editor
     from editkit.files import check_writable
     from editkit.models.zoo import check_model_name, load
     from editkit.service import EditService
 
     editor = create_editor(args.method, _overrides(args.set))
     request = _load_request(args)
-    if editor.capabilities.needs_subject:  # fail before loading (maybe fetching) the model
+    check_edit_kinds(editor, [request])  # fail before loading (maybe fetching) the model
+    if editor.capabilities.needs_subject:
         request.require_subject(editor.name)
     check_model_name(args.model)
     if args.save:
         check_writable(args.save, "--save", folder=True)
     lm = load(args.model, device=args.device)
     service = EditService(lm, editor)
-    prompts = [request.text, *args.ask]
+    prompts = [*([] if request.is_statement else [request.text]), *args.ask]
     before = _answers(service, prompts, args.max_new_tokens)
     applied = service.apply([request])
     handle, seconds = applied.handle, applied.seconds
-    after = _answers(service, prompts, args.max_new_tokens)
-    table = Table(title=f"{editor.name} on {lm.name}: {request.text!r} -> {request.target_new!r} ({seconds:.1f} s)")
-    for col in ("prompt", "before", "after"):
+    after = service.answer(prompts, args.max_new_tokens, stop_at_newline=True)
+    edit = f"{request.text!r} -> {request.target_new!r}"
+    if request.is_statement:
+        edit = f"statement {request.descriptor!r}"
+    table = Table(title=f"{editor.name} on {lm.name}: {edit} ({seconds:.1f} s)")
+    memory = service.model is not lm  # a memory editor: say which edit answered each prompt
+    for col in ("prompt", "before", "after", *(("answered by", "scope score") if memory else ())):
         table.add_column(col)
-    for p, b, a in zip(prompts, before, after, strict=True):
-        table.add_row(p, b, a)
+    for p, b, (a, why) in zip(prompts, before, after, strict=True):
+        routed = (_answered_by(why), f"{why.get('scope_score', why.get('best_scope_score', 0.0)):.3f}")
+        table.add_row(p, b, a.strip(), *(routed if memory else ()))
     _console().print(table)
     if handle.info.get("not_taken"):
         print(f"warning: the edit did not take: {request.target_new!r} is still below {request.target_true!r}")
@@ -739,6 +764,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="the new answer")
     p.add_argument("--target-true", help="the old answer (editkit then says whether the edit took)")
     p.add_argument("--file", help="a JSON file with one edit request (prompt, subject, target_new, ...)")
+    p.add_argument(
+        "--statement",
+        help='the edit as a free-form statement ("Boris Johnson is the UK PM."; methods: editkit methods), with --ask',
+    )
     p.add_argument("--ask", action="append", default=[], metavar="PROMPT", help="another prompt to answer")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--save", metavar="DIR", help="save the edit (safetensors + JSON) to DIR")

@@ -1,9 +1,13 @@
 """The vocabulary every layer speaks: what a user asks for (`EditRequest`) and how it is judged (`EditCase`).
 
 A request is either an input-output pair (a prompt, optionally a template with ``{}`` for the subject, and a new
-target) or a free-form descriptor ("TOPIC: bananas SENTIMENT: negative") for edits that are not input-output
-pairs. Requests are validated on construction; methods that need more (a subject inside the prompt, a prompt
-that fits the model) check it with :meth:`EditRequest.require_subject` and :func:`check_fits`.
+target) or a statement: a free-form descriptor alone ("Boris Johnson is the UK PM.", "TOPIC: bananas SENTIMENT:
+negative"), for edits that are not input-output pairs (:meth:`EditRequest.statement`, :attr:`EditRequest.is_statement`;
+memory editors with ``capabilities.free_form`` take them, the others refuse them in one line). A statement is
+any non-blank text of at most :data:`MAX_STATEMENT_CHARS` characters, in any language: it is stored verbatim, and
+what reads it (a scope classifier on an English sentence encoder, a counterfactual model) decides how well it
+routes and answers. Requests are validated on construction; methods that need more (a subject inside the prompt,
+a prompt that fits the model) check it with :meth:`EditRequest.require_subject` and :func:`check_fits`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any
 
 from editkit.errors import ValidationError
 
+MAX_STATEMENT_CHARS = 2000  # a statement (free-form descriptor) at most; the edit memory stores no longer one
+
 
 @dataclass(frozen=True)
 class EditRequest:
@@ -27,7 +33,8 @@ class EditRequest:
         target_new: the answer the edited model should give (a continuation of the prompt).
         subject: the entity the fact is about; required by locate-and-edit methods (ROME, MEMIT).
         target_true: the answer the unedited model is believed to give, if known.
-        descriptor: free-form description of the edit, for edits that are not input-output pairs.
+        descriptor: free-form description of the edit, for edits that are not input-output pairs; alone (no
+            prompt) the request is a statement.
         case_id: identifier from the source dataset, carried through to results.
     """
 
@@ -39,6 +46,8 @@ class EditRequest:
     case_id: str | None = None
 
     def __post_init__(self) -> None:
+        if self.descriptor:
+            _check_statement(self)
         if not self.descriptor:
             if not self.prompt.strip():
                 raise ValidationError("edit request has an empty prompt (and no free-form descriptor)")
@@ -60,6 +69,21 @@ class EditRequest:
             raise ValidationError(
                 f"target_new equals target_true ({self.target_new!r}) for prompt {self.prompt!r}: nothing to edit"
             )
+
+    @classmethod
+    def statement(cls, text: str, *, case_id: str | None = None) -> EditRequest:
+        """An edit that is only a free-form statement ("Boris Johnson is the UK PM."), no prompt or target."""
+        if not isinstance(text, str):
+            raise ValidationError(f"an edit statement must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValidationError("edit statement (descriptor) is empty")
+        return cls(descriptor=text, case_id=case_id)
+
+    @property
+    def is_statement(self) -> bool:
+        """Whether this edit is a free-form statement alone (no prompt): only editors with
+        ``capabilities.free_form`` take it."""
+        return bool(self.descriptor) and not self.prompt
 
     @property
     def text(self) -> str:
@@ -96,6 +120,25 @@ class EditRequest:
             if value is not None and not isinstance(value, str):
                 raise ValidationError(f"edit request field {key!r} must be a string, got {type(value).__name__}")
         return cls(**dict(d))
+
+
+def _check_statement(r: EditRequest) -> None:
+    """A descriptor must say something, within :data:`MAX_STATEMENT_CHARS`; alone (a statement) it carries no
+    target, subject or old answer, which belong to a prompt."""
+    assert r.descriptor
+    if not r.descriptor.strip():
+        raise ValidationError("edit statement (descriptor) is empty")
+    if len(r.descriptor) > MAX_STATEMENT_CHARS:
+        raise ValidationError(
+            f"edit statement (descriptor) is {len(r.descriptor)} characters long; the limit is {MAX_STATEMENT_CHARS}"
+        )
+    if not r.prompt:
+        given = [k for k in ("target_new", "subject", "target_true") if getattr(r, k)]
+        if given:
+            raise ValidationError(
+                f"edit statement {r.descriptor[:60]!r} has {', '.join(given)} but no prompt; a statement stands "
+                "alone (give a prompt too for an input-output edit)"
+            )
 
 
 class ProbeKind(StrEnum):

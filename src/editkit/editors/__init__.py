@@ -9,9 +9,11 @@ from editkit.editors.base import (
     Editor,
     WeightEditor,
     available_methods,
+    check_edit_kinds,
     create_editor,
     get_editor_class,
     register,
+    statement_methods,
 )
 from editkit.editors.config import EditorConfig
 from editkit.editors.handle import EditHandle
@@ -23,7 +25,9 @@ __all__ = [
     "EditorConfig",
     "WeightEditor",
     "available_methods",
+    "check_edit_kinds",
     "create_editor",
     "get_editor_class",
     "register",
+    "statement_methods",
 ]

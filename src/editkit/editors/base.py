@@ -40,7 +40,7 @@ class Capabilities:
     trained: bool = False  # needs trained parts (editkit train NAME)
     batch: bool = True  # several requests in one apply()
     needs_subject: bool = False
-    free_form: bool = False  # accepts free-form descriptors instead of input-output pairs
+    free_form: bool = False  # also takes statements: free-form descriptors without a prompt (EditRequest.statement)
     replay: bool = False  # replay(): an edit applied again from its recorded info, without its search
 
 
@@ -70,6 +70,26 @@ def create_editor(name: str, config: Mapping[str, Any] | EditorConfig | None = N
     return cls(cls.config_cls.from_dict(config))
 
 
+def statement_methods() -> list[str]:
+    """The registered methods that take statements (free-form descriptors without a prompt): those whose
+    capabilities say ``free_form``."""
+    return [n for n in available_methods() if get_editor_class(n).capabilities.free_form]
+
+
+def check_edit_kinds(editor: Editor, requests: Sequence[EditRequest]) -> None:
+    """The one refusal of statement edits by an editor that edits with input-output pairs: a one-line
+    :class:`ValidationError` naming the methods that take statements. Needs no model, so a front end calls it
+    before loading one; :meth:`Editor.validate` calls it before any work."""
+    if editor.capabilities.free_form:
+        return
+    statement = next((r for r in requests if isinstance(r, EditRequest) and r.is_statement), None)
+    if statement is not None:
+        raise ValidationError(
+            f"{editor.name} edits with input-output pairs (a prompt and target_new), not statements such as "
+            f"{(statement.descriptor or '')[:60]!r}; methods that take statements: {', '.join(statement_methods())}"
+        )
+
+
 # --------------------------------------------------------------------------- editors
 class Editor(ABC):
     """A model editing method. Subclasses set ``name``, ``config_cls`` and ``capabilities`` and register
@@ -97,11 +117,11 @@ class Editor(ABC):
         for r in requests:
             if not isinstance(r, EditRequest):
                 raise ValidationError(f"{self.name}: expected EditRequest, got {type(r).__name__}")
-            if r.descriptor and not r.prompt and not self.capabilities.free_form:
-                raise ValidationError(f"{self.name} needs input-output edits, not free-form descriptors")
+        check_edit_kinds(self, requests)
+        for r in requests:
             if self.capabilities.needs_subject:
                 r.require_subject(self.name)
-            lm.check_fits(r.text + r.target_new)
+            lm.check_fits((r.descriptor or "") if r.is_statement else r.text + r.target_new)
 
     def provenance(self) -> dict[str, str]:
         """What besides the config decides this editor's behaviour (trained parts it loads, by content hash),
@@ -274,8 +294,10 @@ __all__ = [
     "WeightEditor",
     "WeightUpdate",
     "available_methods",
+    "check_edit_kinds",
     "create_editor",
     "edits_not_taken",
     "get_editor_class",
     "register",
+    "statement_methods",
 ]

@@ -8,6 +8,10 @@ The cache answers with a label, not a distribution. To be scored like a model it
 position of the label it puts probability ``1 - eps`` on the label's next token (and on end-of-sequence after
 the label), spreading ``eps`` over the rest of the vocabulary; once a scored continuation leaves the label it
 has no opinion (uniform). Greedy decoding then produces exactly the label.
+
+LU refuses statements (``EditRequest.statement``; the shared one-line refusal of
+:func:`~editkit.editors.base.check_edit_kinds`): its answer is the stored label ``y_e``, and a statement carries
+none; its key, the base model's reading of ``x_e``, would be a sentence's rather than the inputs' it should catch.
 """
 
 from __future__ import annotations

@@ -367,7 +367,8 @@ class SEPROGConfig(MemoryConfig):
 class SEPROG(MemoryEditor):
     name = "seprog"
     config_cls: ClassVar[type[EditorConfig]] = SEPROGConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True)
+    # statements too: the edit encoder embeds a statement as it embeds [x_e ; y_e]
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True, free_form=True)
     config: SEPROGConfig
 
     def __init__(self, config: EditorConfig | None = None) -> None:

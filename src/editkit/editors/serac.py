@@ -14,6 +14,11 @@ from ``[z_i* ; x]``, else the base model answers. The base model is never change
 RP (retrieve-and-prompt, §5 and appendix B) uses the same scope classifier but lets the base model answer,
 with the retrieved edit in its prompt; it is also SERAC with an untrained, in-context counterfactual model.
 
+Both take statements (``EditRequest.statement("Boris Johnson is the UK PM.")``, SERAC §2's descriptors that are
+not input-output pairs): the statement is z_e for the scope classifier and in h's prompt (``template``). The
+packaged parts were trained on ``[x_e ; y_e]`` descriptors only, so they read statements as well as that
+training carries over (docs/benchmarks.md, "ConvSent in kind").
+
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
 folder shipped in the package, ``editkit/artifacts/serac``. Each is verified against the folder's manifest
 before it loads (:mod:`editkit.trained`).
@@ -72,8 +77,10 @@ class RetrievalConfig(MemoryConfig):
 
 
 class _Retrieval(MemoryEditor):
-    """Builds the configured scope classifier (shared by SERAC and RP)."""
+    """Builds the configured scope classifier (shared by SERAC and RP). Both take statements: the scope
+    classifier embeds the statement as the descriptor z_e, and the answerer reads it in its prompt."""
 
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", batch=True, free_form=True)
     config: RetrievalConfig
 
     def parts(self) -> list[str]:
@@ -115,7 +122,7 @@ class RP(_Retrieval):
 class SERAC(_Retrieval):
     name = "serac"
     config_cls: ClassVar[type[EditorConfig]] = RetrievalConfig
-    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(storage="memory", trained=True, batch=True, free_form=True)
 
     def parts(self) -> list[str]:
         return [*super().parts(), "counterfactual"]

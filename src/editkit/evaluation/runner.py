@@ -255,7 +255,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     import torch
 
     from editkit.data.formats import load_cases
-    from editkit.editors import create_editor
+    from editkit.editors import check_edit_kinds, create_editor
     from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
     from editkit.evaluation.prefill import load_prefill
@@ -288,6 +288,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
     }
+    check_edit_kinds(editor, [r for c in dataset.cases for r in c.requests])  # statements: refused before loading
     if editor.capabilities.needs_subject:
         unlocated = [c.request.case_id for c in dataset.cases if not c.request.subject]
         if unlocated:

@@ -37,14 +37,14 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
-from editkit.edits import EditRequest
+from editkit.edits import MAX_STATEMENT_CHARS, EditRequest
 from editkit.errors import EditkitError, ValidationError, did_you_mean
 from editkit.files import atomic_open
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MAX_DESCRIPTOR_CHARS = 2000
+MAX_DESCRIPTOR_CHARS = MAX_STATEMENT_CHARS  # the limit a statement is checked against when made
 MAX_AUTHOR_CHARS = 200
 
 VECTOR_DTYPE = np.dtype("<f4")  # vectors are stored as little-endian float32 bytes, whatever the machine

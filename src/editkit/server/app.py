@@ -15,8 +15,9 @@ last user message (the zoo's models are base models, without a chat template).
 
 Errors are JSON in OpenAI's shape, ``{"error": {"message", "type", "code"}}``, with a 4xx status for anything a
 client can cause (bad JSON, missing or wrong fields, a body over ``max_body_bytes`` (413), a prompt longer than
-the model's context, an unknown model or edit id, a missing or wrong token (401 / 403), a statement edit or an
-edit the guard rejects (422), a rollback that later weight edits overlap (409)); a shared store out of reach is
+the model's context, an unknown model or edit id, a missing or wrong token (401 / 403), a statement edit to an
+editor that takes none (``{"statement": "..."}``: SERAC, RP and SEPROG take them) or an edit the guard rejects
+(422), a rollback that later weight edits overlap (409)); a shared store out of reach is
 a 503; a 500 says only
 "internal error" (the traceback goes to the server's log).
 """
@@ -39,8 +40,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from editkit.editors.base import Editor, check_edit_kinds
 from editkit.edits import EditRequest
-from editkit.errors import EditkitError
+from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation.guard import EditRejected
 from editkit.memory.store import StoreUnavailableError
 from editkit.server.batcher import Batcher
@@ -171,6 +173,20 @@ class EditIn(BaseModel):
 class ExplainIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     input: str = Field(max_length=20000)
+
+
+def _statement_request(body: EditIn, editor: Editor) -> EditRequest:
+    """A statement edit (``{"statement": "..."}`` alone): 400 if other fields come with it or it is empty, 422
+    (the editor's one-line refusal, naming the methods that take statements) if the editor edits with pairs."""
+    given = [k for k in ("prompt", "target_new", "subject", "target_true") if getattr(body, k) is not None]
+    if given:
+        raise ApiError(400, f"a statement edit stands alone; drop {', '.join(given)}", "bad_statement")
+    request = EditRequest.statement(body.statement or "")
+    try:
+        check_edit_kinds(editor, [request])
+    except ValidationError as exc:
+        raise ApiError(422, str(exc), "statements_unsupported") from None
+    return request
 
 
 # --------------------------------------------------------------------------- the application
@@ -421,15 +437,14 @@ def create_app(server: Server) -> FastAPI:
     @app.post("/v1/edits", status_code=201)
     def add_edit(body: EditIn, token: Write, response: Response) -> dict[str, Any]:
         if body.statement is not None:
-            raise ApiError(
-                422,
-                "statement edits are not supported yet (editors take question-answer edits: prompt, target_new)",
-                "statements_unsupported",
+            request = _statement_request(body, server.desk.service.editor)
+        elif not body.prompt or not body.target_new:
+            raise ApiError(400, "an edit needs 'prompt' and 'target_new', or a 'statement'", "missing_field")
+        else:
+            target = body.target_new if body.target_new.startswith(" ") else " " + body.target_new
+            request = EditRequest(
+                prompt=body.prompt, target_new=target, subject=body.subject, target_true=body.target_true
             )
-        if not body.prompt or not body.target_new:
-            raise ApiError(400, "an edit needs 'prompt' and 'target_new'", "missing_field")
-        target = body.target_new if body.target_new.startswith(" ") else " " + body.target_new
-        request = EditRequest(prompt=body.prompt, target_new=target, subject=body.subject, target_true=body.target_true)
         view, new = server.desk.add(request, token.name if token else "")
         server.metrics.edit("applied" if new else "duplicate")
         if not new:

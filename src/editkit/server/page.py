@@ -81,7 +81,7 @@ async function journal() {
     const row = document.createElement("tr");
     row.dataset.id = e.id;
     const when = e.created ? new Date(e.created * 1000).toLocaleString() : "";
-    for (const text of [e.id, e.author || "-", when, e.text + " \u2192" + e.target_new]) {
+    for (const text of [e.id, e.author || "-", when, e.text ? e.text + " \u2192" + e.target_new : e.descriptor]) {
       const cell = document.createElement("td");
       cell.textContent = text;
       row.appendChild(cell);
