@@ -127,6 +127,29 @@ def test_a_batched_cell_equals_a_plain_computation(any_arch, kind):
     assert result.scores[kind][last][1] == pytest.approx(_plain_cell(any_arch, tracer, kind, last, 1), rel=2e-6)
 
 
+def test_the_prefix_cache_is_a_pure_speed_up(any_arch):
+    """Running only the tokens from the first restored one on, over the corrupted runs' cached keys and values,
+    gives the grid of full passes; and it runs fewer token positions."""
+    from dataclasses import replace
+
+    positions: list[list[int]] = []
+    hook = any_arch.adapter.layer_list(any_arch.model)[-1].register_forward_pre_hook(
+        lambda _m, args, kwargs: positions[-1].append((args[0] if args else kwargs["hidden_states"]).shape[:2].numel()),
+        with_kwargs=True,
+    )
+    try:
+        grids = []
+        for cached in (True, False):
+            positions.append([])
+            grids.append(Tracer(any_arch, PROMPT, SUBJECT, replace(FAST, prefix_cache=cached)).trace().scores)
+    finally:
+        hook.remove()
+    for kind in grids[0]:
+        torch.testing.assert_close(torch.tensor(grids[0][kind]), torch.tensor(grids[1][kind]), atol=1e-6, rtol=1e-5)
+    if any_arch.adapter.sequential_layers and not any_arch.is_encoder_decoder:
+        assert sum(positions[0]) < 0.8 * sum(positions[1])
+
+
 def test_a_subject_not_in_the_prompt_is_a_user_error(llama):
     with pytest.raises(ValidationError, match="not in the prompt"):
         Tracer(llama, PROMPT, "Colosseum", FAST)
