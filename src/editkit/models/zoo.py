@@ -123,6 +123,10 @@ MODELS: dict[str, ModelSpec] = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             edit_layer=4,
+            traced_layer=4,  # the same as edit_layer: ROME's default stays
+            traced_by="editkit trace --model gemma3-270m --known ../shared/data/counterfact/rome_knowns/"
+            "known_1000.json --limit 100 --set kinds=mlp"
+            " --out benchmarks/results/trace/trace_known100_mlp_gemma.json",
         ),
         ModelSpec(
             name="minilm-l6",
