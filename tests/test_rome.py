@@ -8,6 +8,7 @@ from editkit.editors import create_editor
 from editkit.editors.rome import rank_one_update
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
+from editkit.models.lm import LanguageModel
 from editkit.models.tiny import tiny_model
 
 
@@ -120,3 +121,16 @@ def test_fast_path_with_a_one_token_subject_at_position_zero(arch):
     assert torch.isfinite(deltas[0]).all()
     # Left padding reorders float sums; the division by u.k0 amplifies that noise a little.
     torch.testing.assert_close(deltas[0], deltas[1], atol=1e-4, rtol=1e-3)
+
+
+def test_rome_defaults_to_the_models_rome_layer_and_the_others_keep_the_edit_layer():
+    tiny = tiny_model("llama")
+    lm = LanguageModel(tiny.model, tiny.tokenizer, name=tiny.name, edit_layer=1, rome_layer=2)
+    handle = create_editor("rome", FAST).apply(lm, [REQ])
+    assert list(handle.changes) == [lm.adapter.weight_name(2, "mlp_out")]
+    handle.rollback()
+    assert create_editor("ft").target_parameters(lm, [REQ]) == [lm.adapter.weight_name(1, "mlp_out")]
+    assert create_editor("memit", {"mom2_update_weight": 15}).layers(lm) == [0, 1]
+    assert create_editor("rome", {**FAST, "layer": 0}).layer(lm) == 0
+    plain = LanguageModel(tiny.model, tiny.tokenizer, name=tiny.name, edit_layer=1)
+    assert plain.default_rome_layer == 1

@@ -39,7 +39,9 @@ from editkit.models.lm import LanguageModel
 
 @dataclass
 class ROMEConfig(LocateEditConfig):
-    layer: int | None = field(default=None, metadata={"help": "layer to edit; default: the model's edit layer"})
+    layer: int | None = field(
+        default=None, metadata={"help": "layer to edit; default: the model's ROME layer (lm.default_rome_layer)"}
+    )
 
 
 @register
@@ -50,7 +52,7 @@ class ROME(LocateEditor):
     config: ROMEConfig
 
     def layer(self, lm: LanguageModel) -> int:
-        layer = self.config.layer if self.config.layer is not None else lm.default_edit_layer
+        layer = self.config.layer if self.config.layer is not None else lm.default_rome_layer
         lm.adapter.check_layer(lm.model, layer)
         return layer
 

@@ -47,7 +47,8 @@ def load_known(path: str | Path) -> list[KnownFact]:
 
 
 def state_path(lm: LanguageModel, config: TraceConfig, facts_sha: str, cache: Path) -> Path:
-    key = json.dumps([lm.fingerprint(), config.to_dict(), facts_sha], sort_keys=True)
+    settings = {k: v for k, v in config.to_dict().items() if k != "prefix_cache"}  # a speed-up: the same traces
+    key = json.dumps([lm.fingerprint(), settings, facts_sha], sort_keys=True)
     return cache / "trace" / f"{lm.name.replace('/', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsonl"
 
 

@@ -10,13 +10,17 @@ corrupted), each averaged over the noise draws.
 Batched: every restoration of every noise draw is one row of a forward pass, many rows per pass. Rows are sorted
 by the lowest layer they restore, and a pass over rows whose lowest restored layer is ``s`` starts at layer ``s``
 from the corrupted runs' cached input of that layer (the layers below are replaced by stubs that replay it,
-:func:`~editkit.editors.passes.replay_prefix`), since nothing below differs from the corrupted run. Tokens
-before the subject are the same in every run of a causal model, so restoring them changes nothing: their
-indirect effect is 0 without a pass. Encoder-decoder models (T5: the encoder's layers are traced) run whole.
+:func:`~editkit.editors.passes.replay_prefix`), since nothing below differs from the corrupted run. In a causal
+model a restoration at token t changes nothing before t either: rows are also grouped by the first token they
+restore, t0, and a pass runs only the tokens from t0 on, attending to the keys and values of the tokens before
+t0 in the corrupted runs (computed once per t0 for every noise draw, ``prefix_cache``). Tokens before the
+subject are the same in every run, so restoring them changes nothing: their indirect effect is 0 without a
+pass. Encoder-decoder models (T5: the encoder's layers are traced) run whole.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,7 +33,7 @@ from editkit.editors.passes import layer_output_hidden, replay_prefix
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.adapters import get_module
 from editkit.models.hooks import hooks
-from editkit.models.lm import LanguageModel
+from editkit.models.lm import CACHE_KEY, LanguageModel
 from editkit.typedconfig import TypedConfig
 
 Kind = Literal["hidden", "mlp", "attn"]
@@ -45,6 +49,10 @@ class TraceConfig(TypedConfig):
     seed: int = field(default=0, metadata={"help": "seed of the noise"})
     rows: int = field(default=96, metadata={"help": "rows per forward pass (restorations x noise draws)"})
     kinds: list[str] = field(default_factory=lambda: list(KINDS), metadata={"help": "states traced: hidden, mlp, attn"})
+    prefix_cache: bool = field(
+        default=True,
+        metadata={"help": "run the tokens before the first restored one once per noise draw (a pure speed-up)"},
+    )
 
     def validate(self) -> None:
         if self.samples < 1 or self.window < 1 or self.rows < 1 or self.noise < 0:
@@ -169,6 +177,7 @@ class Tracer:
         self.p_clean = float(self._capture_clean())
         self.layer_in: list[torch.Tensor] = []
         self.p_corrupted = float(self._capture_corrupted().mean())
+        self._prefixes: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ passes
     def site(self, kind: str, layer: int) -> nn.Module:
@@ -182,11 +191,14 @@ class Tracer:
         out[:, self.s0 : self.s1] += self.noise
         return out
 
-    def _probs(self, embeds: torch.Tensor, specs: Any) -> torch.Tensor:
-        """P(every token) at the prompt's last position (the first decoder position for encoder-decoders)."""
+    def _probs(self, embeds: torch.Tensor, specs: Any, cache: Any = None) -> torch.Tensor:
+        """P(every token) at the prompt's last position (the first decoder position for encoder-decoders);
+        ``cache`` holds the keys and values of the tokens before ``embeds``."""
         lm, n = self.lm, embeds.shape[0]
         with hooks(specs):
             inputs: dict[str, Any] = {"inputs_embeds": embeds}
+            if cache is not None:
+                inputs.update({CACHE_KEY: cache, "use_cache": True})
             position = embeds.shape[1] - 1
             if lm.is_encoder_decoder:
                 start = int(lm.config.decoder_start_token_id)
@@ -229,24 +241,45 @@ class Tracer:
     @torch.no_grad()
     def restored(self, rows: Sequence[Sequence[Restoration]]) -> list[float]:
         """P(answer) for each row of restorations, averaged over the noise draws."""
-        s = self.config.samples
+        s, last = self.config.samples, len(self.ids) - 1
+        cached = self.replay and self.config.prefix_cache
         expanded = sorted(
-            ((min((r[1] for r in row), default=self.n_layers), i, k) for i, row in enumerate(rows) for k in range(s)),
+            (
+                min((r[2] for r in row), default=last) if cached else 0,
+                min((r[1] for r in row), default=self.n_layers),
+                i,
+                k,
+            )
+            for i, row in enumerate(rows)
+            for k in range(s)
         )
         total = torch.zeros(len(rows), dtype=torch.float64)
         corrupted = self.corrupted_embeds()
-        for c in range(0, len(expanded), self.config.rows):
-            chunk = expanded[c : c + self.config.rows]
-            start = min(chunk[0][0], self.n_layers - 1) if self.replay else 0
-            samples = torch.tensor([k for _, _, k in chunk], device=self.lm.device)
-            probs = self._restored_pass([rows[i] for _, i, _ in chunk], samples, corrupted, start)
-            for (_, i, _), p in zip(chunk, probs.tolist(), strict=True):
+        c = 0
+        while c < len(expanded):
+            t0 = expanded[c][0]
+            chunk = [e for e in expanded[c : c + self.config.rows] if e[0] == t0]
+            c += len(chunk)
+            start = min(chunk[0][1], self.n_layers - 1) if self.replay else 0
+            samples = torch.tensor([k for *_, k in chunk], device=self.lm.device)
+            probs = self._restored_pass([rows[i] for *_, i, _ in chunk], samples, corrupted, start, t0)
+            for (*_, i, _), p in zip(chunk, probs.tolist(), strict=True):
                 total[i] += p
         return (total / s).tolist()
 
+    def _prefix(self, t0: int, samples: torch.Tensor) -> Any:
+        """The keys and values of tokens ``[0, t0)`` of the corrupted runs of ``samples`` (a fresh copy)."""
+        if t0 not in self._prefixes:
+            out = self.lm.model(inputs_embeds=self.corrupted_embeds()[:, :t0], use_cache=True)
+            self._prefixes[t0] = out[CACHE_KEY]
+        cache = copy.deepcopy(self._prefixes[t0])
+        cache.batch_select_indices(samples)
+        return cache
+
     def _restored_pass(
-        self, rows: list[Sequence[Restoration]], samples: torch.Tensor, corrupted: torch.Tensor, start: int
+        self, rows: list[Sequence[Restoration]], samples: torch.Tensor, corrupted: torch.Tensor, start: int, t0: int
     ) -> torch.Tensor:
+        """P(answer) for rows whose restorations are at layers >= ``start`` and tokens >= ``t0``."""
         targets: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for r, row in enumerate(rows):
             for kind, layer, token in row:
@@ -254,23 +287,25 @@ class Tracer:
                 rr.append(r)
                 tt.append(token)
         specs = [
-            (self.site(k, layer), "forward", self._restorer(k, layer, rr, tt))
+            (self.site(k, layer), "forward", self._restorer(k, layer, rr, tt, t0))
             for (k, layer), (rr, tt) in targets.items()
         ]
-        embeds = corrupted[samples]
+        embeds = corrupted[samples, t0:]
+        cache = self._prefix(t0, samples) if t0 > 0 else None
         if start == 0:
-            return self._probs(embeds, specs)[..., self.answer_id].reshape(-1)
-        with replay_prefix(self.layers, start, self.layer_in[start][samples], self.like[start - 1]):
-            return self._probs(embeds, specs)[..., self.answer_id].reshape(-1)
+            return self._probs(embeds, specs, cache)[..., self.answer_id].reshape(-1)
+        with replay_prefix(self.layers, start, self.layer_in[start][samples, t0:], self.like[start - 1]):
+            return self._probs(embeds, specs, cache)[..., self.answer_id].reshape(-1)
 
-    def _restorer(self, kind: str, layer: int, rows: list[int], tokens: list[int]) -> Any:
+    def _restorer(self, kind: str, layer: int, rows: list[int], tokens: list[int], t0: int) -> Any:
+        """Restores the clean state at ``tokens`` of ``rows`` of a pass that runs the tokens from ``t0`` on."""
         dev = self.lm.device
         r, t = torch.tensor(rows, device=dev), torch.tensor(tokens, device=dev)
         clean = self.clean[(kind, layer)]
 
         def restore(_m: nn.Module, _args: Any, out: Any) -> Any:
             hidden = layer_output_hidden(out).clone()
-            hidden[r, t] = clean[t].to(hidden.dtype)
+            hidden[r, t - t0] = clean[t].to(hidden.dtype)
             return hidden if isinstance(out, torch.Tensor) else (hidden, *out[1:])
 
         return restore

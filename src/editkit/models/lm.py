@@ -108,6 +108,7 @@ class LanguageModel:
         tokenizer: its (fast) tokenizer.
         name: how results and caches refer to this model (a zoo name, hub id or path).
         edit_layer: the default layer for locate-and-edit methods (see :attr:`default_edit_layer`).
+        rome_layer: ROME's default layer where it is not ``edit_layer`` (see :attr:`default_rome_layer`).
         prefix: text (usually a document-start token) put before every prompt, for models whose tokenizer
             adds no BOS. Without it the first word of a prompt sits at position 0, where these models keep
             an "attention sink" with outsized activations; editing a key there (ROME on a one-token subject
@@ -121,6 +122,7 @@ class LanguageModel:
         name: str = "model",
         edit_layer: int | None = None,
         prefix: str | None = None,
+        rome_layer: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -133,6 +135,7 @@ class LanguageModel:
             tokenizer.pad_token_id = pad
         self.model.eval()
         self._edit_layer = edit_layer
+        self._rome_layer = rome_layer
         self.prefix = prefix
         self._prefix_ids: list[int] = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
         self._fingerprint: tuple[tuple[tuple[int, int], ...], str] | None = None
@@ -153,6 +156,12 @@ class LanguageModel:
         if self._edit_layer is not None:
             return self._edit_layer
         return max(0, round(0.2 * self.adapter.n_layers(self.model)))
+
+    @property
+    def default_rome_layer(self) -> int:
+        """The layer ROME edits unless told otherwise: the zoo's ``rome_layer`` (the causally traced layer, where
+        it scored better than :attr:`default_edit_layer`), else :attr:`default_edit_layer`."""
+        return self._rome_layer if self._rome_layer is not None else self.default_edit_layer
 
     @torch.no_grad()
     def fingerprint(self) -> str:

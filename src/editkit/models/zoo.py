@@ -70,10 +70,13 @@ class ModelSpec:
     gguf_name: str = ""
     edit_layer: int | None = None  # default layer for locate-and-edit methods on this model
     # The layer causal tracing found (the peak of the MLP's average indirect effect at the last subject token over
-    # known facts, window centre) and the command that measured it; ROME's default is edit_layer, whichever of the
-    # two scored better on CounterFact (docs/benchmarks.md, "Locating knowledge").
+    # known facts, window centre) and the command that measured it.
     traced_layer: int | None = None
     traced_by: str = ""
+    # ROME's default layer where it is not edit_layer: the traced layer, set only where ROME at it scored better
+    # on CounterFact than at edit_layer (docs/benchmarks.md, "Locating knowledge"). FT, MEMIT and AlphaEdit keep
+    # edit_layer (docs/architecture.md, "ROME's layer").
+    rome_layer: int | None = None
     prefix: str | None = None  # document-start text put before prompts (see LanguageModel)
 
     @property
@@ -104,6 +107,7 @@ MODELS: dict[str, ModelSpec] = {
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
             edit_layer=6,
             traced_layer=5,
+            rome_layer=5,
             traced_by="editkit trace --model smollm2-135m --known ../shared/data/counterfact/rome_knowns/"
             "known_1000.json --limit 100 --set kinds=mlp"
             " --out benchmarks/results/trace/trace_known100_mlp_smollm2.json",
@@ -119,6 +123,10 @@ MODELS: dict[str, ModelSpec] = {
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             gguf_name="gemma-3-270m-q4_k_m.gguf",
             edit_layer=4,
+            traced_layer=4,  # the same as edit_layer: ROME's default stays
+            traced_by="editkit trace --model gemma3-270m --known ../shared/data/counterfact/rome_knowns/"
+            "known_1000.json --limit 100 --set kinds=mlp"
+            " --out benchmarks/results/trace/trace_known100_mlp_gemma.json",
         ),
         ModelSpec(
             name="minilm-l6",
@@ -444,6 +452,7 @@ def load(
         tokenizer,
         name=name,
         edit_layer=spec.edit_layer if spec else None,
+        rome_layer=spec.rome_layer if spec else None,
         prefix=spec.prefix if spec else None,
     )
 
