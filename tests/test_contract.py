@@ -128,9 +128,10 @@ def test_failure_inside_an_edit_leaves_no_trace(method, arch, monkeypatch, _edit
             raise RuntimeError("injected failure")
         return real(self, inputs, index)
 
+    editor = _editor(method)  # first: a fixture that trains parts must not meet the injected failure
     monkeypatch.setattr(type(lm), "logits_at", failing)
     with pytest.raises(RuntimeError, match="injected"):
-        _editor(method).apply(lm, [REQUEST])
+        editor.apply(lm, [REQUEST])
     monkeypatch.undo()
     assert calls["n"] >= 2, "the failure was never injected"
     for n, p in lm.model.named_parameters():
