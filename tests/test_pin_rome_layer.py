@@ -1,18 +1,13 @@
 """benchmarks/pin_rome_layer.py: ROME runs made at the old default get their layer written in, nothing else."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "pin_rome_layer.py"
-spec = importlib.util.spec_from_file_location("pin_rome_layer", SCRIPT)
-assert spec is not None and spec.loader is not None
-pin_rome_layer = importlib.util.module_from_spec(spec)
-sys.modules["pin_rome_layer"] = pin_rome_layer
-spec.loader.exec_module(pin_rome_layer)
+from conftest import benchmark_script
+
+pin_rome_layer = benchmark_script("pin_rome_layer")
 
 
 def _run(model, method="rome", layer=None):

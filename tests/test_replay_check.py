@@ -1,7 +1,6 @@
 """benchmarks/replay_check.py on a tiny ROME run: a faithful replay reads zero difference, a record that does not
 match its edit is named."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,17 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import benchmark_script
 from editkit.data import demo_cases
 from editkit.data.formats import editkit_record
 from editkit.editors import create_editor
 from editkit.evaluation.sequential import sequential_edits
 from editkit.models.tiny import tiny_model
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "replay_check.py"
-spec = importlib.util.spec_from_file_location("replay_check", SCRIPT)
-assert spec is not None and spec.loader is not None
-replay_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(replay_check)
+replay_check = benchmark_script("replay_check")
 
 
 def _check(monkeypatch, results: Path, out: Path, *extra: str) -> dict:

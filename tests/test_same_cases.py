@@ -1,21 +1,15 @@
 """benchmarks/same_cases.py: committed single-edit runs compared on the cases they share."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import benchmark_script
 from editkit.errors import ValidationError
 
 RESULTS = Path(__file__).parents[1] / "benchmarks" / "results"
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "same_cases.py"
-spec = importlib.util.spec_from_file_location("same_cases", SCRIPT)
-assert spec is not None and spec.loader is not None
-same_cases = importlib.util.module_from_spec(spec)
-sys.modules["same_cases"] = same_cases
-spec.loader.exec_module(same_cases)
+same_cases = benchmark_script("same_cases")
 
 
 def test_runs_are_compared_on_their_common_first_cases():

@@ -1,16 +1,14 @@
 """benchmarks/span_table.py, on results written by hand: which records and checkpoints each cell reads."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from conftest import benchmark_script
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "span_table.py"
-spec = importlib.util.spec_from_file_location("span_table", SCRIPT)
-assert spec is not None and spec.loader is not None
-span_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(span_table)
+span_table = benchmark_script("span_table")
 
 
 def _run(label, efficacy, forgotten, auc, n=3):
