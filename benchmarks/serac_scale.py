@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from editkit.configfile import parse_overrides
 from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.editors.serac import SERAC
@@ -111,10 +112,7 @@ def main() -> None:
         requests = [c.request for c in cases]
         data = {"path": str(dataset.path), "sha256": dataset.sha256}
     lm = load(args.model, progress=False)
-    settings: dict[str, object] = {"scope": args.scope}
-    for pair in args.set:
-        key, _, value = pair.partition("=")
-        settings[key] = {"true": True, "false": False}.get(value, value)
+    settings: dict[str, object] = {"scope": args.scope, **parse_overrides(args.set)}
     if args.artifacts:
         settings["artifacts"] = args.artifacts
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,9 +54,9 @@ def test_every_setting_has_help():
 
 def test_one_number_for_a_list_setting_is_the_list_of_it():
     """`--set layers=6` means layers [6]; a word or a flag is still refused."""
-    from editkit.cli import _overrides
+    from editkit.configfile import parse_overrides
 
-    assert create_editor("ft", _overrides(["layers=6"])).config.layers == [6]
+    assert create_editor("ft", parse_overrides(["layers=6"])).config.layers == [6]
     assert create_editor("ft", {"layers": "1,2"}).config.layers == [1, 2]
     with pytest.raises(ConfigError, match="layers"):
         create_editor("ft", {"layers": True})

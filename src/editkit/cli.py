@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from editkit.configfile import parse_overrides
 from editkit.errors import EditkitError, ValidationError
 
 
@@ -27,21 +28,6 @@ def _console() -> Any:
 
     # Piped output (logs, CI) would otherwise wrap tables at 80 columns.
     return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValidationError(f"--set expects KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except (yaml.YAMLError, RecursionError):
-            raise ValidationError(f"--set {key.strip()}: {value!r} is not a valid value (YAML: 6, [1, 2], a)") from None
-    return out
 
 
 # --------------------------------------------------------------------------- models / methods / env
@@ -184,7 +170,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from editkit.models.zoo import check_model_name, load
     from editkit.service import EditService
 
-    editor = create_editor(args.method, _overrides(args.set))
+    editor = create_editor(args.method, parse_overrides(args.set))
     request = _load_request(args)
     check_edit_kinds(editor, [request])  # fail before loading (maybe fetching) the model
     if editor.capabilities.needs_subject:
@@ -367,7 +353,7 @@ def _trace_config() -> Any:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    config = _trace_config().from_dict(_overrides(args.set))
+    config = _trace_config().from_dict(parse_overrides(args.set))
     out = Path(args.out)
     if out.suffix != ".json":
         raise ValidationError(f"--out must name a .json file, got {out}")
@@ -508,8 +494,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = RunConfig.build(
         args.config,
         **{name: getattr(args, name) for name, _ in _config_options(RunConfig)},
-        settings=_overrides(args.set) or None,
-        guard=_overrides(args.guard_set) if args.guard or args.guard_set else None,
+        settings=parse_overrides(args.set) or None,
+        guard=parse_overrides(args.guard_set) if args.guard or args.guard_set else None,
     )
     results = run(config)
     agg = results["aggregates"]
@@ -524,7 +510,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from editkit.training.registry import create_trainer
 
     values = read_yaml(Path(args.config)) if args.config else {}
-    values.update(_overrides(args.set))
+    values.update(parse_overrides(args.set))
     if args.out:
         values["out"] = args.out
     trainer = create_trainer(args.name, values)
@@ -651,7 +637,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from editkit.server.tokens import TokenBook
     from editkit.service import EditService
 
-    settings = _overrides(args.set)
+    settings = parse_overrides(args.set)
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{args.model}-{args.method}")
     probe = create_editor(args.method, settings)
     memory = probe.capabilities.storage == "memory"
@@ -659,7 +645,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValidationError(f"{probe.name} edits the weights: its journal is a folder (--journal), not --store")
     if (args.guard or args.guard_set) and memory:
         raise ValidationError(f"the guard checks weight edits; {probe.name} keeps its edits outside the weights")
-    guard = EditGuard(GuardConfig.from_dict(_overrides(args.guard_set))) if args.guard or args.guard_set else None
+    guard = EditGuard(GuardConfig.from_dict(parse_overrides(args.guard_set))) if args.guard or args.guard_set else None
     store = args.store or str(_serve_dir() / f"{slug}.sqlite")
     scheme = check_store_url(store) if memory else None
     sync = args.sync_seconds if args.sync_seconds is not None else (0.5 if scheme not in (None, "sqlite") else 0.0)

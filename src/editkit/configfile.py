@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from editkit.errors import ConfigError
+from editkit.errors import ConfigError, ValidationError
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -28,3 +29,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as settings, each value read as YAML (``6``, ``0.1``, ``true``, ``[1, 2]``, ``a``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValidationError(f"--set expects KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except (yaml.YAMLError, RecursionError):
+            raise ValidationError(f"--set {key.strip()}: {value!r} is not a valid value (YAML: 6, [1, 2], a)") from None
+    return out
