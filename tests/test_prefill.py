@@ -46,6 +46,8 @@ def test_subject_index_finds_whole_word_subjects_case_insensitively():
     assert index.named("Parisian food is") == []  # not a whole word
     assert [r.subject for r in index.named("In PARIS, they speak")] == ["Paris"]
     assert SubjectIndex.of([_request("Li", "is", " x", "c")]).named("Li is") == []  # too short to index
+    wider = index.extended([_request("paris", "was founded by", " Clovis", "d")])
+    assert len(wider.named("Paris is")) == 2 and len(index.named("Paris is")) == 1  # the original is unchanged
 
 
 def test_subject_cause_tells_own_other_and_unedited_subjects_apart():

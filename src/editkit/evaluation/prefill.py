@@ -54,11 +54,11 @@ class SubjectIndex:
         for r in requests:
             key = words(r.subject or "")
             if key and len(" ".join(key)) >= self.min_chars and len(key) <= MAX_SUBJECT_WORDS:
-                self.by_words.setdefault(key, []).append(r)
+                self.by_words[key] = [*self.by_words.get(key, []), r]  # a new list: copies share the old ones
 
     def extended(self, requests: Iterable[EditRequest]) -> SubjectIndex:
-        """A copy with ``requests`` added."""
-        index = SubjectIndex(self.min_chars, {k: list(v) for k, v in self.by_words.items()})
+        """A copy with ``requests`` added (this index is left as it was)."""
+        index = SubjectIndex(self.min_chars, dict(self.by_words))
         index.add(requests)
         return index
 
