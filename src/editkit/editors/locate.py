@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from editkit.editors.base import WeightEditor
 from editkit.editors.config import EditorConfig
-from editkit.editors.passes import FastPasses, Passes, ReferencePasses
+from editkit.editors.passes import FastPasses, Passes, PassRows, ReferencePasses
 from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
@@ -52,11 +52,20 @@ class LocateEditConfig(EditorConfig):
     fast_path: bool = field(
         default=True, metadata={"help": "recompute only what depends on v* (same result, faster; decoder-only models)"}
     )
+    v_batch: int = field(
+        default=16,
+        metadata={
+            "help": "requests of a batch edit whose residuals are optimised together in one set of passes (each its "
+            "own optimisation; the same result up to float rounding)"
+        },
+    )
 
     def validate(self) -> None:
         name = type(self).__name__
         if self.v_steps < 1 or self.n_context < 0 or self.context_length < 1:
             raise ConfigError(f"{name}: v_steps and context_length must be >= 1, n_context >= 0")
+        if self.v_batch < 1:
+            raise ConfigError(f"{name}: v_batch must be >= 1")
         if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
             raise ConfigError(f"{name}: v_lr and clamp_norm_factor must be positive")
         if self.corpus is not None:
@@ -157,68 +166,138 @@ class LocateEditor(WeightEditor):
         *,
         given: torch.Tensor | None = None,
     ) -> TargetResidual:
-        """Optimise the residual delta added to the output of ``site`` (layer ``layer``'s MLP output projection for
-        ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the subject's last token. With
-        ``given`` (a delta an earlier optimisation found), only the keys and the site's output are read."""
+        """:meth:`target_residuals` of one request."""
+        (one,) = self.target_residuals(lm, [req], layer, site, given=None if given is None else given[None])
+        return one
+
+    def target_residuals(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        layer: int,
+        site: Literal["mlp_out", "block"] = "mlp_out",
+        *,
+        given: torch.Tensor | None = None,
+    ) -> list[TargetResidual]:
+        """Optimise, per request, the residual delta added to the output of ``site`` (layer ``layer``'s MLP
+        output projection for ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the
+        subject's last token. Up to ``v_batch`` requests share one set of forward and backward passes, each
+        with its own delta, loss, Adam state, norm clamp and stopping step: the result is each request's own
+        optimisation (equal up to float rounding to optimising it alone), at the cost of one. With ``given``
+        (``[n, d]``, the deltas an earlier optimisation found), only the keys and the site's output are read."""
+        if given is not None and given.shape[0] != len(requests):
+            raise ValidationError(f"{given.shape[0]} recorded deltas for {len(requests)} request(s)")
+        out: list[TargetResidual] = []
+        step = self.config.v_batch
+        for start in range(0, len(requests), step):
+            chunk = requests[start : start + step]
+            part = None if given is None else given[start : start + step]
+            out += self._optimise(lm, chunk, layer, site, part)
+        return out
+
+    def pass_rows(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> PassRows:
+        """Every request's prompt in every context template, then its KL prompt "{subject} is a"."""
+        rows = PassRows([], [], [], [], [])
+        for i, req in enumerate(requests):
+            assert req.subject is not None
+            texts, ctx_idx = self.rendered(lm, req)
+            kl_text, kl_end = _render("{} is a", req.subject)
+            rows.texts += [*texts, kl_text]
+            rows.subject_idx += [*ctx_idx, subject_last_index(lm, kl_text, kl_end)]
+            rows.targets += [req.target_new] * (len(texts) + 1)
+            rows.owner += [i] * (len(texts) + 1)
+            rows.kl += [False] * len(texts) + [True]
+        return rows
+
+    def _optimise(
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        layer: int,
+        site: Literal["mlp_out", "block"],
+        given: torch.Tensor | None,
+    ) -> list[TargetResidual]:
         cfg = self.config
-        assert req.subject is not None
-        texts, ctx_idx = self.rendered(lm, req)
-        kl_text, kl_end = _render("{} is a", req.subject)
-        all_texts = [*texts, kl_text]
-        subject_idx = [*ctx_idx, subject_last_index(lm, kl_text, kl_end)]
+        rows = self.pass_rows(lm, requests)
         fast = cfg.fast_path and lm.adapter.sequential_layers and not lm.is_encoder_decoder
-        run: Passes = (
-            FastPasses(lm, layer, site, all_texts, subject_idx, req.target_new)
-            if fast
-            else ReferencePasses(lm, layer, site, all_texts, subject_idx, req.target_new)
-        )
-        n_rw = len(texts)
+        run: Passes = (FastPasses if fast else ReferencePasses)(lm, layer, site, rows)
         for p in lm.model.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
             keys, v_init, logits = run.capture()
-        kl_init = F.log_softmax(logits[n_rw:, 0].float(), dim=-1)
-        k_star = keys[:n_rw].float().mean(0)
+        n = len(requests)
+        dev = keys.device
+        rewrite = ~run.kl_rows
+        owner_rw = run.owner[rewrite]
+        n_rows = torch.bincount(owner_rw, minlength=n).float()
+        kl_init = F.log_softmax(logits[run.kl_rows, 0].float(), dim=-1)  # one KL row per request, in order
+        keys = keys.float()
+        k_star = torch.zeros((n, keys.shape[1]), device=dev).index_add_(0, owner_rw, keys[rewrite]) / n_rows[:, None]
+        k_bare = keys[run.first]
         v_init = v_init.float()
         if given is not None:
             if given.shape != v_init.shape:
-                raise ValidationError(f"a recorded delta of shape {list(given.shape)} for a site of {v_init.shape[0]}")
+                raise ValidationError(
+                    f"recorded deltas of shape {list(given.shape)} for sites of shape {list(v_init.shape)}"
+                )
             read: dict[str, Any] = {"layer": layer, "replayed": True, "fast_path": fast}
-            return TargetResidual(k_star.cpu(), keys[0].float().cpu(), v_init.cpu(), given.float().cpu(), read)
+            return [
+                TargetResidual(k_star[i].cpu(), k_bare[i].cpu(), v_init[i].cpu(), given[i].float().cpu(), dict(read))
+                for i in range(n)
+            ]
 
         delta = torch.zeros_like(v_init, requires_grad=True)
         opt = torch.optim.Adam([delta], lr=cfg.v_lr)
-        max_norm = cfg.clamp_norm_factor * v_init.norm()
-        n_tok = run.valid[:n_rw].sum(1).clamp_min(1)
-        losses: list[float] = []
+        max_norm = cfg.clamp_norm_factor * v_init.norm(dim=1)
+        v_sq = v_init.norm(dim=1) ** 2
+        valid = run.valid[rewrite]
+        n_tok = valid.sum(1).clamp_min(1)
+        active = torch.ones(n, dtype=torch.bool, device=dev)
+        history: list[list[float]] = [[] for _ in range(n)]
         with torch.enable_grad():
             for _step in range(cfg.v_steps):
                 opt.zero_grad()
                 logp = F.log_softmax(run.step(delta).float(), dim=-1)
-                tok = logp.gather(-1, run.targets.unsqueeze(-1)).squeeze(-1) * run.valid
-                nll = -(tok[:n_rw].sum(1) / n_tok).mean()
-                kl = F.kl_div(logp[n_rw:, 0], kl_init, log_target=True, reduction="batchmean")
-                decay = cfg.v_weight_decay * delta.norm() ** 2 / v_init.norm() ** 2
-                loss = nll + cfg.kl_factor * kl + decay
-                losses.append(nll.item())
-                if losses[-1] < cfg.stop_loss:
+                tok = logp[rewrite].gather(-1, run.targets[rewrite].unsqueeze(-1)).squeeze(-1) * valid
+                row_nll = -tok.sum(1) / n_tok
+                nll = torch.zeros(n, device=dev).index_add(0, owner_rw, row_nll) / n_rows
+                kl_logp = logp[run.kl_rows, 0]
+                kl = (kl_init.exp() * (kl_init - kl_logp)).sum(-1)
+                decay = cfg.v_weight_decay * (delta**2).sum(1) / v_sq
+                now = nll.detach().cpu().tolist()  # the one host sync of a step: every request's stopping rule
+                for i in active.nonzero().squeeze(1).tolist():
+                    history[i].append(now[i])
+                    if now[i] < cfg.stop_loss:
+                        active[i] = False
+                if not bool(active.any()):
                     break
+                loss = ((nll + cfg.kl_factor * kl + decay) * active).sum()
+                frozen = delta.detach()[~active].clone()
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    if delta.norm() > max_norm:
-                        delta.mul_(max_norm / delta.norm())
-        info = {
-            "layer": layer,
-            "steps": len(losses),
-            "nll_first": losses[0],
-            "nll_last": losses[-1],
-            "delta_norm": delta.norm().item(),
-            "fast_path": fast,
-        }
-        return TargetResidual(
-            k_star.detach().cpu(), keys[0].float().cpu(), v_init.cpu(), delta.detach().float().cpu(), info
-        )
+                    delta[~active] = frozen  # Adam's momentum must not move a request that has stopped
+                    norms = delta.norm(dim=1)
+                    over = norms > max_norm
+                    delta[over] = delta[over] * (max_norm[over] / norms[over])[:, None]
+        return [
+            TargetResidual(
+                k_star[i].detach().cpu(),
+                k_bare[i].cpu(),
+                v_init[i].cpu(),
+                delta[i].detach().float().cpu(),
+                {
+                    "layer": layer,
+                    "steps": len(history[i]),
+                    "nll_first": history[i][0],
+                    "nll_last": history[i][-1],
+                    "delta_norm": delta[i].norm().item(),
+                    "fast_path": fast,
+                    "batched_with": n,
+                },
+            )
+            for i in range(n)
+        ]
 
 
 __all__ = ["LocateEditConfig", "LocateEditor", "TargetResidual", "sample_contexts", "subject_last_index"]

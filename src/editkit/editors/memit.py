@@ -5,7 +5,8 @@ Many edits at once, spread over a range of MLP layers R = [l_1 .. L]:
 * For each edit i, a target hidden state z_i = h_i^L + delta_i of the residual stream after layer L at the
   subject's last token, with delta_i optimised as ROME optimises v* (new target's NLL over context-prefixed
   prompts, essence-drift KL, norm clamp), but added to the whole layer's output instead of the MLP's
-  (:meth:`~editkit.editors.locate.LocateEditor.target_residual` with ``site="block"``).
+  (:meth:`~editkit.editors.locate.LocateEditor.target_residuals` with ``site="block"``; the batch's requests
+  share one set of passes, ``v_batch`` at a time, each its own optimisation).
 * Then, for each layer l of R from the lowest up (MEMIT Algorithm 1): keys K_l (each edit's key at l, averaged
   over the context prefixes, under the weights as updated so far), the residual still missing at layer L,
   R_l = (z - h^L) / (number of layers left), and the update
@@ -167,7 +168,7 @@ class MEMIT(LocateEditor):
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
     ) -> WeightUpdate:
         last = self.layers(lm)[-1]
-        residuals = [self.target_residual(lm, req, last, site="block") for req in requests]
+        residuals = self.target_residuals(lm, requests, last, site="block")
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
         info = {"steps": [r.info["steps"] for r in residuals], "nll_last": [r.info["nll_last"] for r in residuals]}
         return self._spread(lm, requests, params, targets, info)

@@ -1,10 +1,12 @@
-"""The forward passes of a target-residual optimisation (:meth:`~editkit.editors.locate.LocateEditor.target_residual`).
+"""The forward passes of a target-residual optimisation (:meth:`~editkit.editors.locate.LocateEditor.target_residuals`).
 
-One batch holds every context-prefixed rewriting prompt with the target appended, plus the KL prompt (last
-row). :meth:`Passes.capture` reads, without a change, the keys entering the edited layer's MLP output
-projection at each row's subject token, the original output of the optimised site and the logits at the
-target positions; :meth:`Passes.step` gives those logits with a residual delta added to the site's output at
-the subject tokens.
+One batch holds, for every request optimised together, its context-prefixed rewriting prompts with its target
+appended and its KL prompt (:class:`PassRows`). :meth:`Passes.capture` reads, without a change, the keys
+entering the edited layer's MLP output projection at each row's subject token, the original output of the
+optimised site and the logits at the target positions; :meth:`Passes.step` gives those logits with each
+request's residual delta added to the site's output at its rows' subject tokens. Requests do not interact
+(each row attends only to itself), so a batch of requests is one set of passes where one request at a time
+would be many.
 
 Neither the layers below the edited one nor the tokens before the subject depend on delta, so
 :class:`FastPasses` computes both once and caches them: every step runs only the edited layer and those above
@@ -19,6 +21,7 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -81,23 +84,53 @@ def replay_prefix(layers: nn.ModuleList, upto: int, cached_input: torch.Tensor, 
             layers[i] = mod
 
 
-class Passes(ABC):
-    """The forward passes of v* optimisation over the rewriting prompts plus the KL prompt (last row).
+@dataclass
+class PassRows:
+    """The rows of a target-residual optimisation over one or more requests.
 
-    ``capture`` returns the keys at each row's subject token, the original output of the site (the MLP output
-    projection, or the whole layer) for row 0, and logits at ``index``; ``step(delta)`` returns logits at
-    ``index`` with delta added to the site's output at the subject tokens.
-    ``index`` selects each rewriting row's target-predicting positions and, in column 0, the KL row's subject
-    position; ``targets``/``valid`` give the target token at each selected position.
+    Each request contributes its rewriting prompt in every context template, the target appended, followed by
+    one KL prompt ("{subject} is a"). ``owner[r]`` is the request of row r, ``kl[r]`` whether it is that
+    request's KL row, ``subject_idx[r]`` the index of the subject's last token in ``texts[r]``.
+    """
+
+    texts: list[str]
+    subject_idx: list[int]
+    targets: list[str]
+    owner: list[int]
+    kl: list[bool]
+
+    @property
+    def n_requests(self) -> int:
+        return max(self.owner) + 1
+
+    def first_rows(self) -> list[int]:
+        """Each request's first row (its bare prompt)."""
+        return [self.owner.index(i) for i in range(self.n_requests)]
+
+
+class Passes(ABC):
+    """The forward passes of a target-residual optimisation over :class:`PassRows`.
+
+    ``capture`` returns the keys at each row's subject token ``[B, d_in]``, the original output of the site
+    (the MLP output projection, or the whole layer) at each request's bare prompt ``[N, d]``, and logits at
+    ``index``; ``step(delta)`` (``[N, d]``, one residual per request) returns logits at ``index`` with each
+    request's delta added to the site's output at its rows' subject tokens. ``index`` selects each rewriting
+    row's target-predicting positions and, in column 0, each KL row's subject position; ``targets``/``valid``
+    give the target token at each selected position (``valid`` False past a row's target).
     """
 
     targets: torch.Tensor
     valid: torch.Tensor
+    index: torch.Tensor
 
-    def __init__(self, lm: LanguageModel, layer: int, site: str) -> None:
+    def __init__(self, lm: LanguageModel, layer: int, site: str, rows: PassRows) -> None:
         self.lm = lm
         self.mlp_out = lm.adapter.module(lm.model, layer, "mlp_out")
         self.site = self.mlp_out if site == "mlp_out" else lm.adapter.layer_list(lm.model)[layer]
+        dev = lm.device
+        self.owner = torch.tensor(rows.owner, device=dev)
+        self.first = torch.tensor(rows.first_rows(), device=dev)
+        self.kl_rows = torch.tensor(rows.kl, device=dev)
 
     @abstractmethod
     def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
@@ -109,20 +142,18 @@ class Passes(ABC):
 class ReferencePasses(Passes):
     """Plain full forward passes over right-padded prompts (any architecture, encoder-decoders included)."""
 
-    def __init__(
-        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
-    ) -> None:
-        super().__init__(lm, layer, site)
-        self.batch = lm.teacher_forced(texts, [target] * len(texts))
-        self.rows = torch.arange(len(texts), device=lm.device)
-        self.idx = torch.tensor(subject_idx, device=lm.device)
+    def __init__(self, lm: LanguageModel, layer: int, site: str, rows: PassRows) -> None:
+        super().__init__(lm, layer, site, rows)
+        self.batch = lm.teacher_forced(rows.texts, rows.targets)
+        self.rows = torch.arange(len(rows.texts), device=lm.device)
+        self.idx = torch.tensor(rows.subject_idx, device=lm.device)
         index, valid = self.batch.positions()
         self.targets = self.batch.packed_targets()
         self.valid = valid
         self.index = index.clone()
         # The essence-drift KL is read at the subject's last token (ROME); an encoder-decoder model's logits
         # live on the decoder, so there it is read at the first decoder position.
-        self.index[-1, 0] = 0 if lm.is_encoder_decoder else self.idx[-1]
+        self.index[self.kl_rows, 0] = 0 if lm.is_encoder_decoder else self.idx[self.kl_rows]
 
     def capture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         got: dict[str, torch.Tensor] = {}
@@ -131,7 +162,7 @@ class ReferencePasses(Passes):
             got["keys"] = args[0][self.rows, self.idx].detach()
 
         def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
-            got["v"] = layer_output_hidden(out)[0, self.idx[0]].detach()
+            got["v"] = layer_output_hidden(out)[self.first, self.idx[self.first]].detach()
 
         with hooks([(self.mlp_out, "forward_pre", grab_key), (self.site, "forward", grab_out)]):
             logits = self.lm.logits_at(self.batch.inputs, self.index)
@@ -140,7 +171,7 @@ class ReferencePasses(Passes):
     def step(self, delta: torch.Tensor) -> torch.Tensor:
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
             hidden = layer_output_hidden(out).clone()
-            hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta.to(hidden.dtype)
+            hidden[self.rows, self.idx] = hidden[self.rows, self.idx] + delta[self.owner].to(hidden.dtype)
             return _with_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
@@ -157,37 +188,42 @@ class FastPasses(Passes):
     the subject on: about a third of the tokens and four fifths of the layers of a full pass on SmolLM2.
     """
 
-    def __init__(
-        self, lm: LanguageModel, layer: int, site: str, texts: list[str], subject_idx: list[int], target: str
-    ) -> None:
-        super().__init__(lm, layer, site)
+    def __init__(self, lm: LanguageModel, layer: int, site: str, rows: PassRows) -> None:
+        super().__init__(lm, layer, site, rows)
         self.layer = layer
         self.layers = lm.adapter.layer_list(lm.model)
-        target_ids = lm.encode(target, special=False)
-        prompt_ids = [lm.encode(t) for t in texts]
-        split = max(subject_idx)
-        shifts = [split - i for i in subject_idx]
-        width = max(sh + len(p) + len(target_ids) for sh, p in zip(shifts, prompt_ids, strict=True))
-        b = len(texts)
+        encoded = {t: lm.encode(t, special=False) for t in set(rows.targets)}
+        target_ids = [encoded[t] for t in rows.targets]
+        prompt_ids = [lm.encode(t) for t in rows.texts]
+        split = max(rows.subject_idx)
+        shifts = [split - i for i in rows.subject_idx]
+        width = max(sh + len(p) + len(t) for sh, p, t in zip(shifts, prompt_ids, target_ids, strict=True))
+        b = len(rows.texts)
         pad = int(lm.tokenizer.pad_token_id)
         ids = torch.full((b, width), pad, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
-        for r, (sh, p) in enumerate(zip(shifts, prompt_ids, strict=True)):
-            row = p + target_ids
+        for r, (sh, p, t) in enumerate(zip(shifts, prompt_ids, target_ids, strict=True)):
+            row = p + t
             ids[r, sh : sh + len(row)] = torch.tensor(row)
             mask[r, sh : sh + len(row)] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        n_t = len(target_ids)
-        # Selected positions, relative to the split: row r's prompt ends at sh + len(p) - 1.
+        n_t = max(len(t) for t in target_ids)
+        # Selected positions, relative to the split: row r's prompt ends at sh + len(p) - 1; a row with a
+        # shorter target repeats its last position (masked out by ``valid``).
         index = torch.zeros((b, n_t), dtype=torch.long)
-        for r, (sh, p) in enumerate(zip(shifts, prompt_ids, strict=True)):
-            index[r] = torch.arange(n_t) + sh + len(p) - 1 - split
-        index[-1] = 0  # the KL row reads column 0: its subject token
+        targets = torch.zeros((b, n_t), dtype=torch.long)
+        valid = torch.zeros((b, n_t), dtype=torch.bool)
+        for r, (sh, p, t) in enumerate(zip(shifts, prompt_ids, target_ids, strict=True)):
+            if rows.kl[r]:
+                continue  # the KL row reads column 0: its subject token
+            index[r] = (torch.arange(n_t) + sh + len(p) - 1 - split).clamp(max=sh + len(p) + len(t) - 2 - split)
+            targets[r, : len(t)] = torch.tensor(t)
+            valid[r, : len(t)] = True
         dev = lm.device
         self.split = split
         self.index = index.to(dev)
-        self.targets = torch.tensor(target_ids, device=dev).expand(b, -1)
-        self.valid = torch.ones((b, n_t), dtype=torch.bool, device=dev)
+        self.targets = targets.to(dev)
+        self.valid = valid.to(dev)
         self.suffix = {
             "input_ids": ids[:, split:].to(dev),
             "attention_mask": mask.to(dev),
@@ -218,7 +254,7 @@ class FastPasses(Passes):
             got["keys"] = args[0][:, 0].detach()
 
         def grab_out(_m: nn.Module, _args: Any, out: Any) -> None:
-            got["v"] = layer_output_hidden(out)[0, 0].detach()
+            got["v"] = layer_output_hidden(out)[self.first, 0].detach()
 
         def grab_layer_input(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             got["layer_in"] = (args[0] if args else kwargs["hidden_states"]).detach()
@@ -239,9 +275,11 @@ class FastPasses(Passes):
         return got["keys"], got["v"], logits
 
     def step(self, delta: torch.Tensor) -> torch.Tensor:
+        per_row = delta[self.owner]
+
         def add_delta(_m: nn.Module, _args: Any, out: Any) -> Any:
             hidden = layer_output_hidden(out).clone()
-            hidden[:, 0] = hidden[:, 0] + delta.to(hidden.dtype)
+            hidden[:, 0] = hidden[:, 0] + per_row.to(hidden.dtype)
             return _with_hidden(out, hidden)
 
         with hooks([(self.site, "forward", add_delta)]):
@@ -252,4 +290,4 @@ class FastPasses(Passes):
                 return self.lm.logits_at(self._inputs(), self.index)
 
 
-__all__ = ["FastPasses", "Passes", "ReferencePasses", "layer_output_hidden", "replay_prefix"]
+__all__ = ["FastPasses", "PassRows", "Passes", "ReferencePasses", "layer_output_hidden", "replay_prefix"]
