@@ -82,8 +82,13 @@ class FT(WeightEditor):
             p.requires_grad_(False)
         for p in params.values():
             p.requires_grad_(True)
-        originals = {n: p.detach().clone() for n, p in params.items()}
-        opt = torch.optim.Adam(list(params.values()), lr=self.config.lr)
+        # A bfloat16 / float16 model is tuned through float32 master copies (Adam's state and the constraint in
+        # float32; the model's weights follow, rounded, after every step); a float32 model's weights are tuned
+        # in place.
+        low = any(p.dtype != torch.float32 for p in params.values())
+        masters = {n: p.detach().float().clone().requires_grad_(True) for n, p in params.items()} if low else params
+        originals = {n: p.detach().clone() for n, p in masters.items()}
+        opt = torch.optim.Adam(list(masters.values()), lr=self.config.lr)
         losses: list[float] = []
         with torch.enable_grad():
             for _ in range(self.config.steps):
@@ -94,10 +99,17 @@ class FT(WeightEditor):
                 if losses[-1] < self.config.stop_loss:
                     break
                 loss.backward()
+                if low:
+                    for n, p in params.items():
+                        masters[n].grad = None if p.grad is None else p.grad.float()
+                        p.grad = None
                 opt.step()
                 with torch.no_grad():
-                    self.project(params, originals)
-        new = {n: p.detach().clone() for n, p in params.items()}
+                    self.project(masters, originals)
+                    if low:
+                        for n, p in params.items():
+                            p.copy_(masters[n])
+        new = {n: p.detach().clone() for n, p in masters.items()}
         return WeightUpdate(new, {"steps": len(losses), "nll_first": losses[0], "nll_last": losses[-1]})
 
 

@@ -250,19 +250,23 @@ class LocateEditor(WeightEditor):
         opt = torch.optim.Adam([delta], lr=cfg.v_lr)
         max_norm = cfg.clamp_norm_factor * v_init.norm(dim=1)
         v_sq = v_init.norm(dim=1) ** 2
-        valid = run.valid[rewrite]
-        n_tok = valid.sum(1).clamp_min(1)
         active = torch.ones(n, dtype=torch.bool, device=dev)
         history: list[list[float]] = [[] for _ in range(n)]
         with torch.enable_grad():
             for _step in range(cfg.v_steps):
                 opt.zero_grad()
                 logp = F.log_softmax(run.step(delta).float(), dim=-1)
+                rewrite = ~run.kl_rows
+                owner_rw = run.owner[rewrite]
+                valid = run.valid[rewrite]
                 tok = logp[rewrite].gather(-1, run.targets[rewrite].unsqueeze(-1)).squeeze(-1) * valid
-                row_nll = -tok.sum(1) / n_tok
+                row_nll = -tok.sum(1) / valid.sum(1).clamp_min(1)
                 nll = torch.zeros(n, device=dev).index_add(0, owner_rw, row_nll) / n_rows
-                kl_logp = logp[run.kl_rows, 0]
-                kl = (kl_init.exp() * (kl_init - kl_logp)).sum(-1)
+                kl_owner = run.owner[run.kl_rows]
+                kl_rows = kl_init[kl_owner]
+                kl = torch.zeros(n, device=dev).index_add(
+                    0, kl_owner, (kl_rows.exp() * (kl_rows - logp[run.kl_rows, 0])).sum(-1)
+                )
                 decay = cfg.v_weight_decay * (delta**2).sum(1) / v_sq
                 now = nll.detach().cpu().tolist()  # the one host sync of a step: every request's stopping rule
                 for i in active.nonzero().squeeze(1).tolist():
@@ -280,6 +284,8 @@ class LocateEditor(WeightEditor):
                     norms = delta.norm(dim=1)
                     over = norms > max_norm
                     delta[over] = delta[over] * (max_norm[over] / norms[over])[:, None]
+                if not bool(active[run.owner].all()):
+                    run.keep(active[run.owner])  # later steps run only the rows of requests still optimised
         return [
             TargetResidual(
                 k_star[i].detach().cpu(),

@@ -211,9 +211,10 @@ class MEMIT(LocateEditor):
             update = self.layer_update(lm, layer, resid.T, keys.T)
             name = lm.adapter.weight_name(layer, "mlp_out")
             w = params[name]
+            edited = w.detach().float() + lm.adapter.from_out_in(update).to(w.device)  # rounded once (low precision)
             with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
-                w.add_(lm.adapter.from_out_in(update).to(w.device, w.dtype))
-            new[name] = w.detach().clone()
+                w.copy_(edited)
+            new[name] = edited
             solved_for[name] = keys.T.detach().cpu().clone()
             per_layer.append(
                 {"layer": layer, "residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}

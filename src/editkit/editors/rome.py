@@ -87,9 +87,10 @@ class ROME(LocateEditor):
         name = lm.adapter.weight_name(layer, "mlp_out")
         cov = self.covariance(lm, layer)
         w = params[name].detach()
-        update = rank_one_update(r.k_star, r.delta, cov, anchor=r.k_bare).to(w.device, w.dtype)
+        update = rank_one_update(r.k_star, r.delta, cov, anchor=r.k_bare).to(w.device)
         info = {**r.info, "replay": {"delta": pack_tensor(r.delta)}}
-        return WeightUpdate({name: w + lm.adapter.from_out_in(update)}, info)
+        # In float32: a bfloat16 / float16 weight is rounded once, when the edit is applied.
+        return WeightUpdate({name: w.float() + lm.adapter.from_out_in(update)}, info)
 
 
 def rank_one_update(
