@@ -69,7 +69,7 @@ class FT(WeightEditor):
             lm.adapter.check_layer(lm.model, layer)
         return [lm.adapter.weight_name(layer, part) for layer in layers for part in self.config.parts]
 
-    def project(self, params: dict[str, nn.Parameter], originals: dict[str, torch.Tensor]) -> None:
+    def project(self, params: dict[str, torch.Tensor], originals: dict[str, torch.Tensor]) -> None:
         """Hook for constrained variants: called after every optimiser step."""
 
     def compute(
@@ -86,7 +86,9 @@ class FT(WeightEditor):
         # float32; the model's weights follow, rounded, after every step); a float32 model's weights are tuned
         # in place.
         low = any(p.dtype != torch.float32 for p in params.values())
-        masters = {n: p.detach().float().clone().requires_grad_(True) for n, p in params.items()} if low else params
+        masters: dict[str, torch.Tensor] = (
+            {n: p.detach().float().clone().requires_grad_(True) for n, p in params.items()} if low else dict(params)
+        )
         originals = {n: p.detach().clone() for n, p in masters.items()}
         opt = torch.optim.Adam(list(masters.values()), lr=self.config.lr)
         losses: list[float] = []
@@ -119,7 +121,7 @@ class FTC(FT):
     config_cls = FTCConfig
     config: FTCConfig
 
-    def project(self, params: dict[str, nn.Parameter], originals: dict[str, torch.Tensor]) -> None:
+    def project(self, params: dict[str, torch.Tensor], originals: dict[str, torch.Tensor]) -> None:
         for n, p in params.items():
             w0 = originals[n]
             if self.config.norm == "linf":
