@@ -49,3 +49,19 @@ def test_a_low_precision_edit_is_the_float32_edit_rounded(method, dtype, tiny_co
         cosine = float((got * ref).sum() / (got.norm() * ref.norm()))
         assert cosine > 0.98, f"{method} {dtype}: cosine {cosine:.4f} to the float32 change of {name}"
         assert abs(float(got.norm() / ref.norm()) - 1) < 0.05
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_bfloat16_steps_find_nearly_the_float32_residual(arch):
+    """``step_dtype=bfloat16`` runs the optimisation's passes under autocast; keys and the site's output are read
+    in float32, and the residual found is close to the float32 one."""
+    found = {}
+    for step_dtype in ("float32", "bfloat16"):
+        lm = tiny_model(arch)
+        editor = create_editor("rome", {**LOCATE, "step_dtype": step_dtype, "v_weight_decay": 0.0})
+        found[step_dtype] = editor.target_residual(lm, REQUESTS[0], 1)
+    a, b = found["float32"], found["bfloat16"]
+    assert b.info["step_dtype"] == "bfloat16"
+    torch.testing.assert_close(a.k_star, b.k_star)  # read without autocast: identical
+    cosine = float(a.delta @ b.delta / (a.delta.norm() * b.delta.norm()))
+    assert cosine > 0.97 and not torch.equal(a.delta, b.delta)

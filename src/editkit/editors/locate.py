@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,13 @@ class LocateEditConfig(EditorConfig):
     mom2_n_tokens: int = field(default=100_000, metadata={"help": "corpus tokens for the key statistics"})
     fast_path: bool = field(
         default=True, metadata={"help": "recompute only what depends on v* (same result, faster; decoder-only models)"}
+    )
+    step_dtype: Literal["float32", "bfloat16"] = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the optimisation steps' passes (bfloat16: autocast, about twice as fast on a CPU with "
+            "AVX512-BF16); the keys, the statistics and the update stay float32"
+        },
     )
     v_batch: int = field(
         default=16,
@@ -252,10 +260,14 @@ class LocateEditor(WeightEditor):
         v_sq = v_init.norm(dim=1) ** 2
         active = torch.ones(n, dtype=torch.bool, device=dev)
         history: list[list[float]] = [[] for _ in range(n)]
+        low = cfg.step_dtype == "bfloat16"
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if low else contextlib.nullcontext()
         with torch.enable_grad():
             for _step in range(cfg.v_steps):
                 opt.zero_grad()
-                logp = F.log_softmax(run.step(delta).float(), dim=-1)
+                with autocast:
+                    logits = run.step(delta)
+                logp = F.log_softmax(logits.float(), dim=-1)
                 rewrite = ~run.kl_rows
                 owner_rw = run.owner[rewrite]
                 valid = run.valid[rewrite]
@@ -300,6 +312,7 @@ class LocateEditor(WeightEditor):
                     "delta_norm": delta[i].norm().item(),
                     "fast_path": fast,
                     "batched_with": n,
+                    "step_dtype": cfg.step_dtype,
                 },
             )
             for i in range(n)
