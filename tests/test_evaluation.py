@@ -294,6 +294,13 @@ def test_sequential_aggregates_report_downstream_f1_and_auc(llama, tmp_path):
     assert agg["unedited_sst2_auc"] == first["downstream"]["sst2"]["auc"]
     assert agg["final_sst2_auc"] == last["downstream"]["sst2"]["auc"]
     assert agg["final_downstream_f1"] == last["downstream"]["sst2"]["f1"]
+    # where the time went, by phase: the edits, their scores, the checkpoints' retention and downstream
+    phases = out["phase_seconds"]
+    assert set(phases) == {"edits", "immediate_scores", "drift", "retention", "downstream"}
+    assert sum(phases.values()) <= out["seconds"] and all(v > 0 for v in phases.values())
+    assert phases["retention"] == last["seconds"]["retention"] and phases["edits"] == pytest.approx(
+        sum(r["edit_seconds"] for r in out["records"])
+    )
 
 
 # --------------------------------------------------------------------------- drift

@@ -133,7 +133,9 @@ def sequential_edits(
                 results["seconds"] += time.perf_counter() - t0
                 _account(results, earlier_seconds + time.perf_counter() - t_start)
                 if state is not None:
+                    t_save = time.perf_counter()
                     state.save(results, lm, r.drift, editor)
+                    _spent(results, "saves", time.perf_counter() - t_save)
                 bar.advance()
         results["aggregates"] = sequential_aggregates(results)
         _account(results, earlier_seconds + time.perf_counter() - t_start)
@@ -224,12 +226,17 @@ def _step(r: _Run, results: dict[str, Any], step: list[int]) -> LanguageModel:
     else:
         handles, rejected, checks = guarded_apply(r.lm, r.editor, step_cases, r.guard)
     edit_seconds = time.perf_counter() - t0
+    _spent(results, "edits", edit_seconds)
+    t0 = time.perf_counter()
     for h in handles:
         r.drift.track(h)
     model = handles[-1].model if handles else r.lm
     immediate = score_cases(model, step_cases, r.reference, batch_size=r.batch_size)
+    _spent(results, "immediate_scores", time.perf_counter() - t0)
+    t0 = time.perf_counter()
     total_drift = sum(r.drift.measure(r.lm.model).values())
     own_drift = sum(edit_drift(r.lm.model, h) for h in handles)
+    _spent(results, "drift", time.perf_counter() - t0)
     # what replays each call (on its first case's record): a run rebuilt on another machine
     kept_calls = [call for call in calls(r.editor, len(step)) if call[0] not in rejected]
     replays = {call[0]: h.info["replay"] for call, h in zip(kept_calls, handles, strict=True) if "replay" in h.info}
@@ -259,6 +266,13 @@ def _step(r: _Run, results: dict[str, Any], step: list[int]) -> LanguageModel:
     return model
 
 
+def _spent(results: dict[str, Any], phase: str, seconds: float) -> None:
+    """Add to the run's wall time by phase (``phase_seconds``: edits, immediate_scores, drift, retention,
+    downstream, saves): where a sequential run's time goes besides the edits."""
+    phases = results.setdefault("phase_seconds", {})
+    phases[phase] = phases.get(phase, 0.0) + seconds
+
+
 def _account(results: dict[str, Any], total_seconds: float) -> None:
     """The run's wall time so far and the highest memory of any process that worked on it."""
     results["total_seconds"] = total_seconds
@@ -273,11 +287,18 @@ def _checkpoint(r: _Run, model: LanguageModel, results: dict[str, Any]) -> dict[
     """Retention of every earlier edit (which succeeded when made and are forgotten now), downstream scores and
     the drift of every edited weight, on the edited ``model``."""
     n = results["n_edits"]
+    t0 = time.perf_counter()
     now = score_cases(model, r.cases[:n], r.reference, batch_size=r.batch_size, kinds=IN_SCOPE)
+    retention_seconds = time.perf_counter() - t0
+    _spent(results, "retention", retention_seconds)
     # An edit the guard rejected was never applied: neither succeeded nor forgotten, whatever its scores.
     records = results["records"][:n]
     succeeded = [i for i, rec in enumerate(records) if "rejected" not in rec and edit_success(rec["post"]) > 0.5]
     forgotten = [i for i in succeeded if edit_success(now[i]) <= 0.5]
+    t0 = time.perf_counter()
+    downstream = _downstream(r, model)
+    downstream_seconds = time.perf_counter() - t0
+    _spent(results, "downstream", downstream_seconds)
     return {
         "n_edits": n,
         "retention": aggregate([{"post": s} for s in now], "post"),
@@ -285,8 +306,9 @@ def _checkpoint(r: _Run, model: LanguageModel, results: dict[str, Any]) -> dict[
         "forgotten": len(forgotten),
         "forgotten_fraction": len(forgotten) / len(succeeded) if succeeded else 0.0,
         "forgotten_edits": [i + 1 for i in forgotten],  # which: by their place in the run, from 1
-        "downstream": _downstream(r, model),
+        "downstream": downstream,
         "drift": r.drift.measure(model.model),
+        "seconds": {"retention": retention_seconds, "downstream": downstream_seconds},
     }
 
 
