@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from editkit.configfile import parse_overrides
 from editkit.data import load_cases
 from editkit.editors import create_editor, stats
 from editkit.editors.base import WeightEditor
@@ -59,32 +60,49 @@ def steps_of(info: dict[str, Any]) -> int:
     return sum(steps) if isinstance(steps, list) else int(steps)  # MEMIT-style editors: one count per edit
 
 
-def edit_seconds(lm: LanguageModel, method: str, corpus: Path, cases: list[EditCase]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for fast in (True, False):
-        editor = create_editor(method, {"corpus": str(corpus), "fast_path": fast})
-        editor.prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
-        seconds, steps, replay = [], [], []
-        for case in cases:
+def edit_seconds(
+    lm: LanguageModel, method: str, corpus: Path, cases: list[EditCase], variants: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Seconds per edit and per step of each variant (editor settings), the variants taking turns on each case so
+    that a busy machine slows them alike; each edit is also replayed from its record and checked equal."""
+    editors = {}
+    for name, extra in variants.items():
+        editors[name] = create_editor(method, {"corpus": str(corpus), **extra})
+        editors[name].prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
+    timed: dict[str, dict[str, list[float]]] = {v: {"seconds": [], "steps": [], "replay": []} for v in variants}
+    for case in cases:
+        for name, editor in editors.items():
             t0 = time.perf_counter()
             handle = editor.apply(lm, [case.request])
-            seconds.append(time.perf_counter() - t0)
-            steps.append(steps_of(handle.info))
+            timed[name]["seconds"].append(time.perf_counter() - t0)
+            timed[name]["steps"].append(steps_of(handle.info))
             handle.rollback()
             t0 = time.perf_counter()
             again = editor.replay(lm, [case.request], handle.info["replay"])
-            replay.append(time.perf_counter() - t0)
+            timed[name]["replay"].append(time.perf_counter() - t0)
             if any(not torch.equal(again.changes[n].edited, ch.edited) for n, ch in handle.changes.items()):
                 raise RuntimeError(f"{method}: the replayed edit of {case.request.case_id} differs from the edit")
             again.rollback()
-        out["fast" if fast else "reference"] = {
+    out: dict[str, Any] = {}
+    for name, t in timed.items():
+        seconds, steps = t["seconds"], t["steps"]
+        out[name] = {
+            "settings": variants[name],
             "seconds_per_edit": sum(seconds) / len(seconds),
             "seconds_median": sorted(seconds)[len(seconds) // 2],
             "steps_per_edit": sum(steps) / len(steps),
             "seconds_per_step": sum(seconds) / sum(steps),
-            "replay_seconds_per_edit": sum(replay) / len(replay),
+            "replay_seconds_per_edit": sum(t["replay"]) / len(t["replay"]),
         }
     return out
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME:KEY=VALUE[,KEY=VALUE...]`` (values read as YAML scalars)."""
+    name, _, items = text.partition(":")
+    if not name or not items:
+        raise argparse.ArgumentTypeError(f"a variant is NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    return name, parse_overrides(items.split(","))
 
 
 def profile_one(lm: LanguageModel, method: str, corpus: Path, case: EditCase) -> list[dict[str, Any]]:
@@ -109,6 +127,15 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--corpus", required=True, type=Path)
     ap.add_argument("--cases", type=int, default=10)
+    ap.add_argument(
+        "--variant",
+        action="append",
+        type=parse_variant,
+        default=[],
+        metavar="NAME:KEY=VALUE,...",
+        help="time these settings against the default fast path instead of the plain full passes (repeatable); "
+        "with variants, statistics' preparation and the profile are skipped",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -117,17 +144,21 @@ def main() -> None:
     lm = load(args.model, progress=False)
     cases = load_cases(args.data, limit=args.cases).cases
     out: dict[str, Any] = {"model": lm.name, "cases": len(cases), "methods": {}}
+    variants: dict[str, dict[str, Any]] = (
+        {"fast": {}, **dict(args.variant)} if args.variant else {"fast": {}, "reference": {"fast_path": False}}
+    )
     for method in methods:
         editor = create_editor(method, {"corpus": str(args.corpus)})
         assert isinstance(editor, WeightEditor)
-        out["methods"][method] = {
-            "edited": editor.target_parameters(lm, []),
-            "stats_tokens": editor.config.to_dict()["mom2_n_tokens"],
-            **preparation_seconds(lm, method, args.corpus),
-            **edit_seconds(lm, method, args.corpus, cases),
-            "profile_top_own_time": profile_one(lm, method, args.corpus, cases[0]),
-        }
+        row = {"edited": editor.target_parameters(lm, []), "stats_tokens": editor.config.to_dict()["mom2_n_tokens"]}
+        if not args.variant:
+            row.update(preparation_seconds(lm, method, args.corpus))
+        row.update(edit_seconds(lm, method, args.corpus, cases, variants))
+        if not args.variant:
+            row["profile_top_own_time"] = profile_one(lm, method, args.corpus, cases[0])
+        out["methods"][method] = row
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    out["load_average_end"] = os.getloadavg()
     args.out.write_text(json.dumps(out, indent=1))
     summary = {m: {k: v for k, v in r.items() if k != "profile_top_own_time"} for m, r in out["methods"].items()}
     print(json.dumps(summary, indent=1))
