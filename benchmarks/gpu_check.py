@@ -70,9 +70,15 @@ def build(shape: str, dtype: torch.dtype, device: str, seed: int) -> tuple[Langu
     return LanguageModel(model, tokenizer, name=f"{name}-random", prefix=prefix, **layers), layers
 
 
-def settings(method: str, steps: int, corpus: Path) -> dict[str, Any]:
+def settings(method: str, steps: int, corpus: Path, step_dtype: str = "float32") -> dict[str, Any]:
     if method in LOCATE:
-        out: dict[str, Any] = {"v_steps": steps, "stop_loss": 0.0, "corpus": str(corpus), "mom2_n_tokens": 20_000}
+        out: dict[str, Any] = {
+            "v_steps": steps,
+            "stop_loss": 0.0,
+            "corpus": str(corpus),
+            "mom2_n_tokens": 20_000,
+            "step_dtype": step_dtype,
+        }
         if method == "memit":
             out["mom2_update_weight"] = 1500.0
         return out
@@ -92,7 +98,7 @@ def run_method(
     lm: LanguageModel, method: str, requests: list[EditRequest], args: argparse.Namespace, corpus: Path
 ) -> dict[str, Any]:
     before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
-    editor = create_editor(method, settings(method, args.steps, corpus))
+    editor = create_editor(method, settings(method, args.steps, corpus, args.step_dtype))
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -113,7 +119,9 @@ def run_method(
     if method in BATCH and args.batch > 1:
         batch = [requests[i % len(requests)] for i in range(args.batch)]
         if method in LOCATE:
-            editor = create_editor(method, {**settings(method, args.steps, corpus), "v_batch": args.batch})
+            editor = create_editor(
+                method, {**settings(method, args.steps, corpus, args.step_dtype), "v_batch": args.batch}
+            )
             editor.prepare(lm)
         t0 = time.perf_counter()
         handle = editor.apply(lm, batch)
@@ -132,6 +140,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--shape", help="a folder from --save-shape, or tiny:ARCH")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--step-dtype", default="float32", choices=["float32", "bfloat16"], help="ROME/MEMIT/AlphaEdit steps"
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=25, help="optimisation steps per edit (early stopping off)")
     ap.add_argument("--edits", type=int, default=5, help="single edits timed per method")
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "device": args.device,
         "dtype": args.dtype,
+        "step_dtype": args.step_dtype,
         "steps": args.steps,
         "layers": layers,
         "methods": {},

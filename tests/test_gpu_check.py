@@ -23,6 +23,7 @@ def test_every_weight_editor_runs_and_rolls_back_exactly(tmp_path):
 def test_bfloat16_run(tmp_path):
     gpu_check = benchmark_script("gpu_check")
     args = ["--shape", "tiny:gpt2", "--dtype", "bfloat16", "--methods", "rome,ft", "--steps", "2", "--edits", "1"]
+    args += ["--step-dtype", "bfloat16"]
     result = gpu_check.main([*args, "--out", str(tmp_path / "c.json")])
     assert result["dtype"] == "bfloat16" and all(r["rollback_exact"] for r in result["methods"].values())
 
