@@ -191,7 +191,9 @@ class LocateEditor(WeightEditor):
         output projection for ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the
         subject's last token. Up to ``v_batch`` requests share one set of forward and backward passes, each
         with its own delta, loss, Adam state, norm clamp and stopping step: the result is each request's own
-        optimisation (equal up to float rounding to optimising it alone), at the cost of one. With ``given``
+        optimisation (equal up to float rounding to optimising it alone), with one host sync and one set of
+        passes per step for the whole chunk (what a GPU needs: its steps are bound by per-op overhead, not
+        arithmetic). With ``given``
         (``[n, d]``, the deltas an earlier optimisation found), only the keys and the site's output are read."""
         if given is not None and given.shape[0] != len(requests):
             raise ValidationError(f"{given.shape[0]} recorded deltas for {len(requests)} request(s)")
@@ -258,7 +260,8 @@ class LocateEditor(WeightEditor):
         opt = torch.optim.Adam([delta], lr=cfg.v_lr)
         max_norm = cfg.clamp_norm_factor * v_init.norm(dim=1)
         v_sq = v_init.norm(dim=1) ** 2
-        active = torch.ones(n, dtype=torch.bool, device=dev)
+        active = torch.ones(n, dtype=torch.bool)  # on the host, read every step; ``mask`` is its device copy
+        mask = active.to(dev)
         history: list[list[float]] = [[] for _ in range(n)]
         low = cfg.step_dtype == "bfloat16"
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if low else contextlib.nullcontext()
@@ -281,23 +284,27 @@ class LocateEditor(WeightEditor):
                 )
                 decay = cfg.v_weight_decay * (delta**2).sum(1) / v_sq
                 now = nll.detach().cpu().tolist()  # the one host sync of a step: every request's stopping rule
+                stopped = False
                 for i in active.nonzero().squeeze(1).tolist():
                     history[i].append(now[i])
                     if now[i] < cfg.stop_loss:
                         active[i] = False
+                        stopped = True
                 if not bool(active.any()):
                     break
-                loss = ((nll + cfg.kl_factor * kl + decay) * active).sum()
-                frozen = delta.detach()[~active].clone()
+                if stopped:
+                    mask = active.to(dev)
+                loss = ((nll + cfg.kl_factor * kl + decay) * mask).sum()
+                frozen = delta.detach()[~mask].clone()
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    delta[~active] = frozen  # Adam's momentum must not move a request that has stopped
+                    delta[~mask] = frozen  # Adam's momentum must not move a request that has stopped
                     norms = delta.norm(dim=1)
                     over = norms > max_norm
                     delta[over] = delta[over] * (max_norm[over] / norms[over])[:, None]
-                if not bool(active[run.owner].all()):
-                    run.keep(active[run.owner])  # later steps run only the rows of requests still optimised
+                if stopped:
+                    run.keep(mask[run.owner])  # later steps run only the rows of requests still optimised
         return [
             TargetResidual(
                 k_star[i].detach().cpu(),
