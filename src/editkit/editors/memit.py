@@ -170,7 +170,7 @@ class MEMIT(LocateEditor):
         last = self.layers(lm)[-1]
         residuals = self.target_residuals(lm, requests, last, site="block")
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
-        info = {"steps": [r.info["steps"] for r in residuals], "nll_last": [r.info["nll_last"] for r in residuals]}
+        info = {key: [r.info[key] for r in residuals] for key in ("steps", "nll_last", "batched_with")}
         return self._spread(lm, requests, params, targets, info)
 
     def recompute(
