@@ -103,3 +103,18 @@ def test_preserved_statistics_are_those_of_the_model_first_seen(tmp_path):
     first = editor.preserved_covariance(lm, 2)
     editor.apply(lm, [TOWER])  # layer 1 changes, so the keys entering layer 2 change too
     assert editor.preserved_covariance(lm, 2) is first
+
+
+def test_subject_states_are_read_in_chunks_with_the_same_result(monkeypatch):
+    """A mass edit reads its keys STATE_CHUNK requests at a time; the keys and hidden states are those of one pass."""
+    from editkit.editors import memit
+
+    lm = tiny_model("llama")
+    editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [1, 2]})
+    requests = [TOWER, JORDAN, TOWER]
+    whole = editor.subject_states(lm, requests, 1, 2)
+    monkeypatch.setattr(memit, "STATE_CHUNK", 2)
+    chunked = editor.subject_states(lm, requests, 1, 2)
+    for a, b in zip(whole, chunked, strict=True):
+        assert a.shape == b.shape == (3, a.shape[1])
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

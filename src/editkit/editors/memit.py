@@ -44,6 +44,7 @@ from editkit.models.hooks import StopForward, hooks
 from editkit.models.lm import LanguageModel
 
 MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
+STATE_CHUNK = 64  # requests whose keys are read in one pass
 
 
 @dataclass
@@ -129,7 +130,17 @@ class MEMIT(LocateEditor):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per request, at the subject's last token: the key entering ``key_layer``'s MLP output projection,
         averaged over the context prefixes (``[n, d_in]``), and the output of layer ``out_layer`` on the bare
-        prompt (``[n, d_model]``)."""
+        prompt (``[n, d_model]``); :data:`STATE_CHUNK` requests' prompts at a time (a mass edit of thousands
+        would not fit in one pass)."""
+        parts = [
+            self._subject_states(lm, requests[i : i + STATE_CHUNK], key_layer, out_layer)
+            for i in range(0, len(requests), STATE_CHUNK)
+        ]
+        return torch.cat([k for k, _ in parts]), torch.cat([o for _, o in parts])
+
+    def _subject_states(
+        self, lm: LanguageModel, requests: Sequence[EditRequest], key_layer: int, out_layer: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         texts: list[str] = []
         targets: list[str] = []
         idx: list[int] = []
