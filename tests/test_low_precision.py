@@ -65,3 +65,18 @@ def test_bfloat16_steps_find_nearly_the_float32_residual(arch):
     torch.testing.assert_close(a.k_star, b.k_star)  # read without autocast: identical
     cosine = float(a.delta @ b.delta / (a.delta.norm() * b.delta.norm()))
     assert cosine > 0.97 and not torch.equal(a.delta, b.delta)
+
+
+def test_the_bfloat16_copy_follows_the_model_it_copies():
+    lm = tiny_model("llama")
+    editor = create_editor("rome", {**LOCATE, "step_dtype": "bfloat16"})
+    low = editor.bfloat16_model(lm)
+    assert low.dtype == torch.bfloat16 and low.prefix == lm.prefix and low.default_rome_layer == lm.default_rome_layer
+    name = lm.adapter.weight_name(1, "mlp_out")
+    with torch.no_grad():
+        dict(lm.model.named_parameters())[name].add_(1.0)  # as an edit (or a rollback) would
+    again = editor.bfloat16_model(lm)
+    assert again is low  # kept, and brought up to date
+    torch.testing.assert_close(
+        dict(again.model.named_parameters())[name], dict(lm.model.named_parameters())[name].to(torch.bfloat16)
+    )
