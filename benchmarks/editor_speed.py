@@ -63,18 +63,22 @@ def steps_of(info: dict[str, Any]) -> int:
 def edit_seconds(
     lm: LanguageModel, method: str, corpus: Path, cases: list[EditCase], variants: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Seconds per edit and per step of each variant (editor settings), the variants taking turns on each case so
-    that a busy machine slows them alike; each edit is also replayed from its record and checked equal."""
+    """Seconds per edit (wall and this process's CPU time) and per step of each variant (editor settings), the
+    variants taking turns on each case so that a busy machine slows them alike; each edit is also replayed from
+    its record and checked equal."""
     editors = {}
     for name, extra in variants.items():
         editors[name] = create_editor(method, {"corpus": str(corpus), **extra})
         editors[name].prepare(lm)  # contexts and statistics, once per editor: not part of an edit's cost
-    timed: dict[str, dict[str, list[float]]] = {v: {"seconds": [], "steps": [], "replay": []} for v in variants}
+    timed: dict[str, dict[str, list[float]]] = {
+        v: {"seconds": [], "cpu_seconds": [], "steps": [], "replay": []} for v in variants
+    }
     for case in cases:
         for name, editor in editors.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             handle = editor.apply(lm, [case.request])
             timed[name]["seconds"].append(time.perf_counter() - t0)
+            timed[name]["cpu_seconds"].append(time.process_time() - c0)
             timed[name]["steps"].append(steps_of(handle.info))
             handle.rollback()
             t0 = time.perf_counter()
@@ -92,6 +96,8 @@ def edit_seconds(
             "seconds_median": sorted(seconds)[len(seconds) // 2],
             "steps_per_edit": sum(steps) / len(steps),
             "seconds_per_step": sum(seconds) / sum(steps),
+            # CPU time of this process: on a shared machine, less sensitive to other jobs than wall time
+            "cpu_seconds_per_edit": sum(t["cpu_seconds"]) / len(seconds),
             "replay_seconds_per_edit": sum(t["replay"]) / len(t["replay"]),
         }
     return out
