@@ -298,6 +298,7 @@ def test_sequential_aggregates_report_downstream_f1_and_auc(llama, tmp_path):
     phases = out["phase_seconds"]
     assert set(phases) == {"edits", "immediate_scores", "drift", "retention", "downstream"}
     assert sum(phases.values()) <= out["seconds"] and all(v > 0 for v in phases.values())
+    assert last["phase_seconds"] == phases  # the last checkpoint is the run's end
     assert phases["retention"] == last["seconds"]["retention"] and phases["edits"] == pytest.approx(
         sum(r["edit_seconds"] for r in out["records"])
     )

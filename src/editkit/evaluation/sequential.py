@@ -309,6 +309,7 @@ def _checkpoint(r: _Run, model: LanguageModel, results: dict[str, Any]) -> dict[
         "downstream": downstream,
         "drift": r.drift.measure(model.model),
         "seconds": {"retention": retention_seconds, "downstream": downstream_seconds},
+        "phase_seconds": dict(results["phase_seconds"]),  # the run's so far: per-window costs are differences
     }
 
 
