@@ -65,7 +65,7 @@ def test_dry_run_prints_every_run_of_the_grid_and_its_shards(tmp_path, capsys):
     assert out.startswith("8 runs, 12 tasks")
     assert "ft3_tiny-llama_shuffle7_seed0_batch: ft on tiny-llama, 6 cases (shuffle 7), seed 0, batch" in out
     assert "0:4, 4:6 -> " in out  # cut at a multiple of k = 2
-    assert "one task: sequential runs are one task" in out
+    assert "one task (sequential: its state folder resumes it)" in out
     assert not (tmp_path / "out").exists()
 
 

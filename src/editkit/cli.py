@@ -516,7 +516,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for r in runs:
             c = r.config
             order = "file order" if c.shuffle is None else f"shuffle {c.shuffle}"
-            split = ", ".join(s.case_range or "" for s in r.shards) if r.shards else f"one task: {r.why}"
+            split = ", ".join(s.case_range or "" for s in r.shards) if r.shards else f"one task ({r.why})"
             print(f"  {r.name}: {c.method} on {c.model}, {r.n_cases} cases ({order}), seed {c.seed}, {c.protocol}")
             print(f"    {split} -> {c.out}")
         return 0

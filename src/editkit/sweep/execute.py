@@ -6,7 +6,7 @@ and gets a fresh worker process (``max_calls=1``: its memory is freed and its pe
 reruns a task whose worker died up to ``retries`` times; a run's failure (bad input) is reported, not retried.
 
 Nothing is done twice: a task whose results file exists, made with the same settings (the ``run`` block; torch
-threads aside), is skipped, and a sequential run resumes from its state folder (``OUT_DIR/NAME.state``,
+threads aside), is skipped, and a sequential run resumes from its state folder (``STATE_DIR/NAME.state``,
 :mod:`editkit.evaluation.runstate`), so running the sweep again after a crash, on this machine or with
 ``--address`` on a cluster sharing the folder, finishes what was left. When every shard of a batch run is done,
 they are merged into the run's results file (:func:`~editkit.sweep.merge.merge_batch`).

@@ -2,7 +2,7 @@
 
 Every run is a :class:`~editkit.evaluation.runner.RunConfig`, so a run of a sweep is the run ``editkit eval``
 makes with the same settings. Its results go to ``OUT_DIR/NAME.json``; a sequential run keeps its resumable state
-in ``OUT_DIR/NAME.state``. A batch run is split into ``shards`` tasks by case range (``case_range``), each writing
+in ``STATE_DIR/NAME.state`` (``state_dir``, default ``out_dir``). A batch run is split into ``shards`` tasks by case range (``case_range``), each writing
 ``OUT_DIR/NAME.shards/START-END.json``, merged afterwards (:mod:`editkit.sweep.merge`); a shard edits the groups
 of cases that begin in its range.
 """
@@ -35,6 +35,10 @@ class SweepConfig(TypedConfig):
     ``batch`` or ``sequential`` (runs of that protocol)."""
 
     out_dir: str = field(default="", metadata={"help": "folder for every run's results and state"})
+    state_dir: str | None = field(
+        default=None,
+        metadata={"help": "folder for sequential runs' resumable state (default out_dir; it holds weights)"},
+    )
     data: str = field(default="", metadata={"help": "the data file every run reads"})
     format: str | None = field(default=None, metadata={"help": "the data file's format (default: detected)"})
     limit: int | None = field(default=None, metadata={"help": "read the first N cases"})
@@ -124,6 +128,7 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
         check_model_name(model)
     counts: dict[int, int] = {}
     out = Path(sweep.out_dir)
+    states = Path(sweep.state_dir).expanduser() if sweep.state_dir else out
     runs = []
     for model in sweep.models:
         for label, method, settings in entries:
@@ -153,7 +158,7 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
                             protocol=protocol,
                             threads=sweep.threads,
                             out=str(out / f"{name}.json"),
-                            state=str(out / f"{name}.state") if protocol == "sequential" else None,
+                            state=str(states / f"{name}.state") if protocol == "sequential" else None,
                         )
                         runs.append(_sharded(SweepRun(name, config, counts[seed]), sweep.shards, out))
     return runs
@@ -177,7 +182,7 @@ def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
     unit = run.n_cases // blocks
     parts = min(shards, blocks)
     if config.protocol != "batch":
-        run.why = "sequential runs are one task (their state folder resumes them)"
+        run.why = "sequential: its state folder resumes it"
     elif parts == 1:
         run.why = "shards: 1" if shards == 1 else f"{run.n_cases} cases make one group"
     else:
