@@ -2,9 +2,9 @@
 
 Every run is a :class:`~editkit.evaluation.runner.RunConfig`, so a run of a sweep is the run ``editkit eval``
 makes with the same settings. Its results go to ``OUT_DIR/NAME.json``; a sequential run keeps its resumable state
-in ``STATE_DIR/NAME.state`` (``state_dir``, default ``out_dir``). A batch run is split into ``shards`` tasks by case range (``case_range``), each writing
-``OUT_DIR/NAME.shards/START-END.json``, merged afterwards (:mod:`editkit.sweep.merge`); a shard edits the groups
-of cases that begin in its range.
+in ``STATE_DIR/NAME.state`` (``state_dir``, default ``out_dir``). A batch run is split into ``shards`` tasks by
+case range (``case_range``), each writing ``OUT_DIR/NAME.shards/START-END.json``, merged afterwards
+(:mod:`editkit.sweep.merge`); a shard edits the groups of cases that begin in its range.
 """
 
 from __future__ import annotations
