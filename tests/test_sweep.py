@@ -146,3 +146,23 @@ def test_a_run_that_fails_is_reported_and_the_sweep_goes_on(local_ray, tmp_path,
     assert "1 runs finished, 0 done before, 1 failed" in captured.out
     assert "editkit: run rome_tiny-llama_file_seed0_batch failed: rome needs a subject in every edit" in captured.err
     assert (tmp_path / "out" / "ft3_tiny-llama_file_seed0_batch.json").is_file()
+
+
+@pytest.mark.real_model
+def test_a_reference_is_the_same_whatever_the_order_of_the_cases(smollm2):
+    """Runs of one sweep in several case orderings share the cached reference (keyed by the set of probes), so
+    its values must not depend on the order the run that built it read the cases in."""
+    import random
+
+    import torch
+
+    from conftest import data_file
+    from editkit.data.formats import load_cases
+    from editkit.evaluation.metrics import Reference
+
+    cases = load_cases(data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json"), limit=20)
+    shuffled = list(cases.cases)
+    random.Random(1).shuffle(shuffled)
+    first, second = Reference.build(smollm2, cases.cases), Reference.build(smollm2, shuffled)
+    assert first.predictions == second.predictions
+    assert all(torch.equal(first.distributions[k], second.distributions[k]) for k in first.distributions)

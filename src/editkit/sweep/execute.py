@@ -97,11 +97,15 @@ def execute(
         jobs += [(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
     started = False
     if jobs and not ray.is_initialized():
-        if address is not None:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
-        else:
-            cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        try:
+            if address is not None:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            else:
+                cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise ValidationError(f"could not start or reach {where}: {str(exc).strip().splitlines()[0]}") from None
         started = True
     try:
         failed = _run_jobs(ray, sweep, jobs, max_parallel, on_event)
