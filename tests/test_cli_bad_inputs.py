@@ -199,6 +199,18 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "trace: known file not UTF-8": (["trace", "--known", "{input}", "--out", "{out}"], _bytes(NOT_UTF8), "UTF-8"),
     "pack: no manifest": (["pack", "{folder}", "{out}"], None, "does not exist"),
     "pack: garbled manifest": (["pack", "{folder}", "{out}"], _manifest(b'{"parts": {"p'), "not valid JSON"),
+    "sweep: config missing": (["sweep", "{missing}"], None, "does not exist"),
+    "sweep: config not UTF-8": (["sweep", "{input}"], _bytes(NOT_UTF8), "not UTF-8"),
+    "sweep: empty grid": (
+        ["sweep", "{input}"],
+        _bytes(b"out_dir: o\ndata: d.json\nmodels: [tiny-llama]\nmethods: []\n"),
+        "the grid is empty: 'methods' has no entries",
+    ),
+    "sweep: data missing": (
+        ["sweep", "{input}", "--dry-run"],
+        _bytes(b"out_dir: o\ndata: /nowhere/d.json\nmodels: [tiny-llama]\nmethods: [ft]\n"),
+        "data file /nowhere/d.json does not exist",
+    ),
     "report: results not UTF-8": (["report", "{input}", "--out", "{folder}"], _bytes(NOT_UTF8), "not UTF-8"),
     "report: results nested too deep": (["report", "{input}", "--out", "{folder}"], _bytes(NESTED), "nested"),
     "report: results is a folder": (["report", "{folder}", "--out", "{out}"], None, "is a folder, not a file"),

@@ -19,7 +19,8 @@ from editkit.training.registry import get_trainer_class
 SHIPPED = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
 TRAINING = [p for p in SHIPPED if p.name.startswith("train_")]
 MATRICES = [p for p in SHIPPED if p.name.startswith("matrix_")]
-CONFIGS = [p for p in SHIPPED if p not in TRAINING and p not in MATRICES]
+SWEEPS = [p for p in SHIPPED if p.name.startswith("sweep_")]
+CONFIGS = [p for p in SHIPPED if p not in TRAINING and p not in MATRICES and p not in SWEEPS]
 
 
 def test_there_are_shipped_configs():
@@ -49,6 +50,19 @@ def _check(path: Path, config: RunConfig) -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_config_is_valid(path: Path):
     _check(path, RunConfig.build(str(path)))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_shipped_sweep_is_valid(path: Path, monkeypatch: pytest.MonkeyPatch):
+    from editkit.sweep.grid import expand, load_sweep
+
+    if not DATA.is_dir():
+        pytest.skip("benchmark data not available: a sweep reads its data file to plan its shards")
+    monkeypatch.chdir(REPO)  # its paths are relative to the repository root
+    runs = expand(load_sweep(path))
+    assert len({r.config.out for r in runs}) == len(runs), "two runs of the sweep write the same file"
+    for run in runs:
+        _check(path, run.config)
 
 
 @pytest.mark.parametrize("path", MATRICES, ids=[p.name for p in MATRICES])

@@ -505,6 +505,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from editkit.sweep.grid import expand, load_sweep
+
+    sweep = load_sweep(args.config)
+    runs = expand(sweep)
+    tasks = sum(len(r.shards) or 1 for r in runs)
+    print(f"{len(runs)} runs, {tasks} tasks ({sweep.threads} threads, {sweep.gpus:g} GPUs each) -> {sweep.out_dir}")
+    if args.dry_run:
+        for r in runs:
+            c = r.config
+            order = "file order" if c.shuffle is None else f"shuffle {c.shuffle}"
+            split = ", ".join(s.case_range or "" for s in r.shards) if r.shards else f"one task ({r.why})"
+            print(f"  {r.name}: {c.method} on {c.model}, {r.n_cases} cases ({order}), seed {c.seed}, {c.protocol}")
+            print(f"    {split} -> {c.out}")
+        return 0
+    from editkit.sweep.execute import execute
+
+    outcome = execute(sweep, runs, address=args.address, max_parallel=args.max_parallel, on_event=print)
+    print(
+        f"{len(outcome.finished)} runs finished, {len(outcome.skipped)} done before, {len(outcome.failed)} failed "
+        f"in {outcome.seconds:.1f} s"
+    )
+    for name, why in outcome.failed:
+        print(f"editkit: run {name} failed: {why}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from editkit.configfile import read_yaml
     from editkit.training.registry import create_trainer
@@ -771,6 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_quickstart)
 
     _add_eval_parser(sub)
+
+    p = sub.add_parser("sweep", help="run a grid of evaluations (methods x models x orderings x seeds) on Ray")
+    p.add_argument("config", help="the sweep's YAML file (docs/architecture.md: how to run a sweep)")
+    p.add_argument("--address", help="an existing Ray cluster (default: a local Ray started for the sweep)")
+    p.add_argument("--dry-run", action="store_true", help="print the expanded runs and their shards, run nothing")
+    p.add_argument("--max-parallel", type=_positive_int, help="at most N tasks at once (default: as Ray fits them)")
+    p.set_defaults(fn=cmd_sweep)
 
     _add_train_parser(sub)
 

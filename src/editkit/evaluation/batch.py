@@ -75,11 +75,15 @@ def batch_edits(
     prefill: Sequence[EditRequest] = (),
     prefill_summary: dict[str, Any] | None = None,
     reference_cache: Path | None = None,
+    span: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model (a
     memory editor's memory holding the ``prefill`` edits), score every case of the group, roll back.
     ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all. With ``reference_cache`` the
-    unedited model's reference is kept there and reused (:meth:`Reference.cached`)."""
+    unedited model's reference is kept there and reused (:meth:`Reference.cached`). With ``span = (start, end)``
+    only the groups whose first case lies at a position in ``[start, end)`` are edited (one shard of a sweep):
+    the unedited model is still scored on every case, in the batches the whole run scores them in, and groups
+    keep their numbers, so the shards' records are the whole run's (:mod:`editkit.sweep.merge`)."""
     if not cases:
         raise ValidationError("no cases to evaluate")
     memory = editor.capabilities.storage != "weights"
@@ -96,9 +100,12 @@ def batch_edits(
         else Reference.build(lm, cases, batch_size=batch_size, progress=progress)
     )
     unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
-    plan = {k: edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups] for k in ks}
-    if not all(plan.values()):
-        raise ValidationError(f"no group of {min(k for k, g in plan.items() if not g)} edits with distinct subjects")
+    if span is not None and not 0 <= span[0] < span[1] <= len(cases):
+        raise ValidationError(f"case range {span[0]}:{span[1]} is not within the {len(cases)} cases")
+    groups = {k: list(enumerate(edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups])) for k in ks}
+    if not all(groups.values()):
+        raise ValidationError(f"no group of {min(k for k, g in groups.items() if not g)} edits with distinct subjects")
+    plan = {k: [(g, grp) for g, grp in gs if span is None or span[0] <= grp[0] < span[1]] for k, gs in groups.items()}
     prefilled = _prefill(lm, editor, prefill, progress)
     subjects = SubjectIndex.of(prefill) if memory else None
     try:
@@ -118,6 +125,17 @@ def batch_edits(
         "total_seconds": time.perf_counter() - t_start,
         "peak_memory_mb": peak_memory_mb(),
         "records": records,
+    }
+
+
+def k_aggregates(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The aggregates of one k's records: their mean scores, mean seconds per edit and count (none: empty)."""
+    if not records:
+        return {"n_cases": 0}
+    return {
+        **aggregate(records, "post"),
+        "seconds_per_edit": mean(r["edit_seconds"] for r in records),
+        "n_cases": len(records),
     }
 
 
@@ -143,7 +161,7 @@ def _run_groups(
     lm: LanguageModel,
     editor: Editor,
     cases: Sequence[EditCase],
-    plan: dict[int, list[list[int]]],
+    plan: dict[int, list[tuple[int, list[int]]]],
     reference: Reference,
     unedited: list[dict[str, float]],
     subjects: SubjectIndex | None,
@@ -155,7 +173,7 @@ def _run_groups(
     with progress_bar(sum(len(g) for g in plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
         for k, groups in plan.items():
             k_records: list[dict[str, Any]] = []
-            for g, group in enumerate(groups):
+            for g, group in groups:
                 t0 = time.perf_counter()
                 edited = [cases[i] for i in group]
                 handles = apply_cases(lm, editor, edited)
@@ -178,10 +196,6 @@ def _run_groups(
                         }
                     )
                 bar.advance()
-            by_k[str(k)] = {
-                **aggregate(k_records, "post"),
-                "seconds_per_edit": mean(r["edit_seconds"] for r in k_records),
-                "n_cases": len(k_records),
-            }
+            by_k[str(k)] = k_aggregates(k_records)
             records += k_records
     return records, by_k

@@ -98,11 +98,16 @@ class Reference:
         if self.model and self.model != lm.fingerprint():
             raise ValidationError(f"this reference was made on another model than {lm.name} (or on other weights)")
         self.model = lm.fingerprint()
-        out = [
-            p
-            for p in {_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values()
-            if _key(p) not in self.predictions
-        ]
+        # in the probes' sorted order: a probe's values move in the last bits with its batch, and the cache
+        # (:meth:`cached`) shares a reference between runs that read the same probes in other orders
+        out = sorted(
+            (
+                p
+                for p in {_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE)}.values()
+                if _key(p) not in self.predictions
+            ),
+            key=_key,
+        )
         with progress_bar(
             len(out), f"unedited {lm.name} on {len(out)} out-of-scope probes", progress and bool(out)
         ) as bar:

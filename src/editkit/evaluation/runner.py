@@ -57,6 +57,17 @@ class RunConfig(TypedConfig):
         default=None,
         metadata={"help": "use N cases drawn at random (seeded by --seed) from those read, kept in file order"},
     )
+    shuffle: int | None = field(
+        default=None,
+        metadata={"help": "put the cases read (after --limit and --sample) in a random order seeded by this number"},
+    )
+    case_range: str | None = field(
+        default=None,
+        metadata={
+            "help": "batch: START:END: edit only the groups whose first case is at one of these positions (from "
+            "0, after --limit, --sample and --shuffle); the unedited model is scored on all. One shard of a sweep"
+        },
+    )
     protocol: Literal["batch", "sequential"] = field(
         default="batch",
         metadata={"help": "batch: groups of edits, each on the unedited model; sequential: edits accumulate"},
@@ -144,6 +155,10 @@ class RunConfig(TypedConfig):
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
         if self.sample is not None and self.sample < 1:
             raise ConfigError(f"--sample must be at least 1, got {self.sample}")
+        if self.case_range is not None:
+            self.positions()
+            if self.protocol != "batch":
+                raise ConfigError("--case-range picks groups of the batch protocol (--protocol batch)")
         if self.prefill_limit is not None and (self.prefill is None or self.prefill_limit < 1):
             raise ConfigError("--prefill-limit N needs --prefill FILE and N of at least 1")
         if self.prefill is not None and self.protocol != "batch":
@@ -159,6 +174,19 @@ class RunConfig(TypedConfig):
                 raise ConfigError("the edit guard runs in the sequential protocol (--protocol sequential)")
             if self.guard.get("canary") and not self.downstream_data:
                 raise ConfigError("guard canary tasks need --downstream-data DIR")
+
+    def positions(self) -> tuple[int, int] | None:
+        """``case_range`` as (start, end), or ``None`` for all cases."""
+        if self.case_range is None:
+            return None
+        start, sep, end = self.case_range.partition(":")
+        try:
+            first, stop = int(start), int(end)
+        except ValueError:
+            first, stop = -1, -1
+        if not sep or first < 0 or stop <= first:
+            raise ConfigError(f"--case-range must be START:END with 0 <= START < END, got {self.case_range!r}")
+        return first, stop
 
 
 def config_of_results(results: dict[str, Any], config: str | Path | None = None) -> dict[str, Any]:
@@ -284,6 +312,10 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     if config.sample is not None and config.sample < len(dataset.cases):
         kept = sorted(random.Random(config.seed).sample(range(len(dataset.cases)), config.sample))
         dataset = dataclasses.replace(dataset, cases=[dataset.cases[i] for i in kept])
+    if config.shuffle is not None:
+        shuffled = list(dataset.cases)
+        random.Random(config.shuffle).shuffle(shuffled)
+        dataset = dataclasses.replace(dataset, cases=shuffled)
     tasks = {
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
@@ -321,6 +353,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             prefill=prefill.requests if prefill else (),
             prefill_summary=prefill.summary if prefill else None,
             reference_cache=cache_dir() / "references",
+            span=config.positions(),
         )
         results["run"] = config.to_dict()
     else:

@@ -1,0 +1,160 @@
+"""Running a sweep's runs (:mod:`editkit.sweep.grid`) as Ray tasks.
+
+Each task is one ``editkit eval`` run (:func:`editkit.evaluation.runner.run`): a whole run or one case-range
+shard of a batch run. A task asks Ray for ``threads`` CPUs and ``gpus`` GPUs, runs with that many torch threads,
+and gets a fresh worker process (``max_calls=1``: its memory is freed and its peak memory is its own). Ray
+reruns a task whose worker died up to ``retries`` times; a run's failure (bad input) is reported, not retried.
+
+Nothing is done twice: a task whose results file exists, made with the same settings (the ``run`` block; torch
+threads aside), is skipped, and a sequential run resumes from its state folder (``STATE_DIR/NAME.state``,
+:mod:`editkit.evaluation.runstate`), so running the sweep again after a crash, on this machine or with
+``--address`` on a cluster sharing the folder, finishes what was left. When every shard of a batch run is done,
+they are merged into the run's results file (:func:`~editkit.sweep.merge.merge_batch`).
+
+Ray is imported here only, when a sweep executes: ``import editkit`` and the CLI's other commands never load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from editkit.errors import EditkitError, ValidationError
+from editkit.evaluation.results import load_results
+from editkit.evaluation.runner import RunConfig, write_results_or_keep
+from editkit.sweep.grid import SweepConfig, SweepRun
+from editkit.sweep.merge import merge_batch
+
+EXECUTION_ONLY = ("threads",)  # run settings that change how fast a run goes, not its results
+
+
+@dataclass
+class Outcome:
+    """What a sweep did: the runs it finished now, those already done before, and the failures (name, reason)."""
+
+    finished: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def is_done(config: RunConfig) -> bool:
+    """Whether ``config``'s results file exists and was made with its settings (torch threads aside)."""
+    out = Path(config.out)
+    if not out.is_file():
+        return False
+    try:
+        made = load_results(out).get("run")
+    except ValidationError:
+        return False
+    wanted = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_ONLY}
+    return isinstance(made, dict) and {k: v for k, v in made.items() if k not in EXECUTION_ONLY} == wanted
+
+
+def run_task(config: dict[str, Any], cwd: str) -> dict[str, Any]:
+    """A Ray task: the run ``config`` describes, from the driver's working folder where this machine has it
+    (relative paths in the sweep are relative to it). Returns the seconds it took, or the one-line error of a run
+    the user must fix."""
+    from editkit.evaluation.runner import run
+
+    if Path(cwd).is_dir():
+        os.chdir(cwd)
+    t0 = time.perf_counter()
+    try:
+        run(RunConfig.from_dict(config), progress=False)
+    except EditkitError as exc:
+        return {"error": str(exc)}
+    return {"seconds": time.perf_counter() - t0}
+
+
+def execute(
+    sweep: SweepConfig,
+    runs: Sequence[SweepRun],
+    *,
+    address: str | None = None,
+    max_parallel: int | None = None,
+    on_event: Callable[[str], None] = lambda _: None,
+) -> Outcome:
+    """Run every task of ``runs`` that is not done yet on Ray (the running Ray if this process has one; else
+    the cluster at ``address``; else a local Ray started here, with ``max_parallel`` x ``threads`` CPUs or every
+    core), at most ``max_parallel`` at once, merge sharded runs, and say what happens through ``on_event``."""
+    import ray
+
+    t_start = time.perf_counter()
+    outcome = Outcome()
+    jobs: list[tuple[str, RunConfig]] = []
+    for r in runs:
+        if is_done(r.config):
+            outcome.skipped.append(r.name)
+            on_event(f"{r.name}: done before, kept")
+            continue
+        jobs += [(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
+    started = False
+    if jobs and not ray.is_initialized():
+        try:
+            if address is not None:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+            else:
+                cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
+                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise ValidationError(f"could not start or reach {where}: {str(exc).strip().splitlines()[0]}") from None
+        started = True
+    try:
+        failed = _run_jobs(ray, sweep, jobs, max_parallel, on_event)
+    finally:
+        if started:
+            ray.shutdown()
+    outcome.failed = sorted(failed.items())
+    for r in runs:
+        if r.name in outcome.skipped or r.name in failed:
+            continue
+        if r.shards:
+            merged = merge_batch(r.config, [load_results(s.out) for s in r.shards])
+            write_results_or_keep(Path(r.config.out), json.dumps(merged, indent=1))
+            on_event(f"{r.name}: {len(r.shards)} shards merged into {r.config.out}")
+        outcome.finished.append(r.name)
+    outcome.seconds = time.perf_counter() - t_start
+    return outcome
+
+
+def _run_jobs(
+    ray: Any,
+    sweep: SweepConfig,
+    jobs: Sequence[tuple[str, RunConfig]],
+    max_parallel: int | None,
+    on_event: Callable[[str], None],
+) -> dict[str, str]:
+    """Submit ``jobs`` (run name, config) to Ray, at most ``max_parallel`` in flight; the failed runs' reasons."""
+    task = ray.remote(
+        num_cpus=sweep.threads, num_gpus=sweep.gpus, max_retries=sweep.retries, retry_exceptions=False, max_calls=1
+    )(run_task)
+    cwd = os.getcwd()
+    waiting = list(jobs)
+    flying: dict[Any, tuple[str, RunConfig]] = {}
+    failed: dict[str, str] = {}
+    limit = max_parallel or len(jobs)
+    while waiting or flying:
+        while waiting and len(flying) < limit:
+            name, config = waiting.pop(0)
+            flying[task.remote(config.to_dict(), cwd)] = (name, config)
+        (ready,), _ = ray.wait(list(flying), num_returns=1)
+        name, config = flying.pop(ready)
+        part = f" [{config.case_range}]" if config.case_range else ""
+        try:
+            result = ray.get(ready)
+        except Exception as exc:  # a bug in the run, or a worker that died more often than retries allow
+            result = {"error": str(exc).strip().splitlines()[-1]}
+        if "error" in result:
+            failed.setdefault(name, result["error"])
+            on_event(f"{name}{part}: failed: {result['error']}")
+        else:
+            on_event(f"{name}{part}: done in {result['seconds']:.1f} s")
+    return failed

@@ -1,0 +1,168 @@
+"""editkit sweep: the grid's expansion and its errors, and runs on one local Ray (two CPUs, started once for the
+module) on a tiny random model: a batch run sharded by case range merges into the results of one process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import write_tiny_cases
+from editkit.cli import main
+from editkit.evaluation.runner import RunConfig, run
+from editkit.sweep.execute import execute
+from editkit.sweep.grid import expand, load_sweep
+
+# keys that hold times, memory or where a run ran: they differ between any two runs
+TIMING = {"total_seconds", "peak_memory_mb", "environment", "edit_seconds", "seconds_per_edit", "seconds"}
+
+
+def _sweep_file(tmp_path: Path, **grid: Any) -> Path:
+    cases = write_tiny_cases(tmp_path / "cases.jsonl")
+    spec = {
+        "out_dir": str(tmp_path / "out"),
+        "data": str(cases),
+        "models": ["tiny-llama"],
+        "methods": [{"label": "ft3", "method": "ft", "settings": {"steps": 3}}],
+        **grid,
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _without(value: Any, keys: set[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
+
+
+def test_neither_import_editkit_nor_the_cli_imports_ray():
+    code = "import sys, editkit.cli, editkit.sweep.grid\neditkit.cli.build_parser()\nprint('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_dry_run_prints_every_run_of_the_grid_and_its_shards(tmp_path, capsys):
+    path = _sweep_file(
+        tmp_path,
+        methods=["ft", {"label": "ft3", "method": "ft", "settings": {"steps": 3}}],
+        orderings=[None, 7],
+        protocols=["batch", "sequential"],
+        shards=2,
+        batch={"edits_per_step": [1, 2]},
+    )
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("8 runs, 12 tasks")
+    assert "ft3_tiny-llama_shuffle7_seed0_batch: ft on tiny-llama, 6 cases (shuffle 7), seed 0, batch" in out
+    assert "0:4, 4:6 -> " in out  # cut at a multiple of k = 2
+    assert "one task (sequential: its state folder resumes it)" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"methods": ["ft", "nosuch"]}, "unknown method 'nosuch'"),
+        ({"methods": []}, "the grid is empty: 'methods' has no entries"),
+        ({"data": "/nowhere/cases.json"}, "data file /nowhere/cases.json does not exist"),
+        ({"models": ["tiny-nosuch"]}, "tiny-nosuch"),
+        ({"orderngs": [1]}, "Did you mean 'orderings'"),
+        ({"methods": ["ft", {"label": "ft", "method": "ft-c"}]}, "label 'ft' is used twice"),
+        ({"run": {"limit": 3}}, "set by the sweep's grid"),
+        ({"batch": {"every": 0}}, "must be positive"),
+    ],
+)
+def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, capsys, grid, message):
+    path = _sweep_file(tmp_path, **grid)
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editkit: error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    ray = pytest.importorskip("ray")
+    cache = tmp_path_factory.mktemp("ray-cache")
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"EDITKIT_CACHE": str(cache)}})
+    yield
+    ray.shutdown()
+
+
+def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, tmp_path, capsys):
+    path = _sweep_file(
+        tmp_path,
+        orderings=[1],
+        protocols=["batch", "sequential"],
+        shards=2,
+        batch={"edits_per_step": [1, 2]},
+        sequential={"every": 3},
+    )
+    assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "[0:4]: done" in out and "[4:6]: done" in out and "2 shards merged" in out
+    folder = tmp_path / "out"
+    merged = json.loads((folder / "ft3_tiny-llama_shuffle1_seed0_batch.json").read_text())
+    assert [s["case_range"] for s in merged["shards"]] == ["0:4", "4:6"]
+
+    config = RunConfig.from_dict({**merged["run"], "out": str(tmp_path / "single.json")})
+    single = json.loads(json.dumps(run(config, progress=False)))
+    provenance = {k: merged[k] for k in ("run", "shards")}
+    assert _without(merged, TIMING | set(provenance)) == _without(single, TIMING | {"run"})
+    assert {**merged["run"], "out": None} == {**single["run"], "out": None}
+    assert [r["group"] for r in merged["records"] if r["k"] == 2] == [0, 0, 1, 1, 2, 2]
+    file_order = [f"tiny-{i}" for i in range(6)]
+    assert sorted(merged["case_ids"]) == file_order and merged["case_ids"] != file_order  # shuffled
+
+    sequential = json.loads((folder / "ft3_tiny-llama_shuffle1_seed0_sequential.json").read_text())
+    assert sequential["n_edits"] == 6 and sequential["case_ids"] == merged["case_ids"]
+    assert (folder / "ft3_tiny-llama_shuffle1_seed0_sequential.state" / "results.json").is_file()
+
+    # run again: nothing is done twice; a lost merged file is merged again from its shards, without a task
+    (folder / "ft3_tiny-llama_shuffle1_seed0_batch.json").unlink()
+    events: list[str] = []
+    sweep = load_sweep(path)
+    outcome = execute(sweep, expand(sweep), on_event=events.append)
+    assert outcome.skipped == ["ft3_tiny-llama_shuffle1_seed0_sequential"] and not outcome.failed
+    assert not [e for e in events if "done in" in e]
+    again = json.loads((folder / "ft3_tiny-llama_shuffle1_seed0_batch.json").read_text())
+    assert again == merged
+
+
+def test_a_run_that_fails_is_reported_and_the_sweep_goes_on(local_ray, tmp_path, capsys):
+    path = _sweep_file(tmp_path, methods=["rome", {"label": "ft3", "method": "ft", "settings": {"steps": 3}}])
+    assert main(["sweep", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "1 runs finished, 0 done before, 1 failed" in captured.out
+    assert "editkit: run rome_tiny-llama_file_seed0_batch failed: rome needs a subject in every edit" in captured.err
+    assert (tmp_path / "out" / "ft3_tiny-llama_file_seed0_batch.json").is_file()
+
+
+@pytest.mark.real_model
+def test_a_reference_is_the_same_whatever_the_order_of_the_cases(smollm2):
+    """Runs of one sweep in several case orderings share the cached reference (keyed by the set of probes), so
+    its values must not depend on the order the run that built it read the cases in."""
+    import random
+
+    import torch
+
+    from conftest import data_file
+    from editkit.data.formats import load_cases
+    from editkit.evaluation.metrics import Reference
+
+    cases = load_cases(data_file("counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json"), limit=20)
+    shuffled = list(cases.cases)
+    random.Random(1).shuffle(shuffled)
+    first, second = Reference.build(smollm2, cases.cases), Reference.build(smollm2, shuffled)
+    assert first.predictions == second.predictions
+    assert all(torch.equal(first.distributions[k], second.distributions[k]) for k in first.distributions)
