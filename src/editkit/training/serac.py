@@ -323,7 +323,9 @@ def _run(
 ) -> LoopResult:
     # Step counts are left out of the key so that a finished part can be trained further by raising them.
     ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
-    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    # The unlikelihood settings are left out under the default loss, so checkpoints written before they existed resume.
+    unused = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
+    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored + unused}
     key = checkpoint_key(part, relevant, [d.sha256 for d in datasets])
     return train_loop(
         part,
