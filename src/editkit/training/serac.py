@@ -44,7 +44,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +58,12 @@ from editkit.edits import EditCase, EditRequest, ProbeKind, names_subject, words
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_write, file_sha256, read_json
 from editkit.models.encoder import SentenceEncoder
+from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
 from editkit.trained import record_part, save_part, start_manifest
 from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop, training_cases
 from editkit.training.registry import Trainer, register_trainer
+from editkit.training.sentiment import ContrastExample, contrast_examples, contrast_loss
 from editkit.typedconfig import TypedConfig
 
 PARTS = ("scope-embed", "scope-cross", "counterfactual")
@@ -117,6 +119,19 @@ class SERACTrainConfig(TypedConfig):
     cf_batch: int = field(default=8, metadata={"help": "examples per counterfactual batch"})
     cf_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the counterfactual adapter"})
     cf_lora_r: int = field(default=8, metadata={"help": "LoRA rank on the base LM's attention"})
+    cf_loss: Literal["nll", "unlikelihood"] = field(
+        default="nll",
+        metadata={
+            "help": "counterfactual loss: nll (eq. 3 on the expected answers) or unlikelihood (NLL on the in-scope "
+            "probes' answers plus -log(1 - p) on their contrasts: ConvSent's sentiments, SERAC §5)"
+        },
+    )
+    cf_responses: int = field(
+        default=1, metadata={"help": "unlikelihood: wanted and unwanted responses drawn per example and step"}
+    )
+    cf_unlikelihood_weight: float = field(
+        default=1.0, metadata={"help": "unlikelihood: weight of the unwanted responses' term"}
+    )
     checkpoint_every: int = field(default=50, metadata={"help": "steps between resumable checkpoints"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
 
@@ -126,6 +141,8 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError(f"unknown SERAC parts {bad}; choose from {', '.join(PARTS)}")
         if min(self.scope_steps, self.scope_batch, self.cf_steps, self.cf_batch, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
+        if self.cf_responses < 1 or self.cf_unlikelihood_weight < 0:
+            raise ConfigError("cf_responses must be at least 1 and cf_unlikelihood_weight at least 0")
         if self.scope_batch < 2:
             raise ConfigError("scope_batch must be at least 2 (in-batch negatives)")
         if not 0.0 <= self.same_subject_share <= 1.0:
@@ -306,7 +323,9 @@ def _run(
 ) -> LoopResult:
     # Step counts are left out of the key so that a finished part can be trained further by raising them.
     ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
-    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored}
+    # The unlikelihood settings are left out under the default loss, so checkpoints written before they existed resume.
+    unused = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
+    relevant = {k: v for k, v in config.to_dict().items() if k not in ignored + unused}
     key = checkpoint_key(part, relevant, [d.sha256 for d in datasets])
     return train_loop(
         part,
@@ -418,9 +437,35 @@ def train_scope_cross(
     return meta
 
 
+def nll_batches(
+    examples: Sequence[CounterfactualExample], batch_size: int
+) -> Callable[[LanguageModel, random.Random], torch.Tensor]:
+    """Eq. 3's loss on drawn batches: the NLL of each example's target, its tokens' mean."""
+
+    def loss(lm: LanguageModel, rng: random.Random) -> torch.Tensor:
+        batch = rng.sample(list(examples), min(batch_size, len(examples)))
+        tf = lm.teacher_forced([e.prompt for e in batch], [e.target for e in batch])
+        lp = tf.token_logprobs(lm.logits_at(tf.inputs, tf.positions()[0]))
+        return -(lp.sum() / tf.positions()[1].sum())
+
+    return loss
+
+
+def unlikelihood_batches(
+    examples: Sequence[ContrastExample], config: SERACTrainConfig
+) -> Callable[[LanguageModel, random.Random], torch.Tensor]:
+    """:func:`~editkit.training.sentiment.contrast_loss` on drawn batches of ``cf_batch`` examples."""
+
+    def loss(lm: LanguageModel, rng: random.Random) -> torch.Tensor:
+        batch = rng.sample(list(examples), min(config.cf_batch, len(examples)))
+        return contrast_loss(lm, batch, rng, responses=config.cf_responses, weight=config.cf_unlikelihood_weight)
+
+    return loss
+
+
 def train_counterfactual(
     config: SERACTrainConfig,
-    examples: Sequence[CounterfactualExample],
+    batch_loss: Callable[[LanguageModel, random.Random], torch.Tensor],
     datasets: Sequence[Dataset],
     *,
     progress: bool,
@@ -441,10 +486,7 @@ def train_counterfactual(
     opt = torch.optim.Adam(trainable, lr=config.cf_lr)
 
     def loss_fn(rng: random.Random) -> torch.Tensor:
-        batch = rng.sample(list(examples), min(config.cf_batch, len(examples)))
-        tf = lm.teacher_forced([e.prompt for e in batch], [e.target for e in batch])
-        lp = tf.token_logprobs(lm.logits_at(tf.inputs, tf.positions()[0]))
-        return -(lp.sum() / tf.positions()[1].sum())
+        return batch_loss(lm, rng)
 
     result = _run(config, "counterfactual", config.cf_steps, lm.model, opt, loss_fn, datasets, progress=progress)
     meta = _part_meta(config, "counterfactual", result)
@@ -499,8 +541,12 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
             meta = train_scope_cross(config, examples, datasets, progress=progress)
             record_part(folder, manifest, "scope-cross", meta)
     if "counterfactual" in config.parts:
-        cf = counterfactual_examples(cases, config.template)
-        record_part(folder, manifest, "counterfactual", train_counterfactual(config, cf, datasets, progress=progress))
+        if config.cf_loss == "unlikelihood":
+            batch_loss = unlikelihood_batches(contrast_examples(cases, config.template), config)
+        else:
+            batch_loss = nll_batches(counterfactual_examples(cases, config.template), config.cf_batch)
+        meta = train_counterfactual(config, batch_loss, datasets, progress=progress)
+        record_part(folder, manifest, "counterfactual", meta)
     return manifest
 
 
