@@ -29,6 +29,7 @@ from editkit.editors.base import WeightEditor
 from editkit.edits import EditCase
 from editkit.models.lm import LanguageModel
 from editkit.models.zoo import load
+from editkit.provenance import code_version
 
 METHODS = ("rome", "memit", "alphaedit")
 
@@ -165,6 +166,7 @@ def main() -> None:
         out["methods"][method] = row
     args.out.parent.mkdir(parents=True, exist_ok=True)
     out["load_average_end"] = os.getloadavg()
+    out["code_version"] = code_version()
     args.out.write_text(json.dumps(out, indent=1))
     summary = {m: {k: v for k, v in r.items() if k != "profile_top_own_time"} for m, r in out["methods"].items()}
     print(json.dumps(summary, indent=1))
