@@ -27,6 +27,7 @@ from editkit.data import load_cases
 from editkit.editors import create_editor, stats
 from editkit.editors.base import WeightEditor
 from editkit.edits import EditCase
+from editkit.errors import ValidationError
 from editkit.models.lm import LanguageModel
 from editkit.models.zoo import load
 from editkit.provenance import code_version
@@ -109,7 +110,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     name, _, items = text.partition(":")
     if not name or not items:
         raise argparse.ArgumentTypeError(f"a variant is NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
-    return name, parse_overrides(items.split(","))
+    try:
+        return name, parse_overrides(items.split(","))
+    except ValidationError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def profile_one(lm: LanguageModel, method: str, corpus: Path, case: EditCase) -> list[dict[str, Any]]:
