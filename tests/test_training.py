@@ -412,3 +412,102 @@ def test_holdout_leaves_out_training_cases_sharing_a_subject_or_prompt(tmp_path)
     assert records[0]["left_out"] == 1 and records[0]["cases"] == 1
     kept, _ = held_out(cases, [str(data)], 1)  # a file's first case held out of its own training
     assert [c.request.subject for c in kept] == ["Big Ben", "Notre-Dame"]
+
+
+def _louvre_case(tmp_path):
+    from editkit.data import load_cases
+
+    row = {
+        "request": {"prompt": "{} is located in", "subject": "The Louvre", "target_new": " Rome"},
+        "probes": [
+            {"prompt": "The Louvre is located in", "expected": " Rome", "kind": "edit"},
+            {"prompt": "The founder of the Louvre was", "expected": " Philip II", "kind": "neighborhood"},
+            {"prompt": "Big Ben is located in", "expected": " London", "kind": "neighborhood"},
+        ],
+    }
+    (tmp_path / "c.jsonl").write_text(json.dumps(row))
+    return load_cases(tmp_path / "c.jsonl").cases
+
+
+def test_keep_inputs_are_the_out_of_scope_inputs_after_their_edit(tmp_path):
+    from editkit.training.serac import KeepInput, draw_keep, keep_inputs
+
+    cases = _louvre_case(tmp_path)
+    templates = {"{} is located in": "P131", "{} was founded by": "P112", "{} is owned by": "P127"}
+    inputs = keep_inputs(cases, templates, 1, seed=0)
+    desc = "The Louvre is located in Rome"
+    assert inputs[:2] == [
+        KeepInput(desc, "The founder of the Louvre was", " Philip II", True),
+        KeepInput(desc, "Big Ben is located in", " London", False),
+    ]
+    [made] = inputs[2:]  # one template of another relation, no expected answer
+    assert made.same_subject and made.expected is None
+    assert made.input in ("The Louvre was founded by", "The Louvre is owned by")
+    # The share of same-subject ones is kept where there are enough; a short side is filled from the other.
+    assert sum(x.same_subject for x in draw_keep(inputs, 2, 0.5, 0)) == 1
+    assert sum(x.same_subject for x in draw_keep(inputs, 2, 0.0, 0)) == 1  # one other input only
+    assert sorted(draw_keep(inputs, 9, 0.5, 0), key=str) == sorted(inputs, key=str)
+
+
+def test_base_answers_are_the_base_models_greedy_tokens(tmp_path):
+    from editkit.training.serac import KeepInput, base_answers
+
+    lm = tiny_model("llama", seed=0)
+    inputs = [
+        KeepInput("e", "The founder of the Louvre was", " Philip II", True),
+        KeepInput("e", "Big Ben", None, True),
+    ]
+    answers = base_answers(lm, inputs, 3, progress=False)
+    n_expected = len(lm.encode(" Philip II", special=False))
+    want = [lm.generate_ids([x.input], n)[0][:n] for x, n in zip(inputs, (n_expected, 3), strict=True)]
+    assert [len(a) for a in answers] == [n_expected, 3] and answers == want
+
+
+def test_keep_examples_take_their_share_of_each_counterfactual_batch(tmp_path, monkeypatch):
+    import random
+
+    import editkit.training.serac as serac_training
+    from editkit.training.serac import CounterfactualExample, nll_batches
+
+    seen: list[list[str | list[int]]] = []
+
+    class Recorder:
+        def teacher_forced(self, prompts, targets):
+            seen.append(list(targets))
+            raise StopIteration
+
+    examples = [CounterfactualExample(f"p{i}", " x") for i in range(10)]
+    keep = [CounterfactualExample(f"k{i}", [5, 6]) for i in range(10)]
+    for share, n_keep in ((0.0, 0), (0.5, 2), (0.75, 3)):
+        with pytest.raises(StopIteration):
+            nll_batches(examples, 4, keep, share)(Recorder(), random.Random(0))  # type: ignore[arg-type]
+        assert len(seen[-1]) == 4 and sum(t == [5, 6] for t in seen[-1]) == n_keep
+    assert serac_training.SERACTrainConfig.from_dict({"cf_keep_share": 0.5}).cf_keep_share == 0.5
+    with pytest.raises(ConfigError, match="cf_keep_share"):
+        SERACTrainConfig.from_dict({"cf_keep_share": 1.0})
+    with pytest.raises(ConfigError, match="needs cf_loss: nll"):
+        SERACTrainConfig.from_dict({"cf_keep_share": 0.5, "cf_loss": "unlikelihood"})
+
+
+def test_training_with_keep_examples_caches_the_base_answers(tmp_path):
+    data = _subject_cases(tmp_path / "cases.jsonl")
+    (tmp_path / "t.json").write_text(json.dumps(TEMPLATES))
+    settings = {
+        **TINY_TRAINING,
+        "data": [str(data)],
+        "out": str(tmp_path / "parts"),
+        "parts": ["counterfactual"],
+        "relation_templates": str(tmp_path / "t.json"),
+        "cf_keep_share": 0.5,
+        "cf_keep_examples": 4,
+    }
+    first = train(SERACTrainConfig.from_dict({**settings, "cf_steps": 2}), progress=False)
+    cached = json.loads((tmp_path / "parts" / ".checkpoints" / "keep_answers.json").read_text())
+    assert len(cached["answers"]) == 4 and all(isinstance(t, int) for a in cached["answers"] for t in a)
+    plain = train(
+        SERACTrainConfig.from_dict({**settings, "out": str(tmp_path / "plain"), "cf_keep_share": 0.0, "cf_steps": 2}),
+        progress=False,
+    )
+    assert first["parts"]["counterfactual"]["loss_first"] != plain["parts"]["counterfactual"]["loss_first"]
+    longer = train(SERACTrainConfig.from_dict({**settings, "cf_steps": 3}), progress=False)  # resumes, reuses them
+    assert longer["parts"]["counterfactual"]["steps"] == 3

@@ -26,7 +26,10 @@ Parts, each trained separately and each a LoRA adapter (peft) so the artifact is
 * ``scope-cross``: eq. 2 on the cross-encoder, with (edit, positive), (edit, hard negative) and (edit, own
   out-of-scope input) pairs.
 * ``counterfactual``: eq. 3, the NLL of y_in given ``template.format(edit=z_e, input=x_in)`` under the base LM
-  with LoRA on its attention projections; the loss reads only the answer tokens.
+  with LoRA on its attention projections; the loss reads only the answer tokens. With ``cf_keep_share``, part of
+  each batch is out-of-scope inputs after an edit (the case's own, and its subject in other relations) with the
+  base model's own greedy answer as the target: when the classifier sends h an input the edit does not touch, h
+  should answer it as the base model does (issue 31's same-subject questions).
 
 Each part trains through the shared loop (:mod:`editkit.training.loop`: seeded, resumable from
 ``OUT/.checkpoints/PART.pt``). The finished folder is a trained artifact (:mod:`editkit.trained`): one
@@ -126,6 +129,20 @@ class SERACTrainConfig(TypedConfig):
             "probes' answers plus -log(1 - p) on their contrasts: ConvSent's sentiments, SERAC §5)"
         },
     )
+    cf_keep_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of each counterfactual batch that is out-of-scope inputs (the case's own and, with "
+            "relation_templates, its subject in other relations) after the edit, with the base model's own greedy "
+            "answer as the target: asked anyway, h should answer what the edit does not touch as the base does"
+        },
+    )
+    cf_keep_examples: int = field(
+        default=4000, metadata={"help": "out-of-scope examples drawn for cf_keep_share (their base answers cached)"}
+    )
+    cf_keep_tokens: int = field(
+        default=3, metadata={"help": "greedy tokens of the base answer when an input has no expected answer"}
+    )
     cf_responses: int = field(
         default=1, metadata={"help": "unlikelihood: wanted and unwanted responses drawn per example and step"}
     )
@@ -141,6 +158,12 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError(f"unknown SERAC parts {bad}; choose from {', '.join(PARTS)}")
         if min(self.scope_steps, self.scope_batch, self.cf_steps, self.cf_batch, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
+        if not 0.0 <= self.cf_keep_share < 1.0:
+            raise ConfigError(f"cf_keep_share must lie in [0, 1), not {self.cf_keep_share}")
+        if self.cf_keep_examples < 1 or self.cf_keep_tokens < 1:
+            raise ConfigError("cf_keep_examples and cf_keep_tokens must be at least 1")
+        if self.cf_keep_share > 0 and self.cf_loss != "nll":
+            raise ConfigError("cf_keep_share needs cf_loss: nll")
         if self.cf_responses < 1 or self.cf_unlikelihood_weight < 0:
             raise ConfigError("cf_responses must be at least 1 and cf_unlikelihood_weight at least 0")
         if self.scope_batch < 2:
@@ -170,7 +193,18 @@ class ScopeExample:
 @dataclass(frozen=True)
 class CounterfactualExample:
     prompt: str
-    target: str
+    target: str | list[int]  # text, or token ids (the base model's own answer)
+
+
+@dataclass(frozen=True)
+class KeepInput:
+    """An out-of-scope input put after an edit: the counterfactual model should answer it as the base model
+    answers ``input`` alone."""
+
+    descriptor: str
+    input: str
+    expected: str | None  # the probe's expected answer (its token count is the target's); None for made prompts
+    same_subject: bool
 
 
 def scope_examples(cases: Sequence[EditCase]) -> list[ScopeExample]:
@@ -189,6 +223,49 @@ def counterfactual_examples(cases: Sequence[EditCase], template: str) -> list[Co
         for c in cases
         for p in c.of_kind(*IN_SCOPE)
     ]
+
+
+def keep_inputs(cases: Sequence[EditCase], templates: Mapping[str, str], n: int, seed: int) -> list[KeepInput]:
+    """Every case's own out-of-scope probes and :func:`same_subject_prompts` (drawn with ``seed``), each after
+    the case's edit; those naming the edit's subject are marked same-subject."""
+    rng = random.Random(f"keep:{seed}")
+    out = []
+    for c in cases:
+        descriptor, subject = descriptor_of(c.request), c.request.subject
+        for p in c.of_kind(*OUT_OF_SCOPE):
+            out.append(KeepInput(descriptor, p.prompt, p.expected, bool(subject and names_subject(p.prompt, subject))))
+        out += [KeepInput(descriptor, x, None, True) for x in same_subject_prompts(c.request, templates, n, rng)]
+    return list(dict.fromkeys(out))
+
+
+def draw_keep(inputs: Sequence[KeepInput], k: int, same_share: float, seed: int) -> list[KeepInput]:
+    """``k`` of ``inputs``, ``same_share`` of them same-subject ones where there are enough (the rest from the
+    others, and the other way round)."""
+    rng = random.Random(f"keep-draw:{seed}")
+    same = [x for x in inputs if x.same_subject]
+    other = [x for x in inputs if not x.same_subject]
+    k = min(k, len(inputs))
+    n_same = min(len(same), max(round(k * same_share), k - len(other)))
+    return rng.sample(same, n_same) + rng.sample(other, k - n_same)
+
+
+@torch.no_grad()
+def base_answers(
+    lm: LanguageModel, inputs: Sequence[KeepInput], tokens: int, *, batch_size: int = 16, progress: bool = True
+) -> list[list[int]]:
+    """The base model's greedy answer to each input alone: as many tokens as its expected answer has (as
+    :class:`~editkit.evaluation.metrics.Reference` scores drawdown), else ``tokens``; the end-of-sequence token
+    when it answers nothing."""
+    out: list[list[int]] = []
+    eos = int(lm.tokenizer.eos_token_id)
+    with progress_bar(len(inputs), "base answers to out-of-scope inputs", progress) as bar:
+        for i in range(0, len(inputs), batch_size):
+            chunk = inputs[i : i + batch_size]
+            lengths = [len(lm.encode(x.expected, special=False)) if x.expected else tokens for x in chunk]
+            ids = lm.generate_ids([x.input for x in chunk], max(lengths))
+            out += [seq[:n] or [eos] for n, seq in zip(lengths, ids, strict=True)]
+            bar.advance(len(chunk))
+    return out
 
 
 def mine_hard_negatives(
@@ -324,7 +401,9 @@ def _run(
     # Step counts are left out of the key so that a finished part can be trained further by raising them.
     ignored = ("out", "parts", "checkpoint_every", "threads", "scope_steps", "cf_steps")
     # The unlikelihood settings are left out under the default loss, so checkpoints written before they existed resume.
-    unused = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
+    unused: tuple[str, ...] = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
+    if config.cf_keep_share == 0:  # likewise for checkpoints written before the keep examples existed
+        unused += ("cf_keep_share", "cf_keep_examples", "cf_keep_tokens")
     relevant = {k: v for k, v in config.to_dict().items() if k not in ignored + unused}
     key = checkpoint_key(part, relevant, [d.sha256 for d in datasets])
     return train_loop(
@@ -438,12 +517,19 @@ def train_scope_cross(
 
 
 def nll_batches(
-    examples: Sequence[CounterfactualExample], batch_size: int
+    examples: Sequence[CounterfactualExample],
+    batch_size: int,
+    keep: Sequence[CounterfactualExample] = (),
+    keep_share: float = 0.0,
 ) -> Callable[[LanguageModel, random.Random], torch.Tensor]:
-    """Eq. 3's loss on drawn batches: the NLL of each example's target, its tokens' mean."""
+    """Eq. 3's loss on drawn batches: the NLL of each example's target, its tokens' mean; with ``keep``,
+    ``keep_share`` of each batch is drawn from those (out-of-scope inputs with the base model's answers)."""
+    n_keep = round(batch_size * keep_share) if keep else 0
 
     def loss(lm: LanguageModel, rng: random.Random) -> torch.Tensor:
-        batch = rng.sample(list(examples), min(batch_size, len(examples)))
+        batch = rng.sample(list(examples), min(batch_size - n_keep, len(examples)))
+        if n_keep:
+            batch += rng.sample(list(keep), min(n_keep, len(keep)))
         tf = lm.teacher_forced([e.prompt for e in batch], [e.target for e in batch])
         lp = tf.token_logprobs(lm.logits_at(tf.inputs, tf.positions()[0]))
         return -(lp.sum() / tf.positions()[1].sum())
@@ -463,18 +549,44 @@ def unlikelihood_batches(
     return loss
 
 
+def keep_examples(
+    config: SERACTrainConfig, cases: Sequence[EditCase], lm: LanguageModel, *, progress: bool
+) -> list[CounterfactualExample]:
+    """``cf_keep_examples`` drawn :func:`keep_inputs` after their edits, each with the base model's answer
+    (:func:`base_answers`, cached in ``OUT/.checkpoints`` for a rerun on the same inputs and weights)."""
+    templates = relation_templates(config.relation_templates) if config.relation_templates else {}
+    inputs = keep_inputs(cases, templates, config.same_subject_negatives, config.seed)
+    drawn = draw_keep(inputs, config.cf_keep_examples, config.same_subject_share, config.seed)
+    key = hashlib.sha256(
+        json.dumps([lm.fingerprint(), config.cf_keep_tokens, [dataclasses.astuple(x) for x in drawn]]).encode()
+    ).hexdigest()
+    path = Path(config.out) / ".checkpoints" / "keep_answers.json"
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if cached.get("key") == key:
+        answers = cached["answers"]
+    else:
+        answers = base_answers(lm, drawn, config.cf_keep_tokens, progress=progress)
+        atomic_write(path, json.dumps({"key": key, "answers": answers}))
+    return [
+        CounterfactualExample(config.template.format(edit=x.descriptor, input=x.input), a)
+        for x, a in zip(drawn, answers, strict=True)
+    ]
+
+
 def train_counterfactual(
     config: SERACTrainConfig,
-    batch_loss: Callable[[LanguageModel, random.Random], torch.Tensor],
+    make_loss: Callable[[LanguageModel], Callable[[LanguageModel, random.Random], torch.Tensor]],
     datasets: Sequence[Dataset],
     *,
     progress: bool,
 ) -> dict[str, Any]:
+    """Train h's LoRA adapter with the loss ``make_loss`` builds from the base model (before the adapter)."""
     from peft import LoraConfig, get_peft_model
 
     from editkit.models.zoo import load
 
     lm = load(config.base_model, progress=progress)
+    batch_loss = make_loss(lm)
     seed_torch(config.seed, "counterfactual")
     lora = LoraConfig(
         r=config.cf_lora_r,
@@ -541,11 +653,15 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
             meta = train_scope_cross(config, examples, datasets, progress=progress)
             record_part(folder, manifest, "scope-cross", meta)
     if "counterfactual" in config.parts:
-        if config.cf_loss == "unlikelihood":
-            batch_loss = unlikelihood_batches(contrast_examples(cases, config.template), config)
-        else:
-            batch_loss = nll_batches(counterfactual_examples(cases, config.template), config.cf_batch)
-        meta = train_counterfactual(config, batch_loss, datasets, progress=progress)
+
+        def make_loss(lm: LanguageModel) -> Callable[[LanguageModel, random.Random], torch.Tensor]:
+            if config.cf_loss == "unlikelihood":
+                return unlikelihood_batches(contrast_examples(cases, config.template), config)
+            keep = keep_examples(config, cases, lm, progress=progress) if config.cf_keep_share > 0 else []
+            examples = counterfactual_examples(cases, config.template)
+            return nll_batches(examples, config.cf_batch, keep, config.cf_keep_share)
+
+        meta = train_counterfactual(config, make_loss, datasets, progress=progress)
         record_part(folder, manifest, "counterfactual", meta)
     return manifest
 
