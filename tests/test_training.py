@@ -1,7 +1,7 @@
 """Training on tiny models: the shared loop (editkit.training.loop) through the test-only toy trainer (seeded,
-resumed to the same result), the trainer registry and `editkit train`, and SERAC's parts
-(editkit.training.serac): data construction, eq. 2 / eq. 3 losses, artifacts, manifest, resumption, and a
-trained SERAC that routes and answers."""
+resumed to the same result), the trainer registry and `editkit train`, and SERAC's parts (editkit.training.serac
+and its data, editkit.training.serac_data): data construction, eq. 2 / eq. 3 losses, artifacts, manifest,
+resumption, and a trained SERAC that routes and answers."""
 
 from __future__ import annotations
 
@@ -23,14 +23,8 @@ from editkit.models.lm import LanguageModel
 from editkit.models.tiny import tiny_model, tiny_tokenizer
 from editkit.trained import read_manifest, verify
 from editkit.training.registry import available_trainers, create_trainer
-from editkit.training.serac import (
-    SERACTrainConfig,
-    _balanced_bce,
-    counterfactual_examples,
-    mine_hard_negatives,
-    scope_examples,
-    train,
-)
+from editkit.training.serac import SERACTrainConfig, _balanced_bce, train
+from editkit.training.serac_data import counterfactual_examples, mine_hard_negatives, scope_examples
 
 
 # --------------------------------------------------------------------------- the shared loop, the registry, the CLI
@@ -336,7 +330,7 @@ def _subject_cases(path: Path) -> Path:
 
 
 def test_relation_templates_keep_templates_of_one_relation(tmp_path):
-    from editkit.training.serac import relation_templates
+    from editkit.training.serac_data import relation_templates
 
     (tmp_path / "t.json").write_text(json.dumps(TEMPLATES))
     assert relation_templates(tmp_path / "t.json") == {
@@ -353,7 +347,7 @@ def test_relation_templates_keep_templates_of_one_relation(tmp_path):
 def test_same_subject_prompts_ask_other_relations_of_the_subject():
     import random
 
-    from editkit.training.serac import same_subject_prompts
+    from editkit.training.serac_data import same_subject_prompts
 
     templates = {"{} is located in": "P131", "{} is in the city of": "P131", "{} was founded by": "P112"}
     request = EditRequest(prompt="{} is located in", subject="The Louvre", target_new=" Rome")
@@ -362,6 +356,11 @@ def test_same_subject_prompts_ask_other_relations_of_the_subject():
     assert same_subject_prompts(unknown, templates, 5, random.Random(0)) == ()
     no_subject = EditRequest(prompt="The Louvre is located in", target_new=" Rome")
     assert same_subject_prompts(no_subject, templates, 5, random.Random(0)) == ()
+    # A question whose relation is unknown: with any_relation, the templates sharing no word stem with it.
+    question = EditRequest(prompt="Where is {} located?", subject="The Louvre", target_new=" Rome")
+    assert same_subject_prompts(question, templates, 5, random.Random(0)) == ()
+    made = same_subject_prompts(question, templates, 5, random.Random(0), any_relation=True)
+    assert sorted(made) == ["The Louvre is in the city of", "The Louvre was founded by"]
 
 
 def test_training_with_same_subject_negatives_samples_them(tmp_path):
@@ -383,7 +382,7 @@ def test_training_with_same_subject_negatives_samples_them(tmp_path):
 
 def test_own_out_of_scope_inputs_naming_the_subject_are_same_subject_negatives(tmp_path):
     from editkit.data import load_cases
-    from editkit.training.serac import with_same_subject
+    from editkit.training.serac_data import with_same_subject
 
     row = {
         "request": {"prompt": "{} is located in", "subject": "The Louvre", "target_new": " Rome"},
@@ -401,7 +400,7 @@ def test_own_out_of_scope_inputs_naming_the_subject_are_same_subject_negatives(t
 
 def test_holdout_leaves_out_training_cases_sharing_a_subject_or_prompt(tmp_path):
     from editkit.data import load_cases
-    from editkit.training.serac import held_out
+    from editkit.training.serac_data import held_out
 
     data = _subject_cases(tmp_path / "cases.jsonl")  # The Louvre, Big Ben, Notre-Dame
     evaluated = {"request": {"prompt": "Who built {}?", "subject": "big ben", "target_new": " x"}, "probes": []}
@@ -430,7 +429,7 @@ def _louvre_case(tmp_path):
 
 
 def test_keep_inputs_are_the_out_of_scope_inputs_after_their_edit(tmp_path):
-    from editkit.training.serac import KeepInput, draw_keep, keep_inputs
+    from editkit.training.serac_data import KeepInput, draw_keep, keep_inputs
 
     cases = _louvre_case(tmp_path)
     templates = {"{} is located in": "P131", "{} was founded by": "P112", "{} is owned by": "P127"}
@@ -450,7 +449,7 @@ def test_keep_inputs_are_the_out_of_scope_inputs_after_their_edit(tmp_path):
 
 
 def test_base_answers_are_the_base_models_greedy_tokens(tmp_path):
-    from editkit.training.serac import KeepInput, base_answers
+    from editkit.training.serac_data import KeepInput, base_answers
 
     lm = tiny_model("llama", seed=0)
     inputs = [
@@ -463,11 +462,11 @@ def test_base_answers_are_the_base_models_greedy_tokens(tmp_path):
     assert [len(a) for a in answers] == [n_expected, 3] and answers == want
 
 
-def test_keep_examples_take_their_share_of_each_counterfactual_batch(tmp_path, monkeypatch):
+def test_keep_examples_take_their_share_of_each_counterfactual_batch():
     import random
 
-    import editkit.training.serac as serac_training
-    from editkit.training.serac import CounterfactualExample, nll_batches
+    from editkit.training.serac import nll_batches
+    from editkit.training.serac_data import CounterfactualExample
 
     seen: list[list[str | list[int]]] = []
 
@@ -482,7 +481,7 @@ def test_keep_examples_take_their_share_of_each_counterfactual_batch(tmp_path, m
         with pytest.raises(StopIteration):
             nll_batches(examples, 4, keep, share)(Recorder(), random.Random(0))  # type: ignore[arg-type]
         assert len(seen[-1]) == 4 and sum(t == [5, 6] for t in seen[-1]) == n_keep
-    assert serac_training.SERACTrainConfig.from_dict({"cf_keep_share": 0.5}).cf_keep_share == 0.5
+    assert SERACTrainConfig.from_dict({"cf_keep_share": 0.5}).cf_keep_share == 0.5
     with pytest.raises(ConfigError, match="cf_keep_share"):
         SERACTrainConfig.from_dict({"cf_keep_share": 1.0})
     with pytest.raises(ConfigError, match="needs cf_loss: nll"):

@@ -1,7 +1,7 @@
 """Training SERAC's scope classifiers and counterfactual model (Mitchell et al. 2022, §3.2).
 
-From training edit cases (any format :func:`~editkit.data.load_cases` reads; training splits only), with the
-edit descriptor ``z_e = [x_e ; y_e]``:
+The examples are made in :mod:`editkit.training.serac_data`, from training edit cases (any format
+:func:`~editkit.data.load_cases` reads; training splits only), with the edit descriptor ``z_e = [x_e ; y_e]``:
 
 * in-scope inputs I(z_e): the case's edit prompt, rephrases and hard in-scope probes;
 * out-of-scope inputs O(z_e): the case's own out-of-scope probes (zsRE's unrelated NQ questions, CounterFact's
@@ -11,8 +11,10 @@ edit descriptor ``z_e = [x_e ; y_e]``:
   specificity: "The name of the founder of X is" for an edit of X's country) and, with ``relation_templates``
   (ROME's known-facts file, one prompt template per row with its Wikidata relation), the edit's subject in
   templates of *other* relations ("The mother tongue of X is" for an edit of "X is a citizen of"), for the cases
-  whose prompt is one of those templates. An edit of one fact must not claim everything else asked about its
-  subject; ``same_subject_share`` of the embedding classifier's sampled negatives are these.
+  whose prompt is one of those templates (with ``same_subject_any_relation``, also for edits of an unknown
+  relation, such as zsRE's questions: the templates sharing no word stem with the question). An edit of one fact
+  must not claim everything else asked about its subject; ``same_subject_share`` of the embedding classifier's
+  sampled negatives are these.
 
 ``holdout`` names evaluation files (with ``holdout_limit``: their first N cases): training cases that share a
 subject or a prompt with them are left out, so that a training file whose first cases are evaluated (KnowEdit's
@@ -44,7 +46,7 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -53,25 +55,34 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editkit.data.formats import Dataset, load_cases
-from editkit.editors.memory import descriptor_of
+from editkit.data.formats import Dataset
 from editkit.editors.scope import HEAD, UNTRAINED_BIAS, UNTRAINED_SCALE, CrossClassifier, EmbeddingClassifier
 from editkit.editors.serac import TEMPLATE
-from editkit.edits import EditCase, EditRequest, ProbeKind, names_subject, words
-from editkit.errors import ConfigError, ValidationError
-from editkit.files import atomic_write, file_sha256, read_json
+from editkit.edits import EditCase
+from editkit.errors import ConfigError
+from editkit.files import atomic_write, file_sha256
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
-from editkit.progress import progress_bar
 from editkit.trained import record_part, save_part, start_manifest
 from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.training.sentiment import ContrastExample, contrast_examples, contrast_loss
+from editkit.training.serac_data import (
+    CounterfactualExample,
+    ScopeExample,
+    base_answers,
+    counterfactual_examples,
+    draw_keep,
+    held_out,
+    keep_inputs,
+    mine_hard_negatives,
+    relation_templates,
+    scope_examples,
+    with_same_subject,
+)
 from editkit.typedconfig import TypedConfig
 
 PARTS = ("scope-embed", "scope-cross", "counterfactual")
-IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
-OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
 
 
 @dataclass
@@ -102,6 +113,13 @@ class SERACTrainConfig(TypedConfig):
         metadata={"help": "evaluation files: training cases sharing a subject or prompt with them are left out"},
     )
     holdout_limit: int | None = field(default=None, metadata={"help": "only the first N cases of each holdout file"})
+    same_subject_any_relation: bool = field(
+        default=False,
+        metadata={
+            "help": "with relation_templates: edits whose relation is unknown (zsRE questions) get the templates "
+            "that share no word stem with their prompt (a guess: some may ask the same relation)"
+        },
+    )
     same_subject_share: float = field(
         default=0.25,
         metadata={
@@ -178,187 +196,6 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError(f"scope_hard_weight must lie in [0, 1], not {self.scope_hard_weight}")
         if "{edit}" not in self.template or "{input}" not in self.template:
             raise ConfigError(f"template {self.template!r} needs '{{edit}}' and '{{input}}'")
-
-
-# --------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class ScopeExample:
-    descriptor: str
-    positives: tuple[str, ...]
-    negatives: tuple[str, ...]  # the case's own out-of-scope inputs
-    hard: tuple[str, ...] = ()  # mined: nearest in-scope inputs of other cases
-    same_subject: tuple[str, ...] = ()  # out-of-scope inputs about the edit's subject (other relations)
-
-
-@dataclass(frozen=True)
-class CounterfactualExample:
-    prompt: str
-    target: str | list[int]  # text, or token ids (the base model's own answer)
-
-
-@dataclass(frozen=True)
-class KeepInput:
-    """An out-of-scope input put after an edit: the counterfactual model should answer it as the base model
-    answers ``input`` alone."""
-
-    descriptor: str
-    input: str
-    expected: str | None  # the probe's expected answer (its token count is the target's); None for made prompts
-    same_subject: bool
-
-
-def scope_examples(cases: Sequence[EditCase]) -> list[ScopeExample]:
-    out = []
-    for c in cases:
-        pos = tuple(dict.fromkeys(p.prompt for p in c.of_kind(*IN_SCOPE)))
-        neg = tuple(dict.fromkeys(p.prompt for p in c.of_kind(*OUT_OF_SCOPE)))
-        if pos:
-            out.append(ScopeExample(descriptor_of(c.request), pos, neg))
-    return out
-
-
-def counterfactual_examples(cases: Sequence[EditCase], template: str) -> list[CounterfactualExample]:
-    return [
-        CounterfactualExample(template.format(edit=descriptor_of(c.request), input=p.prompt), p.expected)
-        for c in cases
-        for p in c.of_kind(*IN_SCOPE)
-    ]
-
-
-def keep_inputs(cases: Sequence[EditCase], templates: Mapping[str, str], n: int, seed: int) -> list[KeepInput]:
-    """Every case's own out-of-scope probes and :func:`same_subject_prompts` (drawn with ``seed``), each after
-    the case's edit; those naming the edit's subject are marked same-subject."""
-    rng = random.Random(f"keep:{seed}")
-    out = []
-    for c in cases:
-        descriptor, subject = descriptor_of(c.request), c.request.subject
-        for p in c.of_kind(*OUT_OF_SCOPE):
-            out.append(KeepInput(descriptor, p.prompt, p.expected, bool(subject and names_subject(p.prompt, subject))))
-        out += [KeepInput(descriptor, x, None, True) for x in same_subject_prompts(c.request, templates, n, rng)]
-    return list(dict.fromkeys(out))
-
-
-def draw_keep(inputs: Sequence[KeepInput], k: int, same_share: float, seed: int) -> list[KeepInput]:
-    """``k`` of ``inputs``, ``same_share`` of them same-subject ones where there are enough (the rest from the
-    others, and the other way round)."""
-    rng = random.Random(f"keep-draw:{seed}")
-    same = [x for x in inputs if x.same_subject]
-    other = [x for x in inputs if not x.same_subject]
-    k = min(k, len(inputs))
-    n_same = min(len(same), max(round(k * same_share), k - len(other)))
-    return rng.sample(same, n_same) + rng.sample(other, k - n_same)
-
-
-@torch.no_grad()
-def base_answers(
-    lm: LanguageModel, inputs: Sequence[KeepInput], tokens: int, *, batch_size: int = 16, progress: bool = True
-) -> list[list[int]]:
-    """The base model's greedy answer to each input alone: as many tokens as its expected answer has (as
-    :class:`~editkit.evaluation.metrics.Reference` scores drawdown), else ``tokens``; the end-of-sequence token
-    when it answers nothing."""
-    out: list[list[int]] = []
-    eos = int(lm.tokenizer.eos_token_id)
-    with progress_bar(len(inputs), "base answers to out-of-scope inputs", progress) as bar:
-        for i in range(0, len(inputs), batch_size):
-            chunk = inputs[i : i + batch_size]
-            lengths = [len(lm.encode(x.expected, special=False)) if x.expected else tokens for x in chunk]
-            ids = lm.generate_ids([x.input for x in chunk], max(lengths))
-            out += [seq[:n] or [eos] for n, seq in zip(lengths, ids, strict=True)]
-            bar.advance(len(chunk))
-    return out
-
-
-def mine_hard_negatives(
-    examples: Sequence[ScopeExample], encoder: SentenceEncoder, k: int, *, progress: bool = True
-) -> list[ScopeExample]:
-    """Each example's ``k`` nearest in-scope inputs of other examples, by cosine similarity to its descriptor."""
-    if k == 0:
-        return list(examples)
-    texts = [t for e in examples for t in e.positives]
-    owner = torch.tensor([i for i, e in enumerate(examples) for _ in e.positives])
-    with progress_bar(2, "mining hard negatives", progress) as bar:
-        inputs = encoder.embed(texts)
-        bar.advance()
-        descs = encoder.embed([e.descriptor for e in examples])
-        bar.advance()
-    out = []
-    for start in range(0, len(examples), 1024):
-        sims = descs[start : start + 1024] @ inputs.T
-        rows = torch.arange(start, start + sims.shape[0])
-        sims[owner[None, :] == rows[:, None]] = -2.0  # never the example's own inputs
-        top = sims.topk(min(4 * k, sims.shape[1]), dim=1).indices
-        for r, idx in enumerate(top.tolist()):
-            ex = examples[start + r]
-            own = set(ex.positives)
-            hard = [texts[j] for j in idx if texts[j] not in own][:k]
-            out.append(dataclasses.replace(ex, hard=tuple(dict.fromkeys(hard))))
-    return out
-
-
-def relation_templates(path: str | Path) -> dict[str, str]:
-    """Template -> relation id from ROME's known-facts file (``{"template": "{} plays the", "relation_id":
-    "P1303", ...}`` per row); a template that two relations share is left out."""
-    rows = read_json(path, "relation templates file")
-    if not isinstance(rows, list) or not all(
-        isinstance(r, dict) and {"template", "relation_id"} <= set(r) for r in rows
-    ):
-        raise ValidationError(f"{path}: expected a list of records with 'template' and 'relation_id'")
-    relations: dict[str, set[str]] = {}
-    for r in rows:
-        if str(r["template"]).count("{}") == 1:
-            relations.setdefault(str(r["template"]), set()).add(str(r["relation_id"]))
-    return {t: next(iter(rs)) for t, rs in relations.items() if len(rs) == 1}
-
-
-def same_subject_prompts(
-    request: EditRequest, templates: Mapping[str, str], n: int, rng: random.Random
-) -> tuple[str, ...]:
-    """Up to ``n`` prompts about the request's subject in templates of relations other than its own; none when
-    its prompt is not one of ``templates`` (its relation is unknown) or it has no subject."""
-    if not request.subject or n == 0:
-        return ()
-    relation = templates.get(request.template)
-    if relation is None:
-        return ()
-    others = sorted(t for t, r in templates.items() if r != relation)
-    return tuple(t.format(request.subject) for t in rng.sample(others, min(n, len(others))))
-
-
-def with_same_subject(
-    examples: Sequence[ScopeExample], cases: Sequence[EditCase], templates: Mapping[str, str], n: int, seed: int
-) -> list[ScopeExample]:
-    """``examples`` with their same-subject negatives: each case's own out-of-scope inputs that name its subject,
-    and :func:`same_subject_prompts` (drawn with ``seed``)."""
-    rng = random.Random(f"same-subject:{seed}")
-    by_descriptor: dict[str, tuple[str, ...]] = {}
-    for c in cases:
-        subject = c.request.subject
-        own = [p.prompt for p in c.of_kind(*OUT_OF_SCOPE) if subject and names_subject(p.prompt, subject)]
-        made = same_subject_prompts(c.request, templates, n, rng)
-        by_descriptor.setdefault(descriptor_of(c.request), tuple(dict.fromkeys([*own, *made])))
-    return [dataclasses.replace(e, same_subject=by_descriptor.get(e.descriptor, ())) for e in examples]
-
-
-def held_out(
-    cases: Sequence[EditCase], files: Sequence[str], limit: int | None
-) -> tuple[list[EditCase], list[dict[str, Any]]]:
-    """``cases`` less those sharing a subject or a prompt with the first ``limit`` cases of ``files``, and what
-    the manifest records of each file (path, sha256, cases read, training cases left out)."""
-    kept, records = list(cases), []
-    for path in files:
-        dataset = load_cases(path, limit=limit, skip_invalid=True)
-        subjects = {words(r.subject) for c in dataset.cases for r in c.requests if r.subject}
-        prompts = {words(r.text) for c in dataset.cases for r in c.requests}
-        before = len(kept)
-        kept = [
-            c
-            for c in kept
-            if not any(words(r.text) in prompts or (r.subject and words(r.subject) in subjects) for r in c.requests)
-        ]
-        records.append(
-            {"path": path, "sha256": dataset.sha256, "cases": len(dataset.cases), "left_out": before - len(kept)}
-        )
-    return kept, records
 
 
 def _mined_examples(
@@ -555,7 +392,9 @@ def keep_examples(
     """``cf_keep_examples`` drawn :func:`keep_inputs` after their edits, each with the base model's answer
     (:func:`base_answers`, cached in ``OUT/.checkpoints`` for a rerun on the same inputs and weights)."""
     templates = relation_templates(config.relation_templates) if config.relation_templates else {}
-    inputs = keep_inputs(cases, templates, config.same_subject_negatives, config.seed)
+    inputs = keep_inputs(
+        cases, templates, config.same_subject_negatives, config.seed, any_relation=config.same_subject_any_relation
+    )
     drawn = draw_keep(inputs, config.cf_keep_examples, config.same_subject_share, config.seed)
     key = hashlib.sha256(
         json.dumps([lm.fingerprint(), config.cf_keep_tokens, [dataclasses.astuple(x) for x in drawn]]).encode()
@@ -638,7 +477,14 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
     if scope_parts:
         examples = _mined_examples(config, cases, datasets, progress=progress)
         templates = relation_templates(config.relation_templates) if config.relation_templates else {}
-        examples = with_same_subject(examples, cases, templates, config.same_subject_negatives, config.seed)
+        examples = with_same_subject(
+            examples,
+            cases,
+            templates,
+            config.same_subject_negatives,
+            config.seed,
+            any_relation=config.same_subject_any_relation,
+        )
         manifest["same_subject_negatives"] = {"edits": sum(bool(e.same_subject) for e in examples)}
         if config.relation_templates:
             manifest["relation_templates"] = {
