@@ -510,3 +510,21 @@ def test_training_with_keep_examples_caches_the_base_answers(tmp_path):
     assert first["parts"]["counterfactual"]["loss_first"] != plain["parts"]["counterfactual"]["loss_first"]
     longer = train(SERACTrainConfig.from_dict({**settings, "cf_steps": 3}), progress=False)  # resumes, reuses them
     assert longer["parts"]["counterfactual"]["steps"] == 3
+
+
+def test_statement_share_says_that_share_of_the_training_edits_as_statements(tmp_path):
+    data = _subject_cases(tmp_path / "cases.jsonl")
+    settings = {**TINY_TRAINING, "data": [str(data)], "out": str(tmp_path / "p"), "parts": ["scope-embed"]}
+    settings |= {"scope_batch": 3, "hard_negatives": 1, "scope_steps": 1}
+    pairs = train(SERACTrainConfig.from_dict(settings), progress=False)
+    mined = json.loads((tmp_path / "p" / ".checkpoints" / "hard_negatives.json").read_text())
+    with pytest.raises(ValidationError, match="other settings"):  # a part trained on pairs is not continued
+        train(SERACTrainConfig.from_dict({**settings, "statement_share": 1.0}), progress=False)
+    (tmp_path / "p" / ".checkpoints" / "scope-embed.pt").unlink()
+    said = train(SERACTrainConfig.from_dict({**settings, "statement_share": 1.0}), progress=False)
+    remined = json.loads((tmp_path / "p" / ".checkpoints" / "hard_negatives.json").read_text())
+    assert "statements" not in pairs and said["statements"] == {"cases": 3, "of": 3}
+    assert mined["key"] != remined["key"]  # the mined examples of the pairs are not reused for statements
+    assert remined["examples"][0][0] == "The Louvre is located in Rome."
+    with pytest.raises(ConfigError, match="statement_share"):
+        SERACTrainConfig.from_dict({"statement_share": 1.5})

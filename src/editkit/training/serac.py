@@ -80,6 +80,7 @@ from editkit.training.serac_data import (
     scope_examples,
     with_same_subject,
 )
+from editkit.training.statements import mixed_cases
 from editkit.typedconfig import TypedConfig
 
 PARTS = ("scope-embed", "scope-cross", "counterfactual")
@@ -147,6 +148,13 @@ class SERACTrainConfig(TypedConfig):
             "probes' answers plus -log(1 - p) on their contrasts: ConvSent's sentiments, SERAC §5)"
         },
     )
+    statement_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of the training cases whose edit is said as a statement (editkit.training.statements: "
+            "'The mother tongue of X is French.'), so that both parts learn to read statement edits"
+        },
+    )
     cf_keep_share: float = field(
         default=0.0,
         metadata={
@@ -176,6 +184,8 @@ class SERACTrainConfig(TypedConfig):
             raise ConfigError(f"unknown SERAC parts {bad}; choose from {', '.join(PARTS)}")
         if min(self.scope_steps, self.scope_batch, self.cf_steps, self.cf_batch, self.checkpoint_every) < 1:
             raise ConfigError("steps, batch sizes and checkpoint_every must be at least 1")
+        if not 0.0 <= self.statement_share <= 1.0:
+            raise ConfigError(f"statement_share must lie in [0, 1], not {self.statement_share}")
         if not 0.0 <= self.cf_keep_share < 1.0:
             raise ConfigError(f"cf_keep_share must lie in [0, 1), not {self.cf_keep_share}")
         if self.cf_keep_examples < 1 or self.cf_keep_tokens < 1:
@@ -204,7 +214,10 @@ def _mined_examples(
     """Scope examples with their mined hard negatives, cached in ``OUT/.checkpoints`` (mining embeds every
     training input: minutes on a CPU) and reused by a rerun with the same data, encoder and settings."""
     key = hashlib.sha256(
-        json.dumps([config.encoder, config.hard_negatives, config.max_cases, [d.sha256 for d in datasets]]).encode()
+        json.dumps(
+            [config.encoder, config.hard_negatives, config.max_cases, [d.sha256 for d in datasets]]
+            + ([config.statement_share, config.seed] if config.statement_share else [])
+        ).encode()
     ).hexdigest()
     path = Path(config.out) / ".checkpoints" / "hard_negatives.json"
     if path.is_file():
@@ -241,6 +254,10 @@ def _run(
     unused: tuple[str, ...] = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
     if config.cf_keep_share == 0:  # likewise for checkpoints written before the keep examples existed
         unused += ("cf_keep_share", "cf_keep_examples", "cf_keep_tokens")
+    if config.statement_share == 0:
+        unused += ("statement_share",)
+    if not config.same_subject_any_relation:
+        unused += ("same_subject_any_relation",)
     relevant = {k: v for k, v in config.to_dict().items() if k not in ignored + unused}
     key = checkpoint_key(part, relevant, [d.sha256 for d in datasets])
     return train_loop(
@@ -466,12 +483,16 @@ def train(config: SERACTrainConfig, *, progress: bool = True) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     cases, datasets = load_training_cases(config)
     cases, holdout = held_out(cases, config.holdout, config.holdout_limit)
+    if config.statement_share:
+        cases = mixed_cases(cases, config.statement_share, seed=config.seed)
     folder = Path(config.out)
     folder.mkdir(parents=True, exist_ok=True)
     manifest = start_manifest(folder, config.to_dict(), datasets, config.base_model)
     manifest["template"] = config.template
     if holdout:
         manifest["holdout"] = holdout
+    if config.statement_share:
+        manifest["statements"] = {"cases": sum(bool(c.request.descriptor) for c in cases), "of": len(cases)}
     # The manifest is rewritten as each part finishes: an interrupted run keeps the parts it finished usable.
     scope_parts = [p for p in config.parts if p.startswith("scope")]
     if scope_parts:
