@@ -34,6 +34,29 @@ def test_score_matches_an_independent_forward(llama):
     torch.testing.assert_close(lm.score([p], [c])[0], expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 16])
+def test_continuations_sharing_a_prompt_score_as_independent_forwards(any_arch, batch_size):
+    """A prompt read once for all its continuations (decoder-only models) gives each continuation the
+    log-probabilities, greedy hits and first distribution of its own plain forward; the results come back in the
+    order asked, whatever the batches (a prompt with more continuations than ``batch_size`` included)."""
+    lm = any_arch
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[2]]
+    conts: list[str | list[int]] = [" Paris", " soccer", " Rome and then", " is", [5, 6], " a", " tennis"]
+    scored = lm.score_tokens(prompts, conts, batch_size=batch_size, first_distribution=True)
+    for p, c, s in zip(prompts, conts, scored, strict=True):
+        c_ids = c if isinstance(c, list) else lm.encode(c, special=False)
+        tf = lm.teacher_forced([p], [c_ids])
+        with torch.no_grad():
+            logits = lm.model(**tf.inputs).logits[0].float()
+        at = tf.positions()[0][0]
+        logp = torch.log_softmax(logits[at], -1)
+        want = logp.gather(1, torch.tensor(c_ids)[:, None]).squeeze(1)
+        torch.testing.assert_close(s.logprobs, want, atol=1e-4, rtol=1e-4)
+        assert s.greedy.tolist() == (logp.argmax(-1) == torch.tensor(c_ids)).tolist()
+        assert s.first_distribution is not None
+        torch.testing.assert_close(s.first_distribution, logp[0], atol=1e-4, rtol=1e-4)
+
+
 def test_next_token_distribution_agrees_with_scoring(any_arch):
     lm = any_arch
     dist = lm.next_token_logprobs(PROMPTS)

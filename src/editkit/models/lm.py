@@ -1,9 +1,10 @@
 """`LanguageModel`: the one surface that evaluation, serving and editors use to talk to a model.
 
-It scores continuations in batches (per-token log-probabilities), returns next-token distributions and
-generates text. Device and dtype always come from the model's parameters. Padding is on the right for scoring
-(positions stay natural) and on the left for generation, with explicit position ids, so that a padded batch
-gives the same numbers as one sequence at a time (tested).
+It scores continuations in batches (per-token log-probabilities; a decoder-only model reads a prompt once for
+all of its continuations, through its key/value cache), returns next-token distributions and generates text.
+Device and dtype always come from the model's parameters. Prompts are left-padded with explicit position ids
+for scoring and generation, teacher-forced batches right-padded, so that a padded batch gives the same numbers
+as one sequence at a time (tested).
 """
 
 from __future__ import annotations
@@ -307,9 +308,15 @@ class LanguageModel:
         batch_size: int = 16,
         first_distribution: bool = False,
     ) -> list[TokenScores]:
-        """One teacher-forced pass per batch giving, for each continuation, its per-token log-probabilities,
-        whether each token is the model's greedy choice, and (optionally) the whole log-distribution at the
-        first continuation position. All on the CPU."""
+        """For each continuation, its per-token log-probabilities, whether each token is the model's greedy
+        choice, and (optionally) the whole log-distribution at the first continuation position. All on the CPU.
+
+        A decoder-only model reads each distinct prompt once however many continuations it has
+        (:meth:`_score_shared`); an encoder-decoder model takes one teacher-forced pass per batch of pairs."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if not self.is_encoder_decoder:
+            return self._score_shared(prompts, continuations, batch_size, first_distribution)
         out: list[TokenScores] = []
         for i in range(0, len(prompts), batch_size):
             batch = self.teacher_forced(prompts[i : i + batch_size], continuations[i : i + batch_size])
@@ -322,6 +329,94 @@ class LanguageModel:
                 keep = valid[b].cpu()
                 out.append(TokenScores(lp[b][keep], hit[b][keep], None if first is None else first[b]))
         return out
+
+    def _score_shared(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str | list[int]],
+        batch_size: int,
+        first_distribution: bool,
+    ) -> list[TokenScores]:
+        """:meth:`score_tokens` for a decoder-only model. Distinct prompts go through in batches of about
+        ``batch_size`` continuations (sorted by length, left-padded with explicit position ids, as
+        :meth:`generate_ids`); the last prompt position gives each continuation's first token, and one pass of
+        every continuation but its last token, over the prompt's key/value cache repeated per continuation,
+        gives the rest. A probe's answer and contrast share their prompt: its tokens are paid for once."""
+        c_ids = [list(c) if isinstance(c, list) else self.encode(c, special=False) for c in continuations]
+        for c, ids in zip(continuations, c_ids, strict=True):
+            if not ids:
+                raise ValidationError(f"continuation {c!r} tokenizes to nothing")
+        p_ids = {p: self.encode(p) for p in dict.fromkeys(prompts)}
+        for p, c in zip(prompts, c_ids, strict=True):
+            if len(p_ids[p]) + len(c) > self.max_length:
+                raise ValidationError(
+                    f"prompt + target is {len(p_ids[p]) + len(c)} tokens, over {self.max_length}: {p[:60]!r}"
+                )
+        pairs_of: dict[str, list[int]] = {}
+        for i, p in enumerate(prompts):
+            pairs_of.setdefault(p, []).append(i)
+        order = sorted(pairs_of, key=lambda p: len(p_ids[p]))
+        out: list[TokenScores | None] = [None] * len(prompts)
+        start = 0
+        while start < len(order):
+            end, n_pairs = start, 0
+            while end < len(order) and (end == start or n_pairs + len(pairs_of[order[end]]) <= batch_size):
+                n_pairs += len(pairs_of[order[end]])
+                end += 1
+            group = order[start:end]
+            pairs = [i for p in group for i in pairs_of[p]]
+            rows = [r for r, p in enumerate(group) for _ in pairs_of[p]]
+            for i, scores in zip(
+                pairs,
+                self._score_group([p_ids[p] for p in group], rows, [c_ids[i] for i in pairs], first_distribution),
+                strict=True,
+            ):
+                out[i] = scores
+            start = end
+        return cast(list[TokenScores], out)
+
+    def _score_group(
+        self, p_ids: list[list[int]], rows: list[int], c_ids: list[list[int]], first_distribution: bool
+    ) -> list[TokenScores]:
+        """Continuation ``j`` (token ids ``c_ids[j]``) after prompt ``rows[j]`` of ``p_ids``, for
+        :meth:`_score_shared`."""
+        ids, mask = self._pad(p_ids, left=True)
+        head = get_module(self.model, self.adapter.head)
+
+        def last_only(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (args[0][:, -1:], *args[1:])
+
+        with hooks([(head, "forward_pre", last_only)]):
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True
+            )
+        index = torch.tensor(rows, device=self.device)
+        first = F.log_softmax(out.logits[:, -1].float(), dim=-1).index_select(0, index)  # [n, V]
+        targets, valid = self._pad(c_ids)
+        logp = torch.empty(targets.shape, device=self.device)
+        hit = torch.empty(targets.shape, dtype=torch.bool, device=self.device)
+        logp[:, 0] = first.gather(1, targets[:, :1]).squeeze(1)
+        hit[:, 0] = first.argmax(-1) == targets[:, 0]
+        if targets.shape[1] > 1:
+            cache = out[CACHE_KEY]
+            cache.reorder_cache(index)
+            prompt_mask = mask.index_select(0, index)
+            steps, step_mask = targets[:, :-1], valid[:, :-1]
+            rest = self.model(
+                input_ids=steps,
+                attention_mask=torch.cat([prompt_mask, step_mask], dim=1),
+                position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(steps.shape[1], device=self.device),
+                use_cache=True,
+                **{CACHE_KEY: cache},
+            )
+            lp = F.log_softmax(rest.logits.float(), dim=-1)
+            logp[:, 1:] = lp.gather(2, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
+            hit[:, 1:] = lp.argmax(-1) == targets[:, 1:]
+        logp, hit, keep = logp.cpu(), hit.cpu(), valid.bool().cpu()
+        dist = first.cpu() if first_distribution else None
+        return [
+            TokenScores(logp[j][keep[j]], hit[j][keep[j]], None if dist is None else dist[j]) for j in range(len(rows))
+        ]
 
     @torch.no_grad()
     def label_logprobs_after_prefix(
