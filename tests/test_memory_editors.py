@@ -125,6 +125,34 @@ def test_routed_scores_equal_the_answering_model_scores():
     assert torch.allclose(nt, lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts]))
 
 
+def test_defer_kl_sends_an_input_back_to_the_base_when_h_answers_as_it_does():
+    """KL(h || base) of the next token after the input, against an independent computation; at or under
+    ``defer_kl`` the base model answers (explain names the deferred edit), over it h does."""
+    lm = tiny_model("llama")
+    prompts = [EIFFEL.text, FAR]
+    base = lm.next_token_logprobs(prompts)
+    h = lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts])  # RP's h: the edit in the prompt
+    kl = (h.exp() * (h - base)).sum(-1)
+    assert float(kl.min()) > 0
+    cut = float(kl.mean())  # between the two inputs' KLs
+    model = _rp(threshold=0.0, defer_kl=cut).apply(lm, [EIFFEL]).model
+    routes = model.route(prompts)
+    for r, k in zip(routes, kl.tolist(), strict=True):
+        assert r.kl == pytest.approx(k, rel=1e-4, abs=1e-6)
+        assert (r.record is None) == (k <= cut) and (r.deferred is not None) == (k <= cut)
+    kept = [i for i, k in enumerate(kl.tolist()) if k > cut]
+    deferred = [i for i, k in enumerate(kl.tolist()) if k <= cut]
+    assert len(kept) == len(deferred) == 1
+    assert model.explain(prompts[deferred[0]])["answered_by"] == "base"
+    assert model.explain(prompts[deferred[0]])["deferred_edit_id"] == routes[deferred[0]].deferred.id
+    assert model.explain(prompts[kept[0]])["answered_by"] == "edit"
+    assert _greedy(model, [prompts[deferred[0]]]) == _greedy(lm, [prompts[deferred[0]]])
+    never = _rp(threshold=0.0).apply(tiny_model("llama"), [EIFFEL]).model
+    assert all(r.record is not None and r.kl is None for r in never.route(prompts))
+    with pytest.raises(ConfigError, match="defer_kl"):
+        _rp(defer_kl=-1.0)
+
+
 def test_few_shot_label_probabilities_route_each_example():
     lm = tiny_model("llama")
     base = tiny_model("llama")

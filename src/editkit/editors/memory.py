@@ -14,7 +14,12 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
-  edit. Evaluation and serving use it like any other model and never ask which method made it.
+  edit. Evaluation and serving use it like any other model and never ask which method made it;
+* with ``defer_kl`` an input routed to an edit goes back to the base model when h's next-token distribution
+  after it is within that KL (nats) of the base model's: the edit does not move h's answer, so the base model
+  gives it exactly. A counterfactual model trained to answer untouched facts as the base does (``cf_keep_share``
+  in :mod:`editkit.training.serac`) makes that signal: in scope its first-token KL is ~10, on another fact of the
+  subject ~1 (docs/benchmarks.md).
 
 The base model's weights are never touched, so rollback (deleting the records) restores its outputs exactly.
 """
@@ -62,15 +67,21 @@ class Route:
 
     record: EditRecord | None
     score: float
+    kl: float | None = None  # with defer_kl: KL(h || base) of the next token after the input, for the best edit
+    deferred: EditRecord | None = None  # the edit in scope whose h answered as the base model would (defer_kl)
 
     def explain(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {} if self.kl is None else {"counterfactual_kl": self.kl}
         if self.record is None:
-            return {"answered_by": "base", "best_scope_score": self.score}
+            if self.deferred is not None:
+                extra |= {"deferred_edit_id": self.deferred.id, "deferred_descriptor": self.deferred.descriptor}
+            return {"answered_by": "base", "best_scope_score": self.score, **extra}
         return {
             "answered_by": "edit",
             "edit_id": self.record.id,
             "descriptor": self.record.descriptor,
             "scope_score": self.score,
+            **extra,
         }
 
 
@@ -281,12 +292,21 @@ class RoutedModel(LanguageModel):
     """The base model wrapped by a memory (SERAC eq. 1). It shares the base model's weights, tokenizer and
     prompt handling; every read goes through :meth:`route` first."""
 
-    def __init__(self, base: LanguageModel, memory: EditMemory, answerer: Answerer, *, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        base: LanguageModel,
+        memory: EditMemory,
+        answerer: Answerer,
+        *,
+        threshold: float = 0.5,
+        defer_kl: float = 0.0,
+    ) -> None:
         super().__init__(base.model, base.tokenizer, name=base.name, edit_layer=base._edit_layer, prefix=base.prefix)
         self.base = base
         self.memory = memory
         self.answerer = answerer
         self.threshold = threshold
+        self.defer_kl = defer_kl
         self._routes: dict[str, Route] = {}
         self._routes_version = -1
         self._routes_lock = threading.Lock()
@@ -304,9 +324,29 @@ class RoutedModel(LanguageModel):
                 self._routes, self._routes_version = {}, self.memory.version
             todo = list(dict.fromkeys(t for t in texts if t not in self._routes))
             if todo:
-                for t, r in zip(todo, self.memory.lookup(todo), strict=True):
-                    self._routes[t] = r if r.score >= self.threshold else Route(None, r.score)
+                routes = [r if r.score >= self.threshold else Route(None, r.score) for r in self.memory.lookup(todo)]
+                if self.defer_kl > 0:
+                    routes = self._defer(todo, routes)
+                self._routes.update(zip(todo, routes, strict=True))
             return [self._routes[t] for t in texts]
+
+    @torch.no_grad()
+    def _defer(self, texts: Sequence[str], routes: list[Route]) -> list[Route]:
+        """``routes`` with those whose h answers within ``defer_kl`` of the base model sent back to it."""
+        edited = [i for i, r in enumerate(routes) if r.record is not None]
+        if not edited:
+            return routes
+        base = self.base.next_token_logprobs([texts[i] for i in edited]).float()
+        h = self.answerer.next_token_logprobs(
+            [(routes[i].record, texts[i]) for i in edited],  # type: ignore[misc]
+            batch_size=16,
+        ).float()
+        kl = (h.exp() * (h - base)).sum(-1).clamp_min(0.0).tolist()
+        out = list(routes)
+        for i, k in zip(edited, kl, strict=True):
+            r = routes[i]
+            out[i] = Route(r.record, r.score, k) if k > self.defer_kl else Route(None, r.score, k, deferred=r.record)
+        return out
 
     def clear_routes(self) -> None:
         """Forget every cached route (the next reads route again; a benchmark measures routing this way)."""
@@ -490,11 +530,20 @@ class MemoryConfig(EditorConfig):
         default=False,
         metadata={"help": "an edit with a subject answers only inputs that name its subject (whole words)"},
     )
+    defer_kl: float = field(
+        default=0.0,
+        metadata={
+            "help": "an input routed to an edit goes back to the base model when h's next-token distribution "
+            "after it is within this KL (nats) of the base model's (0: never)"
+        },
+    )
     author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
 
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"{type(self).__name__}: threshold must be in [0, 1], got {self.threshold}")
+        if self.defer_kl < 0:
+            raise ConfigError(f"{type(self).__name__}: defer_kl must be at least 0, got {self.defer_kl}")
         if self.memory is not None:
             check_store_url(self.memory)
 
@@ -526,7 +575,13 @@ class MemoryEditor(Editor):
             return lm
         if lm not in self._routed:
             memory = EditMemory(self.build_scope(lm), self.config.memory, subject_gate=self.config.subject_gate)
-            self._routed[lm] = RoutedModel(lm, memory, self.build_answerer(lm), threshold=self.config.threshold)
+            self._routed[lm] = RoutedModel(
+                lm,
+                memory,
+                self.build_answerer(lm),
+                threshold=self.config.threshold,
+                defer_kl=self.config.defer_kl,
+            )
         return self._routed[lm]
 
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
