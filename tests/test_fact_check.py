@@ -182,3 +182,31 @@ def test_dd_on_choice_probes_is_a_changed_label_against_the_unedited_model(llama
     flipped = Reference.load(tmp_path)
     flipped.choices = {k: not v for k, v in flipped.choices.items()}  # the unedited labels, read from the reference
     assert score_cases(llama, [case], flipped)[0]["dd"] == 1.0
+
+
+# --------------------------------------------------------------------------- editkit eval
+def test_eval_scores_statement_and_rewrite_edits_on_the_same_claims(tmp_path, capsys):
+    """RP takes the evidence statements, FT the rewrites; both runs score the unedited model on the same claims,
+    and FT given statements is refused in one line."""
+    from editkit.cli import main
+
+    data = _write(tmp_path, RECORDS)
+    rp = ["--method", "rp", "--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0"]
+    ft = ["--method", "ft", "--set", "steps=1"]
+    runs = {}
+    for name, method, fmt in (("rp", rp, "counterfact-fc"), ("ft", ft, "counterfact-fc-rewrite")):
+        out = tmp_path / f"{name}.json"
+        argv = ["eval", "--model", "tiny-llama", *method, "--data", str(data), "--format", fmt, "--out", str(out)]
+        assert main(argv) == 0
+        runs[name] = json.loads(out.read_text())["aggregates"]
+    for agg in runs.values():
+        assert {"es", "dd", "edit_acc", "hard_in_acc", "unedited_es", "unedited_dd"} <= set(agg)
+        assert agg["unedited_dd"] == 0.0 and "z_sent" not in agg
+    unedited = {k: v for k, v in runs["rp"].items() if k.startswith("unedited_")}
+    assert unedited == {k: v for k, v in runs["ft"].items() if k.startswith("unedited_")}
+    capsys.readouterr()
+    argv = ["eval", "--model", "tiny-llama", *ft, "--data", str(data), "--format", "counterfact-fc"]
+    assert main([*argv, "--out", str(tmp_path / "no.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("editkit: error:") and "statement" in err and "\n" not in err
+    assert not (tmp_path / "no.json").exists()
