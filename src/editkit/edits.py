@@ -161,6 +161,9 @@ class Probe:
 
     For CounterFact-style probability comparisons, ``expected`` is the answer that should win and ``contrast``
     the one that should lose (for in-scope probes: new vs. true target; for neighborhood probes the reverse).
+    A ``choice`` probe is a two-way question (a claim to label " True" or " False"): the model's answer is
+    whichever of ``expected`` and ``contrast`` it finds likelier, as a classifier's label, so edit success counts
+    ``expected`` winning and drawdown counts the choice changing (:mod:`editkit.evaluation.metrics`).
     """
 
     prompt: str
@@ -169,6 +172,7 @@ class Probe:
     contrast: str | None = None
     aliases: tuple[str, ...] = ()  # further answers that count as ``expected`` (exact match, likelihood sets)
     contrast_aliases: tuple[str, ...] = ()  # further answers that count as ``contrast``
+    choice: bool = False  # the answer is whichever of expected / contrast is likelier (a two-way label)
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
@@ -179,6 +183,8 @@ class Probe:
             raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has an empty alias")
         if self.contrast_aliases and self.contrast is None:
             raise ValidationError(f"{self.kind.value} probe {self.prompt!r} has contrast aliases but no contrast")
+        if self.choice and self.contrast is None:
+            raise ValidationError(f"{self.kind.value} probe {self.prompt!r} is a choice but has no contrast")
 
     @property
     def answers(self) -> tuple[str, ...]:

@@ -10,6 +10,10 @@ Per case (numbers in parentheses are equations of the SERAC paper, Mitchell et a
   ES_sent (6) = z_sent * z_topic per in-scope probe, with z_sent = sigmoid(l+ - l-) and
   z_topic = min(1, exp(l+ - l+_base)), l the mean per-token log-likelihood of the correct (+) and wrong (-)
   sentiment responses.
+* Choice probes (``Probe.choice``: a claim labelled " True" or " False", fact checking): the model's answer is
+  whichever of ``expected`` and ``contrast`` it finds likelier (length-normalised log-likelihoods), as a binary
+  classifier's label; ``es`` on them is (4) with that answer (``expected`` wins), and ``dd`` is (5) with it (the
+  choice differs from the unedited model's, kept in :class:`Reference`).
 * ``token_acc``: fraction of in-scope answer tokens that are the argmax (EasyEdit's "accuracy").
 * ``edit_acc`` / ``rephrase_acc`` / ``hard_in_acc``: ``es`` split by probe kind; ``hard_in_acc`` is portability
   / multi-hop accuracy.
@@ -74,11 +78,13 @@ def _key(p: Probe) -> tuple[str, str]:
 class Reference:
     """What the unedited model does on the probes that need it: greedy predictions and next-token
     distributions on out-of-scope prompts (for ``dd`` and ``kl_drawdown``), and the likelihood of the desired
-    responses on in-scope probes of descriptor edits (for z_topic). Build it once, before any edit."""
+    responses on in-scope probes of descriptor edits (for z_topic), and its answer to out-of-scope choice probes
+    (whether ``expected`` wins). Build it once, before any edit."""
 
     predictions: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     distributions: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     likelihoods: dict[tuple[str, str], float] = field(default_factory=dict)
+    choices: dict[tuple[str, str], bool] = field(default_factory=dict)
     model: str = ""  # the fingerprint of the model it was made on (LanguageModel.fingerprint); empty until extended
 
     @classmethod
@@ -129,13 +135,23 @@ class Reference:
                     self.distributions[_key(p)] = d.clone()  # its own storage, not a view of the chunk's
                 bar.advance(len(chunk))
         sentiment = [
-            p for c in cases if c.request.descriptor for p in c.of_kind(*IN_SCOPE) if _key(p) not in self.likelihoods
+            p
+            for c in cases
+            if c.request.descriptor
+            for p in c.of_kind(*IN_SCOPE)
+            if not p.choice and _key(p) not in self.likelihoods
         ]
         if sentiment:
             scores = _score_sorted(lm, _set_pairs(sentiment, contrasts=False), batch_size)
             for p, lik in zip(sentiment, _set_likelihoods(sentiment, scores, contrasts=False), strict=True):
                 self.likelihoods[_key(p)] = lik[0]
-        return len(out) + len(sentiment)
+        fresh = {_key(p): p for c in cases for p in c.of_kind(*OUT_OF_SCOPE) if p.choice}
+        chosen = sorted((p for k, p in fresh.items() if k not in self.choices), key=_key)
+        if chosen:
+            scores = _score_sorted(lm, _set_pairs(chosen), batch_size)
+            for p, (l_exp, l_con) in zip(chosen, _set_likelihoods(chosen, scores), strict=True):
+                self.choices[_key(p)] = l_exp > l_con
+        return len(out) + len(sentiment) + len(chosen)
 
     @classmethod
     def cached(
@@ -169,6 +185,7 @@ class Reference:
             "probes": [list(k) for k in keys],
             "predictions": [self.predictions[k] for k in keys],
             "likelihoods": [[*k, v] for k, v in self.likelihoods.items()],
+            "choices": [[*k, v] for k, v in self.choices.items()],
         }
         atomic_write(folder / "reference.json", json.dumps(meta))
 
@@ -188,6 +205,7 @@ class Reference:
             ref.predictions[k] = meta["predictions"][i]
             ref.distributions[k] = rows[i]
         ref.likelihoods = {(p, e): v for p, e, v in meta["likelihoods"]}
+        ref.choices = {(p, e): bool(v) for p, e, v in meta.get("choices", [])}
         ref.model = meta.get("model", "")
         return ref
 
@@ -270,14 +288,15 @@ def _score_chunk(
     subjects: SubjectIndex | None = None,
 ) -> list[dict[str, float]]:
     of = [(c, [p for p in c.probes if p.kind in kinds]) for c in cases]
-    plain = [(c, p) for c, ps in of if not c.request.descriptor for p in ps if p.kind in IN_SCOPE]
+    plain = [(c, p) for c, ps in of if not c.request.descriptor for p in ps if p.kind in IN_SCOPE and not p.choice]
     outs = [(c, p) for c, ps in of for p in ps if p.kind in OUT_OF_SCOPE]
     contrast = [(c, p) for c, ps in of for p in ps if p.kind in CONTRAST_SCORE and p.contrast is not None]
-    sentiment = [(c, p) for c, ps in of if c.request.descriptor for p in ps if p.kind in IN_SCOPE]
+    sentiment = [(c, p) for c, ps in of if c.request.descriptor for p in ps if p.kind in IN_SCOPE and not p.choice]
+    chosen = [(c, p) for c, ps in of for p in ps if p.choice]
 
     # One scoring pass for everything without a first-token distribution; repeated pairs are scored once.
     in_pairs: list[tuple[str, str | list[int]]] = [(p.prompt, a) for _, p in plain for a in p.answers]
-    margin_pairs = _set_pairs([p for _, p in contrast])
+    margin_pairs = _set_pairs([p for _, p in contrast] + [p for _, p in chosen])
     sent_pairs = _set_pairs([p for _, p in sentiment])
     causes = [subject_cause(c, p.prompt, subjects) for c, p in outs] if subjects is not None else []
     other_pairs: list[tuple[str, str | list[int]]] = [
@@ -286,10 +305,13 @@ def _score_chunk(
     everything = _score_sorted(lm, in_pairs + margin_pairs + sent_pairs + other_pairs, batch_size)
     in_scores = everything[: len(in_pairs)]
     n_before_sent = len(in_pairs) + len(margin_pairs)
-    margins = _set_likelihoods([p for _, p in contrast], everything[len(in_pairs) : n_before_sent])
+    margins = _set_likelihoods([p for _, p in contrast + chosen], everything[len(in_pairs) : n_before_sent])
+    choice = {_key(p): l_exp > l_con for (_, p), (l_exp, l_con) in zip(chosen, margins[len(contrast) :], strict=True)}
     sent_liks = _set_likelihoods([p for _, p in sentiment], everything[n_before_sent : n_before_sent + len(sent_pairs)])
     other_scores = iter(everything[n_before_sent + len(sent_pairs) :])
-    missing = [p for _, p in outs if _key(p) not in reference.predictions]
+    missing = [
+        p for _, p in outs if _key(p) not in reference.predictions or (p.choice and _key(p) not in reference.choices)
+    ]
     if missing:
         raise ValueError(f"the reference has no base prediction for {len(missing)} out-of-scope probes; build it first")
     out_scores = _score_sorted(
@@ -316,8 +338,15 @@ def _score_chunk(
         add(case, "z_sent", z_sent)
         add(case, "z_topic", z_topic)
         add(case, KIND_ACCURACY[probe.kind], z_sent * z_topic)
+    for case, probe in chosen:
+        if probe.kind in IN_SCOPE:
+            add(case, "es", float(choice[_key(probe)]))
+            add(case, KIND_ACCURACY[probe.kind], float(choice[_key(probe)]))
     for j, ((case, probe), s) in enumerate(zip(outs, out_scores, strict=True)):
-        changed = 0.0 if s.exact_match else 1.0
+        if probe.choice:
+            changed = float(choice[_key(probe)] != reference.choices[_key(probe)])
+        else:
+            changed = 0.0 if s.exact_match else 1.0
         add(case, "dd", changed)
         add(case, KIND_DRAWDOWN[probe.kind], changed)
         if causes:
@@ -327,7 +356,7 @@ def _score_chunk(
                 add(case, "other_edit_answered", float(next(other_scores).exact_match))
         assert s.first_distribution is not None
         add(case, "kl_drawdown", kl_divergence(reference.distributions[_key(probe)], s.first_distribution))
-    for (case, probe), (l_exp, l_con) in zip(contrast, margins, strict=True):
+    for (case, probe), (l_exp, l_con) in zip(contrast, margins[: len(contrast)], strict=True):
         margin = l_exp - l_con
         add(case, CONTRAST_SCORE[probe.kind], 1.0 if margin > 0 else 0.0)
         add(case, f"{CONTRAST_SCORE[probe.kind]}_margin", margin)

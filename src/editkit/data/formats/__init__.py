@@ -7,6 +7,9 @@ order of :data:`FORMATS`). Each format family maps its records in a module of it
 * ``mquake``: MQuAKE-CF, one-rewrite records (:mod:`editkit.data.formats.mquake`).
 * ``counterfact``, ``counterfact-easyedit``: CounterFact in the full ROME schema and in EasyEdit's reduced one
   (:mod:`editkit.data.formats.counterfact`).
+* ``counterfact-fc``, ``counterfact-fc-rewrite``: CounterFact (EasyEdit schema) as fact checking, evidence
+  statements or rewrites as edits and true / false claims as probes; named with ``format``, never detected
+  (:mod:`editkit.data.formats.factcheck`).
 * ``zsre-mend``: zsRE in the MEND schema (:mod:`editkit.data.formats.zsre`).
 * ``wikibio``, ``knowedit``: KnowEdit's WikiBio, ZsRE and WikiData_counterfact
   (:mod:`editkit.data.formats.knowedit`).
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from editkit.data.formats import convsent, counterfact, knowedit, leapofthought, mquake, native, zsre
+from editkit.data.formats import convsent, counterfact, factcheck, knowedit, leapofthought, mquake, native, zsre
 from editkit.data.formats.native import editkit_record
 from editkit.data.formats.record import Record
 from editkit.edits import EditCase
@@ -83,6 +86,20 @@ FORMATS: dict[str, Format] = {
             "CounterFact, EasyEdit schema (prompt, target_new, ground_truth, rephrase_prompt, locality_prompt)",
             lambda rec: "locality_prompt" in rec,
             counterfact.easyedit_case,
+        ),
+        Format(
+            "counterfact-fc",
+            "CounterFact (EasyEdit schema) as fact checking: the rewrite as an evidence statement, true / false "
+            "claims (named, never detected)",
+            lambda rec: "locality_prompt" in rec,
+            factcheck.evidence_case,
+        ),
+        Format(
+            "counterfact-fc-rewrite",
+            "counterfact-fc's claims with the rewrite as a prompt / target edit, for weight editors (named, never "
+            "detected)",
+            lambda rec: "locality_prompt" in rec,
+            factcheck.rewrite_case,
         ),
         Format(
             "zsre-mend",

@@ -16,9 +16,11 @@ verbatim), ``target_new``, and optional ``subject``, ``target_true``, ``descript
 of objects with ``prompt``, ``expected`` (the answer the edited model should give), ``kind`` (``edit``,
 ``rephrase``, ``hard_in``, ``neighborhood`` or ``out``; see :class:`~editkit.edits.ProbeKind`), and optional
 ``contrast`` (the answer that should lose to ``expected``), ``aliases`` and ``contrast_aliases`` (lists of further
-answers that count as ``expected`` / ``contrast``). ``also`` (optional): a list of further requests, applied
-together with ``request`` (a case whose probes need several facts changed). Answers are continuations of their
-prompt and are used as written, so start them with the space a tokenizer expects after the prompt (``" Rome"``).
+answers that count as ``expected`` / ``contrast``) and ``choice`` (true: a two-way question answered by whichever
+of ``expected`` and ``contrast`` is likelier, as a claim labelled " True" / " False"). ``also`` (optional): a list
+of further requests, applied together with ``request`` (a case whose probes need several facts changed). Answers
+are continuations of their prompt and are used as written, so start them with the space a tokenizer expects after
+the prompt (``" Rome"``).
 Unknown fields are errors. :func:`editkit_record` writes a case in this format; the package's demo edits
 (``editkit/data/demo_edits.jsonl``) are an example file.
 """
@@ -31,7 +33,7 @@ from editkit.data.formats.record import Record
 from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import ValidationError
 
-_PROBE_FIELDS = ("prompt", "expected", "kind", "contrast", "aliases", "contrast_aliases")
+_PROBE_FIELDS = ("prompt", "expected", "kind", "contrast", "aliases", "contrast_aliases", "choice")
 
 
 def editkit_case(r: Record) -> EditCase:
@@ -57,8 +59,19 @@ def _editkit_probe(p: Record) -> Probe:
     prompt, expected = p.text("prompt", strict=True), p.text("expected", strict=True)
     contrast = p.text("contrast", optional=True, strict=True)
     aliases, contrast_aliases = p.strings("aliases", optional=True), p.strings("contrast_aliases", optional=True)
+    choice = p.rec.get("choice", False)
+    if not isinstance(choice, bool):
+        raise ValidationError(f"{p.where('choice')} must be true or false, got {choice!r}")
     try:
-        return Probe(prompt, expected, ProbeKind(kind), contrast, aliases=aliases, contrast_aliases=contrast_aliases)
+        return Probe(
+            prompt,
+            expected,
+            ProbeKind(kind),
+            contrast,
+            aliases=aliases,
+            contrast_aliases=contrast_aliases,
+            choice=choice,
+        )
     except ValidationError as exc:
         raise ValidationError(f"{p.where()}: {exc}") from None
 
@@ -79,4 +92,6 @@ def _probe_record(p: Probe) -> dict[str, Any]:
         rec["aliases"] = list(p.aliases)
     if p.contrast_aliases:
         rec["contrast_aliases"] = list(p.contrast_aliases)
+    if p.choice:
+        rec["choice"] = True
     return rec
