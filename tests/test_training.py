@@ -380,20 +380,25 @@ def test_training_with_same_subject_negatives_samples_them(tmp_path):
         SERACTrainConfig.from_dict({"same_subject_share": 1.5})
 
 
-def test_own_out_of_scope_inputs_naming_the_subject_are_same_subject_negatives(tmp_path):
+def _louvre_case(tmp_path):
     from editkit.data import load_cases
-    from editkit.training.serac_data import with_same_subject
 
     row = {
         "request": {"prompt": "{} is located in", "subject": "The Louvre", "target_new": " Rome"},
         "probes": [
             {"prompt": "The Louvre is located in", "expected": " Rome", "kind": "edit"},
-            {"prompt": "The founder of the Louvre was", "expected": " Philip", "kind": "neighborhood"},
+            {"prompt": "The founder of the Louvre was", "expected": " Philip II", "kind": "neighborhood"},
             {"prompt": "Big Ben is located in", "expected": " London", "kind": "neighborhood"},
         ],
     }
     (tmp_path / "c.jsonl").write_text(json.dumps(row))
-    cases = load_cases(tmp_path / "c.jsonl").cases
+    return load_cases(tmp_path / "c.jsonl").cases
+
+
+def test_own_out_of_scope_inputs_naming_the_subject_are_same_subject_negatives(tmp_path):
+    from editkit.training.serac_data import with_same_subject
+
+    cases = _louvre_case(tmp_path)
     [example] = with_same_subject(scope_examples(cases), cases, {}, 4, 0)
     assert example.same_subject == ("The founder of the Louvre was",)
 
@@ -411,21 +416,6 @@ def test_holdout_leaves_out_training_cases_sharing_a_subject_or_prompt(tmp_path)
     assert records[0]["left_out"] == 1 and records[0]["cases"] == 1
     kept, _ = held_out(cases, [str(data)], 1)  # a file's first case held out of its own training
     assert [c.request.subject for c in kept] == ["Big Ben", "Notre-Dame"]
-
-
-def _louvre_case(tmp_path):
-    from editkit.data import load_cases
-
-    row = {
-        "request": {"prompt": "{} is located in", "subject": "The Louvre", "target_new": " Rome"},
-        "probes": [
-            {"prompt": "The Louvre is located in", "expected": " Rome", "kind": "edit"},
-            {"prompt": "The founder of the Louvre was", "expected": " Philip II", "kind": "neighborhood"},
-            {"prompt": "Big Ben is located in", "expected": " London", "kind": "neighborhood"},
-        ],
-    }
-    (tmp_path / "c.jsonl").write_text(json.dumps(row))
-    return load_cases(tmp_path / "c.jsonl").cases
 
 
 def test_keep_inputs_are_the_out_of_scope_inputs_after_their_edit(tmp_path):
