@@ -125,7 +125,7 @@ class SERACTrainConfig(TypedConfig):
         default=0.25,
         metadata={
             "help": "share of sampled negatives that are same-subject prompts, if an edit has any (embedding: of "
-            "its one negative; cross: of its own-input negative)"
+            "its one negative; cross: of its own-input negative), and of the drawn cf_keep_examples"
         },
     )
     scope_hard_weight: float = field(
