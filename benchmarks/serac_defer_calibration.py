@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from editkit.data import load_cases
-from editkit.editors.memory import descriptor_of
+from editkit.editors.memory import descriptor_of, next_token_kl
 from editkit.edits import ProbeKind, names_subject
 from editkit.files import atomic_write, file_sha256
 from editkit.models.lm import LanguageModel
@@ -45,9 +45,9 @@ def first_token_kl(base: LanguageModel, h: LanguageModel, template: str, pairs: 
     """KL(h || base) of the next token, for (descriptor, input) pairs."""
     if not pairs:
         return []
-    b = base.next_token_logprobs([x for _, x in pairs]).float()
-    e = h.next_token_logprobs([template.format(edit=d, input=x) for d, x in pairs]).float()
-    return (e.exp() * (e - b)).sum(-1).clamp_min(0.0).tolist()
+    b = base.next_token_logprobs([x for _, x in pairs])
+    e = h.next_token_logprobs([template.format(edit=d, input=x) for d, x in pairs])
+    return next_token_kl(e, b).tolist()
 
 
 def quantile(values: list[float], q: float) -> float:

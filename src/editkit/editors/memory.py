@@ -288,6 +288,12 @@ def _gate(
 
 
 # --------------------------------------------------------------------------- the edited model
+def next_token_kl(h_logp: torch.Tensor, base_logp: torch.Tensor) -> torch.Tensor:
+    """KL(h || base) per row of two ``[n, V]`` next-token log-distributions: ``defer_kl``'s measure."""
+    h_logp, base_logp = h_logp.float(), base_logp.float()
+    return (h_logp.exp() * (h_logp - base_logp)).sum(-1).clamp_min(0.0)
+
+
 class RoutedModel(LanguageModel):
     """The base model wrapped by a memory (SERAC eq. 1). It shares the base model's weights, tokenizer and
     prompt handling; every read goes through :meth:`route` first."""
@@ -336,12 +342,12 @@ class RoutedModel(LanguageModel):
         edited = [i for i, r in enumerate(routes) if r.record is not None]
         if not edited:
             return routes
-        base = self.base.next_token_logprobs([texts[i] for i in edited]).float()
+        base = self.base.next_token_logprobs([texts[i] for i in edited])
         h = self.answerer.next_token_logprobs(
             [(routes[i].record, texts[i]) for i in edited],  # type: ignore[misc]
             batch_size=16,
-        ).float()
-        kl = (h.exp() * (h - base)).sum(-1).clamp_min(0.0).tolist()
+        )
+        kl = next_token_kl(h, base).tolist()
         out = list(routes)
         for i, k in zip(edited, kl, strict=True):
             r = routes[i]

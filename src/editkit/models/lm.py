@@ -231,6 +231,10 @@ class LanguageModel:
                 mask[i, : len(s)] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def _check_pair(self, prompt: str, n_tokens: int) -> None:
+        if n_tokens > self.max_length:
+            raise ValidationError(f"prompt + target is {n_tokens} tokens, over {self.max_length}: {prompt[:60]!r}")
+
     def teacher_forced(self, prompts: Sequence[str], continuations: Sequence[str | list[int]]) -> TeacherForcedBatch:
         """Tokenize ``prompt + continuation`` pairs. The two are tokenized apart so that the continuation's
         tokens do not depend on the prompt (the same target is scored the same way after any prompt). A
@@ -257,8 +261,7 @@ class LanguageModel:
             return TeacherForcedBatch(inputs, dec_mask.bool(), pred_ids * dec_mask, [len(p) for p in p_ids])
         full = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
         for text, seq in zip(prompts, full, strict=True):
-            if len(seq) > self.max_length:
-                raise ValidationError(f"prompt + target is {len(seq)} tokens, over {self.max_length}: {text[:60]!r}")
+            self._check_pair(text, len(seq))
         input_ids, mask = self._pad(full)
         pred_mask = torch.zeros_like(mask, dtype=torch.bool)
         pred_ids = torch.zeros_like(input_ids)
@@ -348,10 +351,7 @@ class LanguageModel:
                 raise ValidationError(f"continuation {c!r} tokenizes to nothing")
         p_ids = {p: self.encode(p) for p in dict.fromkeys(prompts)}
         for p, c in zip(prompts, c_ids, strict=True):
-            if len(p_ids[p]) + len(c) > self.max_length:
-                raise ValidationError(
-                    f"prompt + target is {len(p_ids[p]) + len(c)} tokens, over {self.max_length}: {p[:60]!r}"
-                )
+            self._check_pair(p, len(p_ids[p]) + len(c))
         pairs_of: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             pairs_of.setdefault(p, []).append(i)
