@@ -120,10 +120,8 @@ class Reference:
             for i in range(0, len(out), batch_size):
                 chunk = out[i : i + batch_size]
                 lengths = [len(lm.encode(p.expected, special=False)) for p in chunk]
-                ids = lm.generate_ids([p.prompt for p in chunk], max(lengths))
-                eos = lm.tokenizer.eos_token_id
-                for p, n, seq in zip(chunk, lengths, ids, strict=True):
-                    self.predictions[_key(p)] = seq[:n] or [int(eos)]
+                for p, seq in zip(chunk, lm.greedy_answers([p.prompt for p in chunk], lengths), strict=True):
+                    self.predictions[_key(p)] = seq
                 bar.advance(len(chunk))
         with progress_bar(
             len(out), f"unedited {lm.name}: next-token distributions of {len(out)} probes", progress and bool(out)

@@ -566,6 +566,13 @@ class LanguageModel:
                 mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
         return new
 
+    def greedy_answers(self, prompts: Sequence[str], lengths: Sequence[int]) -> list[list[int]]:
+        """The greedy continuation of each prompt, ``lengths[i]`` tokens of it (fewer where the model ends the
+        text; the end-of-sequence token when it answers nothing): what a probe's drawdown compares."""
+        ids = self.generate_ids(prompts, max(lengths))
+        eos = int(self.tokenizer.eos_token_id)
+        return [seq[:n] or [eos] for n, seq in zip(lengths, ids, strict=True)]
+
     @staticmethod
     def _choose(logits: torch.Tensor, *, sample: bool, top_k: int, generator: torch.Generator | None) -> torch.Tensor:
         if not sample:

@@ -107,13 +107,11 @@ def base_answers(
     :class:`~editkit.evaluation.metrics.Reference` scores drawdown), else ``tokens``; the end-of-sequence token
     when it answers nothing."""
     out: list[list[int]] = []
-    eos = int(lm.tokenizer.eos_token_id)
     with progress_bar(len(inputs), "base answers to out-of-scope inputs", progress) as bar:
         for i in range(0, len(inputs), batch_size):
             chunk = inputs[i : i + batch_size]
             lengths = [len(lm.encode(x.expected, special=False)) if x.expected else tokens for x in chunk]
-            ids = lm.generate_ids([x.input for x in chunk], max(lengths))
-            out += [seq[:n] or [eos] for n, seq in zip(lengths, ids, strict=True)]
+            out += lm.greedy_answers([x.input for x in chunk], lengths)
             bar.advance(len(chunk))
     return out
 
