@@ -19,6 +19,14 @@ routed to the memory is answered. For an input x and the edits Z^e in memory:
   decoder's input embeddings of an encoder-decoder model (the paper's decoder prefix). The base model then
   answers with its own knowledge and the prefix.
 
+Parts trained with ``reads: descriptor`` (ours, not the paper's) let the base model also read the most attended
+edit's descriptor after the prefix, through a template (``"{edit}\n{input}"``): eq. 4's single pooled vector must
+otherwise spell an unseen answer through p soft tokens, which a 135M base model trained on a CPU did not learn
+(docs/benchmarks.md); with the words in its context the prefix has to teach the model to use them, and the base
+model still adds its own knowledge (the paper's point against SERAC's copying counterfactual model). Parts trained
+with ``pair_features`` give NN_e the product of h(x) and the attention query as well (see
+:meth:`PromptGenerator.in_scope_logit`).
+
 An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
 model untouched. Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
 injected); parts trained with ``classifier: false`` have no NN_e and always inject (SP-NOCLASSIFIER). With an
@@ -68,12 +76,13 @@ class PromptGenerator(nn.Module):
         self.spec = dict(spec)
         hidden, base_dim = int(spec["hidden"]), int(spec["base_dim"])
         self.prefix_len, self.embed_dim = int(spec["prefix_len"]), int(spec["embed_dim"])
+        self.pair_features = bool(spec.get("pair_features", False))
+        self.template: str | None = spec.get("template") if spec.get("reads", "vector") == "descriptor" else None
         self.edit_head = nn.Linear(int(spec["enc_dim"]), hidden)
         self.w_att = nn.Linear(base_dim, hidden, bias=False)
+        width = hidden + base_dim + (hidden if self.pair_features else 0)
         self.classifier = (
-            nn.Sequential(nn.Linear(hidden + base_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-            if spec["classifier"]
-            else None
+            nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if spec["classifier"] else None
         )
         self.prompt = nn.Sequential(
             nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, self.prefix_len * self.embed_dim)
@@ -84,19 +93,32 @@ class PromptGenerator(nn.Module):
         """h_i^e from the encoder's embeddings ``[..., enc_dim]`` (eq. 1)."""
         return torch.tanh(self.edit_head(encoded))
 
+    def query(self, base: torch.Tensor) -> torch.Tensor:
+        """``W_att LN(b(x))`` ``[B, d_h]``: what eq. 2 attends with."""
+        return self.w_att(F.layer_norm(base, base.shape[-1:]))
+
     def select(self, base: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 2: h(x) ``[B, d_h]`` and the attention ``[B, K]`` of b(x) ``[B, base_dim]`` over each row's
         candidate keys ``[B, K, d_h]`` (``mask`` False where a row has fewer candidates)."""
-        query = self.w_att(F.layer_norm(base, base.shape[-1:]))
-        logits = (keys @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(keys.shape[-1])
+        logits = (keys @ self.query(base).unsqueeze(-1)).squeeze(-1) / math.sqrt(keys.shape[-1])
         attn = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
         return (attn.unsqueeze(-1) * keys).sum(1), attn
 
     def in_scope_logit(self, h: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 before the sigmoid, ``[B]``; parts without a classifier have none."""
+        """Eq. 3 before the sigmoid, ``[B]``: NN_e reads ``[h(x); LN(b(x))]``, and with ``pair_features`` also
+        their product ``h(x) * W_att LN(b(x))`` (ours: how well the input matches its selected edit, which the
+        concatenation leaves the two-layer network to find). Parts without a classifier have none."""
         if self.classifier is None:
             raise ValidationError("these SEPROG parts were trained without an edit classifier (SP-NOCLASSIFIER)")
-        return self.classifier(torch.cat([h, F.layer_norm(base, base.shape[-1:])], -1)).squeeze(-1)
+        feats = [h, F.layer_norm(base, base.shape[-1:])]
+        if self.pair_features:
+            feats.append(h * self.query(base))
+        return self.classifier(torch.cat(feats, -1)).squeeze(-1)
+
+    def read(self, descriptor: str, text: str) -> str:
+        """What the base model reads after the prefix for an input routed to an edit: the input alone (eq. 4 as
+        written), or with ``reads: descriptor`` the edit's descriptor before it, through ``template``."""
+        return text if self.template is None else self.template.format(edit=descriptor, input=text)
 
     def prefix(self, h: torch.Tensor) -> torch.Tensor:
         """Eq. 4: ``[B, p, d]`` prefix embeddings."""
@@ -273,10 +295,15 @@ class PrefixAnswerer(Answerer):
         self.scope = scope
 
     def _logits(
-        self, texts: Sequence[str], continuations: Sequence[Sequence[int]], positions: torch.Tensor
+        self,
+        routed: Sequence[tuple[EditRecord, str]],
+        continuations: Sequence[Sequence[int]],
+        positions: torch.Tensor,
     ) -> torch.Tensor:
-        prefix = self.scope.net.prefix(self.scope.context(texts))
-        return prefixed_logits(self.lm, [self.lm.encode(t) for t in texts], continuations, prefix, positions)
+        net = self.scope.net
+        prefix = net.prefix(self.scope.context([x for _, x in routed]))
+        prompts = [self.lm.encode(net.read(r.descriptor, x)) for r, x in routed]
+        return prefixed_logits(self.lm, prompts, continuations, prefix, positions)
 
     @torch.no_grad()
     def score_tokens(
@@ -289,12 +316,12 @@ class PrefixAnswerer(Answerer):
     ) -> list[TokenScores]:
         out: list[TokenScores] = []
         for i in range(0, len(routed), batch_size):
-            texts = [x for _, x in routed[i : i + batch_size]]
+            chunk = routed[i : i + batch_size]
             conts = continuations[i : i + batch_size]
             width = max(len(c) for c in conts)
             lengths = torch.tensor([len(c) for c in conts])
             positions = torch.minimum(torch.arange(width)[None, :], lengths[:, None] - 1)  # clamped: unread
-            logits = self._logits(texts, conts, positions).float()
+            logits = self._logits(chunk, conts, positions).float()
             logp = F.log_softmax(logits, dim=-1).cpu()
             for b, c in enumerate(conts):
                 target = torch.tensor(c)
@@ -307,8 +334,8 @@ class PrefixAnswerer(Answerer):
     def next_token_logprobs(self, routed: Sequence[tuple[EditRecord, str]], *, batch_size: int) -> torch.Tensor:
         rows = []
         for i in range(0, len(routed), batch_size):
-            texts = [x for _, x in routed[i : i + batch_size]]
-            logits = self._logits(texts, [[] for _ in texts], torch.zeros((len(texts), 1), dtype=torch.long))
+            chunk = routed[i : i + batch_size]
+            logits = self._logits(chunk, [[] for _ in chunk], torch.zeros((len(chunk), 1), dtype=torch.long))
             rows.append(F.log_softmax(logits[:, 0].float(), dim=-1).cpu())
         return torch.cat(rows)
 
@@ -320,15 +347,14 @@ class PrefixAnswerer(Answerer):
         if kwargs.get("sample"):
             raise ValidationError("SEPROG generates greedily; sampling is not supported")
         stop_at_newline = bool(kwargs.get("stop_at_newline"))
-        texts = [x for _, x in routed]
-        new: list[list[int]] = [[] for _ in texts]
-        live = list(range(len(texts)))
+        new: list[list[int]] = [[] for _ in routed]
+        live = list(range(len(routed)))
         eos = self.lm.tokenizer.eos_token_id
         for _ in range(max_new_tokens):
             if not live:
                 break
             pos = torch.tensor([[len(new[i])] for i in live])
-            logits = self._logits([texts[i] for i in live], [new[i] for i in live], pos)
+            logits = self._logits([routed[i] for i in live], [new[i] for i in live], pos)
             still = []
             for i, t in zip(live, logits[:, 0].argmax(-1).tolist(), strict=True):
                 if t == eos:

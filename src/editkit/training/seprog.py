@@ -9,7 +9,12 @@ loss is eq. 7, ``lambda L_sc + (1 - lambda) L_pg``:
 
 * L_sc (eq. 5): the binary cross-entropy of e(x), in-scope and out-of-scope terms averaged apart;
 * L_pg (eq. 6): on the in-scope inputs only, the answer's mean token NLL under the frozen base model reading the
-  generated prefix ``NN_prompt(h(x))`` before the input.
+  generated prefix ``NN_prompt(h(x))`` before the input (with ``reads: descriptor``, before the input's own edit's
+  descriptor and the input, as the editor's template writes them).
+
+With ``reads: descriptor`` the editor reads the most attended edit's words, so which edit eq. 2 selects matters
+beyond h(x): ``select_weight`` adds that weight times the cross-entropy of the attention against each in-scope
+input's own edit (ours; the paper trains eq. 2 only through eqs. 5-6).
 
 ``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). The base model and the sentence encoder are
 frozen, so b(x) of every training input and the encoder's embedding of every descriptor are computed once before
@@ -60,6 +65,18 @@ class SEPROGTrainConfig(TypedConfig):
     hidden: int = field(default=256, metadata={"help": "d_h: width of h_i^e, h(x) and the networks"})
     prefix_len: int = field(default=8, metadata={"help": "p: prefix embeddings generated per input"})
     classifier: bool = field(default=True, metadata={"help": "train the edit classifier (false: SP-NOCLASSIFIER)"})
+    reads: str = field(
+        default="vector",
+        metadata={
+            "help": "what follows the prefix: vector (the input alone, eq. 4 as written) or descriptor (the "
+            "selected edit's descriptor, then the input, through template)"
+        },
+    )
+    template: str = field(default="{edit}\n{input}", metadata={"help": "with reads: descriptor, what the model reads"})
+    pair_features: bool = field(default=False, metadata={"help": "NN_e also reads h(x) * W_att b(x)"})
+    select_weight: float = field(
+        default=0.0, metadata={"help": "weight of the attention's cross-entropy against each input's own edit"}
+    )
     lam: float = field(default=0.3, metadata={"help": "lambda of eq. 7 (weight of L_sc)"})
     steps: int = field(default=1000, metadata={"help": "optimisation steps"})
     batch: int = field(default=8, metadata={"help": "edits per step (= in-scope = out-of-scope inputs)"})
@@ -76,6 +93,12 @@ class SEPROGTrainConfig(TypedConfig):
             raise ConfigError(f"lam must lie in [0, 1], not {self.lam}")
         if self.lr <= 0:
             raise ConfigError("lr must be positive")
+        if self.reads not in ("vector", "descriptor"):
+            raise ConfigError(f"reads must be vector or descriptor, not {self.reads!r}")
+        if self.reads == "descriptor" and ("{edit}" not in self.template or "{input}" not in self.template):
+            raise ConfigError(f"template {self.template!r} needs both '{{edit}}' and '{{input}}'")
+        if self.select_weight < 0:
+            raise ConfigError("select_weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -153,6 +176,9 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         "scale": float(embedding.detach().float().pow(2).mean().sqrt()),
         "encoder": config.encoder,
         "pooling": "encoder-mean" if lm.is_encoder_decoder else "last-layer-mean",
+        "reads": config.reads,
+        "template": config.template,
+        "pair_features": config.pair_features,
     }
     seed_torch(config.seed, PART)
     net = PromptGenerator(spec)
@@ -171,10 +197,10 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         ]
         keys = net.edit_keys(encoded[picked])  # Z^e: this step's edits
         b_in = base[[row[x] for x, _ in inside]]
-        h_in, _ = net.select(
+        h_in, attn_in = net.select(
             b_in, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
         )
-        prompts = [lm.encode(x) for x, _ in inside]
+        prompts = [lm.encode(net.read(e.descriptor, x)) for e, (x, _) in zip(batch, inside, strict=True)]
         answers = [lm.encode(y, special=False) for _, y in inside]
         width = max(len(a) for a in answers)
         lengths = torch.tensor([len(a) for a in answers])
@@ -185,8 +211,10 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         valid = (torch.arange(width)[None, :] < lengths[:, None]).to(logp.device)
         nll = -(logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * valid).sum(1) / valid.sum(1)
         loss_pg = nll.mean()
+        # each in-scope input's own edit is row j of this step's edits
+        loss_sel = config.select_weight * F.nll_loss(attn_in.clamp_min(1e-12).log(), torch.arange(len(batch)))
         if lam == 0.0:
-            return loss_pg
+            return loss_pg + loss_sel
         b_out = base[[row[x] for x in outside]]
         h_out, _ = net.select(
             b_out, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
@@ -196,7 +224,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
             F.binary_cross_entropy_with_logits(logit_in, torch.ones_like(logit_in))
             + F.binary_cross_entropy_with_logits(logit_out, torch.zeros_like(logit_out))
         )
-        return lam * loss_sc + (1 - lam) * loss_pg
+        return lam * loss_sc + (1 - lam) * loss_pg + loss_sel
 
     result = train_part(PART, config, net, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
     meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
