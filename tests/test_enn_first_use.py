@@ -4,6 +4,7 @@ the second time; the opt-out, missing data, a crash before the parts are install
 corrupted cached part and another model's cached parts; the packaged SmolLM2 recipe is train_enn.yaml's."""
 
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -172,3 +173,22 @@ def test_the_packaged_smollm2_recipe_is_train_enn_yaml_on_training_splits():
     config.pop("out")
     assert ENNTrainConfig.from_dict(dict(recipe.settings)) == ENNTrainConfig.from_dict(config)
     assert recipe.settings["steps"] <= 300
+
+
+def test_the_cli_says_what_to_pass_when_the_data_is_missing_and_edits_after_first_use(
+    first_use, monkeypatch, capsys, caplog
+):
+    from editkit.cli import main
+
+    argv = ["edit", "--method", "enn", "--model", "tiny-llama", "--prompt", "The capital of Germany is"]
+    argv += ["--target", " Bonn", "--max-new-tokens", "1"]
+    data = Path(os.environ["EDITKIT_DATA"])
+    monkeypatch.setenv("EDITKIT_DATA", str(data.parent / "nowhere"))
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("editkit: error:")
+    assert "EDITKIT_DATA" in lines[0] and "artifacts=FOLDER" in lines[0] and first_use == []
+    monkeypatch.setenv("EDITKIT_DATA", str(data))
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0 and len(first_use) == 1
+    assert "training them once" in caplog.text and "training enn: 4/4" in capsys.readouterr().err
