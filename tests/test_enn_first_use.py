@@ -159,6 +159,8 @@ def test_another_models_cached_parts_are_not_used(first_use):
     before = _state(gpt2)
     with pytest.raises(ValidationError, match="no trained ENN parts"):  # no recipe for tiny-gpt2, llama's not taken
         create_editor("enn").apply(gpt2, REQUESTS)
+    with pytest.raises(ValidationError, match="no trained NOSUCH parts"):  # no trainer of that name: nothing to train
+        editkit.trained.find("nosuch", None, model=LLAMA)
     shutil.copytree(user_folder("enn", LLAMA), user_folder("enn", "tiny-gpt2-s0"))
     with pytest.raises(ValidationError, match="trained for tiny-llama-s0, not tiny-gpt2-s0") as err:
         create_editor("enn").apply(gpt2, REQUESTS)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from editkit.errors import ConfigError, ValidationError
+from editkit.errors import ConfigError, UnknownNameError, ValidationError
 from editkit.registry import Registry
 from editkit.typedconfig import TypedConfig
 
@@ -104,9 +104,10 @@ def first_use_training(name: str, model: str, folder: Path) -> Callable[[Path], 
     """How to train trainer ``name``'s parts for ``model`` on first use (into a staging folder it is given, for
     :func:`editkit.trained.build_once`, which installs them at ``folder``), or ``None`` when no trainer of that
     name has a recipe for ``model``. The training data are checked now, before anything starts."""
-    if name.lower() not in available_trainers():
+    try:
+        recipe = get_trainer_class(name).recipes.get(model)
+    except UnknownNameError:  # an editor with parts but no trainer here: nothing to train
         return None
-    recipe = get_trainer_class(name).recipes.get(model)
     if recipe is None:
         return None
     settings = {**recipe.settings, "data": recipe.files(name)}
