@@ -56,7 +56,7 @@ RECIPES = {
         data=("zsre/mend_format/zsre_mend_train-1k.json", "counterfact/easyedit/counterfact-train.json"),
         settings={"base_model": "smollm2-135m", "seed": 0, "steps": 300, "batch": 4, "checkpoint_every": 25},
         seconds_per_step=1.6,
-        measured="measured alone on one thread of a 2-core CPU; 27 min beside other jobs",
+        measured="first use measured on one thread of a 2-core CPU beside one other job; 27 min beside five",
     )
 }
 
