@@ -52,7 +52,9 @@ def data_file(rel: str) -> Path:
 def _isolated_cache(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    """Unit tests get an empty cache; real-model tests keep the user's (where the model was fetched)."""
+    """Unit tests get an empty cache; real-model tests keep the user's (where the model was fetched). No test
+    trains an editor's parts on first use unless it turns that on (tests/test_enn_first_use.py)."""
+    monkeypatch.setenv("EDITKIT_TRAIN_ON_FIRST_USE", "0")
     if request.node.get_closest_marker("real_model") is None:
         monkeypatch.setenv("EDITKIT_CACHE", str(tmp_path_factory.mktemp("cache")))
 

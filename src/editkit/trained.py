@@ -8,20 +8,26 @@ An artifact is a folder with ``manifest.json`` at its top and one sub-folder per
     PART/           the part's files: safetensors weights (a peft adapter, a head, a vector) and part.json
 
 Parts are trained one at a time and recorded as each finishes (:func:`record_part`), so an interrupted run keeps
-the parts it finished. Editors read artifacts through :func:`find` (a user folder, or the one packaged under
-``editkit/artifacts/NAME``), :func:`verify` (a missing, corrupted or truncated file is refused naming the file;
-a part trained for another base model is refused naming both models) and the loaders below, each of which
-verifies the part it reads again, so no reader can use bytes the manifest does not vouch for. A truncated or
-garbled manifest is one error. Results record each part's :func:`part_fingerprint`, so a number can be traced to
-the files that made it.
+the parts it finished. Editors read artifacts through :func:`find` (a user folder; the one packaged under
+``editkit/artifacts/NAME`` when it was trained for the base model; else the user cache's
+``$EDITKIT_CACHE/trained/NAME/MODEL``, trained there on first use by :func:`build_once` when the method's
+trainer has a packaged recipe for that model: :func:`editkit.training.registry.first_use_training`),
+:func:`verify` (a missing, corrupted or truncated file is refused naming the file; a part trained for another
+base model is refused naming both models) and the loaders below, each of which verifies the part it reads again,
+so no reader can use bytes the manifest does not vouch for. A truncated or garbled manifest is one error.
+Results record each part's :func:`part_fingerprint`, so a number can be traced to the files that made it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +50,9 @@ log = logging.getLogger(__name__)
 PACKAGED = Path(__file__).resolve().parent / "artifacts"
 MANIFEST = "manifest.json"
 FORMAT = 1
+# "0" (or off / false / no) turns training on first use off: an editor without parts then fails as it would without
+# a recipe (CI, tests, machines that must not spend CPU unasked)
+FIRST_USE_ENV = "EDITKIT_TRAIN_ON_FIRST_USE"
 
 
 # --------------------------------------------------------------------------- content hashes
@@ -178,17 +187,103 @@ def pack(
 # --------------------------------------------------------------------------- finding and verifying
 def find(name: str, path: str | None, alternative: str = "", *, model: str | None = None) -> Path:
     """The artifact folder of trainer ``name``: ``path`` if given (``{model}`` in it replaced by ``model``, so one
-    setting can name a folder per base model), else the one packaged with editkit. ``alternative`` ends the
-    error's advice (another way to go on without trained parts)."""
+    setting can name a folder per base model); else, without ``model`` or when the packaged artifact was trained
+    for ``model``, the one packaged with editkit; else the user cache's parts for ``model``
+    (:func:`user_folder`), trained there first when the trainer has a packaged recipe for ``model`` and first-use
+    training is on (:data:`FIRST_USE_ENV`), and verified whole; else the packaged one (whose verification then
+    names both models). ``alternative`` ends the error's advice (another way to go on without trained parts)."""
     if path and model is not None:
         path = path.replace("{model}", model)
-    folder = Path(path).expanduser() if path else PACKAGED / name
+    packaged = PACKAGED / name
+    if not path and model is not None and not _packaged_for(packaged, model):
+        cached = _cached(name, model)
+        if cached is not None:
+            return cached
+    folder = Path(path).expanduser() if path else packaged
     if not (folder / MANIFEST).is_file():
         raise ValidationError(
             f"no trained {name.upper()} parts in {folder} ({MANIFEST} missing); train them with "
             f"`editkit train {name} --config FILE` and pass artifacts=FOLDER{alternative}"
         )
     return folder
+
+
+def _packaged_for(folder: Path, model: str) -> bool:
+    """Whether the packaged artifact ``folder`` exists and its parts were trained for ``model``."""
+    if not (folder / MANIFEST).is_file():
+        return False
+    manifest = read_manifest(folder)
+    parts = manifest.get("parts", {}).values()
+    return bool(parts) and all(meta.get("base_model", manifest.get("base_model")) == model for meta in parts)
+
+
+def user_folder(name: str, model: str) -> Path:
+    """Where parts of trainer ``name`` for ``model`` trained on first use live: ``$EDITKIT_CACHE/trained/NAME/MODEL``
+    (the model cache's root, :func:`editkit.models.zoo.cache_dir`)."""
+    from editkit.models.zoo import cache_dir
+
+    return cache_dir() / "trained" / name / model.replace("/", "--")
+
+
+def first_use_enabled() -> bool:
+    """Whether an editor may train missing parts on first use (:data:`FIRST_USE_ENV`, on unless set to 0)."""
+    return os.environ.get(FIRST_USE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _cached(name: str, model: str) -> Path | None:
+    """The user cache's verified parts of ``name`` for ``model``, trained now if missing and a recipe allows;
+    ``None`` when there are none. A cached artifact that fails verification is refused, never used or replaced
+    silently: the error says to remove it (the next use trains it again)."""
+    folder = user_folder(name, model)
+    if not (folder / MANIFEST).is_file() and first_use_enabled():
+        from editkit.training.registry import first_use_training
+
+        train = first_use_training(name, model, folder)
+        if train is not None:
+            build_once(folder, train)
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        verify(folder, list(read_manifest(folder).get("parts", {})), base_model=model)
+    except ValidationError as exc:
+        raise ValidationError(f"{exc} (cached parts: remove {folder} and the next use trains them again)") from None
+    return folder
+
+
+@contextmanager
+def _exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Hold ``lock`` (``flock``) exclusively, waiting for another process that holds it (said once, in the log)."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another editkit process is making %s (lock %s); waiting for it", what, lock)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_once(folder: Path, train: Callable[[Path], object]) -> None:
+    """Make the artifact ``folder`` whole, once across processes. Under ``NAME.lock`` beside it (a second process
+    waits, then finds it made), ``train(staging)`` trains into ``.NAME.training`` (its checkpoints stay there, so
+    a killed run resumes), the verified parts are copied without checkpoints into ``.NAME.new`` (:func:`pack`),
+    which is renamed to ``folder`` (atomic: ``folder`` is absent or complete); only then is the staging folder
+    removed. A crash at any point leaves no ``folder`` to trust."""
+    staging = folder.parent / f".{folder.name}.training"
+    fresh = folder.parent / f".{folder.name}.new"
+    with _exclusive(folder.parent / f"{folder.name}.lock", str(folder)):
+        if (folder / MANIFEST).is_file():
+            return
+        train(staging)
+        shutil.rmtree(fresh, ignore_errors=True)
+        pack(staging, fresh)
+        if folder.exists():  # a folder without a manifest holds nothing verified: left by hand, or a copy cut short
+            shutil.rmtree(folder)
+        fresh.rename(folder)
+        shutil.rmtree(staging)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

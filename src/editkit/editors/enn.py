@@ -152,7 +152,8 @@ class ENNConfig(EditorConfig):
         default=None,
         metadata={
             "help": "folder written by `editkit train enn` ({model} in it: the base model's name); "
-            "default: the parts packaged with editkit"
+            "default: the user cache's parts, trained there on first use for SmolLM2-135M "
+            "(EDITKIT_TRAIN_ON_FIRST_USE=0: off)"
         },
     )
     steps: int | None = field(
