@@ -246,3 +246,19 @@ def test_the_selection_loss_teaches_eq2_to_pick_each_inputs_own_edit(tmp_path):
     plain = own_edit_hits(_train(tmp_path, "plain", **common))
     chosen = own_edit_hits(_train(tmp_path, "sel", select_weight=20.0, **common))
     assert chosen > max(plain, 1), (chosen, plain)
+
+
+def test_nearest_edits_are_the_top_cosines_without_the_edit_itself():
+    from editkit.training.seprog import nearest_edits
+
+    encoded = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.4], [-1.0, 0.2]])
+    unit = encoded / encoded.norm(dim=-1, keepdim=True)
+    for i, near in enumerate(nearest_edits(encoded, 2)):
+        others = sorted((j for j in range(5) if j != i), key=lambda j: -float(unit[i] @ unit[j]))
+        assert near == others[:2]
+    assert nearest_edits(encoded, 0) == [[]] * 5
+
+
+def test_training_with_distractors_attends_over_them(tmp_path):
+    folder = _train(tmp_path, "near", reads="descriptor", select_weight=1.0, distractors=2, steps=2, checkpoint_every=2)
+    assert (folder / PART / "weights.safetensors").is_file()

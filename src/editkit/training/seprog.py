@@ -14,7 +14,9 @@ loss is eq. 7, ``lambda L_sc + (1 - lambda) L_pg``:
 
 With ``reads: descriptor`` the editor reads the most attended edit's words, so which edit eq. 2 selects matters
 beyond h(x): ``select_weight`` adds that weight times the cross-entropy of the attention against each in-scope
-input's own edit (ours; the paper trains eq. 2 only through eqs. 5-6).
+input's own edit (ours; the paper trains eq. 2 only through eqs. 5-6). At inference the index preselects the
+edits nearest the input, so ``distractors`` adds each step edit's nearest training edits to Z^e (their keys
+only: no base-model pass), where a batch of random edits would teach the attention only easy choices.
 
 ``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). The base model and the sentence encoder are
 frozen, so b(x) of every training input and the encoder's embedding of every descriptor are computed once before
@@ -77,6 +79,13 @@ class SEPROGTrainConfig(TypedConfig):
     select_weight: float = field(
         default=0.0, metadata={"help": "weight of the attention's cross-entropy against each input's own edit"}
     )
+    distractors: int = field(
+        default=0,
+        metadata={
+            "help": "per edit of a step, this many of its nearest training edits (raw encoder cosine of the "
+            "descriptors) join the step's Z^e, as the index's preselection brings near edits at inference"
+        },
+    )
     lam: float = field(default=0.3, metadata={"help": "lambda of eq. 7 (weight of L_sc)"})
     steps: int = field(default=1000, metadata={"help": "optimisation steps"})
     batch: int = field(default=8, metadata={"help": "edits per step (= in-scope = out-of-scope inputs)"})
@@ -97,8 +106,8 @@ class SEPROGTrainConfig(TypedConfig):
             raise ConfigError(f"reads must be vector or descriptor, not {self.reads!r}")
         if self.reads == "descriptor" and ("{edit}" not in self.template or "{input}" not in self.template):
             raise ConfigError(f"template {self.template!r} needs both '{{edit}}' and '{{input}}'")
-        if self.select_weight < 0:
-            raise ConfigError("select_weight must be >= 0")
+        if self.select_weight < 0 or self.distractors < 0:
+            raise ConfigError("select_weight and distractors must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -116,6 +125,16 @@ def examples_of(cases: Sequence[EditCase], max_out: int) -> list[Example]:
         if inside:
             out.append(Example(descriptor_of(c.request), inside, outside))
     return out
+
+
+def nearest_edits(encoded: torch.Tensor, k: int) -> list[list[int]]:
+    """For each training edit, the ``k`` others nearest by cosine of the encoder's descriptor embeddings."""
+    if k == 0:
+        return [[] for _ in range(len(encoded))]
+    unit = F.normalize(encoded.float(), dim=-1)
+    sims = unit @ unit.T
+    sims.fill_diagonal_(float("-inf"))
+    return sims.topk(min(k, len(encoded) - 1), dim=-1).indices.tolist()
 
 
 def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
@@ -185,9 +204,14 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     lam = config.lam if config.classifier else 0.0
 
+    near = nearest_edits(encoded, config.distractors)
+
     def loss_fn(rng: random.Random) -> torch.Tensor:
         picked = rng.sample(range(len(examples)), config.batch)
         batch = [examples[i] for i in picked]
+        # Z^e: the step's edits first (row j's own edit is j), then their near edits
+        edits = list(dict.fromkeys(picked + [n for i in picked for n in near[i]]))
+        everyone = torch.ones((len(batch), len(edits)), dtype=torch.bool)
         inside = [rng.choice(e.inside) for e in batch]
         outside = [
             rng.choice(e.outside)
@@ -195,11 +219,9 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
             else rng.choice(examples[rng.choice(picked[:j] + picked[j + 1 :])].inside)[0]
             for j, e in enumerate(batch)
         ]
-        keys = net.edit_keys(encoded[picked])  # Z^e: this step's edits
+        keys = net.edit_keys(encoded[edits]).expand(len(batch), -1, -1)
         b_in = base[[row[x] for x, _ in inside]]
-        h_in, attn_in = net.select(
-            b_in, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
-        )
+        h_in, attn_in = net.select(b_in, keys, everyone)
         prompts = [lm.encode(net.read(e.descriptor, x)) for e, (x, _) in zip(batch, inside, strict=True)]
         answers = [lm.encode(y, special=False) for _, y in inside]
         width = max(len(a) for a in answers)
@@ -216,9 +238,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         if lam == 0.0:
             return loss_pg + loss_sel
         b_out = base[[row[x] for x in outside]]
-        h_out, _ = net.select(
-            b_out, keys.expand(len(batch), -1, -1), torch.ones((len(batch), len(batch)), dtype=torch.bool)
-        )
+        h_out, _ = net.select(b_out, keys, everyone)
         logit_in, logit_out = net.in_scope_logit(h_in, b_in), net.in_scope_logit(h_out, b_out)
         loss_sc = 0.5 * (
             F.binary_cross_entropy_with_logits(logit_in, torch.ones_like(logit_in))
