@@ -262,3 +262,23 @@ def test_nearest_edits_are_the_top_cosines_without_the_edit_itself():
 def test_training_with_distractors_attends_over_them(tmp_path):
     folder = _train(tmp_path, "near", reads="descriptor", select_weight=1.0, distractors=2, steps=2, checkpoint_every=2)
     assert (folder / PART / "weights.safetensors").is_file()
+
+
+def test_index_weight_makes_the_attention_follow_the_index(seprog_parts):  # noqa: F811
+    """With a dominant index prior each input's route is the index's nearest edit, which eq. 2 alone need not pick;
+    a negative weight is refused."""
+    import numpy as np
+
+    lm = tiny_model("llama")
+    model = _editor(seprog_parts("llama"), candidates=3, index_weight=1e4).apply(lm, EDITS).model
+    texts = [*PROMPTS, "The capital of France is", "something else entirely"]
+    memory = model.memory
+    _, ids = memory.index.search(memory.scope.query_vectors(texts).astype(np.float32), 1)
+    nearest = [memory._records[int(row[0])].id for row in ids]
+    assert [r.record.id for r in memory.lookup(texts)] == nearest
+    alone = _editor(seprog_parts("llama"), candidates=3).apply(tiny_model("llama"), EDITS).model.memory
+    assert [r.record.id for r in alone.lookup(texts)] != nearest, "eq. 2 alone follows the index here: no test"
+    from editkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="index_weight"):
+        _editor(seprog_parts("llama"), index_weight=-1.0)

@@ -25,7 +25,9 @@ otherwise spell an unseen answer through p soft tokens, which a 135M base model 
 (docs/benchmarks.md); with the words in its context the prefix has to teach the model to use them, and the base
 model still adds its own knowledge (the paper's point against SERAC's copying counterfactual model). Parts trained
 with ``pair_features`` give NN_e the product of h(x) and the attention query as well (see
-:meth:`PromptGenerator.in_scope_logit`).
+:meth:`PromptGenerator.in_scope_logit`). ``index_weight`` (ours) adds ``-index_weight`` times each candidate's
+squared distance in the index (raw MiniLM) to eq. 2's logits: measured on SmolLM2, b(x) alone picked the right
+one of 64 edits for 40% of zsRE questions where the index's nearest was right for all of them.
 
 An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
 model untouched. Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
@@ -97,10 +99,15 @@ class PromptGenerator(nn.Module):
         """``W_att LN(b(x))`` ``[B, d_h]``: what eq. 2 attends with."""
         return self.w_att(F.layer_norm(base, base.shape[-1:]))
 
-    def select(self, base: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def select(
+        self, base: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, prior: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 2: h(x) ``[B, d_h]`` and the attention ``[B, K]`` of b(x) ``[B, base_dim]`` over each row's
-        candidate keys ``[B, K, d_h]`` (``mask`` False where a row has fewer candidates)."""
+        candidate keys ``[B, K, d_h]`` (``mask`` False where a row has fewer candidates); ``prior`` ``[B, K]`` is
+        added to the attention's logits."""
         logits = (keys @ self.query(base).unsqueeze(-1)).squeeze(-1) / math.sqrt(keys.shape[-1])
+        if prior is not None:
+            logits = logits + prior
         attn = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
         return (attn.unsqueeze(-1) * keys).sum(1), attn
 
@@ -212,13 +219,20 @@ class PromptScope(ScopeModel):
     every input scored is kept for the answerer until the input is scored again (after a memory change)."""
 
     def __init__(
-        self, lm: LanguageModel, net: PromptGenerator, index: EmbedScope, candidates: int, select: bool
+        self,
+        lm: LanguageModel,
+        net: PromptGenerator,
+        index: EmbedScope,
+        candidates: int,
+        select: bool,
+        index_weight: float = 0.0,
     ) -> None:
         self.lm = lm
         self.net = net.eval()
         self.index = index
         self.candidates = candidates
         self.select = select
+        self.index_weight = index_weight
         self.memory: EditMemory | None = None  # attached by the editor once its memory exists
         self._keys: dict[int, torch.Tensor] = {}
         self._context: dict[str, torch.Tensor] = {}
@@ -262,7 +276,11 @@ class PromptScope(ScopeModel):
         if not rows:
             return out
         base = base_encoding(self.lm, [texts[i] for i in rows])
-        h, attn = self.net.select(base, keys[rows], mask[rows])
+        prior = None
+        if self.index_weight:
+            dist = torch.from_numpy(np.where(mask.numpy(), sqdist, 0.0).astype(np.float32))
+            prior = -self.index_weight * dist[rows]
+        h, attn = self.net.select(base, keys[rows], mask[rows], prior)
         if self.select and self.net.classifier is not None:
             e = torch.sigmoid(self.net.in_scope_logit(h, base))
         else:
@@ -382,11 +400,20 @@ class SEPROGConfig(MemoryConfig):
     select: bool = field(
         default=True, metadata={"help": "prefix only when e(x) >= threshold; false: always (SP-NOSELECT)"}
     )
+    index_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "adds -index_weight x the index's squared distance (raw encoder) of each candidate to eq. 2's "
+            "attention logits; 0: eq. 2 alone"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.candidates < 1:
             raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
+        if self.index_weight < 0:
+            raise ConfigError(f"{type(self).__name__}: index_weight must be >= 0")
 
 
 @register
@@ -427,7 +454,9 @@ class SEPROG(MemoryEditor):
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         cfg = self.config
-        scope = PromptScope(lm, self.load_parts(lm), EmbedScope.untrained(cfg.encoder), cfg.candidates, cfg.select)
+        scope = PromptScope(
+            lm, self.load_parts(lm), EmbedScope.untrained(cfg.encoder), cfg.candidates, cfg.select, cfg.index_weight
+        )
         self._scopes[lm] = scope
         return scope
 
