@@ -65,16 +65,23 @@ def test_answerer_generation_scoring_and_next_token_agree(arch, seprog_parts):  
     assert not torch.allclose(nxt, base), "the prefix changed nothing"
 
 
-def test_route_is_the_most_attended_edit_with_the_classifiers_score(seprog_parts):  # noqa: F811
+@pytest.mark.parametrize("index_weight", [0.0, 5.0])
+def test_route_is_the_most_attended_edit_with_the_classifiers_score(seprog_parts, index_weight):  # noqa: F811
+    """Eqs. 2-3 by hand over all three edits, with the index's squared distances (recomputed from the encoder's
+    vectors) times -index_weight added to the attention logits."""
     lm = tiny_model("llama")
-    editor = _editor(seprog_parts("llama"), candidates=3)
+    editor = _editor(seprog_parts("llama"), candidates=3, index_weight=index_weight)
     model = editor.apply(lm, EDITS).model
     scope = model.memory.scope
     net = scope.net
-    keys = net.edit_keys(scope.index.encoder.embed([r.descriptor for r in model.memory.records()]))
+    records = model.memory.records()
+    keys = net.edit_keys(scope.index.encoder.embed([r.descriptor for r in records]))
     b = base_encoding(lm, PROMPTS)
+    queries = torch.from_numpy(scope.query_vectors(PROMPTS)).float()
+    edits = torch.from_numpy(scope.edit_vectors([r.request for r in records])).float()
+    prior = -index_weight * torch.cdist(queries, edits).pow(2)
     with torch.no_grad():
-        h, attn = net.select(b, keys.expand(2, -1, -1), torch.ones((2, 3), dtype=torch.bool))
+        h, attn = net.select(b, keys.expand(2, -1, -1), torch.ones((2, 3), dtype=torch.bool), prior)
         e = torch.sigmoid(net.in_scope_logit(h, b))
     ids = [r.id for r in model.memory.records()]
     for i, p in enumerate(PROMPTS):
@@ -276,7 +283,8 @@ def test_index_weight_makes_the_attention_follow_the_index(seprog_parts):  # noq
     _, ids = memory.index.search(memory.scope.query_vectors(texts).astype(np.float32), 1)
     nearest = [memory._records[int(row[0])].id for row in ids]
     assert [r.record.id for r in memory.lookup(texts)] == nearest
-    alone = _editor(seprog_parts("llama"), candidates=3).apply(tiny_model("llama"), EDITS).model.memory
+    alone = _editor(seprog_parts("llama"), candidates=3, index_weight=0.0).apply(tiny_model("llama"), EDITS)
+    alone = alone.model.memory
     assert [r.record.id for r in alone.lookup(texts)] != nearest, "eq. 2 alone follows the index here: no test"
     from editkit.errors import ConfigError
 

@@ -401,10 +401,10 @@ class SEPROGConfig(MemoryConfig):
         default=True, metadata={"help": "prefix only when e(x) >= threshold; false: always (SP-NOSELECT)"}
     )
     index_weight: float = field(
-        default=0.0,
+        default=5.0,
         metadata={
             "help": "adds -index_weight x the index's squared distance (raw encoder) of each candidate to eq. 2's "
-            "attention logits; 0: eq. 2 alone"
+            "attention logits (measured best on SmolLM2: docs/benchmarks.md); 0: eq. 2 alone, as the paper"
         },
     )
 
