@@ -25,8 +25,9 @@ otherwise spell an unseen answer through p soft tokens, which a 135M base model 
 (docs/benchmarks.md); with the words in its context the prefix has to teach the model to use them, and the base
 model still adds its own knowledge (the paper's point against SERAC's copying counterfactual model). Parts trained
 with ``pair_features`` give NN_e the product of h(x) and the attention query as well (see
-:meth:`PromptGenerator.in_scope_logit`). ``index_weight`` (ours) adds ``-index_weight`` times each candidate's
-squared distance in the index (raw MiniLM) to eq. 2's logits: measured on SmolLM2, b(x) alone picked the right
+:meth:`PromptGenerator.in_scope_logit`). ``index_weight`` (ours; 5 by default, 0 for eq. 2 alone) adds
+``-index_weight`` times each candidate's squared distance in the index (raw MiniLM) to eq. 2's logits, for parts of
+either kind: measured on SmolLM2, b(x) alone picked the right
 one of 64 edits for 40% of zsRE questions where the index's nearest was right for all of them.
 
 An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
