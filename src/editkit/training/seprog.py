@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from editkit.data.formats import Dataset
+from editkit.editors.answerers import template_prompt
 from editkit.editors.memory import descriptor_of
 from editkit.editors.seprog import PART, PromptGenerator, base_encoding, prefixed_logits
 from editkit.edits import EditCase, ProbeKind
@@ -104,8 +105,8 @@ class SEPROGTrainConfig(TypedConfig):
             raise ConfigError("lr must be positive")
         if self.reads not in ("vector", "descriptor"):
             raise ConfigError(f"reads must be vector or descriptor, not {self.reads!r}")
-        if self.reads == "descriptor" and ("{edit}" not in self.template or "{input}" not in self.template):
-            raise ConfigError(f"template {self.template!r} needs both '{{edit}}' and '{{input}}'")
+        if self.reads == "descriptor":
+            template_prompt(self.template)  # refuses a template without both fields
         if self.select_weight < 0 or self.distractors < 0:
             raise ConfigError("select_weight and distractors must be >= 0")
 
