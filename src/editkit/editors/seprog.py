@@ -428,17 +428,15 @@ class SEPROG(MemoryEditor):
     def __init__(self, config: EditorConfig | None = None) -> None:
         super().__init__(config)
         self._scopes: weakref.WeakKeyDictionary[LanguageModel, PromptScope] = weakref.WeakKeyDictionary()
+        self._fingerprints: dict[str, str] = {}  # base model -> fingerprint of the parts loaded for it
 
-    def artifacts(self, lm: LanguageModel | None = None) -> Path:
-        path = self.config.artifacts
-        if path and lm is not None:
-            path = path.replace("{model}", lm.name)
-        return find("seprog", path)
+    def artifacts(self, lm: LanguageModel) -> Path:
+        """The parts' folder for ``lm``: ``artifacts`` (``{model}`` replaced), else the packaged or user-cache
+        parts for it, trained there on first use when the trainer has a recipe for it (:func:`find`)."""
+        return find("seprog", self.config.artifacts, model=lm.name)
 
     def provenance(self) -> dict[str, str]:
-        if self.config.artifacts and "{model}" in self.config.artifacts:
-            return {}
-        return {PART: part_fingerprint(self.artifacts() / PART)}
+        return {f"{PART}:{model}": fp for model, fp in sorted(self._fingerprints.items())}
 
     def load_parts(self, lm: LanguageModel) -> PromptGenerator:
         """The trained prompt generator for ``lm`` (verified: parts trained for another model are refused)."""
@@ -451,6 +449,7 @@ class SEPROG(MemoryEditor):
             )
         net = PromptGenerator(spec)
         net.load_state_dict(load_tensors(folder / PART))
+        self._fingerprints[lm.name] = part_fingerprint(folder / PART)
         return net.requires_grad_(False).eval()
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:

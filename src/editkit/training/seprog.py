@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,11 +49,39 @@ from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
 from editkit.training.loop import seed_torch, train_part, training_cases
-from editkit.training.registry import Trainer, register_trainer
+from editkit.training.registry import Recipe, Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
 OUT_OF_SCOPE = (ProbeKind.OUT, ProbeKind.NEIGHBORHOOD)
+
+# What ``editkit edit --method seprog`` trains on first use when it finds no parts for the model: the settings of
+# benchmarks/configs/train_seprog_reads.yaml (training splits only), which docs/benchmarks.md scores ("SEPROG
+# beside SERAC"). The estimate's seconds a step include b(x) of every training input, computed once before step 1.
+RECIPES = {
+    "smollm2-135m": Recipe(
+        data=("zsre/mend_format/zsre_mend_train-1k.json", "counterfact/easyedit/counterfact-train.json"),
+        settings={
+            "base_model": "smollm2-135m",
+            "encoder": "minilm-l6",
+            "max_cases": 500,
+            "max_out": 1,
+            "seed": 0,
+            "hidden": 256,
+            "prefix_len": 8,
+            "reads": "descriptor",
+            "pair_features": True,
+            "select_weight": 1.0,
+            "lam": 0.3,
+            "steps": 600,
+            "batch": 8,
+            "lr": 1e-3,
+            "checkpoint_every": 50,
+        },
+        seconds_per_step=2.4,
+        measured="24 min for train_seprog_reads.yaml on one thread of a 2-core CPU beside one other job",
+    )
+}
 
 
 @dataclass
@@ -259,6 +287,7 @@ class SEPROGTrainer(Trainer):
 
     name = "seprog"
     config_cls: ClassVar[type[TypedConfig]] = SEPROGTrainConfig
+    recipes: ClassVar[Mapping[str, Recipe]] = RECIPES
     config: SEPROGTrainConfig
 
     def train(self, *, progress: bool = True) -> dict[str, Any]:
