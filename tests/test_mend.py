@@ -118,11 +118,24 @@ def test_a_resumed_training_run_ends_where_an_uninterrupted_one_does(tmp_path):
         _train(tmp_path, "parts", steps=6, c_loc=0.5)
 
 
+def test_parts_trained_for_chosen_layers_edit_only_those_layers(tmp_path):
+    manifest = _train(tmp_path, "mid", steps=2, layers=[1, 0], parts=["mlp_out"])
+    assert manifest["parts"]["editor"]["spec"]["sites"] == [[0, "mlp_out"], [1, "mlp_out"]]
+    lm = tiny_model("gpt2")
+    before = _snapshot(lm)
+    create_editor("mend", {"artifacts": str(tmp_path / "mid")}).apply(lm, REQUESTS[:1])
+    changed = {n for n, p in lm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(site_names(lm, [(0, "mlp_out"), (1, "mlp_out")]))
+
+
 def test_training_settings_and_data_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="parts must be among"):
         MENDTrainConfig.from_dict({"parts": ["attn_out"]})
     with pytest.raises(ConfigError, match="has 4 layers"):
         sites_of(tiny_model("llama"), MENDTrainConfig(top_layers=5))
+    for layers in ([4], [], [1, 1]):
+        with pytest.raises(ConfigError, match="layers must be distinct layers of tiny-llama-s0"):
+            sites_of(tiny_model("llama"), MENDTrainConfig(layers=layers))
     only_edits = tmp_path / "edits.jsonl"
     only_edits.write_text('{"request": {"prompt": "The capital of Germany is", "target_new": " Bonn"}}\n')
     with pytest.raises(ValidationError, match="no training case has a locality probe"):

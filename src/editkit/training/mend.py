@@ -55,6 +55,9 @@ class MENDTrainConfig(TypedConfig):
     max_cases: int | None = field(default=None, metadata={"help": "at most this many cases per file"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation and case sampling"})
     top_layers: int = field(default=3, metadata={"help": "edit the weights of this many top layers"})
+    layers: list[int] | None = field(
+        default=None, metadata={"help": "edit the weights of these layers instead of the top ones (0-based)"}
+    )
     parts: list[str] = field(
         default_factory=lambda: list(PARTS), metadata={"help": "weights edited per layer: mlp_in, mlp_out"}
     )
@@ -89,11 +92,18 @@ class MENDTrainConfig(TypedConfig):
 
 
 def sites_of(lm: LanguageModel, config: MENDTrainConfig) -> list[tuple[int, str]]:
-    """The edited weights: ``parts`` of the top ``top_layers`` layers."""
+    """The edited weights: ``parts`` of ``layers`` if given, else of the top ``top_layers`` layers."""
     n = lm.adapter.n_layers(lm.model)
-    if config.top_layers > n:
+    if config.layers is not None:
+        bad = [layer for layer in config.layers if not 0 <= layer < n]
+        if bad or not config.layers or len(set(config.layers)) != len(config.layers):
+            raise ConfigError(f"layers must be distinct layers of {lm.name} (0-{n - 1}); got {config.layers}")
+        chosen = sorted(config.layers)
+    elif config.top_layers > n:
         raise ConfigError(f"top_layers is {config.top_layers} but {lm.name} has {n} layers")
-    return [(layer, part) for layer in range(n - config.top_layers, n) for part in config.parts]
+    else:
+        chosen = list(range(n - config.top_layers, n))
+    return [(layer, part) for layer in chosen for part in config.parts]
 
 
 def spec_of(lm: LanguageModel, config: MENDTrainConfig, sites: Sequence[tuple[int, str]]) -> dict[str, Any]:
