@@ -1,0 +1,182 @@
+"""The sentiment judge (editkit.training.judge: frozen encoder + logistic-regression head, `editkit train judge`) and
+ES_sent on generated text (editkit.evaluation.judged, `editkit eval --judge-tokens N`), on tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from editkit.cli import main
+from editkit.data import load_cases
+from editkit.data.formats.convsent import sentiment_of
+from editkit.editors import create_editor
+from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
+from editkit.errors import ValidationError
+from editkit.evaluation.batch import batch_edits
+from editkit.evaluation.judged import GenerationJudge, judge_generations, judged_cases
+from editkit.evaluation.report import write_report
+from editkit.models.encoder import SentenceEncoder
+from editkit.training.judge import SentimentJudge, case_texts, labelled_texts, load_judge
+from editkit.training.registry import create_trainer
+
+POSITIVE = ("I love it so much.", "It is wonderful and great.", "Love love love it.")
+NEGATIVE = ("I hate it, awful.", "Terrible, horrid, bad.", "Hate hate hate it.")
+
+
+def write_toy(path: Path, topics: tuple[str, ...] = ("jazz", "tea", "golf", "rain")) -> Path:
+    """ConvSent records whose two sentiments use disjoint words: a set any working linear head separates."""
+    records = [{"ent": t, "pos": [f" {s} " for s in POSITIVE], "neg": list(NEGATIVE)} for t in topics]
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_judge(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("judge")
+    train, held = write_toy(tmp / "train.json"), tmp / "sst.jsonl"
+    lines = [json.dumps({"sentence": s, "label": int(s in POSITIVE)}) for s in POSITIVE + NEGATIVE]
+    held.write_text("\n".join(lines) + "\n")
+    settings = {"data": [str(train)], "heldout": [str(held)], "out": str(tmp / "out"), "encoder": "tiny-bert"}
+    create_trainer("judge", {**settings, "steps": 150, "batch": 8, "lr": 0.1, "l2": 0.0}).train(progress=False)
+    return tmp / "out"
+
+
+def test_the_toy_set_is_labelled_from_each_statement(tmp_path):
+    cases = load_cases(write_toy(tmp_path / "t.json", ("jazz", "tea"))).cases
+    assert [sentiment_of(c.request.descriptor or "") for c in cases] == ["positive", "negative"]
+    texts, labels = case_texts(cases)
+    # the second case asks for negative: its answers are the negative responses, still labelled 0
+    assert texts == [*POSITIVE, *NEGATIVE, *NEGATIVE, *POSITIVE]
+    assert labels == [1, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+    assert sentiment_of("Be more positive about vaccines.") is None
+
+
+def test_training_separates_the_toy_set_and_records_its_accuracies(toy_judge):
+    manifest = json.loads((toy_judge / "manifest.json").read_text())
+    part = manifest["parts"]["sentiment"]
+    assert part["train_accuracy"] == 1.0 and part["texts"] == 24 and part["positive_share"] == 0.5
+    assert part["loss_last20_mean"] < part["loss_first"]
+    (held,) = part["heldout"]
+    assert held["accuracy"] == 1.0 and held["texts"] == 6 and len(held["sha256"]) == 64
+    assert manifest["data"][0]["sha256"] and manifest["base_model"] == "tiny-bert"
+    judge = load_judge(str(toy_judge))
+    assert judge.fingerprint == part["fingerprint"]
+    p = judge.positive([*POSITIVE, *NEGATIVE])
+    assert all(x > 0.5 for x in p[:3]) and all(x < 0.5 for x in p[3:])
+
+
+def test_a_head_of_the_wrong_size_is_refused():
+    encoder = SentenceEncoder.load("tiny-bert")
+    with pytest.raises(ValidationError, match="needs 32 weights and one bias"):
+        SentimentJudge(encoder, torch.zeros(31), torch.zeros(1))
+
+
+def test_held_out_files_of_either_kind_and_bad_ones(tmp_path):
+    assert labelled_texts(str(write_toy(tmp_path / "c.json", ("jazz",))))[1] == [1, 1, 1, 0, 0, 0]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no label"}\n')
+    with pytest.raises(ValidationError, match="neither ConvSent"):
+        labelled_texts(str(bad))
+
+
+class StubJudge:
+    """p(positive) from the text alone, so a hand computation can repeat it."""
+
+    def positive(self, texts: list[str]) -> list[float]:
+        return [stub_p(t) for t in texts]
+
+
+def stub_p(text: str) -> float:
+    return (sum(map(ord, text)) % 97) / 96
+
+
+def test_judged_es_sent_equals_a_hand_computation(llama, tmp_path):
+    cases = load_cases(write_toy(tmp_path / "t.json", ("jazz", "tea"))).cases
+    plain = EditCase(EditRequest("The capital of France is", " Paris"), (Probe("Paris is in", " France", ProbeKind.EDIT),))
+    judged = judge_generations(llama, [plain, *cases], StubJudge(), max_new_tokens=5, batch_size=64)
+    assert list(judged) == [1, 2]  # the input-output edit is not judged
+    prompts = [p.prompt for c in cases for p in c.of_kind(ProbeKind.REPHRASE)]
+    texts = llama.generate(prompts, 5)
+    for n, (i, want) in enumerate(((1, "positive"), (2, "negative"))):
+        p = [stub_p(t) for t in texts[5 * n : 5 * n + 5]]
+        score = p if want == "positive" else [1 - x for x in p]
+        scores, generations = judged[i]
+        assert scores["es_sent_judged"] == pytest.approx(sum(s > 0.5 for s in score) / 5)
+        assert scores["es_sent_judged_p"] == pytest.approx(sum(score) / 5)
+        assert [g.text for g in generations] == texts[5 * n : 5 * n + 5]
+        assert {g.sentiment for g in generations} == {want}
+    assert 0 < judged[1][0]["es_sent_judged_p"] < 1
+
+
+def test_bad_inputs_to_the_judged_metric_are_one_line_errors(llama):
+    with pytest.raises(ValidationError, match="no cases to judge"):
+        judged_cases([])
+    plain = EditCase(EditRequest("The capital of France is", " Paris"), (Probe("Paris is in", " France", ProbeKind.EDIT),))
+    with pytest.raises(ValidationError, match="no case is a sentiment edit"):
+        judged_cases([plain])
+    no_question = EditCase(
+        EditRequest.statement("TOPIC: tea SENTIMENT: positive"), (Probe("Coffee?", " Fine.", ProbeKind.OUT),)
+    )
+    with pytest.raises(ValidationError, match="has no in-scope question"):
+        judged_cases([no_question])
+    with pytest.raises(ValidationError, match="at least one new token"):
+        judge_generations(llama, [plain], StubJudge(), max_new_tokens=0)
+
+
+def test_the_batch_protocol_judges_generations_before_and_after_each_edit(llama, tmp_path):
+    """RP at threshold 0 (every question reads the statement): generations change with the edit; the records keep
+    them with their scores; `kinds` leaves the likelihood-based ES_sent out."""
+    cases = load_cases(write_toy(tmp_path / "t.json", ("jazz", "tea"))).cases
+    rp = create_editor("rp", {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0})
+    judge = GenerationJudge(StubJudge(), max_new_tokens=4)
+    results = batch_edits(llama, rp, cases, judge=judge, kinds=[ProbeKind.OUT], progress=False)
+    agg = results["aggregates"]
+    assert {"es_sent_judged", "es_sent_judged_p", "unedited_es_sent_judged", "kl_drawdown"} <= set(agg)
+    assert "es" not in agg and "z_sent" not in agg
+    rec = results["records"][0]
+    gens = rec["generations"]
+    assert len(gens) == 5 and gens[0]["prompt"] == "What is your opinion of jazz?"
+    assert gens[0]["before"] == llama.generate([gens[0]["prompt"]], 4)[0]
+    assert gens[0]["after"] == llama.generate([f"TOPIC: jazz SENTIMENT: positive\n{gens[0]['prompt']}"], 4)[0]
+    assert gens[0]["score_after"] == pytest.approx(stub_p(gens[0]["after"]))
+    assert rec["post"]["es_sent_judged_p"] == pytest.approx(sum(g["score_after"] for g in gens) / 5)
+    assert rec["pre"]["es_sent_judged_p"] == pytest.approx(sum(g["score_before"] for g in gens) / 5)
+
+
+def test_editkit_eval_judges_with_a_trained_judge_and_the_report_shows_the_examples(toy_judge, tmp_path):
+    data = write_toy(tmp_path / "cs.json", ("jazz", "tea"))
+    out = tmp_path / "rp.json"
+    rp = ["--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0"]
+    argv = ["eval", "--model", "tiny-llama", "--method", "rp", *rp, "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--judge-tokens", "4", "--judge", str(toy_judge), "--probe-kinds", "out"]) == 0
+    results = json.loads(out.read_text())
+    assert results["judge"]["max_new_tokens"] == 4 and results["judge"]["encoder"] == "tiny-bert"
+    assert results["judge"]["heldout"][0]["accuracy"] == 1.0
+    assert 0 <= results["aggregates"]["es_sent_judged"] <= 1 and "es" not in results["aggregates"]
+    report = write_report([out], tmp_path / "report").read_text()
+    assert "## Generations before and after an edit" in report
+    gen = results["records"][1]["generations"][0]
+    assert f"({gen['score_after']:.2f}) |" in report and "| negative |" in report
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--judge-tokens", "4"], "no case is a sentiment edit"),
+        (["--judge", "somewhere"], "give both"),
+        (["--judge-tokens", "0"], "--judge-tokens must be at least 1"),
+        (["--probe-kinds", "outt"], "unknown kind 'outt'"),
+    ],
+)
+def test_editkit_eval_refuses_bad_judge_options_in_one_line(tmp_path, capsys, extra, message):
+    data = tmp_path / "cf.jsonl"
+    data.write_text(json.dumps({"prompt": "The city of {}", "subject": "Paris", "target_new": " Rome"}) + "\n")
+    out = tmp_path / "r.json"
+    argv = ["eval", "--model", "tiny-llama", "--method", "ft", "--data", str(data), "--out", str(out), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("editkit: error:") and message in err and "\n" not in err
+    assert not out.exists()
