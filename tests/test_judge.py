@@ -82,6 +82,9 @@ def test_held_out_files_of_either_kind_and_bad_ones(tmp_path):
         labelled_texts(str(bad))
 
 
+PLAIN = EditCase(EditRequest("The capital of France is", " Paris"), (Probe("Paris is in", " France", ProbeKind.EDIT),))
+
+
 class StubJudge:
     """p(positive) from the text alone, so a hand computation can repeat it."""
 
@@ -95,8 +98,7 @@ def stub_p(text: str) -> float:
 
 def test_judged_es_sent_equals_a_hand_computation(llama, tmp_path):
     cases = load_cases(write_toy(tmp_path / "t.json", ("jazz", "tea"))).cases
-    plain = EditCase(EditRequest("The capital of France is", " Paris"), (Probe("Paris is in", " France", ProbeKind.EDIT),))
-    judged = judge_generations(llama, [plain, *cases], StubJudge(), max_new_tokens=5, batch_size=64)
+    judged = judge_generations(llama, [PLAIN, *cases], StubJudge(), max_new_tokens=5, batch_size=64)
     assert list(judged) == [1, 2]  # the input-output edit is not judged
     prompts = [p.prompt for c in cases for p in c.of_kind(ProbeKind.REPHRASE)]
     texts = llama.generate(prompts, 5)
@@ -114,16 +116,15 @@ def test_judged_es_sent_equals_a_hand_computation(llama, tmp_path):
 def test_bad_inputs_to_the_judged_metric_are_one_line_errors(llama):
     with pytest.raises(ValidationError, match="no cases to judge"):
         judged_cases([])
-    plain = EditCase(EditRequest("The capital of France is", " Paris"), (Probe("Paris is in", " France", ProbeKind.EDIT),))
     with pytest.raises(ValidationError, match="no case is a sentiment edit"):
-        judged_cases([plain])
+        judged_cases([PLAIN])
     no_question = EditCase(
         EditRequest.statement("TOPIC: tea SENTIMENT: positive"), (Probe("Coffee?", " Fine.", ProbeKind.OUT),)
     )
     with pytest.raises(ValidationError, match="has no in-scope question"):
         judged_cases([no_question])
     with pytest.raises(ValidationError, match="at least one new token"):
-        judge_generations(llama, [plain], StubJudge(), max_new_tokens=0)
+        judge_generations(llama, [PLAIN], StubJudge(), max_new_tokens=0)
 
 
 def test_the_batch_protocol_judges_generations_before_and_after_each_edit(llama, tmp_path):
@@ -180,3 +181,37 @@ def test_editkit_eval_refuses_bad_judge_options_in_one_line(tmp_path, capsys, ex
     err = capsys.readouterr().err.strip()
     assert err.startswith("editkit: error:") and message in err and "\n" not in err
     assert not out.exists()
+
+
+def test_editkit_edit_shows_the_judges_scores_of_each_answer(monkeypatch, capsys):
+    """`editkit edit --statement S --ask Q --judge`: P(positive) of the answer before and after the edit."""
+    from editkit.models import zoo
+    from editkit.models.tiny import tiny_model
+    from editkit.training import judge as judge_module
+
+    seen: list[list[str]] = []
+
+    class Recording(StubJudge):
+        def positive(self, texts: list[str]) -> list[float]:
+            seen.append(list(texts))
+            return super().positive(texts)
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    monkeypatch.setattr(judge_module, "load_judge", lambda artifacts=None: Recording())
+    settings = ["--set", "scope=embed-untrained", "--set", "encoder=tiny-bert", "--set", "threshold=0"]
+    statement = "Be more positive about vaccines."
+    argv = ["edit", "--method", "rp", *settings, "--statement", statement, "--ask", "Vaccines?", "--judge"]
+    assert main([*argv, "--max-new-tokens", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "P(positive)" in out
+    (before,), (after,) = seen
+    row = next(line for line in out.splitlines() if line.startswith("│") and "Vaccines?" in line)
+    cells = [c.strip() for c in row.split("│")[1:-1]]
+    assert cells[-2:] == [f"{stub_p(before):.3f}", f"{stub_p(after):.3f}"]
+
+
+def test_editkit_edit_refuses_a_folder_without_a_judge_before_loading_the_model(tmp_path, capsys):
+    argv = ["edit", "--method", "rp", "--statement", "Tea is good.", "--ask", "Tea?", "--judge", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("editkit: error: no trained JUDGE parts in") and "\n" not in err
