@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import benchmark_script
 from editkit.cli import main
 from editkit.data import load_cases
 from editkit.data.formats.convsent import sentiment_of
@@ -145,6 +146,12 @@ def test_the_batch_protocol_judges_generations_before_and_after_each_edit(llama,
     assert gens[0]["score_after"] == pytest.approx(stub_p(gens[0]["after"]))
     assert rec["post"]["es_sent_judged_p"] == pytest.approx(sum(g["score_after"] for g in gens) / 5)
     assert rec["pre"]["es_sent_judged_p"] == pytest.approx(sum(g["score_before"] for g in gens) / 5)
+    # the docs' table: the unedited row from "pre", the edited from "post"; jazz asked for positive, tea negative
+    table = benchmark_script("convsent_judged_table")
+    unedited, edited = table.rows({**results, "_path": "r.json"})
+    pos, neg = (r["post"]["es_sent_judged"] for r in results["records"])
+    assert edited.startswith(f"| rp | 2 | **{agg['es_sent_judged']:.3f}** | {pos:.3f} / {neg:.3f} |")
+    assert unedited.startswith(f"| unedited (in rp) | 2 | **{agg['unedited_es_sent_judged']:.3f}** |")
 
 
 def test_editkit_eval_judges_with_a_trained_judge_and_the_report_shows_the_examples(toy_judge, tmp_path):
