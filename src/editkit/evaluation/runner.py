@@ -123,7 +123,7 @@ class RunConfig(TypedConfig):
     judge_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "batch, ConvSent sentiment edits: also answer each in-scope question with this many greedy "
+            "help": "batch, ConvSent sentiment edits: also answer each question in scope with this many greedy "
             "tokens before and after the edit and judge their sentiment (es_sent_judged); None: off"
         },
     )
