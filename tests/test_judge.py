@@ -104,7 +104,7 @@ def test_judged_es_sent_equals_a_hand_computation(llama, tmp_path):
     prompts = [p.prompt for c in cases for p in c.of_kind(ProbeKind.REPHRASE)]
     texts = llama.generate(prompts, 5)
     for n, (i, want) in enumerate(((1, "positive"), (2, "negative"))):
-        p = [stub_p(t) for t in texts[5 * n : 5 * n + 5]]
+        p = [stub_p(t) if t.strip() else 0.5 for t in texts[5 * n : 5 * n + 5]]
         score = p if want == "positive" else [1 - x for x in p]
         scores, generations = judged[i]
         assert scores["es_sent_judged"] == pytest.approx(sum(s > 0.5 for s in score) / 5)
@@ -112,6 +112,37 @@ def test_judged_es_sent_equals_a_hand_computation(llama, tmp_path):
         assert [g.text for g in generations] == texts[5 * n : 5 * n + 5]
         assert {g.sentiment for g in generations} == {want}
     assert 0 < judged[1][0]["es_sent_judged_p"] < 1
+
+
+class Canned:
+    """A model that answers every prompt with the next of some texts, and keeps the prompts it was given."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts, self.prompts = texts, []
+
+    def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        self.prompts += prompts
+        return [self.texts[(len(self.prompts) - len(prompts) + i) % len(self.texts)] for i in range(len(prompts))]
+
+
+def test_a_blank_generation_scores_one_half_unjudged_and_the_cue_follows_each_question(tmp_path):
+    (case,) = load_cases(write_toy(tmp_path / "t.json", ("tea",))).cases
+    model = Canned([" \n ", "lovely", "", "awful", "fine"])
+    asked: list[str] = []
+
+    class Judge(StubJudge):
+        def positive(self, texts: list[str]) -> list[float]:
+            asked.extend(texts)
+            return super().positive(texts)
+
+    ((scores, gens),) = judge_generations(model, [case], Judge(), max_new_tokens=3, cue=" I think").values()
+    assert asked == ["lovely", "awful", "fine"]  # blank generations never reach the judge
+    assert model.prompts[0] == "What is your opinion of tea? I think" and gens[0].prompt == model.prompts[0]
+    expected = [0.5, stub_p("lovely"), 0.5, stub_p("awful"), stub_p("fine")]  # tea asked for positive
+    assert [g.score for g in gens] == pytest.approx(expected)
+    assert scores["judged_blank"] == pytest.approx(2 / 5)
+    assert scores["es_sent_judged"] == pytest.approx(sum(x > 0.5 for x in expected) / 5)
+    assert scores["es_sent_judged_p"] == pytest.approx(sum(expected) / 5)
 
 
 def test_bad_inputs_to_the_judged_metric_are_one_line_errors(llama):
@@ -174,7 +205,8 @@ def test_editkit_eval_judges_with_a_trained_judge_and_the_report_shows_the_examp
     ("extra", "message"),
     [
         (["--judge-tokens", "4"], "no case is a sentiment edit"),
-        (["--judge", "somewhere"], "give both"),
+        (["--judge", "somewhere"], "give it too"),
+        (["--judge-cue", " I think"], "give it too"),
         (["--judge-tokens", "0"], "--judge-tokens must be at least 1"),
         (["--probe-kinds", "outt"], "unknown kind 'outt'"),
     ],

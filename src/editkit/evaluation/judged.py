@@ -11,7 +11,13 @@ sentiment (``p`` for a positive edit, ``1 - p`` for a negative one). Per case:
 
 * ``es_sent_judged``: the share of its questions whose generation has the requested sentiment (``score > 0.5``),
   SERAC's z_sent on generated text;
-* ``es_sent_judged_p``: the mean ``score``.
+* ``es_sent_judged_p``: the mean ``score``;
+* ``judged_blank``: the share of blank generations (nothing but white space: a base language model often ends
+  the text right after a bare question). A blank generation says nothing, so its ``score`` is 0.5 (never a
+  success) whatever the judge would make of an empty string.
+
+``cue`` is text appended to every question before generating (e.g. ``" I think"``, which gets a base model to
+answer); the recorded prompt includes it.
 
 Nothing here checks the topic (eq. 6's z_topic): a generation off the topic counts by its sentiment alone. The
 judge is :class:`editkit.training.judge.SentimentJudge` (``editkit train judge``); any object with
@@ -31,7 +37,7 @@ from editkit.errors import ValidationError
 from editkit.evaluation.metrics import IN_SCOPE
 from editkit.models.lm import LanguageModel
 
-JUDGED = ("es_sent_judged", "es_sent_judged_p")
+BLANK = 0.5  # the score of a blank generation: no sentiment
 ByCase = dict[int, tuple[dict[str, float], list["Judged"]]]  # position in the cases -> (scores, generations)
 
 
@@ -82,6 +88,7 @@ def judge_generations(
     *,
     max_new_tokens: int,
     batch_size: int = 16,
+    cue: str = "",
 ) -> ByCase:
     """For each case of :func:`judged_cases`, by its position in ``cases``: its scores (module docstring) and its
     questions' judged generations, from ``model`` as it is now."""
@@ -89,14 +96,14 @@ def judge_generations(
         raise ValidationError(f"the judged generations need at least one new token, got {max_new_tokens}")
     positions = judged_cases(cases)
     chosen = [cases[i] for i in positions]
-    questions = [(c, p.prompt) for c in chosen for p in c.of_kind(*IN_SCOPE)]
+    questions = [(c, p.prompt + cue) for c in chosen for p in c.of_kind(*IN_SCOPE)]
     texts = generate(model, [q for _, q in questions], max_new_tokens, batch_size)
-    positive = judge.positive(texts)
-    if len(positive) != len(texts):
-        raise ValueError(f"the judge scored {len(positive)} of {len(texts)} generations")
+    said = [i for i, t in enumerate(texts) if t.strip()]
+    judged = dict(zip(said, judge.positive([texts[i] for i in said]) if said else [], strict=True))
     per_case: dict[int, list[Judged]] = {id(c): [] for c in chosen}
-    for (case, prompt), text, p in zip(questions, texts, positive, strict=True):
+    for n, ((case, prompt), text) in enumerate(zip(questions, texts, strict=True)):
         wanted = sentiment_of(case.request.descriptor or "") or ""
+        p = judged.get(n, BLANK)
         score = p if wanted == "positive" else 1.0 - p
         per_case[id(case)].append(Judged(prompt, text, float(score), wanted))
     return {
@@ -104,6 +111,7 @@ def judge_generations(
             {
                 "es_sent_judged": mean(float(j.score > 0.5) for j in per_case[id(cases[i])]),
                 "es_sent_judged_p": mean(j.score for j in per_case[id(cases[i])]),
+                "judged_blank": mean(float(not j.text.strip()) for j in per_case[id(cases[i])]),
             },
             per_case[id(cases[i])],
         )
@@ -113,15 +121,17 @@ def judge_generations(
 
 @dataclass(frozen=True)
 class GenerationJudge:
-    """What a protocol needs to judge generations: the judge, how many tokens to generate, and the batch size."""
+    """What a protocol needs to judge generations: the judge, how many tokens to generate, the batch size and the
+    cue appended to each question."""
 
     judge: Judge
     max_new_tokens: int = 24
     batch_size: int = 16
+    cue: str = ""
 
     def __call__(self, model: LanguageModel, cases: Sequence[EditCase]) -> ByCase:
         return judge_generations(
-            model, cases, self.judge, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
+            model, cases, self.judge, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, cue=self.cue
         )
 
 

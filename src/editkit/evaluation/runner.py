@@ -131,6 +131,13 @@ class RunConfig(TypedConfig):
         default=None,
         metadata={"help": "the sentiment judge's folder (`editkit train judge`; default: the one packaged)"},
     )
+    judge_cue: str = field(
+        default="",
+        metadata={
+            "help": "text appended to each question before the judged generation (e.g. ' I think': a base model "
+            "ends the text after a bare question)"
+        },
+    )
     probe_kinds: list[str] = field(
         default_factory=list,
         metadata={
@@ -194,8 +201,8 @@ class RunConfig(TypedConfig):
             raise ConfigError("--downstream needs --downstream-data DIR (a folder with sst2.jsonl, mrpc.jsonl, ...)")
         if self.judge_tokens is not None and (self.judge_tokens < 1 or self.protocol != "batch"):
             raise ConfigError("--judge-tokens must be at least 1 and judges generations in the batch protocol")
-        if self.judge is not None and self.judge_tokens is None:
-            raise ConfigError("--judge names the sentiment judge of --judge-tokens N; give both")
+        if (self.judge is not None or self.judge_cue) and self.judge_tokens is None:
+            raise ConfigError("--judge and --judge-cue go with --judge-tokens N; give it too")
         known = [k.value for k in ProbeKind]
         unknown = [k for k in self.probe_kinds if k not in known]
         if unknown:
@@ -319,7 +326,7 @@ def _judge(config: RunConfig, cases: Sequence[EditCase]) -> GenerationJudge | No
     from editkit.training.judge import load_judge
 
     judged_cases(cases)
-    return GenerationJudge(load_judge(config.judge), config.judge_tokens, config.batch_size)
+    return GenerationJudge(load_judge(config.judge), config.judge_tokens, config.batch_size, config.judge_cue)
 
 
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -405,7 +412,11 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         if judge is not None:
             from editkit.training.judge import judge_record
 
-            results["judge"] = {**judge_record(config.judge), "max_new_tokens": config.judge_tokens}
+            results["judge"] = {
+                **judge_record(config.judge),
+                "max_new_tokens": config.judge_tokens,
+                "cue": config.judge_cue,
+            }
         results["run"] = config.to_dict()
     else:
         results = sequential_edits(
