@@ -1,7 +1,8 @@
 """The table of docs/benchmarks.md's "ConvSent: the sentiment of generated text": per results file of
 `editkit eval --judge-tokens N` (ConvSent, batch protocol, k = 1), the unedited model's and the edited model's
 judged ES_sent (share of in-scope generations with the requested sentiment, and the mean judged probability of
-it), split by the requested sentiment (read from each record's generations), with DD and KL.
+it), split by the requested sentiment (read from each record's generations), the share of blank generations,
+DD and KL.
 
     python benchmarks/convsent_judged_table.py benchmarks/results/convsent/*judged*.json
 """
@@ -36,7 +37,8 @@ def rows(run: dict[str, Any]) -> list[str]:
         out.append(
             f"| {name} | {len(records)} | **{agg[prefix + 'es_sent_judged']:.3f}** | "
             f"{split(records, side, 'es_sent_judged')} | {agg[prefix + 'es_sent_judged_p']:.3f} | "
-            f"{split(records, side, 'es_sent_judged_p')} | {agg[prefix + 'dd']:.3f} | "
+            f"{split(records, side, 'es_sent_judged_p')} | {agg[prefix + 'judged_blank']:.3f} | "
+            f"{agg[prefix + 'dd']:.3f} | "
             f"{agg[prefix + 'kl_drawdown']:.4f} |"
         )
     return out
@@ -48,9 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     print(
         "| run | cases | **ES_sent judged** | positive / negative edits | mean P(wanted) | positive / negative "
-        "| DD | KL |"
+        "| blank | DD | KL |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for path in args.results:
         run = load_results(path)
         run["_path"] = path
