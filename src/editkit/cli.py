@@ -180,6 +180,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         check_writable(args.save, "--save", folder=True)
     judge = None
     if args.judge is not None:
+        from editkit.evaluation.judged import judge_texts
         from editkit.training.judge import load_judge
 
         judge = load_judge(args.judge or None)
@@ -199,10 +200,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for col in ("prompt", "before", "after", *(("answered by", "scope score") if memory else ()), *judged):
         table.add_column(col)
     answers = [a.strip() for a, _ in after]
-    positive = list(zip(judge.positive(before), judge.positive(answers), strict=True)) if judge else []
+    positive = list(zip(judge_texts(judge, before), judge_texts(judge, answers), strict=True)) if judge else []
     for i, (p, b, a, (_, why)) in enumerate(zip(prompts, before, answers, after, strict=True)):
         routed = (_answered_by(why), f"{why.get('scope_score', why.get('best_scope_score', 0.0)):.3f}")
-        scores = tuple(f"{x:.3f}" for x in positive[i]) if judge else ()
+        scores = tuple("(blank)" if x is None else f"{x:.3f}" for x in positive[i]) if judge else ()
         table.add_row(p, b, a, *(routed if memory else ()), *scores)
     _console().print(table)
     if handle.info.get("not_taken"):

@@ -81,6 +81,18 @@ def generate(model: LanguageModel, prompts: Sequence[str], max_new_tokens: int, 
     return out
 
 
+def judge_texts(judge: Judge, texts: Sequence[str]) -> list[float | None]:
+    """Each text's probability of being positive, ``None`` for a blank one (the judge never sees it)."""
+    said = [i for i, t in enumerate(texts) if t.strip()]
+    scores = judge.positive([texts[i] for i in said]) if said else []
+    if len(scores) != len(said):
+        raise ValueError(f"the judge scored {len(scores)} of {len(said)} texts")
+    out: list[float | None] = [None] * len(texts)
+    for i, p in zip(said, scores, strict=True):
+        out[i] = float(p)
+    return out
+
+
 def judge_generations(
     model: LanguageModel,
     cases: Sequence[EditCase],
@@ -98,12 +110,11 @@ def judge_generations(
     chosen = [cases[i] for i in positions]
     questions = [(c, p.prompt + cue) for c in chosen for p in c.of_kind(*IN_SCOPE)]
     texts = generate(model, [q for _, q in questions], max_new_tokens, batch_size)
-    said = [i for i, t in enumerate(texts) if t.strip()]
-    judged = dict(zip(said, judge.positive([texts[i] for i in said]) if said else [], strict=True))
+    judged = judge_texts(judge, texts)
     per_case: dict[int, list[Judged]] = {id(c): [] for c in chosen}
-    for n, ((case, prompt), text) in enumerate(zip(questions, texts, strict=True)):
+    for (case, prompt), text, positive in zip(questions, texts, judged, strict=True):
         wanted = sentiment_of(case.request.descriptor or "") or ""
-        p = judged.get(n, BLANK)
+        p = BLANK if positive is None else positive
         score = p if wanted == "positive" else 1.0 - p
         per_case[id(case)].append(Judged(prompt, text, float(score), wanted))
     return {
