@@ -18,6 +18,7 @@ from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import ValidationError
 from editkit.evaluation.batch import batch_edits
 from editkit.evaluation.judged import GenerationJudge, judge_generations, judged_cases
+from editkit.evaluation.metrics import Reference
 from editkit.evaluation.report import write_report
 from editkit.models.encoder import SentenceEncoder
 from editkit.training.judge import SentimentJudge, case_texts, labelled_texts, load_judge
@@ -159,13 +160,23 @@ def test_bad_inputs_to_the_judged_metric_are_one_line_errors(llama):
         judge_generations(llama, [PLAIN], StubJudge(), max_new_tokens=0)
 
 
-def test_the_batch_protocol_judges_generations_before_and_after_each_edit(llama, tmp_path):
+def test_the_batch_protocol_judges_generations_before_and_after_each_edit(llama, tmp_path, monkeypatch):
     """RP at threshold 0 (every question reads the statement): generations change with the edit; the records keep
     them with their scores; `kinds` leaves the likelihood-based ES_sent out."""
     cases = load_cases(write_toy(tmp_path / "t.json", ("jazz", "tea"))).cases
     rp = create_editor("rp", {"scope": "embed-untrained", "encoder": "tiny-bert", "threshold": 0.0})
     judge = GenerationJudge(StubJudge(), max_new_tokens=4)
+    built = []
+    real_build = Reference.build.__func__  # type: ignore[attr-defined]
+
+    def build(cls, lm, cs, **kw):
+        built.append(cs)
+        return real_build(cls, lm, cs, **kw)
+
+    monkeypatch.setattr(Reference, "build", classmethod(build))
     results = batch_edits(llama, rp, cases, judge=judge, kinds=[ProbeKind.OUT], progress=False)
+    # the reference is made for the probes scored: no unedited likelihoods of the in-scope responses
+    assert [p.kind for c in built[0] for p in c.probes] == [ProbeKind.OUT, ProbeKind.OUT]
     agg = results["aggregates"]
     assert {"es_sent_judged", "es_sent_judged_p", "unedited_es_sent_judged", "kl_drawdown"} <= set(agg)
     assert "es" not in agg and "z_sent" not in agg

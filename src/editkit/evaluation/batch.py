@@ -19,6 +19,7 @@ such record keeps its ``generations`` (question, before, after, scores). ``kinds
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,10 +106,13 @@ def batch_edits(
         raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
     editor.prepare(lm)
     t_start = time.perf_counter()
+    # the reference of the probes scored only: with some kinds left out it skips what they would need (the
+    # unedited likelihoods of ConvSent's responses take minutes)
+    probed = cases if set(ProbeKind) <= set(kinds) else [_of_kinds(c, kinds) for c in cases]
     reference = (
-        Reference.cached(lm, cases, reference_cache, batch_size=batch_size, progress=progress)
+        Reference.cached(lm, probed, reference_cache, batch_size=batch_size, progress=progress)
         if reference_cache is not None
-        else Reference.build(lm, cases, batch_size=batch_size, progress=progress)
+        else Reference.build(lm, probed, batch_size=batch_size, progress=progress)
     )
     unedited = score_cases(lm, cases, reference, batch_size=batch_size, kinds=kinds, progress=progress)
     before = judge(lm, cases) if judge is not None else {}
@@ -142,6 +146,10 @@ def batch_edits(
         "peak_memory_mb": peak_memory_mb(),
         "records": records,
     }
+
+
+def _of_kinds(case: EditCase, kinds: Sequence[ProbeKind]) -> EditCase:
+    return dataclasses.replace(case, probes=tuple(p for p in case.probes if p.kind in kinds))
 
 
 def k_aggregates(records: Sequence[dict[str, Any]]) -> dict[str, float]:
