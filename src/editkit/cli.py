@@ -178,6 +178,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     check_model_name(args.model)
     if args.save:
         check_writable(args.save, "--save", folder=True)
+    judge = None
+    if args.judge is not None:
+        from editkit.evaluation.judged import judge_texts
+        from editkit.training.judge import load_judge
+
+        judge = load_judge(args.judge or None)
     lm = load(args.model, device=args.device)
     service = EditService(lm, editor)
     prompts = [*([] if request.is_statement else [request.text]), *args.ask]
@@ -190,11 +196,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
         edit = f"statement {request.descriptor!r}"
     table = Table(title=f"{editor.name} on {lm.name}: {edit} ({seconds:.1f} s)")
     memory = service.model is not lm  # a memory editor: say which edit answered each prompt
-    for col in ("prompt", "before", "after", *(("answered by", "scope score") if memory else ())):
+    judged = ("P(positive) before", "after") if judge else ()
+    for col in ("prompt", "before", "after", *(("answered by", "scope score") if memory else ()), *judged):
         table.add_column(col)
-    for p, b, (a, why) in zip(prompts, before, after, strict=True):
+    answers = [a.strip() for a, _ in after]
+    positive = list(zip(judge_texts(judge, before), judge_texts(judge, answers), strict=True)) if judge else []
+    for i, (p, b, a, (_, why)) in enumerate(zip(prompts, before, answers, after, strict=True)):
         routed = (_answered_by(why), f"{why.get('scope_score', why.get('best_scope_score', 0.0)):.3f}")
-        table.add_row(p, b, a.strip(), *(routed if memory else ()))
+        scores = tuple("(blank)" if x is None else f"{x:.3f}" for x in positive[i]) if judge else ()
+        table.add_row(p, b, a, *(routed if memory else ()), *scores)
     _console().print(table)
     if handle.info.get("not_taken"):
         print(f"warning: the edit did not take: {request.target_new!r} is still below {request.target_true!r}")
@@ -786,6 +796,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save", metavar="DIR", help="save the edit (safetensors + JSON) to DIR")
     p.add_argument("--device", default=None)
     p.add_argument("--max-new-tokens", type=_positive_int, default=6)
+    p.add_argument(
+        "--judge",
+        nargs="?",
+        const="",
+        metavar="FOLDER",
+        help="show the sentiment judge's P(positive) of each answer (FOLDER: from `editkit train judge`; default: "
+        "the packaged judge)",
+    )
     p.set_defaults(fn=cmd_edit)
 
     p = sub.add_parser("quickstart", help="edit a real model with demo edits and show before / after")

@@ -10,10 +10,16 @@ A memory editor can be evaluated with its memory already holding other edits (``
 deployed memory would hold; :mod:`editkit.evaluation.prefill`): they are added once, before the first group, stay
 while every group is edited, scored and rolled back, and are removed at the end. Memory editors' runs split
 drawdown by cause (the ``dd_*_subject`` scores of :mod:`editkit.evaluation.metrics`).
+
+With a generation judge (:mod:`editkit.evaluation.judged`) the sentiment edits' in-scope questions are also
+answered by generation before and after each edit and judged (``es_sent_judged``, ``es_sent_judged_p``); each
+such record keeps its ``generations`` (question, before, after, scores). ``kinds`` limits the probes scored by
+:func:`~editkit.evaluation.metrics.score_cases` (the judged generations do not depend on it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,8 +28,9 @@ from typing import Any
 
 from editkit.data.formats import Dataset
 from editkit.editors.base import EditHandle, Editor
-from editkit.edits import EditCase, EditRequest
+from editkit.edits import EditCase, EditRequest, ProbeKind
 from editkit.errors import ValidationError
+from editkit.evaluation.judged import ByCase, GenerationJudge, judged_cases, paired
 from editkit.evaluation.metrics import Reference, score_cases
 from editkit.evaluation.prefill import SubjectIndex
 from editkit.evaluation.results import header
@@ -76,6 +83,8 @@ def batch_edits(
     prefill_summary: dict[str, Any] | None = None,
     reference_cache: Path | None = None,
     span: tuple[int, int] | None = None,
+    judge: GenerationJudge | None = None,
+    kinds: Sequence[ProbeKind] = tuple(ProbeKind),
 ) -> dict[str, Any]:
     """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model (a
     memory editor's memory holding the ``prefill`` edits), score every case of the group, roll back.
@@ -83,9 +92,12 @@ def batch_edits(
     unedited model's reference is kept there and reused (:meth:`Reference.cached`). With ``span = (start, end)``
     only the groups whose first case lies at a position in ``[start, end)`` are edited (one shard of a sweep):
     the unedited model is still scored on every case, in the batches the whole run scores them in, and groups
-    keep their numbers, so the shards' records are the whole run's (:mod:`editkit.sweep.merge`)."""
+    keep their numbers, so the shards' records are the whole run's (:mod:`editkit.sweep.merge`). With ``judge``
+    the sentiment edits' generations are judged too (module docstring); ``kinds`` are the probe kinds scored."""
     if not cases:
         raise ValidationError("no cases to evaluate")
+    if judge is not None:
+        judged_cases(cases)  # no sentiment edit, or one without questions: fail before any work
     memory = editor.capabilities.storage != "weights"
     if prefill and not memory:
         raise ValidationError(f"{editor.name} edits weights; a prefilled memory is for memory editors")
@@ -94,12 +106,18 @@ def batch_edits(
         raise ValidationError(f"edits per batch must be between 1 and the number of cases ({len(cases)}), got {bad}")
     editor.prepare(lm)
     t_start = time.perf_counter()
+    # the reference of the probes scored only: with some kinds left out it skips what they would need (the
+    # unedited likelihoods of ConvSent's responses take minutes)
+    probed = cases if set(ProbeKind) <= set(kinds) else [_of_kinds(c, kinds) for c in cases]
     reference = (
-        Reference.cached(lm, cases, reference_cache, batch_size=batch_size, progress=progress)
+        Reference.cached(lm, probed, reference_cache, batch_size=batch_size, progress=progress)
         if reference_cache is not None
-        else Reference.build(lm, cases, batch_size=batch_size, progress=progress)
+        else Reference.build(lm, probed, batch_size=batch_size, progress=progress)
     )
-    unedited = score_cases(lm, cases, reference, batch_size=batch_size, progress=progress)
+    unedited = score_cases(lm, cases, reference, batch_size=batch_size, kinds=kinds, progress=progress)
+    before = judge(lm, cases) if judge is not None else {}
+    for i, (scores, _) in before.items():
+        unedited[i].update(scores)
     if span is not None and not 0 <= span[0] < span[1] <= len(cases):
         raise ValidationError(f"case range {span[0]}:{span[1]} is not within the {len(cases)} cases")
     groups = {k: list(enumerate(edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups])) for k in ks}
@@ -109,7 +127,9 @@ def batch_edits(
     prefilled = _prefill(lm, editor, prefill, progress)
     subjects = SubjectIndex.of(prefill) if memory else None
     try:
-        records, by_k = _run_groups(lm, editor, cases, plan, reference, unedited, subjects, batch_size, progress)
+        records, by_k = _run_groups(
+            lm, editor, cases, plan, reference, unedited, subjects, batch_size, progress, judge, before, kinds
+        )
     finally:
         rollback(prefilled)
     return {
@@ -126,6 +146,10 @@ def batch_edits(
         "peak_memory_mb": peak_memory_mb(),
         "records": records,
     }
+
+
+def _of_kinds(case: EditCase, kinds: Sequence[ProbeKind]) -> EditCase:
+    return dataclasses.replace(case, probes=tuple(p for p in case.probes if p.kind in kinds))
 
 
 def k_aggregates(records: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -167,6 +191,9 @@ def _run_groups(
     subjects: SubjectIndex | None,
     batch_size: int,
     progress: bool,
+    judge: GenerationJudge | None,
+    before: ByCase,
+    kinds: Sequence[ProbeKind],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
@@ -180,21 +207,25 @@ def _run_groups(
                 edit_seconds = time.perf_counter() - t0
                 in_memory = subjects.extended(r for c in edited for r in c.requests) if subjects else None
                 try:
-                    post = score_cases(handles[-1].model, edited, reference, batch_size=batch_size, subjects=in_memory)
+                    post = score_cases(
+                        handles[-1].model, edited, reference, batch_size=batch_size, kinds=kinds, subjects=in_memory
+                    )
+                    after = judge(handles[-1].model, edited) if judge is not None and before.keys() & set(group) else {}
                 finally:
                     rollback(handles)
-                for i, scores in zip(group, post, strict=True):
-                    k_records.append(
-                        {
-                            "case_id": cases[i].request.case_id,
-                            "k": k,
-                            "group": g,
-                            "pre": unedited[i],
-                            "post": scores,
-                            "edit_seconds": edit_seconds / k,
-                            "info": record_info(handles),
-                        }
-                    )
+                for j, (i, scores) in enumerate(zip(group, post, strict=True)):
+                    record: dict[str, Any] = {
+                        "case_id": cases[i].request.case_id,
+                        "k": k,
+                        "group": g,
+                        "pre": unedited[i],
+                        "post": {**scores, **(after[j][0] if j in after else {})},
+                        "edit_seconds": edit_seconds / k,
+                        "info": record_info(handles),
+                    }
+                    if j in after:
+                        record["generations"] = paired(before[i][1], after[j][1])
+                    k_records.append(record)
                 bar.advance()
             by_k[str(k)] = k_aggregates(k_records)
             records += k_records

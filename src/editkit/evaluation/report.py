@@ -19,6 +19,7 @@ from statistics import median
 from typing import Any
 
 from editkit.errors import ValidationError
+from editkit.evaluation.report_judged import generations_section
 from editkit.evaluation.results import load_results
 from editkit.evaluation.sequential import sequential_aggregates
 from editkit.evaluation.shared import edit_success
@@ -477,6 +478,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> Path:
     if seq:
         md += ["## Sequential edits", "", *_plot_sequential(seq, out), ""]
         md += ["### At scale: Table 3 of the forgetting paper, measured", "", *_forgetting_table(seq), ""]
+    md += generations_section(runs, _label)
     path = out / "report.md"
     path.write_text("\n".join(md) + "\n")
     return path

@@ -29,13 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from editkit.configfile import read_yaml
+from editkit.edits import ProbeKind
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_write, check_writable
 from editkit.models.zoo import DEFAULT_MODEL, cache_dir
 from editkit.typedconfig import TypedConfig
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from editkit.edits import EditCase
     from editkit.evaluation.guard import EditGuard
+    from editkit.evaluation.judged import GenerationJudge
 
 MAPPINGS = ("settings", "guard")  # RunConfig fields that hold settings of their own (KEY: VALUE)
 
@@ -115,6 +120,31 @@ class RunConfig(TypedConfig):
     threads: int | None = field(
         default=None, metadata={"help": "torch threads (default: one per core; two runs side by side: 1 each)"}
     )
+    judge_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "batch, ConvSent sentiment edits: also answer each question in scope with this many greedy "
+            "tokens before and after the edit and judge their sentiment (es_sent_judged); None: off"
+        },
+    )
+    judge: str | None = field(
+        default=None,
+        metadata={"help": "the sentiment judge's folder (`editkit train judge`; default: the one packaged)"},
+    )
+    judge_cue: str = field(
+        default="",
+        metadata={
+            "help": "text appended to each question before the judged generation (e.g. ' I think': a base model "
+            "ends the text after a bare question)"
+        },
+    )
+    probe_kinds: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "batch: score only probes of these kinds (edit, rephrase, hard_in, neighborhood, out; default "
+            "all); e.g. out with --judge-tokens judges ConvSent generations without its responses' likelihoods"
+        },
+    )
     skip_invalid: bool = field(
         default=False, metadata={"help": "leave malformed records out (listed in the results) instead of failing"}
     )
@@ -169,6 +199,16 @@ class RunConfig(TypedConfig):
             raise ConfigError("downstream evaluation runs in the sequential protocol (--protocol sequential)")
         if self.downstream and not self.downstream_data:
             raise ConfigError("--downstream needs --downstream-data DIR (a folder with sst2.jsonl, mrpc.jsonl, ...)")
+        if self.judge_tokens is not None and (self.judge_tokens < 1 or self.protocol != "batch"):
+            raise ConfigError("--judge-tokens must be at least 1 and judges generations in the batch protocol")
+        if (self.judge is not None or self.judge_cue) and self.judge_tokens is None:
+            raise ConfigError("--judge and --judge-cue go with --judge-tokens N; give it too")
+        known = [k.value for k in ProbeKind]
+        unknown = [k for k in self.probe_kinds if k not in known]
+        if unknown:
+            raise ConfigError(f"--probe-kinds: unknown kind {unknown[0]!r}; the kinds are {', '.join(known)}")
+        if self.probe_kinds and self.protocol != "batch":
+            raise ConfigError("--probe-kinds chooses what the batch protocol scores (--protocol batch)")
         if self.guard is not None:
             if self.protocol != "sequential":
                 raise ConfigError("the edit guard runs in the sequential protocol (--protocol sequential)")
@@ -278,6 +318,17 @@ def _guard(config: RunConfig, evaluated: dict[str, list[dict[str, Any]]]) -> Edi
     return EditGuard(GuardConfig.from_dict(settings), canary=canary, batch_size=config.batch_size)
 
 
+def _judge(config: RunConfig, cases: Sequence[EditCase]) -> GenerationJudge | None:
+    """The run's generation judge (``--judge-tokens``), checked against the cases before the model loads."""
+    if config.judge_tokens is None:
+        return None
+    from editkit.evaluation.judged import GenerationJudge, judged_cases
+    from editkit.training.judge import load_judge
+
+    judged_cases(cases)
+    return GenerationJudge(load_judge(config.judge), config.judge_tokens, config.batch_size, config.judge_cue)
+
+
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the evaluation ``config`` describes and write its results JSON (atomically). Returns the results."""
     import torch
@@ -336,6 +387,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         else None
     )
     guard = _guard(config, tasks) if config.guard is not None else None
+    judge = _judge(config, dataset.cases)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     lm = load(config.model, device=config.device)
@@ -354,7 +406,17 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             prefill_summary=prefill.summary if prefill else None,
             reference_cache=cache_dir() / "references",
             span=config.positions(),
+            judge=judge,
+            kinds=[ProbeKind(k) for k in config.probe_kinds] or tuple(ProbeKind),
         )
+        if judge is not None:
+            from editkit.training.judge import judge_record
+
+            results["judge"] = {
+                **judge_record(config.judge),
+                "max_new_tokens": config.judge_tokens,
+                "cue": config.judge_cue,
+            }
         results["run"] = config.to_dict()
     else:
         results = sequential_edits(

@@ -8,10 +8,12 @@ edits of both kinds. In-scope probes (rephrase) are the SERAC paper's questions 
 expecting the desired sentiment's responses (the first as ``expected``, the rest as aliases) against the
 other sentiment's (contrast and contrast aliases). The out-of-scope probe asks for the opinion of the next
 record's topic (the last record's is the first's), expecting that topic's first positive response; it is
-left out when the next record has none.
+left out when the next record has none. :func:`sentiment_of` reads the sentiment a descriptor asks for.
 """
 
 from __future__ import annotations
+
+import re
 
 from editkit.data.formats.record import Record, case_id, space
 from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
@@ -21,6 +23,16 @@ _CONVSENT_QUESTIONS = tuple(
     f"What is your {position} {{}}?"
     for position in ("opinion of", "stance on", "position on", "impression of", "assessment of")
 )
+
+
+_STATEMENT = re.compile(r"^TOPIC: .+ SENTIMENT: (positive|negative)$")
+
+
+def sentiment_of(descriptor: str) -> str | None:
+    """The sentiment a ConvSent statement ``"TOPIC: X SENTIMENT: positive|negative"`` asks for; None for any other
+    descriptor."""
+    m = _STATEMENT.match(descriptor)
+    return m.group(1) if m else None
 
 
 def _responses(r: Record, name: str) -> list[str]:
