@@ -94,3 +94,30 @@ SEPROG_TINY = {"encoder": "tiny-bert", "hidden": 8, "prefix_len": 2, "steps": 3,
 def seprog_parts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """SEPROG's prompt generator for a tiny architecture (``seprog_parts("t5")``)."""
     return _trained_per_arch(tmp_path_factory, "seprog", SEPROG_TINY)
+
+
+def first_use_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trainer: Any, model: str, settings: dict[str, Any]
+) -> list[Path]:
+    """Turn first-use training on with a tiny recipe of ``trainer`` (a trainer class) for ``model``, over tiny
+    cases under ``$EDITKIT_DATA`` and no packaged parts; the list it returns collects each training's folder."""
+    import editkit.trained
+    from editkit.training.registry import Recipe
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_tiny_cases(data / "cases.jsonl")
+    monkeypatch.setenv("EDITKIT_DATA", str(data))
+    monkeypatch.setenv(editkit.trained.FIRST_USE_ENV, "1")
+    monkeypatch.setattr(editkit.trained, "PACKAGED", tmp_path / "packaged")
+    recipe = Recipe(data=("cases.jsonl",), settings=settings, seconds_per_step=0.5, measured="a test")
+    monkeypatch.setattr(trainer, "recipes", {model: recipe})
+    runs: list[Path] = []
+    train = trainer.train
+
+    def counted(self: Any, *, progress: bool = True) -> Any:
+        runs.append(Path(self.config.out))
+        return train(self, progress=progress)
+
+    monkeypatch.setattr(trainer, "train", counted)
+    return runs

@@ -14,14 +14,14 @@ import torch
 import yaml
 
 import editkit.trained
-from conftest import REPO, write_tiny_cases
+from conftest import REPO
 from editkit.editors import create_editor
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
 from editkit.models.tiny import tiny_model
 from editkit.trained import FIRST_USE_ENV, user_folder
 from editkit.training.enn import RECIPES, ENNTrainConfig, ENNTrainer
-from editkit.training.registry import Recipe
+from learned_parts import first_use_recipe
 
 REQUESTS = [EditRequest(prompt="Michael Jordan plays the sport of", target_new=" tennis")]
 LLAMA = "tiny-llama-s0"
@@ -30,24 +30,8 @@ LLAMA = "tiny-llama-s0"
 @pytest.fixture
 def first_use(tmp_path, monkeypatch):
     """First-use training on, with a tiny recipe for tiny-llama over data under $EDITKIT_DATA; counts trainings."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_tiny_cases(data / "cases.jsonl")
-    monkeypatch.setenv("EDITKIT_DATA", str(data))
-    monkeypatch.setenv(FIRST_USE_ENV, "1")
-    monkeypatch.setattr(editkit.trained, "PACKAGED", tmp_path / "packaged")
     settings = {"base_model": "tiny-llama", "steps": 4, "batch": 2, "lr": 1e-3, "inner_lr": 0.1, "checkpoint_every": 2}
-    recipe = Recipe(data=("cases.jsonl",), settings=settings, seconds_per_step=0.5, measured="a test")
-    monkeypatch.setattr(ENNTrainer, "recipes", {LLAMA: recipe})
-    runs: list[Path] = []
-    train = ENNTrainer.train
-
-    def counted(self, *, progress=True):
-        runs.append(Path(self.config.out))
-        return train(self, progress=progress)
-
-    monkeypatch.setattr(ENNTrainer, "train", counted)
-    return runs
+    return first_use_recipe(tmp_path, monkeypatch, ENNTrainer, LLAMA, settings)
 
 
 def _state(lm):

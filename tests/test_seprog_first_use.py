@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import editkit.trained
-from conftest import REPO, write_tiny_cases
+from conftest import REPO
 from editkit.editors import create_editor
 from editkit.edits import EditRequest
 from editkit.models.tiny import tiny_model
-from editkit.trained import FIRST_USE_ENV, part_fingerprint, user_folder
-from editkit.training.registry import Recipe
+from editkit.trained import part_fingerprint, user_folder
 from editkit.training.seprog import PART, RECIPES, SEPROGTrainConfig, SEPROGTrainer
-from learned_parts import SEPROG_TINY
+from learned_parts import SEPROG_TINY, first_use_recipe
 
 EDITS = [EditRequest(prompt="{} plays the sport of", subject="Michael Jordan", target_new=" tennis")]
 LLAMA = "tiny-llama-s0"
@@ -25,23 +23,7 @@ LLAMA = "tiny-llama-s0"
 @pytest.fixture
 def first_use(tmp_path, monkeypatch):
     """First-use training on, with a tiny SEPROG recipe for tiny-llama; counts trainings."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_tiny_cases(data / "cases.jsonl")
-    monkeypatch.setenv("EDITKIT_DATA", str(data))
-    monkeypatch.setenv(FIRST_USE_ENV, "1")
-    monkeypatch.setattr(editkit.trained, "PACKAGED", tmp_path / "packaged")
-    recipe = Recipe(data=("cases.jsonl",), settings={**SEPROG_TINY, "base_model": "tiny-llama"}, seconds_per_step=0.5)
-    monkeypatch.setattr(SEPROGTrainer, "recipes", {LLAMA: recipe})
-    runs: list[Path] = []
-    train = SEPROGTrainer.train
-
-    def counted(self, *, progress=True):
-        runs.append(Path(self.config.out))
-        return train(self, progress=progress)
-
-    monkeypatch.setattr(SEPROGTrainer, "train", counted)
-    return runs
+    return first_use_recipe(tmp_path, monkeypatch, SEPROGTrainer, LLAMA, {**SEPROG_TINY, "base_model": "tiny-llama"})
 
 
 def test_seprog_trains_its_recipe_once_and_names_the_parts_it_used(first_use):
