@@ -23,19 +23,18 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from editkit.data.formats.convsent import sentiment_of
 from editkit.editors.memory import descriptor_of
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ValidationError
 from editkit.models.lm import LanguageModel
 
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
-_SENTIMENT = re.compile(r"^(TOPIC: .+ SENTIMENT: )(positive|negative)$")
 
 
 @dataclass(frozen=True)
@@ -48,10 +47,10 @@ class ContrastExample:
 def flipped(descriptor: str) -> str | None:
     """A ConvSent statement with the other sentiment (``"TOPIC: X SENTIMENT: negative"`` for ``positive``); None
     for any other descriptor."""
-    m = _SENTIMENT.match(descriptor)
-    if m is None:
+    sentiment = sentiment_of(descriptor)
+    if sentiment is None:
         return None
-    return m.group(1) + ("negative" if m.group(2) == "positive" else "positive")
+    return descriptor[: -len(sentiment)] + ("negative" if sentiment == "positive" else "positive")
 
 
 def contrast_examples(cases: Sequence[EditCase], template: str) -> list[ContrastExample]:
