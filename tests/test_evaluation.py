@@ -20,6 +20,8 @@ from editkit.evaluation.flags import flag_drift_jump
 from editkit.evaluation.metrics import Reference, kl_divergence, ngram_entropy, score_cases
 from editkit.evaluation.report import write_report
 from editkit.evaluation.sequential import sequential_edits
+from editkit.models.tiny import tiny_model
+from learned_parts import enn_parts  # noqa: F401  (fixture)
 
 
 def _snapshot(lm):
@@ -861,3 +863,10 @@ def test_report_reads_a_running_sequential_runs_state(tmp_path):
     (tmp_path / "broken.json").write_text(json.dumps(partial))
     with pytest.raises(ValidationError, match="without records"):
         load_runs([tmp_path / "broken.json"])
+
+
+def test_a_sequential_run_names_the_parts_its_editor_loaded_at_the_first_edit(enn_parts):  # noqa: F811
+    editor = create_editor("enn", {"artifacts": str(enn_parts("llama")), "steps": 1})
+    assert editor.provenance() == {}  # ENN loads its parts at its first edit
+    out = sequential_edits(tiny_model("llama"), editor, demo_cases()[:2], every=2, progress=False)
+    assert list(out["provenance"]) == ["enn:tiny-llama-s0"] and out["provenance"] == editor.provenance()

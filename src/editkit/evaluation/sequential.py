@@ -138,6 +138,7 @@ def sequential_edits(
                     _spent(results, "saves", time.perf_counter() - t_save)
                 bar.advance()
         results["aggregates"] = sequential_aggregates(results)
+        results["provenance"] = editor.provenance()  # parts an editor loads at its first edit are known only now
         _account(results, earlier_seconds + time.perf_counter() - t_start)
         return results
 
