@@ -180,10 +180,10 @@ class JudgeTrainer(Trainer):
 
     name: ClassVar[str] = NAME
     config_cls: ClassVar[type[TypedConfig]] = JudgeTrainConfig
+    config: JudgeTrainConfig
 
     def train(self, *, progress: bool = True) -> dict[str, Any]:
         config = self.config
-        assert isinstance(config, JudgeTrainConfig)
         if not config.out:
             raise ConfigError("no output folder given (out: FOLDER)")
         missing = [p for p in config.heldout if not Path(p).is_file()]
