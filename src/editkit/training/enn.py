@@ -43,7 +43,7 @@ from editkit.errors import ConfigError
 from editkit.files import tensor_sha256
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part, training_cases
+from editkit.training.loop import DATA_HELP, seed_torch, train_part, training_cases
 from editkit.training.registry import Recipe, Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -63,7 +63,7 @@ RECIPES = {
 
 @dataclass
 class ENNTrainConfig(TypedConfig):
-    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "folder for the trained artifact"})
     base_model: str = field(default="smollm2-135m", metadata={"help": "the model whose weights are meta-trained"})
     max_cases: int | None = field(default=None, metadata={"help": "use at most this many cases of each file"})

@@ -39,7 +39,7 @@ from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part, training_cases
+from editkit.training.loop import DATA_HELP, seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -49,7 +49,7 @@ LOCAL_KINDS = (ProbeKind.OUT, ProbeKind.NEIGHBORHOOD)
 
 @dataclass
 class KETrainConfig(TypedConfig):
-    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "folder for the trained artifact"})
     base_model: str = field(default="smollm2-135m", metadata={"help": "the model whose edits KE learns to make"})
     layers: list[int] = field(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from editkit.data.formats import Dataset, load_cases
+from editkit.data.formats import FORMATS, Dataset, load_cases
 from editkit.edits import EditCase
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_torch_save
@@ -180,12 +180,27 @@ def train_part(
     )
 
 
+DATA_HELP = "training files (training splits only); FORMAT:PATH reads one in a named format"
+
+
+def data_entry(entry: str) -> tuple[str, str | None]:
+    """A training data entry -> (path, format). ``FORMAT:PATH`` reads the file in a named format
+    (``counterfact-fc:counterfact-train.json``: the same file as fact-checking cases); a bare path is detected."""
+    name, sep, rest = entry.partition(":")
+    if sep and name in FORMATS:
+        if not rest:
+            raise ConfigError(f"training data entry {entry!r} names a format but no file")
+        return rest, name
+    return entry, None
+
+
 def training_cases(data: Sequence[str], max_cases: int | None = None) -> tuple[list[EditCase], list[Dataset]]:
     """The cases of every training file (at most ``max_cases`` each; invalid records skipped, as the datasets
-    list them) and the datasets, whose sha256 a trainer's checkpoint key and manifest record."""
+    list them) and the datasets, whose sha256 a trainer's checkpoint key and manifest record. An entry may name
+    its format (:func:`data_entry`), so one file can serve twice, read two ways."""
     if not data:
         raise ConfigError("no training data given (data: [FILE, ...])")
-    datasets = [load_cases(p, limit=max_cases, skip_invalid=True) for p in data]
+    datasets = [load_cases(path, format=fmt, limit=max_cases, skip_invalid=True) for path, fmt in map(data_entry, data)]
     cases = [c for d in datasets for c in d.cases]
     if not cases:
         raise ValidationError(f"the training files hold no usable cases: {', '.join(data)}")

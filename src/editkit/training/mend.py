@@ -39,7 +39,7 @@ from editkit.models.adapters import get_module
 from editkit.models.hooks import hooks
 from editkit.models.lm import LanguageModel, TeacherForcedBatch
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part, training_cases
+from editkit.training.loop import DATA_HELP, seed_torch, train_part, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -49,7 +49,7 @@ PARTS = ("mlp_in", "mlp_out")
 
 @dataclass
 class MENDTrainConfig(TypedConfig):
-    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "folder for the trained parts"})
     base_model: str = field(default="smollm2-135m", metadata={"help": "the model the editor networks edit"})
     max_cases: int | None = field(default=None, metadata={"help": "at most this many cases per file"})

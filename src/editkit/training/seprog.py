@@ -48,7 +48,7 @@ from editkit.files import atomic_torch_save
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
-from editkit.training.loop import seed_torch, train_part, training_cases
+from editkit.training.loop import DATA_HELP, seed_torch, train_part, training_cases
 from editkit.training.registry import Recipe, Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
@@ -86,7 +86,7 @@ RECIPES = {
 
 @dataclass
 class SEPROGTrainConfig(TypedConfig):
-    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "folder for the trained part"})
     base_model: str = field(default="smollm2-135m", metadata={"help": "the frozen model the prefixes are for"})
     encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder of the edit descriptors"})

@@ -64,7 +64,7 @@ from editkit.files import atomic_write, file_sha256
 from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.trained import record_part, save_part, start_manifest
-from editkit.training.loop import LoopResult, checkpoint_key, seed_torch, train_loop, training_cases
+from editkit.training.loop import DATA_HELP, LoopResult, checkpoint_key, seed_torch, train_loop, training_cases
 from editkit.training.registry import Trainer, register_trainer
 from editkit.training.sentiment import ContrastExample, contrast_examples, contrast_loss
 from editkit.training.serac_data import (
@@ -88,7 +88,7 @@ PARTS = ("scope-embed", "scope-cross", "counterfactual")
 
 @dataclass
 class SERACTrainConfig(TypedConfig):
-    data: list[str] = field(default_factory=list, metadata={"help": "training files (training splits only)"})
+    data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
     out: str = field(default="", metadata={"help": "folder for the trained parts"})
     parts: list[str] = field(default_factory=lambda: list(PARTS), metadata={"help": "parts to train"})
     max_cases: int | None = field(default=None, metadata={"help": "at most this many cases per file"})
