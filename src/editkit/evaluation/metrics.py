@@ -13,7 +13,9 @@ Per case (numbers in parentheses are equations of the SERAC paper, Mitchell et a
 * Choice probes (``Probe.choice``: a claim labelled " True" or " False", fact checking): the model's answer is
   whichever of ``expected`` and ``contrast`` it finds likelier (length-normalised log-likelihoods), as a binary
   classifier's label; ``es`` on them is (4) with that answer (``expected`` wins), and ``dd`` is (5) with it (the
-  choice differs from the unedited model's, kept in :class:`Reference`).
+  choice differs from the unedited model's, kept in :class:`Reference`). ``choice_all``: 1 when every in-scope
+  choice probe of the case is answered as the edit says; a model that gives one label to every claim scores 0 on
+  a case with claims of both labels (chance on a case of n claims: 2^-n), where its ``es`` is 0.5.
 * ``token_acc``: fraction of in-scope answer tokens that are the argmax (EasyEdit's "accuracy").
 * ``edit_acc`` / ``rephrase_acc`` / ``hard_in_acc``: ``es`` split by probe kind; ``hard_in_acc`` is portability
   / multi-hop accuracy.
@@ -336,10 +338,15 @@ def _score_chunk(
         add(case, "z_sent", z_sent)
         add(case, "z_topic", z_topic)
         add(case, KIND_ACCURACY[probe.kind], z_sent * z_topic)
+    in_chosen: dict[int, list[float]] = {}
     for case, probe in chosen:
         if probe.kind in IN_SCOPE:
             add(case, "es", float(choice[_key(probe)]))
             add(case, KIND_ACCURACY[probe.kind], float(choice[_key(probe)]))
+            in_chosen.setdefault(id(case), []).append(float(choice[_key(probe)]))
+    for case in cases:
+        if id(case) in in_chosen:
+            add(case, "choice_all", float(all(in_chosen[id(case)])))
     for j, ((case, probe), s) in enumerate(zip(outs, out_scores, strict=True)):
         if probe.choice:
             changed = float(choice[_key(probe)] != reference.choices[_key(probe)])

@@ -32,6 +32,7 @@ TABLE_COLUMNS = (
     "dd",
     "kl_drawdown",
     "hard_in_acc",
+    "choice_all",
     "final_efficacy",
     "forgotten_fraction",
     "final_downstream_f1",

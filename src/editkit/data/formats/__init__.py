@@ -10,7 +10,8 @@ order of :data:`FORMATS`). Each format family maps its records in a module of it
 * ``counterfact-fc``, ``counterfact-fc-rewrite``: CounterFact (EasyEdit schema) as fact checking, evidence
   statements or rewrites as edits and true / false claims as probes; named with ``format``, never detected
   (:mod:`editkit.data.formats.factcheck`).
-* ``zsre-mend``: zsRE in the MEND schema (:mod:`editkit.data.formats.zsre`).
+* ``zsre-mend``, ``zsre-tf``: zsRE in the MEND schema, and as QA-hard with true / false questions (named, never
+  detected) (:mod:`editkit.data.formats.zsre`).
 * ``wikibio``, ``knowedit``: KnowEdit's WikiBio, ZsRE and WikiData_counterfact
   (:mod:`editkit.data.formats.knowedit`).
 * ``leapofthought``: LeapOfThought taxonomic claims as fact-checking edits
@@ -106,6 +107,13 @@ FORMATS: dict[str, Format] = {
             "zsRE, MEND schema (src, rephrase, alt, answers, loc, loc_ans, portability)",
             lambda rec: {"src", "alt"} <= set(rec),
             zsre.mend_case,
+        ),
+        Format(
+            "zsre-tf",
+            "zsRE (MEND schema) as QA-hard: the edit with true / false questions about it as hard in-scope inputs "
+            "(named, never detected)",
+            lambda rec: {"src", "alt"} <= set(rec),
+            zsre.tf_case,
         ),
         Format(
             "wikibio",

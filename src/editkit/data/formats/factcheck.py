@@ -41,7 +41,7 @@ def claim(prompt: str, obj: str) -> str:
     return sentence if sentence.endswith((".", "!", "?")) else sentence + "."
 
 
-def _probe(prompt: str, obj: str, true: bool, kind: ProbeKind) -> Probe:
+def claim_probe(prompt: str, obj: str, true: bool, kind: ProbeKind) -> Probe:
     return Probe(
         claim(prompt, obj) + QUESTION, TRUE if true else FALSE, kind, contrast=FALSE if true else TRUE, choice=True
     )
@@ -58,16 +58,16 @@ class _Fact:
 
 
 def _probes(r: Record, fact: _Fact) -> list[Probe]:
-    probes = [_probe(fact.prompt, fact.new, True, ProbeKind.EDIT)]
+    probes = [claim_probe(fact.prompt, fact.new, True, ProbeKind.EDIT)]
     rephrase = r.text("rephrase_prompt", optional=True, strict=True)
     if rephrase:
-        probes.append(_probe(rephrase, fact.new, True, ProbeKind.REPHRASE))
-    probes += [_probe(p, fact.old, False, ProbeKind.HARD_IN) for p in (fact.prompt, rephrase) if p]
+        probes.append(claim_probe(rephrase, fact.new, True, ProbeKind.REPHRASE))
+    probes += [claim_probe(p, fact.old, False, ProbeKind.HARD_IN) for p in (fact.prompt, rephrase) if p]
     if local := r.text("locality_prompt", optional=True, strict=True):
         truth = r.text("locality_ground_truth").strip()
-        probes.append(_probe(local, truth, True, ProbeKind.NEIGHBORHOOD))
+        probes.append(claim_probe(local, truth, True, ProbeKind.NEIGHBORHOOD))
         if truth != fact.new:
-            probes.append(_probe(local, fact.new, False, ProbeKind.NEIGHBORHOOD))
+            probes.append(claim_probe(local, fact.new, False, ProbeKind.NEIGHBORHOOD))
     nxt = r.neighbour()
     try:
         other = _Fact(nxt) if nxt else None
@@ -75,8 +75,8 @@ def _probes(r: Record, fact: _Fact) -> list[Probe]:
         other = None  # the next record's own error says why
     if other and other.subject != fact.subject:
         probes += [
-            _probe(other.prompt, other.old, True, ProbeKind.OUT),
-            _probe(other.prompt, other.new, False, ProbeKind.OUT),
+            claim_probe(other.prompt, other.old, True, ProbeKind.OUT),
+            claim_probe(other.prompt, other.new, False, ProbeKind.OUT),
         ]
     first: dict[str, Probe] = {}
     for p in probes:  # a claim that two roles make (rare) keeps its first, in-scope before out-of-scope
