@@ -108,6 +108,25 @@ def test_the_subject_gate_routes_only_inputs_that_name_the_edits_subject():
     assert both.route([louvre])[0].record.request == unlocated  # an edit without a subject is not gated
 
 
+def test_a_soft_subject_gate_lets_through_only_inputs_scored_at_least_its_pass_mark():
+    tower = EditRequest(prompt="{} is located in the city of", subject="The Eiffel Tower", target_new=" Rome")
+    louvre, named = "The Louvre is located in the city of", "Where is the eiffel tower's base?"
+    ungated = _rp(threshold=0.0).apply(tiny_model("llama"), [tower]).model
+    score = ungated.route([louvre])[0].score
+    assert 0.0 < score < 1.0
+
+    def route(gate_pass: float) -> list[float | None]:
+        model = _rp(threshold=0.0, subject_gate=True, subject_gate_pass=gate_pass).apply(tiny_model("llama"), [tower])
+        return [r.score if r.record is not None else None for r in model.model.route([louvre, named])]
+
+    assert route(score)[0] == pytest.approx(score)  # scored at the pass mark: through, with its score
+    assert route(min(1.0, score + 1e-3))[0] is None  # just under it: held back, as the strict gate holds it
+    assert route(1.0)[0] is None
+    assert all(r is not None for r in (route(score)[1], route(1.0)[1]))  # an input naming the subject always passes
+    with pytest.raises(ConfigError, match="subject_gate_pass must be in"):
+        _rp(subject_gate=True, subject_gate_pass=1.5)
+
+
 def test_routed_scores_equal_the_answering_model_scores():
     lm = tiny_model("llama")
     routed = _rp(threshold=0.0).apply(lm, [EIFFEL]).model

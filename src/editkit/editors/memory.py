@@ -10,7 +10,9 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
 * with ``subject_gate`` an input is routed only to edits whose subject it names (edits without a subject, such
   as statements, are not gated), from the index's :data:`SUBJECT_GATE_CANDIDATES` nearest: an edit then never
   answers a question about another entity, however close the two questions look (at the cost of inputs that
-  name the subject otherwise: aliases, multi-hop questions);
+  name the subject otherwise: aliases, multi-hop questions); with ``subject_gate_pass`` below 1 the gate is soft:
+  an input that does not name an edit's subject still reaches it when the scope probability is at least that
+  (a confident match such as an alias keeps its edit, a neighbour that only looks alike does not);
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
@@ -124,7 +126,8 @@ class EditMemory:
     ``store`` says where the journal is: a store URL or a bare SQLite path (:func:`~editkit.memory.urls.open_store`);
     ``None`` keeps it in an SQLite file in a temporary folder that lives as long as this object. Opening an
     existing store rebuilds the index from it (stored vectors are reused when they were made in the same space).
-    With ``subject_gate`` an edit with a subject answers only inputs that name it.
+    With ``subject_gate`` an edit with a subject answers only inputs that name it, or, with ``gate_pass`` below 1,
+    inputs it scores at least ``gate_pass``.
     """
 
     def __init__(
@@ -134,8 +137,10 @@ class EditMemory:
         *,
         exact_below: int = 20_000,
         subject_gate: bool = False,
+        gate_pass: float = 1.0,
     ) -> None:
         self.subject_gate = subject_gate
+        self.gate_pass = gate_pass
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if store is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="editkit-memory-")
@@ -256,16 +261,16 @@ class EditMemory:
             k = min(wanted, len(self._records))
             sqdist, ids = self.index.search(self.scope.query_vectors(texts).astype(np.float32), k)
             candidates = [[self._records[int(i)] for i in row if i >= 0] for row in ids]
-        if self.subject_gate:
+        strict = self.subject_gate and self.gate_pass >= 1.0
+        if strict:  # before scoring: a cross-encoder then reads only the pairs that can pass
             candidates, sqdist = _gate(texts, candidates, sqdist)
         probs = self.scope.scores(texts, candidates, sqdist)
+        if self.subject_gate and not strict:
+            probs = _soft_gate(texts, candidates, probs, self.gate_pass)
         routes = []
         for row, cands in zip(probs, candidates, strict=True):
-            if not cands:
-                routes.append(Route(None, 0.0))
-                continue
-            j = int(np.argmax(row[: len(cands)]))
-            routes.append(Route(cands[j], float(row[j])))
+            j = int(np.argmax(row[: len(cands)])) if cands else 0
+            routes.append(Route(cands[j], float(row[j])) if cands and row[j] >= 0 else Route(None, 0.0))
         return routes
 
     def close(self) -> None:
@@ -285,6 +290,19 @@ def _gate(
         kept_rows.append([cands[j] for j in keep])
         dist[i, : len(keep)] = sqdist[i, keep]
     return kept_rows, dist
+
+
+def _soft_gate(
+    texts: Sequence[str], candidates: list[list[EditRecord]], probs: np.ndarray, gate_pass: float
+) -> np.ndarray:
+    """``probs`` with -1 (never routed) for each edit whose subject its input does not name, unless it scores at
+    least ``gate_pass``."""
+    out = probs.copy()
+    for i, (text, cands) in enumerate(zip(texts, candidates, strict=True)):
+        for j, r in enumerate(cands):
+            if r.request.subject and out[i, j] < gate_pass and not names_subject(text, r.request.subject):
+                out[i, j] = -1.0
+    return out
 
 
 # --------------------------------------------------------------------------- the edited model
@@ -536,6 +554,13 @@ class MemoryConfig(EditorConfig):
         default=False,
         metadata={"help": "an edit with a subject answers only inputs that name its subject (whole words)"},
     )
+    subject_gate_pass: float = field(
+        default=1.0,
+        metadata={
+            "help": "with subject_gate: an input that does not name an edit's subject still reaches it at this "
+            "scope probability or above (1: never)"
+        },
+    )
     defer_kl: float = field(
         default=0.0,
         metadata={
@@ -548,6 +573,10 @@ class MemoryConfig(EditorConfig):
     def validate(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ConfigError(f"{type(self).__name__}: threshold must be in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.subject_gate_pass <= 1.0:
+            raise ConfigError(
+                f"{type(self).__name__}: subject_gate_pass must be in [0, 1], got {self.subject_gate_pass}"
+            )
         if self.defer_kl < 0:
             raise ConfigError(f"{type(self).__name__}: defer_kl must be at least 0, got {self.defer_kl}")
         if self.memory is not None:
@@ -580,7 +609,12 @@ class MemoryEditor(Editor):
                 raise ValidationError(f"{lm!r} belongs to another editor; apply edits through the editor that made it")
             return lm
         if lm not in self._routed:
-            memory = EditMemory(self.build_scope(lm), self.config.memory, subject_gate=self.config.subject_gate)
+            memory = EditMemory(
+                self.build_scope(lm),
+                self.config.memory,
+                subject_gate=self.config.subject_gate,
+                gate_pass=self.config.subject_gate_pass,
+            )
             self._routed[lm] = RoutedModel(
                 lm,
                 memory,

@@ -250,7 +250,8 @@ MATRIX_RUN_KEYS = frozenset({"label", "method", "settings", "limit", "edits_per_
 def matrix_configs(path: str | Path) -> list[RunConfig]:
     """The batch-protocol RunConfig of every (data set, run) pair of a matrix file, in file order; results go to
     ``OUT_DIR/DATASET_LABEL.json``. A matrix (YAML) holds ``out_dir``, optional ``model``, ``edits_per_step``,
-    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, limit, sample}``) and ``runs`` (each
+    ``max_groups`` and ``distinct_subjects``, ``datasets`` (name -> ``{data, format, limit, sample}``; ``format``:
+    a named one, else detected) and ``runs`` (each
     ``{label, method}`` with optional ``settings``, ``limit`` (the lower of the run's and the data set's applies),
     ``edits_per_step``, ``max_groups``)."""
     matrix = read_yaml(Path(path))
@@ -274,6 +275,7 @@ def matrix_configs(path: str | Path) -> list[RunConfig]:
                     method=r["method"],
                     label=r["label"],
                     data=ds.get("data"),
+                    format=ds.get("format"),
                     limit=min(limits) if limits else None,
                     sample=ds.get("sample"),
                     protocol="batch",
