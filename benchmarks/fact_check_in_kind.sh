@@ -23,6 +23,10 @@ run() {  # label format method cases [--set ...]
 }
 run serac-embed counterfact-fc serac "$n"
 run serac-cross counterfact-fc serac "$n" --set scope=cross
+# SERAC with parts trained on claims as well (benchmarks/configs/train_serac_hard.yaml), when they are there
+if [[ -d build/serac-hard-packed ]]; then
+    run serac-hard counterfact-fc serac "$n" --set artifacts=build/serac-hard-packed
+fi
 run rp counterfact-fc rp "$n"
 run ft counterfact-fc-rewrite ft "$m"
 run rome counterfact-fc-rewrite rome "$m"
