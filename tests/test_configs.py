@@ -14,6 +14,7 @@ from editkit.editors import create_editor
 from editkit.errors import ConfigError
 from editkit.evaluation.downstream import get_task
 from editkit.evaluation.runner import RunConfig, matrix_configs
+from editkit.training.loop import data_entry
 from editkit.training.registry import get_trainer_class
 
 SHIPPED = sorted((REPO / "benchmarks" / "configs").glob("*.yaml"))
@@ -76,12 +77,13 @@ def test_shipped_matrix_is_valid(path: Path):
 def test_matrix_limits_and_errors(tmp_path: Path):
     path = tmp_path / "m.yaml"
     path.write_text(
-        "out_dir: out\nedits_per_step: [10]\ndatasets: {a: {data: x.json, limit: 100}}\n"
+        "out_dir: out\nedits_per_step: [10]\ndatasets: {a: {data: x.json, limit: 100, format: zsre-tf}}\n"
         "runs: [{label: l1, method: ft, limit: 20, edits_per_step: [1, 5]}, {label: l2, method: rome}]\n"
     )
     first, second = matrix_configs(path)
     assert (first.limit, first.edits_per_step, first.out, first.label) == (20, [1, 5], "out/a_l1.json", "l1")
     assert (second.limit, second.edits_per_step, second.method) == (100, [10], "rome")
+    assert first.format == second.format == "zsre-tf"
     path.write_text("out_dir: out\ndatasets: {a: {data: x.json}}\nruns: [{label: l1, method: ft, k: 3}]\n")
     with pytest.raises(ConfigError, match=r"unknown: \['k'\]"):
         matrix_configs(path)
@@ -129,5 +131,6 @@ def test_shipped_training_config_is_valid(path: Path):
     assert config.data and config.out
     if not DATA.is_dir():
         pytest.skip(f"benchmark data {DATA} not available")
-    for rel in config.data:
+    for entry in config.data:
+        rel, _ = data_entry(entry)  # FORMAT:PATH names a format
         assert (REPO / rel).is_file(), f"{path.name}: {rel} does not exist"
