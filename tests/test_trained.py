@@ -173,3 +173,13 @@ def test_find_puts_the_base_models_name_in_place_of_the_model_placeholder(artifa
     assert find("mend", pattern, model="tiny-llama-s0") == artifact.parent / "tiny-llama-s0"
     with pytest.raises(ValidationError, match=r"no trained MEND parts in .*tiny-gpt2-s0"):
         find("mend", pattern, model="tiny-gpt2-s0")
+
+
+def test_a_bare_name_that_is_no_folder_here_names_a_packaged_set(artifact: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find("serac", "serac-hard") == PACKAGED / "serac-hard"
+    verify(PACKAGED / "serac-hard", ["scope-embed", "counterfactual"])  # shipped whole
+    with pytest.raises(ValidationError, match="no trained SERAC parts in nosuch"):
+        find("serac", "nosuch")
+    (tmp_path / "serac-hard").symlink_to(artifact)  # a folder of that name here wins
+    assert find("serac", "serac-hard") == Path("serac-hard")

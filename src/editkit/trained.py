@@ -187,7 +187,8 @@ def pack(
 # --------------------------------------------------------------------------- finding and verifying
 def find(name: str, path: str | None, alternative: str = "", *, model: str | None = None) -> Path:
     """The artifact folder of trainer ``name``: ``path`` if given (``{model}`` in it replaced by ``model``, so one
-    setting can name a folder per base model); else, without ``model`` or when the packaged artifact was trained
+    setting can name a folder per base model; a bare name that is no folder here names a set packaged with
+    editkit, ``editkit/artifacts/NAME``); else, without ``model`` or when the packaged artifact was trained
     for ``model``, the one packaged with editkit; else the user cache's parts for ``model``
     (:func:`user_folder`), trained there first when the trainer has a packaged recipe for ``model`` and first-use
     training is on (:data:`FIRST_USE_ENV`), and verified whole; else the packaged one (whose verification then
@@ -200,6 +201,8 @@ def find(name: str, path: str | None, alternative: str = "", *, model: str | Non
         if cached is not None:
             return cached
     folder = Path(path).expanduser() if path else packaged
+    if path and "/" not in path and not folder.exists() and (PACKAGED / path / MANIFEST).is_file():
+        folder = PACKAGED / path  # a set packaged with editkit, named by its folder (serac-hard)
     if not (folder / MANIFEST).is_file():
         raise ValidationError(
             f"no trained {name.upper()} parts in {folder} ({MANIFEST} missing); train them with "

@@ -20,8 +20,10 @@ packaged parts were trained on ``[x_e ; y_e]`` descriptors only, so they read st
 training carries over (docs/benchmarks.md, "ConvSent in kind").
 
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
-folder shipped in the package, ``editkit/artifacts/serac``. Each is verified against the folder's manifest
-before it loads (:mod:`editkit.trained`).
+folder shipped in the package, ``editkit/artifacts/serac``. ``artifacts=serac-hard`` reads the second set shipped,
+``editkit/artifacts/serac-hard``: parts trained on question / answer edits, true / false questions about them,
+fact-checking claims under evidence statements and statements (``benchmarks/configs/train_serac_hard.yaml``).
+Each part is verified against its folder's manifest before it loads (:mod:`editkit.trained`).
 """
 
 from __future__ import annotations
@@ -59,7 +61,11 @@ class RetrievalConfig(MemoryConfig):
         },
     )
     artifacts: str | None = field(
-        default=None, metadata={"help": "folder of trained parts (editkit train serac); default: the packaged ones"}
+        default=None,
+        metadata={
+            "help": "folder of trained parts (editkit train serac), or a packaged set: serac-hard (QA, QA-hard "
+            "and fact checking, no cross classifier); default: the packaged ones"
+        },
     )
     encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder the scope classifier was built on"})
     template: str = field(
