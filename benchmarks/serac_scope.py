@@ -3,7 +3,9 @@ out-easy / out-hard inputs (``editkit.evaluation.scope.scope_breakdown``), for e
 cross-attention, trained; raw MiniLM for comparison) on each held-out data set, with groups of k edits in memory;
 the classifier also at other thresholds than eq. 1's 0.5 (a sensitivity analysis on the evaluation data, not a
 tuning: the editors keep 0.5). Hard in-scope inputs: zsRE's and CounterFact's portability questions, and
-MQuAKE-CF's multi-hop questions (its records with one rewrite; a multi-hop answer needs all of a record's edits).
+MQuAKE-CF's multi-hop questions (its records with one rewrite; a multi-hop answer needs all of a record's edits);
+``qa-hard`` (zsRE as ``zsre-tf``) has true / false questions about each edit, ``fc`` (CounterFact as
+``counterfact-fc``) the claims an evidence statement contradicts.
 
     python benchmarks/serac_scope.py --k 10 --groups 20 [--distinct-subjects] \
         --out benchmarks/results/serac_scope_smollm2.json
@@ -21,10 +23,14 @@ from editkit.editors import create_editor
 from editkit.evaluation.scope import scope_breakdown
 from editkit.models.zoo import load
 
-DATA = {
-    "zsre": "../shared/data/zsre/mend_format/zsre_mend_eval_portability_gpt4.json",
-    "counterfact": "../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json",
-    "mquake": "../shared/data/mquake/akew_MQuAKE-CF.json",
+DATA = {  # name -> (file, format: None to detect)
+    "zsre": ("../shared/data/zsre/mend_format/zsre_mend_eval_portability_gpt4.json", None),
+    "counterfact": ("../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json", None),
+    "mquake": ("../shared/data/mquake/akew_MQuAKE-CF.json", None),
+    # QA-hard in kind: zsRE with true / false questions about each edit as its hard in-scope inputs
+    "qa-hard": ("../shared/data/zsre/mend_format/zsre_mend_eval_portability_gpt4.json", "zsre-tf"),
+    # fact checking in kind: evidence statements, claims true / false under them (false ones hard in scope)
+    "fc": ("../shared/data/counterfact/easyedit/counterfact-val.json", "counterfact-fc"),
 }
 
 
@@ -49,10 +55,10 @@ def main() -> None:
     results: dict[str, dict[str, object]] = {}
     started = time.perf_counter()
     for name in names:
-        path = DATA[name]
+        path, fmt = DATA[name]
         # MQuAKE: records with several rewrites are left out, so read the whole file and keep the first k x groups.
         mquake = name == "mquake"
-        dataset = load_cases(path, limit=None if mquake else args.k * args.groups, skip_invalid=mquake)
+        dataset = load_cases(path, format=fmt, limit=None if mquake else args.k * args.groups, skip_invalid=mquake)
         cases = dataset.cases[: args.k * args.groups]
         for scope in args.scopes.split(","):
             settings = {"scope": scope, **({"artifacts": args.artifacts} if args.artifacts else {})}

@@ -17,7 +17,7 @@ from editkit.editors.answerers import PromptedAnswerer, template_prompt
 from editkit.editors.base import EditHandle
 from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
 from editkit.editors.scope import EmbedScope
-from editkit.edits import EditRequest
+from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import ConfigError, ValidationError
 from editkit.evaluation.scope import scope_breakdown
 from editkit.models.bridge import TokenBridge
@@ -445,6 +445,24 @@ def test_scope_breakdown_reads_the_classifier_at_each_threshold(tmp_path):
                 hits[split].append(float(got == (own[c.request] if split == "in_easy" else None)))
         handle.rollback()
     assert out["classifier_accuracy"] == pytest.approx({s: sum(v) / len(v) for s, v in hits.items()})
+
+
+def test_scope_breakdown_scores_a_choice_probe_by_its_likelier_label():
+    lm = tiny_model("llama")
+    statement = EditRequest.statement("The cat is here.")
+    words = ["cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "king", "queen", "town"]
+    probes = tuple(
+        Probe(f"The {w} is here?", " left", ProbeKind.HARD_IN, contrast=" right", choice=True) for w in words
+    )
+    out = scope_breakdown(lm, _rp(threshold=0.0), [EditCase(statement, probes)], 1, progress=False)
+    wins = []  # RP's h is the base model reading the statement first, computed here
+    for p in probes:
+        left, right = (
+            float(x.mean()) for x in lm.score([f"{descriptor_of(statement)}\n{p.prompt}"] * 2, [" left", " right"])
+        )
+        wins.append(float(left > right))
+    assert 0 < sum(wins) < len(wins)  # both ways: exact match on " left" alone would not give this
+    assert out["answerer_accuracy"]["in_hard"] == pytest.approx(sum(wins) / len(wins))
 
 
 def test_a_memory_refreshed_from_a_shared_store_takes_up_other_writers_edits_and_rollbacks(tmp_path) -> None:

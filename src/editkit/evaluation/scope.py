@@ -4,8 +4,9 @@ input where it belongs, and how often the answering model is right when it is gi
 For groups of k edits in memory, every probe of every case is routed. An in-scope probe (edit, rephrase, hard
 in-scope) is routed correctly when it goes to its own case's edit; an out-of-scope probe (neighborhood,
 unrelated) when it goes to the base model. The answerer's accuracy is its exact match with the probe's
-expected answer when it reads the probe's *own* edit, whatever the classifier said. Splits follow the paper:
-in (easy) = edit prompt and rephrases, in (hard) = hard in-scope, out (easy) = unrelated, out (hard) =
+expected answer when it reads the probe's *own* edit, whatever the classifier said (on a choice probe, whether it
+finds the expected label likelier than its contrast, as :mod:`~editkit.evaluation.metrics` scores it). Splits
+follow the paper: in (easy) = edit prompt and rephrases, in (hard) = hard in-scope, out (easy) = unrelated, out (hard) =
 neighborhood. Defined for any editor whose edited model routes (:class:`~editkit.editors.routing.RoutingModel`)
 and whose handle names the records of its edits (:class:`~editkit.editors.routing.RecordedEditHandle`).
 """
@@ -81,14 +82,25 @@ def scope_breakdown(
                     for level, hits in ((threshold, cls_hits), *((t, by_level[t]) for t in levels)):
                         got = best if route.score >= level else None
                         hits.setdefault(split, []).append(float(got == wanted))
+                pairs = [(own[c.request], p.prompt) for c, p in probes]
                 scores = model.answerer.score_tokens(
-                    [(own[c.request], p.prompt) for c, p in probes],
+                    pairs,
                     [lm.encode(p.expected, special=False) for _, p in probes],
                     batch_size=batch_size,
                     first_distribution=False,
                 )
-                for (_, probe), s in zip(probes, scores, strict=True):
-                    h_hits.setdefault(SPLITS[probe.kind], []).append(float(s.exact_match))
+                hits = [float(s.exact_match) for s in scores]
+                chosen = [i for i, (_, p) in enumerate(probes) if p.choice and p.contrast is not None]
+                against = model.answerer.score_tokens(  # a choice probe: the likelier label is h's answer
+                    [pairs[i] for i in chosen],
+                    [lm.encode(probes[i][1].contrast or "", special=False) for i in chosen],
+                    batch_size=batch_size,
+                    first_distribution=False,
+                )
+                for i, a in zip(chosen, against, strict=True):
+                    hits[i] = float(float(scores[i].logprobs.mean()) > float(a.logprobs.mean()))
+                for (_, probe), hit in zip(probes, hits, strict=True):
+                    h_hits.setdefault(SPLITS[probe.kind], []).append(hit)
             finally:
                 handle.rollback()
             bar.advance()
