@@ -89,7 +89,7 @@ def scope_breakdown(
                     batch_size=batch_size,
                     first_distribution=False,
                 )
-                hits = [float(s.exact_match) for s in scores]
+                right = [float(s.exact_match) for s in scores]
                 chosen = [i for i, (_, p) in enumerate(probes) if p.choice and p.contrast is not None]
                 against = model.answerer.score_tokens(  # a choice probe: the likelier label is h's answer
                     [pairs[i] for i in chosen],
@@ -98,8 +98,8 @@ def scope_breakdown(
                     first_distribution=False,
                 )
                 for i, a in zip(chosen, against, strict=True):
-                    hits[i] = float(float(scores[i].logprobs.mean()) > float(a.logprobs.mean()))
-                for (_, probe), hit in zip(probes, hits, strict=True):
+                    right[i] = float(float(scores[i].logprobs.mean()) > float(a.logprobs.mean()))
+                for (_, probe), hit in zip(probes, right, strict=True):
                     h_hits.setdefault(SPLITS[probe.kind], []).append(hit)
             finally:
                 handle.rollback()
