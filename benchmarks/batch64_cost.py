@@ -45,7 +45,7 @@ BATCH_KEYS = {  # recipe, the settings that make one step read a batch of B edit
     "ke": ("train_ke.yaml", lambda b, s: {"edits": b, "steps": s}),
     "enn": ("train_enn.yaml", lambda b, s: {"batch": b, "steps": s}),
 }
-WEIGHT_SETTINGS = {"ft": {}, "memit": {}, "rome": {}}  # editors without trained parts: their defaults
+NEEDS_CORPUS = ("rome", "memit", "alphaedit")  # key statistics; every other setting is the editor's default
 CORPUS = "../shared/data/wikitext/wikitext-2/valid.txt"
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -100,8 +100,8 @@ def infer_phase(method: str, folder: str | None, batch: int, data: str) -> dict[
         if len(cases) == batch + 1:
             break
     warm, cases = cases[-1], cases[:-1]
-    settings: dict[str, Any] = {"artifacts": folder} if folder else dict(WEIGHT_SETTINGS[method])
-    if method in ("rome", "memit"):
+    settings: dict[str, Any] = {"artifacts": folder} if folder else {}
+    if method in NEEDS_CORPUS:
         settings["corpus"] = CORPUS
     editor = create_editor(method, settings)
     # one edit first, rolled back: what an editor prepares once (parts loaded, key statistics) is not the batch's

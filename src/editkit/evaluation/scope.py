@@ -90,7 +90,7 @@ def scope_breakdown(
                     first_distribution=False,
                 )
                 right = [float(s.exact_match) for s in scores]
-                chosen = [i for i, (_, p) in enumerate(probes) if p.choice and p.contrast is not None]
+                chosen = [i for i, (_, p) in enumerate(probes) if p.choice]  # a choice probe always has a contrast
                 against = model.answerer.score_tokens(  # a choice probe: the likelier label is h's answer
                     [pairs[i] for i in chosen],
                     [lm.encode(probes[i][1].contrast or "", special=False) for i in chosen],
