@@ -361,6 +361,48 @@ def test_embed_scope_probability_is_sigmoid_of_negative_squared_distance():
     assert p == pytest.approx(1 / (1 + math.exp(-(1.5 - 3.0 * d2))), rel=1e-5)
 
 
+def test_an_int8_encoder_embeds_close_to_the_float_one_and_leaves_it_untouched():
+    enc = SentenceEncoder.load("tiny-bert")
+    texts = [EIFFEL.text, FAR, JORDAN.text]
+    before = enc.embed(texts)
+    q = enc.quantized()
+    assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
+    assert any(type(m) is torch.nn.Linear for m in enc.model.modules())
+    assert torch.equal(enc.embed(texts), before)
+    after = q.embed(texts)
+    assert not torch.equal(after, before)
+    assert torch.allclose(after.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert float((after * before).sum(1).min()) > 0.99
+
+
+def test_an_int8_scope_is_another_key_space_and_reembeds_a_float_memory(tmp_path, serac_parts):
+    path = tmp_path / "edits.sqlite"
+    settings = {"artifacts": str(serac_parts), "encoder": "tiny-bert", "memory": str(path)}
+    lm = tiny_model("llama")
+    float_memory = create_editor("serac", settings).apply(lm, [EIFFEL, JORDAN]).model.memory
+    reopened = create_editor("serac", {**settings, "scope_int8": True}).routed(tiny_model("llama")).memory
+    assert reopened.scope.space == float_memory.scope.space + ":int8"
+    assert len(reopened) == 2
+    # the keys were made again by the int8 encoder, beside the float ones
+    stored = reopened.store.get_vectors(reopened.scope.space)
+    ids = [r.id for r in reopened.records()]
+    keys = reopened.scope.edit_vectors([r.request for r in reopened.records()])
+    assert np.allclose(np.stack([stored[i] for i in ids]), keys, atol=1e-6)
+    assert not np.allclose(keys, float_memory.scope.edit_vectors([r.request for r in reopened.records()]))
+    for request in (EIFFEL, JORDAN):
+        assert reopened.lookup([request.text])[0].record.request == request
+
+
+def test_an_int8_cross_scope_quantizes_both_encoders_and_keeps_the_head(serac_parts):
+    settings = {"artifacts": str(serac_parts), "encoder": "tiny-bert", "scope": "cross"}
+    float_scope = create_editor("serac", settings).routed(tiny_model("llama")).memory.scope
+    scope = create_editor("serac", {**settings, "scope_int8": True}).routed(tiny_model("llama")).memory.scope
+    assert scope.space == float_scope.space.replace("|cross:", ":int8|cross:")
+    assert torch.equal(scope.classifier.head.weight, float_scope.classifier.head.weight)
+    for encoder in (scope.retrieval.encoder, scope.classifier.encoder):
+        assert not any(type(m) is torch.nn.Linear for m in encoder.model.modules())
+
+
 def test_memory_lookup_matches_brute_force():
     enc = SentenceEncoder.load("tiny-bert")
     scope = EmbedScope(enc, scale=2.0, bias=0.5, tag="t")

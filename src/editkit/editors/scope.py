@@ -84,6 +84,7 @@ class EmbedScope(ScopeModel):
         self.encoder = encoder
         self.scale = scale
         self.bias = bias
+        self.tag = tag
         self._space = f"embed:{tag}"
 
     @classmethod
@@ -96,6 +97,11 @@ class EmbedScope(ScopeModel):
         encoder, sha = load_adapter_encoder(folder, encoder_name)
         head = load_tensors(folder, HEAD)
         return cls(encoder, float(head["log_scale"].exp()), float(head["bias"]), tag=sha[:16])
+
+    def quantized(self) -> EmbedScope:
+        """The same classifier with int8 encoder weights (:meth:`SentenceEncoder.quantized`): its keys are
+        another space, so a memory built with the float encoder re-embeds its edits."""
+        return EmbedScope(self.encoder.quantized(), self.scale, self.bias, tag=f"{self.tag}:int8")
 
     @property
     def space(self) -> str:
@@ -134,6 +140,7 @@ class CrossScope(ScopeModel):
         self.classifier = classifier.eval()
         self.candidates = candidates
         self.floor = floor
+        self.tag = tag
         self._space = f"{retrieval.space}|cross:{tag}"
 
     @classmethod
@@ -144,6 +151,12 @@ class CrossScope(ScopeModel):
         classifier = CrossClassifier(encoder)
         classifier.load_state_dict({k: v for k, v in load_tensors(folder, HEAD).items()}, strict=False)
         return cls(retrieval, classifier, candidates, tag=sha[:16], floor=floor)
+
+    def quantized(self) -> CrossScope:
+        """Both encoders (retrieval and cross) with int8 weights; the head is kept as it is."""
+        classifier = CrossClassifier(self.classifier.encoder.quantized())
+        classifier.head.load_state_dict(self.classifier.head.state_dict())
+        return CrossScope(self.retrieval.quantized(), classifier, self.candidates, tag=self.tag, floor=self.floor)
 
     @property
     def space(self) -> str:
