@@ -602,10 +602,15 @@ class MemoryEditor(Editor):
     def build_answerer(self, lm: LanguageModel) -> Answerer:
         """The answerer for base model ``lm``."""
 
+    def answering_model(self, lm: LanguageModel) -> LanguageModel:
+        """The model that answers the inputs no edit takes, for base model ``lm``: ``lm`` itself (SEPROG's
+        SP-FINETUNE ablation answers with a fine-tuned copy)."""
+        return lm
+
     def routed(self, lm: LanguageModel) -> RoutedModel:
         """The edited model this editor keeps for ``lm`` (created, with its memory, on first use)."""
         if isinstance(lm, RoutedModel):
-            if self._routed.get(lm.base) is not lm:
+            if not any(model is lm for model in self._routed.values()):
                 raise ValidationError(f"{lm!r} belongs to another editor; apply edits through the editor that made it")
             return lm
         if lm not in self._routed:
@@ -616,7 +621,7 @@ class MemoryEditor(Editor):
                 gate_pass=self.config.subject_gate_pass,
             )
             self._routed[lm] = RoutedModel(
-                lm,
+                self.answering_model(lm),
                 memory,
                 self.build_answerer(lm),
                 threshold=self.config.threshold,
