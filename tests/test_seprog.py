@@ -290,3 +290,41 @@ def test_index_weight_makes_the_attention_follow_the_index(seprog_parts):  # noq
 
     with pytest.raises(ConfigError, match="index_weight"):
         _editor(seprog_parts("llama"), index_weight=-1.0)
+
+
+def test_sp_finetune_trains_the_top_blocks_and_answers_with_a_copy_holding_them(tmp_path):
+    """SP-FINETUNE: the top block's weights learn beside the generator (resumable bit for bit) and are written as
+    a second part; the editor answers with a copy of the base model holding them, shares every other weight
+    with it, and leaves the user's model as it was."""
+    from editkit.editors.seprog import FINETUNED
+
+    settings = {"finetune_layers": 1, "finetune_lr": 1e-2, "steps": 4, "checkpoint_every": 2}
+    whole = _train(tmp_path, "whole", **settings)
+    _train(tmp_path, "parts", **{**settings, "steps": 2})
+    resumed = _train(tmp_path, "parts", **settings)
+    tuned = load_file(str(whole / FINETUNED / "weights.safetensors"))
+    again = load_file(str(resumed / FINETUNED / "weights.safetensors"))
+    assert tuned.keys() == again.keys() and all(torch.equal(tuned[k], again[k]) for k in tuned)
+
+    lm = tiny_model("llama")
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    n = lm.adapter.n_layers(lm.model)
+    top = {k for k in before if f".{n - 1}." in k}
+    assert set(tuned) == top and any(not torch.equal(tuned[k], before[k]) for k in top)
+
+    editor = _editor(whole, threshold=1.0)  # nothing routed to an edit: every answer is the copy's own
+    model = editor.apply(lm, EDITS).model
+    assert all(torch.equal(v, before[k]) for k, v in lm.model.state_dict().items())
+    copied = dict(model.base.model.named_parameters())
+    for name, p in lm.model.named_parameters():
+        assert (copied[name] is p) == (name not in tuned)
+    for name, t in tuned.items():
+        assert torch.equal(copied[name], t)
+    got = model.score_tokens(PROMPTS, [" Rome", " tennis"])
+    want = model.base.score_tokens(PROMPTS, [" Rome", " tennis"])
+    assert all(torch.equal(a.logprobs, b.logprobs) for a, b in zip(got, want, strict=True))
+    frozen = lm.score_tokens(PROMPTS, [" Rome", " tennis"])
+    assert not all(torch.equal(a.logprobs, b.logprobs) for a, b in zip(got, frozen, strict=True))
+    assert set(editor.provenance()) == {f"{PART}:{lm.name}", f"{FINETUNED}:{lm.name}"}
+    with pytest.raises(Exception, match="finetune_layers"):
+        _train(tmp_path, "bad", finetune_layers=-1)

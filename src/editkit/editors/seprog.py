@@ -32,8 +32,11 @@ one of 64 edits for 40% of zsRE questions where the index's nearest was right fo
 
 An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
 model untouched. Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
-injected); parts trained with ``classifier: false`` have no NN_e and always inject (SP-NOCLASSIFIER). With an
-empty memory every input is the base model's. ``explain`` names the most attended edit and e(x).
+injected); parts trained with ``classifier: false`` have no NN_e and always inject (SP-NOCLASSIFIER); parts trained
+with ``finetune_layers: N`` carry the base model's top N blocks fine-tuned with L_pg beside the generator
+(SP-FINETUNE: "generated prefixes from SEPROG and fine-tune the base model", §6.3), and a copy of the base model
+holding them answers every input, prefixed or not, while b(x) stays the frozen model's as in training. With an
+empty memory every input is the answering model's. ``explain`` names the most attended edit and e(x).
 
 Descriptors longer than the encoder's window (128 tokens) are truncated to it for the key, as SERAC's scope
 does. The trained part (``prompter``, :mod:`editkit.training.seprog`) is verified for the base model: parts
@@ -42,6 +45,7 @@ trained for another model are refused naming both.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import weakref
@@ -66,6 +70,7 @@ from editkit.models.lm import LanguageModel, TokenScores
 from editkit.trained import find, load_tensors, part_fingerprint, verify
 
 PART = "prompter"
+FINETUNED = "finetuned"  # SP-FINETUNE: the base model's fine-tuned blocks, trained beside the prompter
 
 
 # --------------------------------------------------------------------------- the trained modules
@@ -385,6 +390,26 @@ class PrefixAnswerer(Answerer):
         return new
 
 
+def finetuned_copy(lm: LanguageModel, tensors: Mapping[str, torch.Tensor]) -> LanguageModel:
+    """``lm`` with the parameters named in ``tensors`` replaced by their values, as a new model that shares
+    every other parameter with ``lm`` (which is left as it is)."""
+    params = dict(lm.model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ValidationError(f"fine-tuned weights name parameters {lm.name} does not have: {', '.join(unknown[:3])}")
+    for name, t in tensors.items():
+        if t.shape != params[name].shape:
+            want = tuple(params[name].shape)
+            raise ValidationError(f"fine-tuned {name} has shape {tuple(t.shape)}; {lm.name}'s has {want}")
+    shared = {id(p): p for name, p in params.items() if name not in tensors}
+    model = copy.deepcopy(lm.model, shared)
+    copies = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, t in tensors.items():
+            copies[name].copy_(t.to(copies[name].dtype))
+    return LanguageModel(model, lm.tokenizer, name=lm.name, edit_layer=lm._edit_layer, prefix=lm.prefix)
+
+
 # --------------------------------------------------------------------------- the editor
 @dataclass
 class SEPROGConfig(MemoryConfig):
@@ -428,7 +453,9 @@ class SEPROG(MemoryEditor):
     def __init__(self, config: EditorConfig | None = None) -> None:
         super().__init__(config)
         self._scopes: weakref.WeakKeyDictionary[LanguageModel, PromptScope] = weakref.WeakKeyDictionary()
-        self._fingerprints: dict[str, str] = {}  # base model -> fingerprint of the parts loaded for it
+        self._fingerprints: dict[str, str] = {}  # "part:base model" -> fingerprint of the part loaded for it
+        # base model -> its fine-tuned copy (SP-FINETUNE parts), or None where the parts have none
+        self._answering: weakref.WeakKeyDictionary[LanguageModel, LanguageModel | None] = weakref.WeakKeyDictionary()
 
     def artifacts(self, lm: LanguageModel) -> Path:
         """The parts' folder for ``lm``: ``artifacts`` (``{model}`` replaced), else the packaged or user-cache
@@ -436,7 +463,7 @@ class SEPROG(MemoryEditor):
         return find("seprog", self.config.artifacts, model=lm.name)
 
     def provenance(self) -> dict[str, str]:
-        return {f"{PART}:{model}": fp for model, fp in sorted(self._fingerprints.items())}
+        return dict(sorted(self._fingerprints.items()))
 
     def load_parts(self, lm: LanguageModel) -> PromptGenerator:
         """The trained prompt generator for ``lm`` (verified: parts trained for another model are refused)."""
@@ -449,8 +476,23 @@ class SEPROG(MemoryEditor):
             )
         net = PromptGenerator(spec)
         net.load_state_dict(load_tensors(folder / PART))
-        self._fingerprints[lm.name] = part_fingerprint(folder / PART)
+        self._fingerprints[f"{PART}:{lm.name}"] = part_fingerprint(folder / PART)
         return net.requires_grad_(False).eval()
+
+    def answering_model(self, lm: LanguageModel) -> LanguageModel:
+        """``lm``, or for parts trained with the base model's top blocks fine-tuned (SP-FINETUNE) a copy of ``lm``
+        holding those blocks, which then answers every input (prefixed or not); b(x) stays ``lm``'s, as in
+        training. ``lm`` itself is never changed."""
+        if lm not in self._answering:
+            folder = self.artifacts(lm)
+            manifest = verify(folder, [PART], base_model=lm.name)
+            tuned = None
+            if FINETUNED in manifest["parts"]:
+                verify(folder, [FINETUNED], base_model=lm.name)
+                tuned = finetuned_copy(lm, load_tensors(folder / FINETUNED))
+                self._fingerprints[f"{FINETUNED}:{lm.name}"] = part_fingerprint(folder / FINETUNED)
+            self._answering[lm] = tuned
+        return self._answering[lm] or lm
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         cfg = self.config
@@ -461,7 +503,7 @@ class SEPROG(MemoryEditor):
         return scope
 
     def build_answerer(self, lm: LanguageModel) -> Answerer:
-        return PrefixAnswerer(lm, self._scopes[lm])
+        return PrefixAnswerer(self.answering_model(lm), self._scopes[lm])
 
     def routed(self, lm: LanguageModel) -> RoutedModel:
         model = super().routed(lm)

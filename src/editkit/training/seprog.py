@@ -18,9 +18,11 @@ input's own edit (ours; the paper trains eq. 2 only through eqs. 5-6). At infere
 edits nearest the input, so ``distractors`` adds each step edit's nearest training edits to Z^e (their keys
 only: no base-model pass), where a batch of random edits would teach the attention only easy choices.
 
-``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). The base model and the sentence encoder are
-frozen, so b(x) of every training input and the encoder's embedding of every descriptor are computed once before
-the loop and kept beside the checkpoint for a resumed run. Adam at a constant rate, no warm-up or clipping
+``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). ``finetune_layers: N`` trains SP-FINETUNE: the
+base model's top N blocks learn with L_pg too (at ``finetune_lr``), written as a second part, ``finetuned``; b(x)
+stays the frozen model's. The sentence encoder and, but for those blocks, the base model are frozen, so b(x) of
+every training input and the encoder's embedding of every descriptor are computed once before the loop and kept
+beside the checkpoint for a resumed run. Adam at a constant rate, no warm-up or clipping
 (the shared loop has neither). One part, ``prompter``: the generator's tensors, its sizes (``spec``) in the
 manifest, trained through :func:`~editkit.training.loop.train_part` (seeded, resumable).
 """
@@ -37,11 +39,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from editkit.data.formats import Dataset
 from editkit.editors.answerers import template_prompt
 from editkit.editors.memory import descriptor_of
-from editkit.editors.seprog import PART, PromptGenerator, base_encoding, prefixed_logits
+from editkit.editors.seprog import FINETUNED, PART, PromptGenerator, base_encoding, prefixed_logits
 from editkit.edits import EditCase, ProbeKind
 from editkit.errors import ConfigError, ValidationError
 from editkit.files import atomic_torch_save
@@ -115,6 +118,14 @@ class SEPROGTrainConfig(TypedConfig):
             "descriptors) join the step's Z^e, as the index's preselection brings near edits at inference"
         },
     )
+    finetune_layers: int = field(
+        default=0,
+        metadata={
+            "help": "SP-FINETUNE: the base model's top N blocks are trained with L_pg beside the generator "
+            "(0: the base model frozen, SEPROG)"
+        },
+    )
+    finetune_lr: float = field(default=1e-5, metadata={"help": "Adam learning rate of the fine-tuned blocks"})
     lam: float = field(default=0.3, metadata={"help": "lambda of eq. 7 (weight of L_sc)"})
     steps: int = field(default=1000, metadata={"help": "optimisation steps"})
     batch: int = field(default=8, metadata={"help": "edits per step (= in-scope = out-of-scope inputs)"})
@@ -129,8 +140,10 @@ class SEPROGTrainConfig(TypedConfig):
             raise ConfigError("batch must be at least 2 (the edits of a step are what each input selects from)")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"lam must lie in [0, 1], not {self.lam}")
-        if self.lr <= 0:
-            raise ConfigError("lr must be positive")
+        if self.lr <= 0 or self.finetune_lr <= 0:
+            raise ConfigError("lr and finetune_lr must be positive")
+        if self.finetune_layers < 0:
+            raise ConfigError("finetune_layers must be >= 0")
         if self.reads not in ("vector", "descriptor"):
             raise ConfigError(f"reads must be vector or descriptor, not {self.reads!r}")
         if self.reads == "descriptor":
@@ -164,6 +177,33 @@ def nearest_edits(encoded: torch.Tensor, k: int) -> list[list[int]]:
     sims = unit @ unit.T
     sims.fill_diagonal_(float("-inf"))
     return sims.topk(min(k, len(encoded) - 1), dim=-1).indices.tolist()
+
+
+class _Blocks(nn.Module):
+    """The base model's fine-tuned parameters (the same tensors, not copies), so that a checkpoint of the
+    training holds them beside the generator and a resumed run writes them back into the model."""
+
+    def __init__(self, params: Mapping[str, nn.Parameter]) -> None:
+        super().__init__()
+        self.names = list(params)
+        self.held = nn.ParameterList(params.values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().contiguous() for name, p in zip(self.names, self.held, strict=True)}
+
+
+def finetuned_parameters(lm: LanguageModel, layers: int) -> dict[str, nn.Parameter]:
+    """The parameters of ``lm``'s top ``layers`` blocks by name, set to learn (none for 0)."""
+    if layers == 0:
+        return {}
+    n = lm.adapter.n_layers(lm.model)
+    if layers > n:
+        raise ConfigError(f"finetune_layers is {layers}; {lm.name} has {n} blocks")
+    held = {id(p) for block in list(lm.adapter.layer_list(lm.model))[n - layers :] for p in block.parameters()}
+    params = {name: p for name, p in lm.model.named_parameters() if id(p) in held}
+    for p in params.values():
+        p.requires_grad_(True)
+    return params
 
 
 def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list[Dataset]]:
@@ -230,7 +270,12 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     }
     seed_torch(config.seed, PART)
     net = PromptGenerator(spec)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    blocks = _Blocks(finetuned_parameters(lm, config.finetune_layers))
+    trainable: nn.Module = nn.ModuleDict({"prompter": net, "blocks": blocks}) if blocks.names else net
+    opt = torch.optim.Adam(
+        [{"params": list(net.parameters()), "lr": config.lr}]
+        + ([{"params": list(blocks.parameters()), "lr": config.finetune_lr}] if blocks.names else [])
+    )
     lam = config.lam if config.classifier else 0.0
 
     near = nearest_edits(encoded, config.distractors)
@@ -275,9 +320,12 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         )
         return lam * loss_sc + (1 - lam) * loss_pg + loss_sel
 
-    result = train_part(PART, config, net, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
+    result = train_part(PART, config, trainable, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
     meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+    if blocks.names:
+        tuned = {"part": FINETUNED, "base_model": lm.name, "layers": config.finetune_layers, "parameters": blocks.names}
+        write_part(Path(config.out), config.to_dict(), datasets, lm.name, FINETUNED, tuned, blocks.tensors())
     return write_part(Path(config.out), config.to_dict(), datasets, lm.name, PART, meta, tensors)
 
 
