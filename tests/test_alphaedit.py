@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editkit.editors import create_editor
-from editkit.editors.alphaedit import alphaedit_update, null_space_projection
+from editkit.editors.alphaedit import alphaedit_update, null_space_basis
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.tiny import tiny_model
@@ -26,7 +26,10 @@ def _spectrum(rng, d, small):
 def test_projection_spans_the_small_eigenvalues():
     rng = np.random.default_rng(0)
     cov, null, kept = _spectrum(rng, 8, 3)
-    p = null_space_projection(torch.tensor(cov), 1e-2).double().numpy()
+    u = null_space_basis(torch.tensor(cov), 1e-2).numpy()
+    assert u.shape == (8, 3)
+    np.testing.assert_allclose(u.T @ u, np.eye(3), atol=1e-9)
+    p = u @ u.T
     np.testing.assert_allclose(p, null @ null.T, atol=1e-6)
     np.testing.assert_allclose(p @ p, p, atol=1e-6)
     np.testing.assert_allclose(p @ kept, 0, atol=1e-6)
@@ -36,15 +39,13 @@ def test_update_matches_the_formula_and_vanishes_on_preserved_keys():
     rng = np.random.default_rng(1)
     d_in, d_out, n, alpha = 8, 5, 3, 0.5
     cov, _, kept = _spectrum(rng, d_in, 5)
-    p = null_space_projection(torch.tensor(cov), 1e-2).double().numpy()
+    u = null_space_basis(torch.tensor(cov), 1e-2).numpy()
+    p = u @ u.T
     keys, resid = rng.normal(size=(d_in, n)), rng.normal(size=(d_out, n))
     earlier = rng.normal(size=(d_in, 4))
     prev = earlier @ earlier.T
-    got = (
-        alphaedit_update(torch.tensor(resid), torch.tensor(keys), torch.tensor(p), torch.tensor(prev), alpha)
-        .double()
-        .numpy()
-    )
+    args = torch.tensor(resid), torch.tensor(keys), torch.tensor(u), torch.tensor(u.T @ prev @ u)
+    got = alphaedit_update(*args, alpha).double().numpy()
     expected = resid @ keys.T @ p @ np.linalg.inv(prev @ p + keys @ keys.T @ p + alpha * np.eye(d_in))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(got @ kept, 0, atol=1e-5)  # preserved directions: outputs unchanged
@@ -65,8 +66,9 @@ def test_editing_a_model_changes_nothing_along_the_preserved_keys(tiny_corpus):
         name = lm.adapter.weight_name(layer, "mlp_out")
         change = handle.changes[name]
         update = lm.adapter.as_out_in(change.edited - change.original).double()
-        p = editor.projection(lm, layer).double()
-        assert 0 < handle.info["null_space_dims"][layer] < p.shape[0]
+        u = editor.basis(lm, layer)
+        p = u @ u.T
+        assert 0 < handle.info["null_space_dims"][layer] == u.shape[1] < p.shape[0]
         assert update.norm() > 0
         assert (update @ (torch.eye(p.shape[0], dtype=torch.float64) - p)).norm() < 1e-4 * update.norm()
 
@@ -75,13 +77,12 @@ def test_rolled_back_edits_leave_the_earlier_keys(tiny_corpus):
     lm = tiny_model("llama")
     settings = {**FAST, "layers": [2], "corpus": str(tiny_corpus), "mom2_n_tokens": 2000, "nullspace_threshold": 0.05}
     editor = create_editor("alphaedit", settings)
-    dim = editor.projection(lm, 2).shape[0]
     first = editor.apply(lm, [TOWER])
-    assert editor.previous_keys(lm, 2, dim).norm() > 0
+    assert editor.previous_keys(lm, 2).norm() > 0
     first.rollback()
-    assert editor.previous_keys(lm, 2, dim).norm() == 0
+    assert editor.previous_keys(lm, 2).norm() == 0
     editor.apply(lm, [JORDAN])
-    assert editor.previous_keys(lm, 2, dim).norm() > 0
+    assert editor.previous_keys(lm, 2).norm() > 0
 
 
 def test_alphaedit_needs_a_corpus():
@@ -96,20 +97,20 @@ def _settings(corpus):
 def test_earlier_keys_are_the_sum_of_each_edits_keys_and_forget_a_dropped_rollback(tiny_corpus):
     lm = tiny_model("llama")
     editor = create_editor("alphaedit", _settings(tiny_corpus))
-    dim = editor.projection(lm, 2).shape[0]
+    u = editor.basis(lm, 2)
     kept = editor.apply(lm, [TOWER, JORDAN])
     state = editor.export_state(lm)
-    assert state["counts"].tolist() == [2] and state["keys.2"].shape == (dim, 2)
-    k = state["keys.2"].double()
-    torch.testing.assert_close(editor.previous_keys(lm, 2, dim), k @ k.T, rtol=0, atol=0)
+    assert state["counts"].tolist() == [2] and state["keys.2"].shape == (u.shape[0], 2)
+    uk = u.T @ state["keys.2"].double()
+    torch.testing.assert_close(editor.previous_keys(lm, 2), uk @ uk.T, rtol=1e-12, atol=1e-18)
     dropped = editor.apply(lm, [EditRequest(prompt="The capital of {}", subject="France", target_new=" Lyon")])
     assert editor.export_state(lm)["counts"].tolist() == [2, 1]
     dropped.rollback()
     del dropped  # a rolled-back edit whose handle is gone is still not applied
-    torch.testing.assert_close(editor.previous_keys(lm, 2, dim), k @ k.T, rtol=0, atol=0)
+    torch.testing.assert_close(editor.previous_keys(lm, 2), uk @ uk.T, rtol=1e-12, atol=1e-18)
     assert editor.export_state(lm)["counts"].tolist() == [2]
     kept.rollback()
-    assert editor.export_state(lm) == {} and editor.previous_keys(lm, 2, dim).norm() == 0
+    assert editor.export_state(lm) == {} and editor.previous_keys(lm, 2).norm() == 0
 
 
 def test_a_new_editor_takes_over_the_exported_keys(tiny_corpus):
@@ -119,9 +120,13 @@ def test_a_new_editor_takes_over_the_exported_keys(tiny_corpus):
     first.apply(lm, [JORDAN])
     second = create_editor("alphaedit", _settings(tiny_corpus))
     second.import_state(lm, first.export_state(lm))
-    dim = first.projection(lm, 1).shape[0]
+    keys = first.export_state(lm)
     for layer in (1, 2):
-        torch.testing.assert_close(second.previous_keys(lm, layer, dim), first.previous_keys(lm, layer, dim))
+        # both editors hold the exported keys, each in its own basis of the null space
+        for editor in (first, second):
+            uk = editor.basis(lm, layer).T @ keys[f"keys.{layer}"].double()
+            assert uk.norm() > 0
+            torch.testing.assert_close(editor.previous_keys(lm, layer), uk @ uk.T, rtol=1e-10, atol=1e-18)
     with pytest.raises(ValidationError, match="layers"):
         create_editor("alphaedit", {**_settings(tiny_corpus), "layers": [2]}).import_state(lm, first.export_state(lm))
     with pytest.raises(ValidationError, match="keeps nothing"):
