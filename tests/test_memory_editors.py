@@ -363,7 +363,8 @@ def test_embed_scope_probability_is_sigmoid_of_negative_squared_distance():
 
 def test_an_int8_encoder_embeds_close_to_the_float_one_and_leaves_it_untouched():
     enc = SentenceEncoder.load("tiny-bert")
-    texts = [EIFFEL.text, FAR, JORDAN.text]
+    long = "A sentence much longer than the ones the int8 encoder was traced with, so that no length is fixed in it"
+    texts = [EIFFEL.text, FAR, JORDAN.text, long]
     before = enc.embed(texts)
     q = enc.quantized()
     assert not any(type(m) is torch.nn.Linear for m in q.model.modules())
@@ -371,8 +372,17 @@ def test_an_int8_encoder_embeds_close_to_the_float_one_and_leaves_it_untouched()
     assert torch.equal(enc.embed(texts), before)
     after = q.embed(texts)
     assert not torch.equal(after, before)
-    assert torch.allclose(after.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(after.norm(dim=1), torch.ones(4), atol=1e-5)
     assert float((after * before).sum(1).min()) > 0.99
+    # the trace runs the quantized model itself, on a padded batch and on one input of any length (activations
+    # are quantized per call, so an input alone and in a batch differ a little)
+    inputs = q.tokenize(texts)
+    with torch.no_grad():
+        eager = q.pool(q.model(**inputs).last_hidden_state, inputs["attention_mask"])
+        alone = q.model(**q.tokenize([long])).last_hidden_state.mean(1)
+    torch.testing.assert_close(q.pool(q.hidden(inputs), inputs["attention_mask"]), eager, rtol=0, atol=1e-6)
+    torch.testing.assert_close(q.embed([long]), torch.nn.functional.normalize(alone, dim=-1), rtol=0, atol=1e-6)
+    torch.testing.assert_close(q.embed([long]), eager[3:], rtol=0, atol=1e-3)
 
 
 def test_an_int8_scope_is_another_key_space_and_reembeds_a_float_memory(tmp_path, serac_parts):
