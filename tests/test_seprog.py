@@ -51,12 +51,14 @@ def test_prefix_of_token_embeddings_equals_those_tokens_in_the_input(arch):
     torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["llama", "t5"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "t5"])
 def test_answerer_generation_scoring_and_next_token_agree(arch, seprog_parts):  # noqa: F811
     lm = tiny_model(arch)
     model = _editor(seprog_parts(arch)).apply(lm, EDITS).model
     assert all(model.explain(p)["answered_by"] == "edit" for p in PROMPTS)
-    generated = model.generate_ids(PROMPTS, max_new_tokens=3)
+    # prompts of different lengths (left padding, positions), several tokens (the key / value cache)
+    generated = model.generate_ids(PROMPTS, max_new_tokens=6)
+    assert all(len(g) == 6 for g in generated) and len({len(lm.encode(p)) for p in PROMPTS}) > 1
     scores = model.score_tokens(PROMPTS, generated, first_distribution=True)
     assert all(s.exact_match for s in scores), "greedy generation is not what scoring calls greedy"
     nxt = model.next_token_logprobs(PROMPTS)

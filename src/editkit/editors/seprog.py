@@ -49,7 +49,7 @@ import copy
 import math
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -66,7 +66,7 @@ from editkit.editors.scope import EmbedScope
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.store import EditRecord
-from editkit.models.lm import LanguageModel, TokenScores
+from editkit.models.lm import CACHE_KEY, LanguageModel, TokenScores
 from editkit.trained import find, load_tensors, part_fingerprint, verify
 
 PART = "prompter"
@@ -367,27 +367,65 @@ class PrefixAnswerer(Answerer):
     def generate_ids(
         self, routed: Sequence[tuple[EditRecord, str]], max_new_tokens: int, **kwargs: Any
     ) -> list[list[int]]:
-        """Greedy decoding (the prefix is recomputed with the whole sequence at every step)."""
+        """Greedy decoding. A decoder-only model reads the prefix and the prompt once and then one token a step
+        (its key / value cache); an encoder-decoder model's decoder reads the prefix and every token so far at
+        each step."""
         if kwargs.get("sample"):
             raise ValidationError("SEPROG generates greedily; sampling is not supported")
         stop_at_newline = bool(kwargs.get("stop_at_newline"))
         new: list[list[int]] = [[] for _ in routed]
         live = list(range(len(routed)))
         eos = self.lm.tokenizer.eos_token_id
-        for _ in range(max_new_tokens):
+        steps = None if self.lm.is_encoder_decoder or not routed else self._cached_steps(routed)
+        cached = next(steps) if steps is not None else []
+        for step in range(max_new_tokens):
             if not live:
                 break
-            pos = torch.tensor([[len(new[i])] for i in live])
-            logits = self._logits([routed[i] for i in live], [new[i] for i in live], pos)
+            if steps is None:
+                pos = torch.tensor([[len(new[i])] for i in live])
+                logits = self._logits([routed[i] for i in live], [new[i] for i in live], pos)[:, 0]
+                chosen = dict(zip(live, logits.argmax(-1).tolist(), strict=True))
+            else:
+                chosen = {i: cached[i] for i in live}
             still = []
-            for i, t in zip(live, logits[:, 0].argmax(-1).tolist(), strict=True):
-                if t == eos:
+            for i in live:
+                if chosen[i] == eos:
                     continue
-                new[i].append(t)
-                if not (stop_at_newline and "\n" in self.lm.tokenizer.decode([t])):
+                new[i].append(chosen[i])
+                if not (stop_at_newline and "\n" in self.lm.tokenizer.decode([chosen[i]])):
                     still.append(i)
             live = still
+            if steps is not None and live and step + 1 < max_new_tokens:
+                cached = steps.send([new[i][-1] if new[i] else eos for i in range(len(routed))])
         return new
+
+    def _cached_steps(self, routed: Sequence[tuple[EditRecord, str]]) -> Generator[list[int], list[int], None]:
+        """Greedy next tokens of a decoder-only model reading each routed input after its prefix: ``next`` reads
+        the prompts (left-padded, the prefix after their leading tokens) in one pass; each ``send(tokens)`` (one
+        per row, finished rows included) reads those against the key / value cache and gives the next ones."""
+        net, lm = self.scope.net, self.lm
+        prefix = net.prefix(self.scope.context([x for _, x in routed]))
+        rows = [lm.encode(net.read(r.descriptor, x)) for r, x in routed]
+        lead = leading_tokens(lm)
+        embed: Any = lm.model.get_input_embeddings()  # type: ignore[operator]  # the model's own: Gemma's scales
+        tokens = [embed(torch.tensor(r, device=lm.device)) for r in rows]
+        seqs = [torch.cat([t[:lead], prefix[b].to(t.dtype), t[lead:]]) for b, t in enumerate(tokens)]
+        width = max(len(q) for q in seqs)
+        embeds = torch.zeros((len(seqs), width, seqs[0].shape[-1]), dtype=seqs[0].dtype, device=lm.device)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long, device=lm.device)
+        for b, q in enumerate(seqs):
+            embeds[b, width - len(q) :] = q
+            mask[b, width - len(q) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
+        while True:
+            fed = yield out.logits[:, -1].argmax(-1).tolist()
+            step = torch.tensor(fed, device=lm.device)[:, None]
+            mask = torch.cat([mask, torch.ones_like(step)], dim=1)
+            pos = (mask.cumsum(-1) - 1)[:, -1:]
+            out = lm.model(
+                input_ids=step, attention_mask=mask, position_ids=pos, use_cache=True, **{CACHE_KEY: out[CACHE_KEY]}
+            )
 
 
 def finetuned_copy(lm: LanguageModel, tensors: Mapping[str, torch.Tensor]) -> LanguageModel:
