@@ -304,6 +304,10 @@ def test_sp_finetune_trains_the_top_blocks_and_answers_with_a_copy_holding_them(
     whole = _train(tmp_path, "whole", **settings)
     _train(tmp_path, "parts", **{**settings, "steps": 2})
     resumed = _train(tmp_path, "parts", **settings)
+    import json
+
+    parts = json.loads((whole / "manifest.json").read_text())["parts"]
+    assert parts[FINETUNED]["steps"] == parts[PART]["steps"] == 4  # what `editkit train` reports of each part
     tuned = load_file(str(whole / FINETUNED / "weights.safetensors"))
     again = load_file(str(resumed / FINETUNED / "weights.safetensors"))
     assert tuned.keys() == again.keys() and all(torch.equal(tuned[k], again[k]) for k in tuned)

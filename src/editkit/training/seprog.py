@@ -324,7 +324,13 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     if blocks.names:
-        tuned = {"part": FINETUNED, "base_model": lm.name, "layers": config.finetune_layers, "parameters": blocks.names}
+        tuned = {
+            "part": FINETUNED,
+            **result.summary(),  # the same loop trained both parts
+            "base_model": lm.name,
+            "layers": config.finetune_layers,
+            "parameters": blocks.names,
+        }
         write_part(Path(config.out), config.to_dict(), datasets, lm.name, FINETUNED, tuned, blocks.tensors())
     return write_part(Path(config.out), config.to_dict(), datasets, lm.name, PART, meta, tensors)
 
