@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editkit.editors import create_editor
-from editkit.editors.memit import memit_update
+from editkit.editors.memit import memit_update, preserved_factor
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
 from editkit.models.tiny import tiny_model
@@ -30,9 +30,17 @@ def test_update_is_the_regularised_least_squares_solution():
     expected = np.linalg.lstsq(a, b, rcond=None)[0].T
     got = memit_update(torch.tensor(resid), torch.tensor(keys), torch.tensor(cov), lam).double().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
-    # Without a corpus C = I: ridge regression; a tiny lambda solves the edits exactly.
-    exact = memit_update(torch.tensor(resid), torch.tensor(keys), None, 1e-8).double().numpy()
-    np.testing.assert_allclose(exact @ keys, resid, atol=1e-4)
+    # the same through the kept Cholesky factor of lambda C (Woodbury: fewer keys than dimensions)
+    factor = preserved_factor(torch.tensor(cov), lam, d_in)
+    assert factor is not None
+    kept = memit_update(torch.tensor(resid), torch.tensor(keys), torch.tensor(cov), lam, factor).double().numpy()
+    np.testing.assert_allclose(kept, expected, rtol=1e-4, atol=1e-6)
+    # Without a corpus C = I: ridge regression; a tiny lambda solves the edits exactly, either way.
+    for f in (None, preserved_factor(None, 1e-8, d_in)):
+        exact = memit_update(torch.tensor(resid), torch.tensor(keys), None, 1e-8, f).double().numpy()
+        np.testing.assert_allclose(exact @ keys, resid, atol=1e-4)
+    # a covariance that is not positive definite has no factor: the whole system is solved
+    assert preserved_factor(torch.zeros((d_in, d_in), dtype=torch.float64), lam, d_in) is None
 
 
 def test_default_layers_end_at_the_edit_layer_and_bad_layers_are_refused():

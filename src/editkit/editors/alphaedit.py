@@ -18,8 +18,9 @@ was told to preserve only softly.
 
 With P = U U^T (U: the r null-space eigenvectors) the transposed update X solves (P A + alpha I) X = P K R^T,
 whose solution lies in the range of P: X = U Z with the r x r positive definite system
-(U^T A U + alpha I) Z = U^T K R^T, solved by Cholesky, and U^T K_p K_p^T U kept as a running sum. That is the
-formula's update (tested against it) for a fraction of the d x d solve's arithmetic.
+(U^T A U + alpha I) Z = U^T K R^T, solved by Cholesky for U^T K alone (Z = W R^T, so the update is R (U W)^T),
+and U^T K_p K_p^T U kept as a running sum. That is the formula's update (tested against it) for a fraction of
+the d x d solve's arithmetic.
 
 Earlier edits are tracked per model: each apply keeps its keys (a few KB per layer) and follows its handle's
 rollbacks, so an edit rolled back no longer counts in K_p; K_p K_p^T is a running sum, recomputed only after a
@@ -90,8 +91,8 @@ def alphaedit_update(
     uk = u.T @ keys.double()  # [r, n]
     system = previous.double() + uk @ uk.T
     system.diagonal().add_(alpha)
-    z = torch.cholesky_solve(uk @ resid.double().T, torch.linalg.cholesky(system))  # [r, out]
-    return (u @ z).T.float()
+    w = torch.cholesky_solve(uk, torch.linalg.cholesky(system))  # [r, n]: Z = w R^T
+    return (resid.double() @ (u @ w).T).float()
 
 
 @register

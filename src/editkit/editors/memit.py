@@ -74,12 +74,34 @@ class MEMITConfig(LocateEditConfig):
             )
 
 
-def memit_update(resid: torch.Tensor, keys: torch.Tensor, cov: torch.Tensor | None, weight: float) -> torch.Tensor:
+def preserved_factor(cov: torch.Tensor | None, weight: float, dim: int) -> torch.Tensor | None:
+    """The Cholesky factor of ``weight C`` (float64; ``cov`` None means C = I), or None where C is not positive
+    definite in float64 (:func:`memit_update` then solves the whole system)."""
+    c = torch.eye(dim, dtype=torch.float64) if cov is None else cov.double()
+    factor, info = torch.linalg.cholesky_ex(weight * c)
+    return factor if int(info) == 0 else None
+
+
+def memit_update(
+    resid: torch.Tensor,
+    keys: torch.Tensor,
+    cov: torch.Tensor | None,
+    weight: float,
+    factor: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[out, in]`` update ``R K^T (weight C + K K^T)^{-1}`` for residuals ``R`` ``[out, n]`` and keys ``K``
-    ``[in, n]`` (MEMIT eq. 14); ``cov`` None means C = I."""
+    ``[in, n]`` (MEMIT eq. 14); ``cov`` None means C = I. Given ``factor`` (:func:`preserved_factor`) and fewer
+    keys than dimensions, by Woodbury: ``(M + K K^T)^{-1} K = Y (I + K^T Y)^{-1}`` with ``Y = M^{-1} K``, two
+    triangular solves against the kept factor and an ``n x n`` system instead of a ``d x d`` one per call."""
     k = keys.double()
-    c = torch.eye(k.shape[0], dtype=torch.float64) if cov is None else cov.double()
-    adj = torch.linalg.solve(weight * c + k @ k.T, k)  # [in, n], the matrix is symmetric
+    if factor is not None and k.shape[1] < k.shape[0]:
+        y = torch.cholesky_solve(k, factor.to(k.device))  # [in, n]
+        small = k.T @ y
+        small.diagonal().add_(1.0)
+        adj = torch.linalg.solve(small, y.T).T  # small is symmetric
+    else:
+        c = torch.eye(k.shape[0], dtype=torch.float64, device=k.device) if cov is None else cov.double()
+        adj = torch.linalg.solve(weight * c + k @ k.T, k)  # [in, n], the matrix is symmetric
     return (resid.double() @ adj.T).float()
 
 
@@ -93,6 +115,7 @@ class MEMIT(LocateEditor):
     def __init__(self, config: MEMITConfig | None = None) -> None:
         super().__init__(config)
         self._covs: dict[tuple[int, int], torch.Tensor | None] = {}
+        self._factors: dict[tuple[int, int], torch.Tensor | None] = {}  # of weight C, as the covariances
 
     def layers(self, lm: LanguageModel) -> list[int]:
         if self.config.layers is not None:
@@ -123,7 +146,11 @@ class MEMIT(LocateEditor):
     def layer_update(self, lm: LanguageModel, layer: int, resid: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """The ``[out, in]`` change of ``layer``'s MLP output projection for residuals ``[out, n]`` and keys
         ``[in, n]`` (eq. 14)."""
-        return memit_update(resid, keys, self.preserved_covariance(lm, layer), self.config.mom2_update_weight)
+        cov, weight = self.preserved_covariance(lm, layer), self.config.mom2_update_weight
+        key = (id(lm.model), layer)
+        if key not in self._factors:
+            self._factors[key] = preserved_factor(cov, weight, keys.shape[0])
+        return memit_update(resid, keys, cov, weight, self._factors[key])
 
     def subject_states(
         self, lm: LanguageModel, requests: Sequence[EditRequest], key_layer: int, out_layer: int
