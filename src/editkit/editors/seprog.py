@@ -67,7 +67,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.store import EditRecord
 from editkit.models.lm import CACHE_KEY, LanguageModel, TokenScores
-from editkit.trained import find, load_tensors, part_fingerprint, verify
+from editkit.trained import find, load_tensors, part_fingerprint, read_manifest, verify
 
 PART = "prompter"
 FINETUNED = "finetuned"  # SP-FINETUNE: the base model's fine-tuned blocks, trained beside the prompter
@@ -522,10 +522,9 @@ class SEPROG(MemoryEditor):
         holding those blocks, which then answers every input (prefixed or not); b(x) stays ``lm``'s, as in
         training. ``lm`` itself is never changed."""
         if lm not in self._answering:
-            folder = self.artifacts(lm)
-            manifest = verify(folder, [PART], base_model=lm.name)
+            folder = self.artifacts(lm)  # its prompter part was verified when the scope loaded it
             tuned = None
-            if FINETUNED in manifest["parts"]:
+            if FINETUNED in read_manifest(folder).get("parts", {}):
                 verify(folder, [FINETUNED], base_model=lm.name)
                 tuned = finetuned_copy(lm, load_tensors(folder / FINETUNED))
                 self._fingerprints[f"{FINETUNED}:{lm.name}"] = part_fingerprint(folder / FINETUNED)
