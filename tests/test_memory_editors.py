@@ -172,6 +172,36 @@ def test_defer_kl_sends_an_input_back_to_the_base_when_h_answers_as_it_does():
         _rp(defer_kl=-1.0)
 
 
+def test_a_defer_judge_decides_the_deferral_and_the_answerer_still_answers(serac_parts):
+    """With ``defer_judge`` the KL that decides is the judge's (the trained counterfactual model of another folder,
+    recomputed here from its own parts), while inputs kept by the edit are answered by the configured answerer
+    (RP's: the base model with the edit in its prompt)."""
+    from editkit.trained import load_adapter_lm
+
+    lm = tiny_model("llama")
+    prompts = [EIFFEL.text, FAR]
+    base = lm.next_token_logprobs(prompts)
+    judge = load_adapter_lm(serac_parts / "counterfactual", "judge")
+    h = judge.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts])
+    kl = (h.exp() * (h - base)).sum(-1)
+    rp_kl = lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts])
+    assert not torch.allclose(h, rp_kl)  # the judge is not the answerer
+    cut = float(kl.mean())
+    editor = _rp(threshold=0.0, defer_kl=cut, defer_judge=str(serac_parts))
+    assert editor.provenance()["defer-judge"]
+    model = editor.apply(lm, [EIFFEL]).model
+    routes = model.route(prompts)
+    for r, k in zip(routes, kl.tolist(), strict=True):
+        assert r.kl == pytest.approx(k, rel=1e-4, abs=1e-6)
+        assert (r.record is None) == (k <= cut)
+    kept = [p for p, r in zip(prompts, routes, strict=True) if r.record is not None]
+    assert len(kept) == 1
+    want = lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{kept[0]}"])
+    assert torch.allclose(model.next_token_logprobs(kept), want, atol=1e-5)
+    with pytest.raises(ConfigError, match="defer_judge needs defer_kl"):
+        _rp(defer_judge=str(serac_parts))
+
+
 def test_few_shot_label_probabilities_route_each_example():
     lm = tiny_model("llama")
     base = tiny_model("llama")

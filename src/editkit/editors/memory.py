@@ -21,7 +21,8 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   after it is within that KL (nats) of the base model's: the edit does not move h's answer, so the base model
   gives it exactly. A counterfactual model trained to answer untouched facts as the base does (``cf_keep_share``
   in :mod:`editkit.training.serac`) makes that signal: in scope its first-token KL is ~10, on another fact of the
-  subject ~1 (docs/benchmarks.md).
+  subject ~1 (docs/benchmarks.md). The model whose KL decides (the *judge*) may be another than the one that
+  answers: a counterfactual model trained that way judges, one trained on in-scope inputs only answers.
 
 The base model's weights are never touched, so rollback (deleting the records) restores its outputs exactly.
 """
@@ -324,6 +325,7 @@ class RoutedModel(LanguageModel):
         *,
         threshold: float = 0.5,
         defer_kl: float = 0.0,
+        judge: Answerer | None = None,
     ) -> None:
         super().__init__(base.model, base.tokenizer, name=base.name, edit_layer=base._edit_layer, prefix=base.prefix)
         self.base = base
@@ -331,6 +333,7 @@ class RoutedModel(LanguageModel):
         self.answerer = answerer
         self.threshold = threshold
         self.defer_kl = defer_kl
+        self.judge = judge or answerer  # whose KL from the base model decides defer_kl
         self._routes: dict[str, Route] = {}
         self._routes_version = -1
         self._routes_lock = threading.Lock()
@@ -356,12 +359,13 @@ class RoutedModel(LanguageModel):
 
     @torch.no_grad()
     def _defer(self, texts: Sequence[str], routes: list[Route]) -> list[Route]:
-        """``routes`` with those whose h answers within ``defer_kl`` of the base model sent back to it."""
+        """``routes`` with those whose judge (h, unless another is given) answers within ``defer_kl`` of the base
+        model sent back to it."""
         edited = [i for i, r in enumerate(routes) if r.record is not None]
         if not edited:
             return routes
         base = self.base.next_token_logprobs([texts[i] for i in edited])
-        h = self.answerer.next_token_logprobs(
+        h = self.judge.next_token_logprobs(
             [(routes[i].record, texts[i]) for i in edited],  # type: ignore[misc]
             batch_size=16,
         )
@@ -602,6 +606,11 @@ class MemoryEditor(Editor):
     def build_answerer(self, lm: LanguageModel) -> Answerer:
         """The answerer for base model ``lm``."""
 
+    def build_judge(self, lm: LanguageModel) -> Answerer | None:
+        """The answerer whose next-token KL from the base model decides ``defer_kl``, for base model ``lm``;
+        ``None``: the answerer itself."""
+        return None
+
     def answering_model(self, lm: LanguageModel) -> LanguageModel:
         """The model that answers the inputs no edit takes, for base model ``lm``: ``lm`` itself (SEPROG's
         SP-FINETUNE ablation answers with a fine-tuned copy)."""
@@ -626,6 +635,7 @@ class MemoryEditor(Editor):
                 self.build_answerer(lm),
                 threshold=self.config.threshold,
                 defer_kl=self.config.defer_kl,
+                judge=self.build_judge(lm) if self.config.defer_kl > 0 else None,
             )
         return self._routed[lm]
 

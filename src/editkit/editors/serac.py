@@ -19,6 +19,10 @@ not input-output pairs): the statement is z_e for the scope classifier and in h'
 packaged parts were trained on ``[x_e ; y_e]`` descriptors only, so they read statements as well as that
 training carries over (docs/benchmarks.md, "ConvSent in kind").
 
+With ``defer_kl``, ``defer_judge`` names a second folder of parts whose counterfactual model decides the deferral
+(:class:`~editkit.editors.memory.RoutedModel`): one trained to answer untouched facts as the base model does
+judges, the configured one answers.
+
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
 folder shipped in the package, ``editkit/artifacts/serac``. ``artifacts=serac-hard`` reads the second set shipped,
 ``editkit/artifacts/serac-hard``: parts trained on question / answer edits, true / false questions about them,
@@ -78,9 +82,18 @@ class RetrievalConfig(MemoryConfig):
     template: str = field(
         default=TEMPLATE, metadata={"help": "prompt that puts the edit before the input ({edit}, {input})"}
     )
+    defer_judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "with defer_kl: a folder of trained parts (editkit train serac) whose counterfactual model's KL "
+            "decides deferral, while the configured one answers (default: the answering model decides)"
+        },
+    )
 
     def validate(self) -> None:
         super().validate()
+        if self.defer_judge is not None and self.defer_kl <= 0:
+            raise ConfigError(f"{type(self).__name__}: defer_judge needs defer_kl above 0")
         if self.candidates < 1:
             raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
         if not 0.0 <= self.cross_floor <= 1.0:
@@ -105,10 +118,18 @@ class _Retrieval(MemoryEditor):
         return find("serac", self.config.artifacts, ", or use scope=embed-untrained")
 
     def provenance(self) -> dict[str, str]:
+        judged = {}
+        if self.config.defer_judge is not None:
+            judged["defer-judge"] = part_fingerprint(find("serac", self.config.defer_judge) / "counterfactual")
         if not self.parts():
-            return {}
+            return judged
         folder = self.artifacts()
-        return {part: part_fingerprint(folder / part) for part in self.parts()}
+        return {**{part: part_fingerprint(folder / part) for part in self.parts()}, **judged}
+
+    def build_judge(self, lm: LanguageModel) -> Answerer | None:
+        if self.config.defer_judge is None:
+            return None
+        return counterfactual_answerer(find("serac", self.config.defer_judge), lm)
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         scope = self._float_scope()
@@ -145,11 +166,16 @@ class SERAC(_Retrieval):
         return [*super().parts(), "counterfactual"]
 
     def build_answerer(self, lm: LanguageModel) -> Answerer:
-        folder = self.artifacts()
-        manifest = verify(folder, ["counterfactual"])
-        h = load_adapter_lm(folder / "counterfactual", "serac-h")
-        bridge = None
-        if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
-            log.info("counterfactual model %s answers for %s through a token bridge", h.name, lm.name)
-            bridge = TokenBridge(lm, h)
-        return PromptedAnswerer(h, template_prompt(manifest.get("template", TEMPLATE)), bridge=bridge)
+        return counterfactual_answerer(self.artifacts(), lm)
+
+
+def counterfactual_answerer(folder: Path, lm: LanguageModel) -> PromptedAnswerer:
+    """The counterfactual model h of a folder of trained parts, answering for base model ``lm`` (through a token
+    bridge when their vocabularies differ) with the prompt template it was trained on."""
+    manifest = verify(folder, ["counterfactual"])
+    h = load_adapter_lm(folder / "counterfactual", "serac-h")
+    bridge = None
+    if h.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+        log.info("counterfactual model %s answers for %s through a token bridge", h.name, lm.name)
+        bridge = TokenBridge(lm, h)
+    return PromptedAnswerer(h, template_prompt(manifest.get("template", TEMPLATE)), bridge=bridge)
