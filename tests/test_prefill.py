@@ -16,6 +16,7 @@ from editkit.evaluation.prefill import (
     OWN_SUBJECT,
     UNEDITED_SUBJECT,
     SubjectIndex,
+    asks_edited_fact,
     load_prefill,
     subject_cause,
 )
@@ -59,6 +60,29 @@ def test_subject_cause_tells_own_other_and_unedited_subjects_apart():
     assert subject_cause(case, "Notre-Dame is located in", index) == (UNEDITED_SUBJECT, None)
 
 
+def test_a_probe_expecting_the_replaced_answer_asks_the_edited_fact_unless_it_names_the_new_one():
+    edit = EditRequest(
+        prompt="What business published {}?",
+        subject="Bioscience Horizons",
+        target_new=" Wiley",
+        target_true=" Oxford University Press",
+    )
+    reworded = Probe("The publisher of Bioscience Horizons is", " oxford university press", ProbeKind.NEIGHBORHOOD)
+    other_fact = Probe("The founder of Bioscience Horizons is", " John Smith", ProbeKind.NEIGHBORHOOD)
+    excluded = Probe(
+        "The publisher of Bioscience Horizons, which is not Wiley, is",
+        " Oxford University Press",
+        ProbeKind.NEIGHBORHOOD,
+    )
+    by_alias = Probe(
+        "Bioscience Horizons publisher", " OUP", ProbeKind.NEIGHBORHOOD, aliases=(" Oxford University Press",)
+    )
+    elsewhere = Probe("The publisher of Nature is", " Oxford University Press", ProbeKind.NEIGHBORHOOD)
+    assert asks_edited_fact(edit, reworded) and asks_edited_fact(edit, by_alias)
+    assert not any(asks_edited_fact(edit, p) for p in (other_fact, excluded, elsewhere))
+    assert not asks_edited_fact(EditRequest(prompt="{} is", subject="X", target_new=" y"), reworded)  # no old answer
+
+
 def test_dd_split_by_cause_and_the_other_edits_answer():
     lm = tiny_model("llama")
     outs = ["The Eiffel Tower was built by", "The Louvre is in", "Notre-Dame is"]
@@ -70,10 +94,28 @@ def test_dd_split_by_cause_and_the_other_edits_answer():
     [scores] = score_cases(handle.model, [case], reference, subjects=SubjectIndex.of([case.request, other]))
     # LU answers only (near-)identical inputs: "The Louvre is in" is the other edit's own prompt.
     assert scores["dd_own_subject"] == 0.0 and scores["dd_unedited_subject"] == 0.0
+    assert scores["dd_own_other_fact"] == 0.0 and "dd_own_edited_fact" not in scores
     assert scores["dd_edited_subject"] == 1.0 and scores["other_edit_answered"] == 1.0
     assert scores["dd"] == pytest.approx(1 / 3)
     [plain] = score_cases(handle.model, [case], reference)
     assert not any(k.endswith("_subject") for k in plain)
+
+
+def test_own_subject_drawdown_is_split_into_the_edited_fact_and_the_others():
+    """The edit's own prompt, listed as out of scope with the replaced answer (KnowEdit ZsRE has such probes),
+    changes when the edit takes: that change is counted as ``dd_own_edited_fact``, not as another fact's."""
+    lm = tiny_model("llama")
+    edit = EditRequest(prompt="{} is in", subject="The Eiffel Tower", target_new=" Rome", target_true=" Paris")
+    outs = [
+        Probe(edit.text, " Paris", ProbeKind.NEIGHBORHOOD),
+        Probe("The Eiffel Tower was built by", " Gustave Eiffel", ProbeKind.NEIGHBORHOOD),
+    ]
+    case = EditCase(edit, [Probe(edit.text, " Rome", ProbeKind.EDIT), *outs])
+    reference = Reference.build(lm, [case])
+    handle = create_editor("lu", {"delta": 1e-3}).apply(lm, [edit])
+    [scores] = score_cases(handle.model, [case], reference, subjects=SubjectIndex.of([edit]))
+    assert scores["dd_own_edited_fact"] == 1.0 and scores["dd_own_other_fact"] == 0.0
+    assert scores["dd_own_subject"] == pytest.approx(0.5)
 
 
 def test_load_prefill_leaves_out_what_overlaps_the_run(tmp_path):

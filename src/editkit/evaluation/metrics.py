@@ -27,7 +27,9 @@ Per case (numbers in parentheses are equations of the SERAC paper, Mitchell et a
   edits are given (:class:`~editkit.evaluation.prefill.SubjectIndex`): probes about the edit's own subject (asked
   of another fact), about a subject with another edit in memory, and about a subject no edit touches;
   ``other_edit_answered``: on the second kind, whether the edited model gives that other edit's answer (the
-  probe may be in its scope).
+  probe may be in its scope). The first kind is split once more: ``dd_own_edited_fact``, probes that ask the
+  edited fact itself (:func:`~editkit.evaluation.prefill.asks_edited_fact`: the data expects the answer the edit
+  replaced, so an edit that takes changes them), and ``dd_own_other_fact``, the subject's other facts.
 * ``kl_drawdown`` (7): KL(p_base(.|x) || p_e(.|x)) of the next-token distribution at the end of each
   out-of-scope prompt, averaged. The base distributions are cached in float16.
 
@@ -51,7 +53,7 @@ from safetensors.torch import load_file
 
 from editkit.edits import EditCase, Probe, ProbeKind
 from editkit.errors import ValidationError
-from editkit.evaluation.prefill import EDITED_SUBJECT, SubjectIndex, subject_cause
+from editkit.evaluation.prefill import EDITED_SUBJECT, OWN_SUBJECT, SubjectIndex, asks_edited_fact, subject_cause
 from editkit.files import atomic_save_tensors, atomic_write
 from editkit.models.lm import LanguageModel, TokenScores
 from editkit.progress import progress_bar
@@ -357,6 +359,9 @@ def _score_chunk(
         if causes:
             cause, other = causes[j]
             add(case, f"dd_{cause}", changed)
+            if cause == OWN_SUBJECT:
+                fact = "edited" if asks_edited_fact(case.request, probe) else "other"
+                add(case, f"dd_own_{fact}_fact", changed)
             if cause == EDITED_SUBJECT and other is not None:
                 add(case, "other_edit_answered", float(next(other_scores).exact_match))
         assert s.first_distribution is not None

@@ -9,7 +9,10 @@
   subject asked of another fact (KnowEdit's relation specificity: an edit must not rewrite what else the model
   knows about its subject), a probe about a subject that has an edit of its own in memory (it may legitimately be
   in that edit's scope: scored against that edit's answer too), and a probe about a subject no edit touches
-  (every change there is an error).
+  (every change there is an error). A probe about the edit's own subject whose expected answer is the very answer
+  the edit replaced, asked without naming the new one, asks the edited fact itself (:func:`asks_edited_fact`: some
+  of KnowEdit ZsRE's relation-specificity prompts are the edit's question reworded, "The publisher of X is" after
+  "What business published X?"): its drawdown is counted apart from the subject's other facts.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from editkit.data.formats import load_cases
-from editkit.edits import EditCase, EditRequest, names_subject, words
+from editkit.edits import EditCase, EditRequest, Probe, names_subject, words
 from editkit.errors import ValidationError
 
 MAX_SUBJECT_WORDS = 12
@@ -81,6 +84,19 @@ def subject_cause(case: EditCase, prompt: str, index: SubjectIndex) -> tuple[str
     ours = {id(r) for r in case.requests}
     others = [r for r in index.named(prompt) if id(r) not in ours]
     return (EDITED_SUBJECT, others[0]) if others else (UNEDITED_SUBJECT, None)
+
+
+def asks_edited_fact(request: EditRequest, probe: Probe) -> bool:
+    """Whether an out-of-scope ``probe`` of ``request``'s case asks the edited fact itself: it names the edit's
+    subject, its expected answer (or an alias) is the edit's old answer ``target_true``, and it does not name the
+    new answer (a prompt such as "X's occupation, which is not NEW, is" asks for the old value beside the new one,
+    and stays a question about what the edit must not touch)."""
+    if not request.subject or request.target_true is None or not names_subject(probe.prompt, request.subject):
+        return False
+    old = " ".join(words(request.target_true))
+    if old not in {" ".join(words(a)) for a in (probe.expected, *probe.aliases)}:
+        return False
+    return not names_subject(probe.prompt, request.target_new.strip())
 
 
 @dataclass(frozen=True)
