@@ -406,3 +406,12 @@ def test_eval_runs_rp_on_convsent_statement_edits(tmp_path, capsys):
     assert {"es", "z_sent", "z_topic", "kl_drawdown", "dd", "unedited_es", "unedited_z_topic"} <= set(agg)
     assert agg["unedited_z_topic"] == pytest.approx(1.0) and 0 < agg["es"] <= 1 and agg["kl_drawdown"] > 0
     assert agg["es"] != agg["unedited_es"]  # every input read the statement in its prompt (threshold 0)
+
+
+def test_a_deferred_input_is_shown_as_answered_by_the_base_model_from_its_edit():
+    from editkit.cli import _answered_by
+
+    assert _answered_by({"answered_by": "base", "best_scope_score": 0.2}) == "base model"
+    deferred = {"answered_by": "base", "best_scope_score": 0.97, "counterfactual_kl": 1.357, "deferred_edit_id": 3}
+    assert _answered_by(deferred) == "base model (deferred from edit 3: KL 1.36)"
+    assert _answered_by({"answered_by": "edit", "edit_id": 3, "descriptor": "x" * 80}) == f"edit 3: {'x' * 60}"

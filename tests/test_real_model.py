@@ -116,6 +116,28 @@ def test_packaged_serac_answers_in_scope_inputs_from_the_edit_and_leaves_the_res
         handle.rollback()
 
 
+def test_the_packaged_judge_sends_another_fact_of_the_subject_back_to_the_base_model(smollm2):
+    """With the default parts alone, a question about another fact of the edited subject is routed to the edit
+    and h answers it with the edit's answer; with ``defer_judge=serac-keep`` the judge's KL sends it back (the
+    base model's answer, exactly), while the edit's own prompt is still answered from the edit."""
+    other_fact = "The Eiffel Tower was designed by"
+    base = smollm2.generate([other_fact], 3)[0]
+    plain = create_editor("serac").apply(smollm2, [EIFFEL])
+    try:
+        assert plain.model.generate([other_fact], 3)[0].strip().startswith("Rome")
+    finally:
+        plain.rollback()
+    judged = create_editor("serac", {"defer_judge": "serac-keep", "defer_kl": 2.45}).apply(smollm2, [EIFFEL])
+    try:
+        route = judged.model.explain(other_fact)
+        assert route["answered_by"] == "base" and route["counterfactual_kl"] <= 2.45 and "deferred_edit_id" in route
+        assert judged.model.generate([other_fact], 3)[0] == base
+        assert judged.model.explain(EIFFEL.text)["answered_by"] == "edit"
+        assert judged.model.generate([EIFFEL.text], 3)[0].strip().startswith("Rome")
+    finally:
+        judged.rollback()
+
+
 @pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smollm2, method):
     """The float16 parts shipped in the package for SmolLM2-135M, with no settings at all."""

@@ -103,6 +103,15 @@ def test_the_packaged_serac_parts_verify_and_keep_the_fingerprints_results_recor
     }
 
 
+def test_the_packaged_deferral_judge_is_a_counterfactual_model_alone():
+    folder = find("serac", "serac-keep")
+    assert folder == PACKAGED / "serac-keep"
+    manifest = verify(folder, ["counterfactual"])
+    assert set(manifest["parts"]) == {"counterfactual"}  # a judge only: the classifiers stay the default ones
+    assert manifest["config"]["cf_keep_share"] == 0.5
+    assert part_fingerprint(folder / "counterfactual") == "c61db03e78c65b81"  # what results/scale31 name
+
+
 def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
     from editkit.editors import create_editor
     from editkit.models.tiny import tiny_model

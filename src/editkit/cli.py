@@ -156,8 +156,11 @@ def _load_request(args: argparse.Namespace) -> Any:
 
 def _answered_by(explained: dict[str, Any]) -> str:
     """What answered a prompt, from :meth:`EditService.answer`'s explanation: an edit (its id and descriptor) or
-    the base model."""
+    the base model (saying so when ``defer_kl`` sent the input back from an edit)."""
     if explained["answered_by"] != "edit":
+        if "deferred_edit_id" in explained:
+            kl = explained["counterfactual_kl"]
+            return f"base model (deferred from edit {explained['deferred_edit_id']}: KL {kl:.2f})"
         return "base model"
     return f"edit {explained['edit_id']}: {explained['descriptor'][:60]}"
 
