@@ -9,6 +9,13 @@ MQuAKE-CF's multi-hop questions (its records with one rewrite; a multi-hop answe
 
     python benchmarks/serac_scope.py --k 10 --groups 20 [--distinct-subjects] \
         --out benchmarks/results/serac_scope_smollm2.json
+
+The same breakdown for another memory editor (``--method seprog``: e(x) and the most attended edit as the
+classifier, the base model reading its prefix and the edit's words as the answerer; ``--set`` passes its
+settings, and ``--scopes`` is SERAC's only):
+
+    python benchmarks/serac_scope.py --method seprog --set artifacts=PARTS --datasets zsre,counterfact --k 10 \
+        --groups 8 --distinct-subjects --out benchmarks/results/seprog_scope_smollm2.json
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+from editkit.configfile import parse_overrides
 from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.evaluation.scope import scope_breakdown
@@ -37,6 +45,8 @@ DATA = {  # name -> (file, format: None to detect)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--method", default="serac", help="a memory editor: serac (each of --scopes), seprog, rp, ...")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an editor setting (repeatable)")
     ap.add_argument("--artifacts", help="trained SERAC parts (default: the packaged ones)")
     ap.add_argument("--datasets", default=",".join(DATA), help=f"comma-separated, of: {', '.join(DATA)}")
     ap.add_argument("--scopes", default="embed,cross,embed-untrained")
@@ -60,9 +70,13 @@ def main() -> None:
         mquake = name == "mquake"
         dataset = load_cases(path, format=fmt, limit=None if mquake else args.k * args.groups, skip_invalid=mquake)
         cases = dataset.cases[: args.k * args.groups]
-        for scope in args.scopes.split(","):
-            settings = {"scope": scope, **({"artifacts": args.artifacts} if args.artifacts else {})}
-            editor = create_editor("serac", settings)
+        for scope in args.scopes.split(",") if args.method == "serac" else ["default"]:
+            settings = {
+                **({"scope": scope} if args.method == "serac" else {}),
+                **({"artifacts": args.artifacts} if args.artifacts else {}),
+                **parse_overrides(args.set),
+            }
+            editor = create_editor(args.method, settings)
             editor.prepare(lm)
             results.setdefault(name, {})[scope] = {
                 "data": {"path": path, "sha256": dataset.sha256},

@@ -8,10 +8,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_tiny_cases
+from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.editors.seprog import PART, base_encoding, leading_tokens, prefixed_logits
 from editkit.edits import EditRequest
 from editkit.errors import ValidationError
+from editkit.evaluation.scope import scope_breakdown
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import create_trainer
 from learned_parts import SEPROG_TINY, seprog_parts  # noqa: F401  (fixture)
@@ -112,6 +114,36 @@ def test_select_false_always_prefixes_and_threshold_one_never(seprog_parts):  # 
     assert all(always.explain(p)["scope_score"] == 1.0 for p in PROMPTS)
     never = _editor(seprog_parts("llama"), threshold=1.0).apply(tiny_model("llama"), EDITS).model
     assert all(never.explain(p)["answered_by"] == "base" for p in PROMPTS)
+
+
+def test_scope_breakdown_reads_e_of_x_and_the_prefixed_answers(tmp_path, seprog_parts):  # noqa: F811
+    """benchmarks/serac_scope.py --method seprog: e(x) with the most attended edit is the classifier, the base model
+    reading the prefix and the own edit's words the answerer."""
+    lm = tiny_model("llama")
+    cases = load_cases(write_tiny_cases(tmp_path / "cases.jsonl")).cases
+    out = scope_breakdown(lm, _editor(seprog_parts("llama")), cases, 3, thresholds=[0.0, 1.01], progress=False)
+    assert out["groups"] == 2 and out["probes"] == {"in_easy": 12, "out_easy": 6}
+    by_threshold = out["classifier_accuracy_by_threshold"]
+    routed_all, routed_none = by_threshold["0.0"], by_threshold["1.01"]
+    assert routed_all["out_easy"] == 0.0 and routed_none == {"in_easy": 0.0, "out_easy": 1.0}
+    # the answerer's in-scope accuracy, against the prefixed model's exact match computed here
+    editor = _editor(seprog_parts("llama"))
+    hits = []
+    for group in (cases[:3], cases[3:]):
+        handle = editor.apply(lm, [c.request for c in group])
+        model = handle.model
+        records = [model.memory.store.get(i) for i in handle.record_ids]
+        probes = [(r, p) for r, c in zip(records, group, strict=True) for p in c.probes if p.kind.in_scope]
+        model.memory.lookup([p.prompt for c in group for p in c.probes])
+        scores = model.answerer.score_tokens(
+            [(r, p.prompt) for r, p in probes],
+            [lm.encode(p.expected, special=False) for _, p in probes],
+            batch_size=4,
+            first_distribution=False,
+        )
+        hits += [float(s.exact_match) for s in scores]
+        handle.rollback()
+    assert out["answerer_accuracy"]["in_easy"] == pytest.approx(sum(hits) / len(hits))
 
 
 def test_empty_memory_answers_as_the_base_model(seprog_parts):  # noqa: F811
