@@ -10,9 +10,11 @@ from safetensors.torch import load_file
 from conftest import write_tiny_cases
 from editkit.data import load_cases
 from editkit.editors import create_editor
+from editkit.editors.memory import descriptor_of
+from editkit.editors.scope import EmbedScope
 from editkit.editors.seprog import PART, base_encoding, leading_tokens, prefixed_logits
 from editkit.edits import EditRequest
-from editkit.errors import ValidationError
+from editkit.errors import ConfigError, ValidationError
 from editkit.evaluation.scope import scope_breakdown
 from editkit.models.tiny import tiny_model
 from editkit.training.registry import create_trainer
@@ -144,6 +146,37 @@ def test_scope_breakdown_reads_e_of_x_and_the_prefixed_answers(tmp_path, seprog_
         hits += [float(s.exact_match) for s in scores]
         handle.rollback()
     assert out["answerer_accuracy"]["in_easy"] == pytest.approx(sum(hits) / len(hits))
+
+
+def test_serac_router_routes_by_seracs_classifier_and_reads_its_best_edits_key(seprog_parts, serac_parts):  # noqa: F811
+    lm = tiny_model("llama")
+    routed = _editor(seprog_parts("llama"), router="serac", router_artifacts=str(serac_parts), threshold=0.5)
+    model = routed.apply(lm, EDITS).model
+    scope, memory = model.memory.scope, model.memory
+    serac = EmbedScope.load(serac_parts / "scope-embed", "tiny-bert")
+    texts = [*PROMPTS, "An unrelated question about rivers"]
+    # independently: the classifier's probability of each edit from its own embeddings
+    edits = serac.encoder.embed([descriptor_of(r) for r in EDITS])
+    inputs = serac.encoder.embed(texts)
+    probs = serac.probabilities(torch.cdist(inputs, edits).pow(2).numpy())
+    for text, row in zip(texts, probs, strict=True):
+        route = model.route([text])[0]
+        best = int(row.argmax())
+        assert route.score == pytest.approx(float(row[best]), abs=1e-5)
+        assert (route.record is not None) == (row[best] >= 0.5)
+        key = scope.net.edit_keys(scope.index.encoder.embed([descriptor_of(EDITS[best])]))[0]
+        torch.testing.assert_close(scope.context([text])[0], key)
+    assert scope.space == serac.space and memory.scope.dim == serac.dim
+    assert any(name.startswith("router:") for name in routed.provenance())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"router": "serac", "select": False}, "replaces e"), ({"router_artifacts": "x"}, "only with router: serac")],
+)
+def test_bad_router_settings_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        create_editor("seprog", settings)
 
 
 def test_empty_memory_answers_as_the_base_model(seprog_parts):  # noqa: F811

@@ -31,7 +31,13 @@ either kind: measured on SmolLM2, b(x) alone picked the right
 one of 64 edits for 40% of zsRE questions where the index's nearest was right for all of them.
 
 An input is answered with a prefix when e(x) reaches ``threshold`` (0.5, the paper's rule), else by the base
-model untouched. Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
+model untouched. With ``router: serac`` (ours) SERAC's trained embedding scope classifier routes instead of e(x)
+and eq. 2: the memory's index is that classifier's, an input goes to the edit it scores highest when that score
+reaches ``threshold``, and h(x) is that edit's key h_i^e; the prefix and the words read are as above. It
+separates the two halves of the method: measured on SmolLM2, the prefixed base model answered 95% of
+CounterFact's in-scope inputs when given their own edit, and e(x) routed 44% of them there (docs/benchmarks.md).
+
+Ablations: ``select: false`` ignores e(x) at inference (SP-NOSELECT, the prefix always
 injected); parts trained with ``classifier: false`` have no NN_e and always inject (SP-NOCLASSIFIER); parts trained
 with ``finetune_layers: N`` carry the base model's top N blocks fine-tuned with L_pg beside the generator
 (SP-FINETUNE: "generated prefixes from SEPROG and fine-tune the base model", §6.3), and a copy of the base model
@@ -52,7 +58,7 @@ import weakref
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -70,6 +76,7 @@ from editkit.models.lm import CACHE_KEY, LanguageModel, TokenScores
 from editkit.trained import find, load_tensors, part_fingerprint, read_manifest, verify
 
 PART = "prompter"
+ROUTER_PART = "scope-embed"  # router: serac reads SERAC's trained embedding scope classifier
 FINETUNED = "finetuned"  # SP-FINETUNE: the base model's fine-tuned blocks, trained beside the prompter
 
 
@@ -232,10 +239,12 @@ class PromptScope(ScopeModel):
         candidates: int,
         select: bool,
         index_weight: float = 0.0,
+        router: EmbedScope | None = None,
     ) -> None:
         self.lm = lm
         self.net = net.eval()
-        self.index = index
+        self.index = index  # raw encoder: the edit keys' input, and the index unless a router is given
+        self.router = router
         self.candidates = candidates
         self.select = select
         self.index_weight = index_weight
@@ -245,18 +254,23 @@ class PromptScope(ScopeModel):
         self._lock = threading.Lock()
 
     @property
+    def _searched(self) -> EmbedScope:
+        """Whose vectors the memory's index holds: the router's, else the raw encoder's."""
+        return self.router or self.index
+
+    @property
     def space(self) -> str:
-        return self.index.space  # keys are raw MiniLM embeddings; the trained top layer applies at scoring
+        return self._searched.space  # raw MiniLM embeddings: the trained top layer applies at scoring
 
     @property
     def dim(self) -> int:
-        return self.index.dim
+        return self._searched.dim
 
     def edit_vectors(self, requests: Sequence[EditRequest]) -> np.ndarray:
-        return self.index.edit_vectors(requests)
+        return self._searched.edit_vectors(requests)
 
     def query_vectors(self, texts: Sequence[str]) -> np.ndarray:
-        return self.index.query_vectors(texts)
+        return self._searched.query_vectors(texts)
 
     def _edit_keys(self, records: Sequence[EditRecord]) -> torch.Tensor:
         missing = list({r.id: r for r in records if r.id not in self._keys}.values())
@@ -281,6 +295,8 @@ class PromptScope(ScopeModel):
         rows = [i for i, row in enumerate(candidates) if row]
         if not rows:
             return out
+        if self.router is not None:
+            return self._routed_scores(texts, candidates, sqdist, rows)
         base = base_encoding(self.lm, [texts[i] for i in rows])
         prior = None
         if self.index_weight:
@@ -295,6 +311,18 @@ class PromptScope(ScopeModel):
         out[rows] = (e[:, None] * rel).numpy()
         with self._lock:
             for i, hi in zip(rows, h, strict=True):
+                self._context[texts[i]] = hi
+        return out
+
+    def _routed_scores(
+        self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray, rows: list[int]
+    ) -> np.ndarray:
+        """The router's probabilities; h(x) of each input is the key of the edit it scores highest."""
+        assert self.router is not None
+        out = self.router.scores(texts, candidates, sqdist)
+        best = [candidates[i][int(np.argmax(out[i, : len(candidates[i])]))] for i in rows]
+        with self._lock:
+            for i, hi in zip(rows, self._edit_keys(best), strict=True):
                 self._context[texts[i]] = hi
         return out
 
@@ -464,6 +492,17 @@ class SEPROGConfig(MemoryConfig):
     select: bool = field(
         default=True, metadata={"help": "prefix only when e(x) >= threshold; false: always (SP-NOSELECT)"}
     )
+    router: Literal["seprog", "serac"] = field(
+        default="seprog",
+        metadata={
+            "help": "what routes inputs to edits: seprog (e(x) and eq. 2, the paper) or serac (SERAC's trained "
+            "embedding scope classifier from router_artifacts; h(x) is the routed edit's key)"
+        },
+    )
+    router_artifacts: str | None = field(
+        default=None,
+        metadata={"help": "with router: serac, a folder of SERAC parts with scope-embed (default: the packaged ones)"},
+    )
     index_weight: float = field(
         default=5.0,
         metadata={
@@ -478,6 +517,10 @@ class SEPROGConfig(MemoryConfig):
             raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
         if self.index_weight < 0:
             raise ConfigError(f"{type(self).__name__}: index_weight must be >= 0")
+        if self.router == "serac" and not self.select:
+            raise ConfigError(f"{type(self).__name__}: router: serac replaces e(x), which select: false ignores")
+        if self.router_artifacts is not None and self.router != "serac":
+            raise ConfigError(f"{type(self).__name__}: router_artifacts is read only with router: serac")
 
 
 @register
@@ -533,8 +576,20 @@ class SEPROG(MemoryEditor):
 
     def build_scope(self, lm: LanguageModel) -> ScopeModel:
         cfg = self.config
+        router = None
+        if cfg.router == "serac":
+            folder = find("serac", cfg.router_artifacts)
+            verify(folder, [ROUTER_PART])
+            router = EmbedScope.load(folder / ROUTER_PART, cfg.encoder)
+            self._fingerprints[f"router:{ROUTER_PART}"] = part_fingerprint(folder / ROUTER_PART)
         scope = PromptScope(
-            lm, self.load_parts(lm), EmbedScope.untrained(cfg.encoder), cfg.candidates, cfg.select, cfg.index_weight
+            lm,
+            self.load_parts(lm),
+            EmbedScope.untrained(cfg.encoder),
+            cfg.candidates,
+            cfg.select,
+            cfg.index_weight,
+            router,
         )
         self._scopes[lm] = scope
         return scope
