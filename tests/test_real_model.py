@@ -138,21 +138,6 @@ def test_the_packaged_judge_sends_another_fact_of_the_subject_back_to_the_base_m
         judged.rollback()
 
 
-@pytest.mark.parametrize("router", ["seprog", "serac"])
-def test_packaged_seprog_prefixes_in_scope_inputs_and_leaves_the_rest(smollm2, router):
-    """The float16 prompt generator shipped for SmolLM2-135M, routed by its own e(x) or by SERAC's classifier: the
-    frozen model reading the prefix and the edit answers the edit's rephrasing; an unrelated input is untouched."""
-    handle = create_editor("seprog", {"router": router}).apply(smollm2, [EIFFEL])
-    try:
-        assert handle.model.explain(PARAPHRASE)["answered_by"] == "edit"
-        assert handle.model.explain(UNRELATED)["answered_by"] == "base"
-        edited, other = handle.model.generate([PARAPHRASE, UNRELATED], 3)
-        assert edited.strip().startswith("Rome")
-        assert other == smollm2.generate([UNRELATED], 3)[0]
-    finally:
-        handle.rollback()
-
-
 @pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smollm2, method):
     """The float16 parts shipped in the package for SmolLM2-135M, with no settings at all."""
@@ -167,7 +152,7 @@ def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smoll
     assert torch.equal(_logits(smollm2, [EIFFEL.text, UNRELATED]), before)
 
 
-@pytest.mark.parametrize("method", ["mend", "ke", "seprog"])
+@pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_parts_refuse_another_model_naming_both(method):
     from editkit.errors import ValidationError
     from editkit.models.tiny import tiny_model

@@ -482,7 +482,8 @@ class SEPROGConfig(MemoryConfig):
     artifacts: str | None = field(
         default=None,
         metadata={
-            "help": "folder of trained parts (editkit train seprog); may contain {model}; default: the packaged ones"
+            "help": "folder of trained parts (editkit train seprog); may contain {model}; default: the user "
+            "cache's, trained there on first use"
         },
     )
     encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder the edit keys come from"})
