@@ -284,6 +284,9 @@ class PromptScope(ScopeModel):
     def scores(
         self, texts: Sequence[str], candidates: Sequence[Sequence[EditRecord]], sqdist: np.ndarray
     ) -> np.ndarray:
+        rows = [i for i, row in enumerate(candidates) if row]
+        if self.router is not None and rows:
+            return self._routed_scores(texts, candidates, sqdist, rows)
         width = sqdist.shape[1]
         keys = torch.zeros((len(texts), width, int(self.net.spec["hidden"])))
         mask = torch.zeros((len(texts), width), dtype=torch.bool)
@@ -292,11 +295,8 @@ class PromptScope(ScopeModel):
                 keys[i, : len(row)] = self._edit_keys(row)
                 mask[i, : len(row)] = True
         out = np.zeros(sqdist.shape, dtype=np.float32)
-        rows = [i for i, row in enumerate(candidates) if row]
         if not rows:
             return out
-        if self.router is not None:
-            return self._routed_scores(texts, candidates, sqdist, rows)
         base = base_encoding(self.lm, [texts[i] for i in rows])
         prior = None
         if self.index_weight:
