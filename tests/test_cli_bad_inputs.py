@@ -199,6 +199,7 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "trace: known file not UTF-8": (["trace", "--known", "{input}", "--out", "{out}"], _bytes(NOT_UTF8), "UTF-8"),
     "pack: no manifest": (["pack", "{folder}", "{out}"], None, "does not exist"),
     "pack: garbled manifest": (["pack", "{folder}", "{out}"], _manifest(b'{"parts": {"p'), "not valid JSON"),
+    "pack: float16 and int8": (["pack", "{folder}", "{out}", "--float16", "--int8"], None, "not allowed with"),
     "sweep: config missing": (["sweep", "{missing}"], None, "does not exist"),
     "sweep: config not UTF-8": (["sweep", "{input}"], _bytes(NOT_UTF8), "not UTF-8"),
     "sweep: empty grid": (

@@ -192,3 +192,42 @@ def test_a_bare_name_that_is_no_folder_here_names_a_packaged_set(artifact: Path,
         find("serac", "nosuch")
     (tmp_path / "serac-hard").symlink_to(artifact)  # a folder of that name here wins
     assert find("serac", "serac-hard") == Path("serac-hard")
+
+
+def test_int8_rows_are_within_half_a_step_and_small_tensors_stay_float16():
+    from editkit.trained import INT8_SCALE, dequantize_int8, quantize_int8
+
+    torch.manual_seed(0)
+    big = torch.randn(64, 96) * torch.linspace(0.01, 3.0, 64)[:, None]  # rows of very different scales
+    big[5] = 0.0
+    small, ids = torch.randn(96), torch.arange(4)
+    stored = quantize_int8({"w": big, "b": small, "ids": ids})
+    assert stored["w"].dtype == torch.int8 and stored["b"].dtype == torch.float16 and stored["ids"].dtype == ids.dtype
+    step = big.abs().amax(1) / 127
+    torch.testing.assert_close(stored["w" + INT8_SCALE], step)
+    back = dequantize_int8(stored)
+    assert set(back) == {"w", "b", "ids"} and back["w"].dtype == torch.float32
+    assert bool(((back["w"] - big).abs() <= step[:, None] / 2 + 1e-7).all())
+    assert torch.equal(back["w"][5], torch.zeros(96)) and torch.equal(back["ids"], ids)
+    # a row's largest value is exact up to float rounding: it is 127 steps
+    torch.testing.assert_close(back["w"].abs().amax(1), big.abs().amax(1))
+    with pytest.raises(ValidationError, match="reserves"):
+        quantize_int8({"w" + INT8_SCALE: big})
+
+
+def test_an_int8_pack_loads_back_as_float32_near_the_source(artifact: Path, tmp_path: Path):
+    big = {"w": torch.randn(64, 128), "b": torch.randn(64)}
+    save_part(artifact / "big", {"part": "big"}, tensors=big)
+    record_part(artifact, read_manifest(artifact), "big", {"part": "big"})
+    packed = pack(artifact, tmp_path / "int8", int8=True)
+    assert (tmp_path / "int8" / "big" / "weights.safetensors").stat().st_size < 0.3 * (
+        artifact / "big" / "weights.safetensors"
+    ).stat().st_size
+    assert packed["parts"]["big"]["dtype"] == "int8"
+    verify(tmp_path / "int8", ["part", "big"])
+    back = load_tensors(tmp_path / "int8" / "big")
+    assert back.keys() == big.keys() and back["w"].dtype == torch.float32
+    for k, v in big.items():
+        assert back[k].shape == v.shape and torch.allclose(back[k].float(), v, atol=float(v.abs().max()) / 127)
+    with pytest.raises(ValidationError, match="not both"):
+        pack(artifact, tmp_path / "both", half=True, int8=True)

@@ -597,7 +597,13 @@ def _add_train_parser(sub: Any) -> None:
     )
     p.add_argument("source", help="folder written by `editkit train`")
     p.add_argument("dest", help="new folder (e.g. src/editkit/artifacts/NAME to ship with the package)")
-    p.add_argument("--float16", action="store_true", help="store floating tensors in float16 (half the size)")
+    width = p.add_mutually_exclusive_group()
+    width.add_argument("--float16", action="store_true", help="store floating tensors in float16 (half the size)")
+    width.add_argument(
+        "--int8",
+        action="store_true",
+        help="store large matrices as int8 rows with a scale each, the rest in float16 (about a quarter the size)",
+    )
     p.add_argument(
         "--part",
         action="append",
@@ -617,7 +623,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         if not sep or not name or not folder:
             raise ValidationError(f"--part takes PART=FOLDER, not {item!r}")
         parts_from[name] = Path(folder)
-    manifest = pack(Path(args.source), Path(args.dest), half=args.float16, parts_from=parts_from)
+    manifest = pack(Path(args.source), Path(args.dest), half=args.float16, int8=args.int8, parts_from=parts_from)
     for name, part in manifest["parts"].items():
         print(f"{name}: {part['fingerprint']} (from {part['packed_from']})")
     print(f"packed to {args.dest}")

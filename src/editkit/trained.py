@@ -144,15 +144,58 @@ def write_part(
     return manifest
 
 
+INT8_SCALE = "::int8_scale"  # a tensor stored as int8 rows has its rows' float32 scales under NAME + this
+INT8_MIN_SIZE = 4096  # smaller floating tensors (biases, norms) are kept in float16 by an int8 pack
+
+
+def quantize_int8(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating tensors of at least two dimensions and ``INT8_MIN_SIZE`` elements as int8 with one float32 scale
+    per row (symmetric, round to nearest: each value within half a step of ``max |row| / 127``); other floating
+    tensors in float16; the rest as they are. :func:`dequantize_int8` reads them back."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name.endswith(INT8_SCALE):
+            raise ValidationError(f"tensor name {name!r} ends with {INT8_SCALE!r}, which int8 packing reserves")
+        if t.is_floating_point() and t.dim() >= 2 and t.numel() >= INT8_MIN_SIZE:
+            rows = t.detach().float().reshape(t.shape[0], -1)
+            scale = rows.abs().amax(1).clamp_min(torch.finfo(torch.float32).tiny) / 127
+            out[name] = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8).reshape(t.shape)
+            out[name + INT8_SCALE] = scale
+        else:
+            out[name] = t.half() if t.is_floating_point() else t
+    return out
+
+
+def dequantize_int8(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors stored by :func:`quantize_int8` as float32 (int8 rows times their scales); tensors without a scale
+    beside them are returned as stored."""
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith(INT8_SCALE):
+            continue
+        scale = tensors.get(name + INT8_SCALE)
+        out[name] = t if scale is None else (t.float().reshape(t.shape[0], -1) * scale[:, None]).reshape(t.shape)
+    return out
+
+
 def pack(
-    source: Path, dest: Path, *, half: bool = False, parts_from: Mapping[str, Path] | None = None
+    source: Path,
+    dest: Path,
+    *,
+    half: bool = False,
+    int8: bool = False,
+    parts_from: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Copy the verified artifact ``source`` to ``dest`` for shipping: every recorded part, no checkpoints, and
-    with ``half`` each safetensors file's floating tensors in float16 (the editors load them into their own
-    dtype). ``parts_from`` takes some parts from other artifacts instead (part -> its folder: a newly trained
+    with ``half`` each safetensors file's floating tensors in float16, with ``int8`` its large matrices in int8
+    rows (:func:`quantize_int8`; a quarter of float32's size, dequantized to float32 by :func:`load_tensors`;
+    a peft adapter's files in float16).
+    The editors load them into their own dtype. ``parts_from`` takes some parts from other artifacts instead (part -> its folder: a newly trained
     scope classifier beside the counterfactual model already shipped). Each part is recorded anew (its files'
     hashes, its fingerprint, ``packed_from``: the source part's fingerprint); ``dest`` must not hold an artifact
     yet. Returns the new manifest."""
+    if half and int8:
+        raise ValidationError("pack takes float16 or int8, not both")
     manifest = read_manifest(source)
     origins = {part: source for part in manifest.get("parts", {})}
     origins.update(parts_from or {})
@@ -173,13 +216,17 @@ def pack(
         for rel in recorded["files"]:
             src, out = folder / part / rel, dest / part / rel
             out.parent.mkdir(parents=True, exist_ok=True)
-            if half and rel.endswith(".safetensors"):
-                tensors = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(src)).items()}
+            if (half or int8) and rel.endswith(".safetensors"):
+                tensors = load_file(str(src))
+                if int8 and not rel.startswith("adapter/"):  # peft reads adapters itself: those go in float16
+                    tensors = quantize_int8(tensors)
+                else:
+                    tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
                 atomic_save_tensors(tensors, out)
             else:
                 atomic_write(out, src.read_bytes())
-        if half:
-            meta["dtype"] = "float16"
+        if half or int8:
+            meta["dtype"] = "int8" if int8 else "float16"
         record_part(dest, packed, part, meta)
     return packed
 
@@ -340,12 +387,12 @@ def _verified(part_folder: Path) -> None:
 
 
 def load_tensors(folder: Path, name: str = "weights.safetensors") -> dict[str, torch.Tensor]:
-    """The tensors of trained part ``folder`` (verified first)."""
+    """The tensors of trained part ``folder`` (verified first; an int8 pack's read back as float32)."""
     path = folder / name
     if not path.is_file():
         raise ValidationError(f"{folder} holds no trained tensors ({name} is missing)")
     _verified(folder)
-    return load_file(str(path))
+    return dequantize_int8(load_file(str(path)))
 
 
 def load_adapter_encoder(folder: Path, encoder_name: str) -> tuple[SentenceEncoder, str]:
