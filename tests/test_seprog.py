@@ -245,7 +245,7 @@ def test_a_rerun_reuses_the_training_features(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "base_encoding", refuse)
     _train(tmp_path, "run", steps=3, checkpoint_every=3)
     with pytest.raises(AssertionError, match="recomputed"):
-        _train(tmp_path, "run", steps=3, checkpoint_every=3, max_out=1)  # other inputs: recomputed
+        _train(tmp_path, "run", steps=3, checkpoint_every=3, max_cases=4)  # other inputs: recomputed
 
 
 def test_descriptor_parts_read_the_routed_edits_words_after_the_prefix(tmp_path):
@@ -399,3 +399,85 @@ def test_sp_finetune_trains_the_top_blocks_and_answers_with_a_copy_holding_them(
     assert set(editor.provenance()) == {f"{PART}:{lm.name}", f"{FINETUNED}:{lm.name}"}
     with pytest.raises(Exception, match="finetune_layers"):
         _train(tmp_path, "bad", finetune_layers=-1)
+
+
+def test_input_features_add_h_times_the_input_through_the_edit_encoder():
+    from editkit.editors.seprog import PromptGenerator
+
+    spec = {"enc_dim": 6, "base_dim": 5, "hidden": 4, "prefix_len": 2, "embed_dim": 3, "classifier": True}
+    net = PromptGenerator({**spec, "scale": 1.0, "input_features": True})
+    h, base, encoded = torch.randn(3, 4), torch.randn(3, 5), torch.randn(3, 6)
+    normed = torch.nn.functional.layer_norm(base, (5,))
+    through = torch.tanh(encoded @ net.edit_head.weight.T + net.edit_head.bias)
+    feats = torch.cat([h, normed, h * through], -1)
+    first, _, last = net.classifier
+    want = (torch.relu(feats @ first.weight.T + first.bias) @ last.weight.T + last.bias).squeeze(-1)
+    torch.testing.assert_close(net.in_scope_logit(h, base, encoded), want)
+    with pytest.raises(ValidationError, match="embedding of the input"):
+        net.in_scope_logit(h, base)
+
+
+def test_parts_with_input_features_route_with_the_inputs_encoding(tmp_path):
+    """The editor gives e(x) the sentence encoder's embedding of each input: the route's score is eq. 3 computed
+    by hand with it."""
+    folder = _train(tmp_path, "inputs", input_features=True, lam=0.5)
+    lm = tiny_model("llama")
+    model = _editor(folder, candidates=3, index_weight=0.0).apply(lm, EDITS).model
+    scope = model.memory.scope
+    net = scope.net
+    keys = net.edit_keys(scope.index.encoder.embed([r.descriptor for r in model.memory.records()]))
+    b = base_encoding(lm, PROMPTS)
+    with torch.no_grad():
+        h, _ = net.select(b, keys.expand(2, -1, -1), torch.ones((2, 3), dtype=torch.bool))
+        e = torch.sigmoid(net.in_scope_logit(h, b, scope.index.encoder.embed(PROMPTS)))
+    for i, p in enumerate(PROMPTS):
+        assert model.explain(p)["scope_score"] == pytest.approx(float(e[i]), abs=1e-5)
+
+
+def test_noise_sentences_undo_wikitext_and_each_input_gains_one_noisy_copy(tmp_path):
+    from editkit.training.seprog import Example, noise_sentences, with_noise
+
+    text = tmp_path / "wiki.txt"
+    text.write_text(
+        " = Heading of the page here = \n"
+        " The mill was built in 1 @,@ 820 to grind wheat . It had a <unk> wheel of some size . Too short .\n"
+        " A well @-@ known tower stood on the hill above the town .\n",
+        encoding="utf-8",
+    )
+    sentences = noise_sentences(str(text))
+    assert sentences == [
+        "The mill was built in 1,820 to grind wheat.",
+        "A well-known tower stood on the hill above the town.",
+    ]
+    examples = [Example("d", (("x1", "y1"), ("x2", "y2")), ("o1",)), Example("e", (("x3", "y3"),), ())]
+    noisy = with_noise(examples, sentences, seed=0)
+    assert noisy == with_noise(examples, sentences, seed=0)
+    assert noisy[0].inside[:2] == examples[0].inside and len(noisy[0].inside) == 4
+    for (x, y), (nx, ny) in zip(examples[0].inside, noisy[0].inside[2:], strict=True):
+        assert ny == y and any(nx == f"{s} {x}" for s in sentences)
+    assert len(noisy[0].outside) == 2 and noisy[0].outside[1].endswith(". o1")
+    assert noisy[1].outside == ()
+    with pytest.raises(ValidationError, match="no sentence"):
+        noise_sentences(_empty(tmp_path))
+
+
+def _empty(tmp_path: Path) -> str:
+    path = tmp_path / "empty.txt"
+    path.write_text(" = Only a heading = \n", encoding="utf-8")
+    return str(path)
+
+
+def test_noise_text_trains_on_the_noisy_copies_and_records_the_file(tmp_path):
+    import json
+
+    text = tmp_path / "wiki.txt"
+    text.write_text(" The river runs past the old mill to the sea .\n", encoding="utf-8")
+    folder = _train(tmp_path, "noisy", noise_text=str(text), steps=2, checkpoint_every=2)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["noise_text"] == str(text)
+    cached = torch.load(folder / ".checkpoints" / "features.pt", weights_only=True)
+    plain = _train(tmp_path, "plain", steps=2, checkpoint_every=2)
+    cached_plain = torch.load(plain / ".checkpoints" / "features.pt", weights_only=True)
+    assert len(cached["inputs"]) == 2 * len(cached_plain["inputs"]) == len(cached["base"])
+    with pytest.raises(ValidationError, match="not a file"):
+        _train(tmp_path, "missing", noise_text=str(tmp_path / "nope.txt"))

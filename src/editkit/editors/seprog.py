@@ -24,7 +24,8 @@ edit's descriptor after the prefix, through a template (``"{edit}\n{input}"``): 
 otherwise spell an unseen answer through p soft tokens, which a 135M base model trained on a CPU did not learn
 (docs/benchmarks.md); with the words in its context the prefix has to teach the model to use them, and the base
 model still adds its own knowledge (the paper's point against SERAC's copying counterfactual model). Parts trained
-with ``pair_features`` give NN_e the product of h(x) and the attention query as well (see
+with ``pair_features`` give NN_e the product of h(x) and the attention query as well, and parts trained with
+``input_features`` the product of h(x) and the input through the edit encoder (see
 :meth:`PromptGenerator.in_scope_logit`). ``index_weight`` (ours; 5 by default, 0 for eq. 2 alone) adds
 ``-index_weight`` times each candidate's squared distance in the index (raw MiniLM) to eq. 2's logits, for parts of
 either kind: measured on SmolLM2, b(x) alone picked the right
@@ -92,10 +93,11 @@ class PromptGenerator(nn.Module):
         hidden, base_dim = int(spec["hidden"]), int(spec["base_dim"])
         self.prefix_len, self.embed_dim = int(spec["prefix_len"]), int(spec["embed_dim"])
         self.pair_features = bool(spec.get("pair_features", False))
+        self.input_features = bool(spec.get("input_features", False))
         self.template: str | None = spec.get("template") if spec.get("reads", "vector") == "descriptor" else None
         self.edit_head = nn.Linear(int(spec["enc_dim"]), hidden)
         self.w_att = nn.Linear(base_dim, hidden, bias=False)
-        width = hidden + base_dim + (hidden if self.pair_features else 0)
+        width = hidden + base_dim + (hidden if self.pair_features else 0) + (hidden if self.input_features else 0)
         self.classifier = (
             nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if spec["classifier"] else None
         )
@@ -124,15 +126,22 @@ class PromptGenerator(nn.Module):
         attn = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
         return (attn.unsqueeze(-1) * keys).sum(1), attn
 
-    def in_scope_logit(self, h: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    def in_scope_logit(self, h: torch.Tensor, base: torch.Tensor, encoded: torch.Tensor | None = None) -> torch.Tensor:
         """Eq. 3 before the sigmoid, ``[B]``: NN_e reads ``[h(x); LN(b(x))]``, and with ``pair_features`` also
         their product ``h(x) * W_att LN(b(x))`` (ours: how well the input matches its selected edit, which the
-        concatenation leaves the two-layer network to find). Parts without a classifier have none."""
+        concatenation leaves the two-layer network to find). Parts trained with ``input_features`` (ours) also read
+        ``h(x) * E_edit(x)``: the input through the edit encoder (eq. 1 applied to ``encoded``, the sentence
+        encoder's embedding of x ``[B, enc_dim]``), which puts the input and the edit in one space. Parts without
+        a classifier have none."""
         if self.classifier is None:
             raise ValidationError("these SEPROG parts were trained without an edit classifier (SP-NOCLASSIFIER)")
         feats = [h, F.layer_norm(base, base.shape[-1:])]
         if self.pair_features:
             feats.append(h * self.query(base))
+        if self.input_features:
+            if encoded is None:
+                raise ValidationError("these SEPROG parts read the sentence encoder's embedding of the input")
+            feats.append(h * self.edit_keys(encoded))
         return self.classifier(torch.cat(feats, -1)).squeeze(-1)
 
     def read(self, descriptor: str, text: str) -> str:
@@ -304,7 +313,8 @@ class PromptScope(ScopeModel):
             prior = -self.index_weight * dist[rows]
         h, attn = self.net.select(base, keys[rows], mask[rows], prior)
         if self.select and self.net.classifier is not None:
-            e = torch.sigmoid(self.net.in_scope_logit(h, base))
+            encoded = self.index.encoder.embed([texts[i] for i in rows]) if self.net.input_features else None
+            e = torch.sigmoid(self.net.in_scope_logit(h, base, encoded))
         else:
             e = torch.ones(len(rows))
         rel = attn / attn.max(-1, keepdim=True).values

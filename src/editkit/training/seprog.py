@@ -18,10 +18,15 @@ input's own edit (ours; the paper trains eq. 2 only through eqs. 5-6). At infere
 edits nearest the input, so ``distractors`` adds each step edit's nearest training edits to Z^e (their keys
 only: no base-model pass), where a batch of random edits would teach the attention only easy choices.
 
+``input_features`` (ours) gives NN_e the input through the edit encoder as well (see
+:meth:`~editkit.editors.seprog.PromptGenerator.in_scope_logit`). ``noise_text`` names a plain-text file (WikiText):
+each training input, in scope or out, also appears once after one of its sentences, drawn seeded, since
+CounterFact's paraphrases start with a sentence of unrelated text and the training files' rephrasings do not.
+
 ``classifier: false`` trains SP-NOCLASSIFIER (no NN_e, L = L_pg). ``finetune_layers: N`` trains SP-FINETUNE: the
 base model's top N blocks learn with L_pg too (at ``finetune_lr``), written as a second part, ``finetuned``; b(x)
-stays the frozen model's. The sentence encoder and, but for those blocks, the base model are frozen, so b(x) of
-every training input and the encoder's embedding of every descriptor are computed once before the loop and kept
+stays the frozen model's. The sentence encoder and, but for those blocks, the base model are frozen, so b(x) and the
+encoder's embedding of every training input and descriptor are computed once before the loop and kept
 beside the checkpoint for a resumed run. Adam at a constant rate, no warm-up or clipping
 (the shared loop has neither). One part, ``prompter``: the generator's tensors, its sizes (``spec``) in the
 manifest, trained through :func:`~editkit.training.loop.train_part` (seeded, resumable).
@@ -32,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +115,16 @@ class SEPROGTrainConfig(TypedConfig):
     )
     template: str = field(default="{edit}\n{input}", metadata={"help": "with reads: descriptor, what the model reads"})
     pair_features: bool = field(default=False, metadata={"help": "NN_e also reads h(x) * W_att b(x)"})
+    input_features: bool = field(
+        default=False, metadata={"help": "NN_e also reads h(x) * E_edit(x), the input through the edit encoder"}
+    )
+    noise_text: str = field(
+        default="",
+        metadata={
+            "help": "a plain-text file (WikiText's tokenisation is undone): every training input also appears once "
+            "after one of its sentences, as CounterFact's paraphrases start with unrelated text"
+        },
+    )
     select_weight: float = field(
         default=0.0, metadata={"help": "weight of the attention's cross-entropy against each input's own edit"}
     )
@@ -211,28 +227,64 @@ def load_training_cases(config: SEPROGTrainConfig) -> tuple[list[EditCase], list
     return training_cases(config.data, config.max_cases)
 
 
+_WIKITEXT = ((" @-@ ", "-"), (" @,@ ", ","), (" @.@ ", "."))
+
+
+def noise_sentences(path: str, *, shortest: int = 4, longest: int = 16) -> list[str]:
+    """The sentences of ``shortest`` to ``longest`` words of a plain-text file that end with a full stop, with
+    WikiText's tokenisation undone (its headings and sentences holding ``<unk>`` left out), in file order."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValidationError(f"noise_text {path} is not a file")
+    out = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        for old, new in _WIKITEXT:
+            line = line.replace(old, new)
+        line = re.sub(r" (?=[.,;:!?]|'s\b)", "", line)
+        for sentence in re.split(r"(?<=\.)\s+", line):
+            if "<unk>" not in sentence and sentence.endswith(".") and shortest <= len(sentence.split()) <= longest:
+                out.append(sentence)
+    if not out:
+        raise ValidationError(f"noise_text {path} holds no sentence of {shortest}-{longest} words")
+    return out
+
+
+def with_noise(examples: Sequence[Example], sentences: Sequence[str], seed: int) -> list[Example]:
+    """Each example with one more copy of every input, after a sentence drawn (seeded) from ``sentences``."""
+    rng = random.Random(seed)
+    out = []
+    for e in examples:
+        inside = tuple((f"{rng.choice(sentences)} {x}", y) for x, y in e.inside)
+        outside = tuple(f"{rng.choice(sentences)} {x}" for x in e.outside)
+        out.append(Example(e.descriptor, e.inside + inside, e.outside + outside))
+    return out
+
+
 def _features(
     config: SEPROGTrainConfig,
     lm: LanguageModel,
     encoder: SentenceEncoder,
     texts: Sequence[str],
     examples: Sequence[Example],
-    datasets: Sequence[Dataset],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """b(x) of every training input and the encoder's embedding of every descriptor, cached in
-    ``OUT/.checkpoints/features.pt`` (minutes of base-model passes on a CPU) and reused by a rerun with the same
-    models (by weights), data and selection of inputs."""
-    settings = [config.base_model, lm.fingerprint(), encoder.fingerprint(), config.max_cases, config.max_out]
-    key = hashlib.sha256(json.dumps([settings, [d.sha256 for d in datasets]]).encode()).hexdigest()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """b(x) and the encoder's embedding of every training input, and the encoder's embedding of every
+    descriptor, cached in ``OUT/.checkpoints/features.pt`` (minutes of base-model passes on a CPU) and reused by a
+    rerun with the same models (by weights), inputs and descriptors."""
+    fingerprints = [config.base_model, lm.fingerprint(), encoder.fingerprint()]
+    key = hashlib.sha256(json.dumps([fingerprints, list(texts), [e.descriptor for e in examples]]).encode())
     path = Path(config.out) / ".checkpoints" / "features.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
-        if cached["key"] == key:
-            return cached["base"], cached["encoded"]
+        if cached["key"] == key.hexdigest() and "inputs" in cached:
+            return cached["base"], cached["inputs"], cached["encoded"]
     base = base_encoding(lm, texts, batch_size=32)
+    inputs = encoder.embed(texts)
     encoded = encoder.embed([e.descriptor for e in examples])
-    atomic_torch_save({"key": key, "base": base, "encoded": encoded}, path)
-    return base, encoded
+    atomic_torch_save({"key": key.hexdigest(), "base": base, "inputs": inputs, "encoded": encoded}, path)
+    return base, inputs, encoded
 
 
 def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -246,6 +298,10 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         torch.set_num_threads(config.threads)
     cases, datasets = load_training_cases(config)
     examples = examples_of(cases, config.max_out)
+    hashes = [d.sha256 for d in datasets]
+    if config.noise_text:
+        examples = with_noise(examples, noise_sentences(config.noise_text), config.seed)
+        hashes.append(hashlib.sha256(Path(config.noise_text).read_bytes()).hexdigest())
     if len(examples) < config.batch:
         raise ValidationError(f"{len(examples)} usable training cases, fewer than batch ({config.batch})")
     lm = load(config.base_model, progress=False)
@@ -253,7 +309,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     encoder = SentenceEncoder.load(config.encoder)
     texts = list(dict.fromkeys([x for e in examples for x, _ in e.inside] + [x for e in examples for x in e.outside]))
     row = {t: i for i, t in enumerate(texts)}
-    base, encoded = _features(config, lm, encoder, texts, examples, datasets)
+    base, inputs, encoded = _features(config, lm, encoder, texts, examples)
     embedding = lm.model.get_input_embeddings().weight
     spec = {
         "enc_dim": encoder.dim,
@@ -268,6 +324,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
         "reads": config.reads,
         "template": config.template,
         "pair_features": config.pair_features,
+        "input_features": config.input_features,
     }
     seed_torch(config.seed, PART)
     net = PromptGenerator(spec)
@@ -314,14 +371,15 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
             return loss_pg + loss_sel
         b_out = base[[row[x] for x in outside]]
         h_out, _ = net.select(b_out, keys, everyone)
-        logit_in, logit_out = net.in_scope_logit(h_in, b_in), net.in_scope_logit(h_out, b_out)
+        q_in, q_out = inputs[[row[x] for x, _ in inside]], inputs[[row[x] for x in outside]]
+        logit_in, logit_out = net.in_scope_logit(h_in, b_in, q_in), net.in_scope_logit(h_out, b_out, q_out)
         loss_sc = 0.5 * (
             F.binary_cross_entropy_with_logits(logit_in, torch.ones_like(logit_in))
             + F.binary_cross_entropy_with_logits(logit_out, torch.zeros_like(logit_out))
         )
         return lam * loss_sc + (1 - lam) * loss_pg + loss_sel
 
-    result = train_part(PART, config, trainable, opt, loss_fn, [d.sha256 for d in datasets], progress=progress)
+    result = train_part(PART, config, trainable, opt, loss_fn, hashes, progress=progress)
     meta = {"part": PART, **result.summary(), "base_model": lm.name, "spec": spec}
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     if blocks.names:
