@@ -189,9 +189,9 @@ def pack(
     """Copy the verified artifact ``source`` to ``dest`` for shipping: every recorded part, no checkpoints, and
     with ``half`` each safetensors file's floating tensors in float16, with ``int8`` its large matrices in int8
     rows (:func:`quantize_int8`; a quarter of float32's size, dequantized to float32 by :func:`load_tensors`;
-    a peft adapter's files in float16).
-    The editors load them into their own dtype. ``parts_from`` takes some parts from other artifacts instead (part -> its folder: a newly trained
-    scope classifier beside the counterfactual model already shipped). Each part is recorded anew (its files'
+    a peft adapter's files in float16). The editors load them into their own dtype. ``parts_from`` takes some
+    parts from other artifacts instead (part -> its folder: a newly trained scope classifier beside the
+    counterfactual model already shipped). Each part is recorded anew (its files'
     hashes, its fingerprint, ``packed_from``: the source part's fingerprint); ``dest`` must not hold an artifact
     yet. Returns the new manifest."""
     if half and int8:
