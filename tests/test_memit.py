@@ -126,3 +126,49 @@ def test_subject_states_are_read_in_chunks_with_the_same_result(monkeypatch):
     for a, b in zip(whole, chunked, strict=True):
         assert a.shape == b.shape == (3, a.shape[1])
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+THIRD = EditRequest(prompt="{} was born in", subject="Ada Lovelace", target_new=" Paris")
+
+
+def test_the_residual_cache_resumes_a_stopped_batch_and_gives_the_same_update(tmp_path, monkeypatch):
+    """A batch that stops part-way keeps the residuals it found; the rerun optimises only the others and makes
+    the update of one uninterrupted run, bit for bit. A damaged file is computed again; other settings miss."""
+    from editkit.editors.locate import LocateEditor
+
+    settings = {**FAST, **NO_CORPUS, "layers": [1, 2], "v_batch": 1, "residual_cache": str(tmp_path / "z")}
+    requests = [TOWER, JORDAN, THIRD]
+    whole = create_editor("memit", {**settings, "residual_cache": None}).apply(tiny_model("llama"), requests)
+    real = LocateEditor._optimise
+    calls: list[int] = []
+
+    def counted(self, lm, reqs, *args, **kwargs):
+        calls.append(len(reqs))
+        if len(calls) == 2 and fail_second:
+            raise KeyboardInterrupt("stopped")
+        return real(self, lm, reqs, *args, **kwargs)
+
+    monkeypatch.setattr(LocateEditor, "_optimise", counted)
+    fail_second = True
+    with pytest.raises(KeyboardInterrupt):
+        create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert len(list((tmp_path / "z").glob("*.safetensors"))) == 1
+    fail_second, calls[:] = False, []
+    resumed = create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert sum(calls) == 2  # the first request's residual came from the cache
+    assert resumed.changes.keys() == whole.changes.keys()
+    assert all(torch.equal(resumed.changes[k].edited, whole.changes[k].edited) for k in whole.changes)
+    assert resumed.info["steps"] == whole.info["steps"]
+    calls[:] = []
+    create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert calls == []  # every residual cached
+    damaged = sorted((tmp_path / "z").glob("*.safetensors"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\x00" * 8)
+    again = create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert calls == [1] and all(torch.equal(again.changes[k].edited, whole.changes[k].edited) for k in whole.changes)
+    calls[:] = []
+    create_editor("memit", {**settings, "v_steps": 9}).apply(tiny_model("llama"), requests)
+    assert sum(calls) == 3  # other settings: nothing reused
+    calls[:] = []
+    create_editor("memit", {**settings, "v_batch": 3}).apply(tiny_model("llama"), requests)
+    assert calls == []  # v_batch changes float rounding only: the residuals are reused
