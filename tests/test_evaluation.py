@@ -437,6 +437,29 @@ def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
         sequential_edits(tiny_model("llama"), create_editor("ft", {"steps": 4}), cases, state_dir=state, progress=False)
 
 
+def test_a_setting_added_to_the_code_since_a_run_began_resumes_it_at_its_default(tmp_path):
+    """A state saved by code whose method lacked a setting (here: stop_loss taken out of the saved key) resumes
+    when the setting is at its default, and is another run when it is set."""
+    from editkit.models.tiny import tiny_model
+
+    cases = demo_cases()[:4]
+    settings = {"steps": 2, "lr": 1e-2}
+    state = tmp_path / "state"
+    sequential_edits(tiny_model("llama"), create_editor("ft", settings), cases[:2], state_dir=state, progress=False)
+    path = state / "results.json"
+    saved = json.loads(path.read_text())
+    del saved["run_key"]["config"]["stop_loss"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValidationError, match="other settings"):
+        sequential_edits(
+            tiny_model("llama"), create_editor("ft", {**settings, "stop_loss": 0.5}), cases, state_dir=state
+        )
+    resumed = sequential_edits(
+        tiny_model("llama"), create_editor("ft", settings), cases, state_dir=state, progress=False
+    )
+    assert resumed["n_edits"] == 4 and len(resumed["records"]) == 4
+
+
 def test_a_run_killed_while_saving_resumes_from_the_last_complete_state(tmp_path, monkeypatch):
     from editkit.evaluation import runstate
     from editkit.models.tiny import tiny_model

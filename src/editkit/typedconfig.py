@@ -47,13 +47,18 @@ class TypedConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every setting's default, as :meth:`to_dict` writes values."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            factory: Any = f.default_factory
+            out[f.name] = f.default if f.default is not dataclasses.MISSING else factory()
+        return out
+
+    @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """``(name, default, help)`` for every setting."""
-        out = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
-            out.append((f.name, repr(default), f.metadata.get("help", "")))
-        return out
+        return [(f.name, repr(cls.defaults()[f.name]), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
 
 
 def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:

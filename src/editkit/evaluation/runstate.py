@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,19 @@ def run_key(header: Header, settings: dict[str, Any]) -> dict[str, Any]:
         "data": [d["sha256"] for d in header["data"]],
         **settings,
     }
+
+
+def with_new_defaults(saved: dict[str, Any] | None, key: dict[str, Any], defaults: Mapping[str, Any]) -> Any:
+    """The saved run key with the method settings that ``key`` has and it lacks filled in, where ``key`` holds
+    them at their ``defaults``: a setting the code gained after the run began, left at its default, does not make
+    a resumed run another run (one set otherwise still does)."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        return saved
+    config = dict(saved["config"])
+    for name, value in key["config"].items():
+        if name not in config and name in defaults and defaults[name] == value:
+            config[name] = value
+    return {**saved, "config": config}
 
 
 def extends(saved: dict[str, Any] | None, key: dict[str, Any]) -> bool:

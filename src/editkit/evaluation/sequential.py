@@ -30,7 +30,7 @@ from editkit.evaluation.guard import EditGuard, EditRejected
 from editkit.evaluation.metrics import IN_SCOPE, Reference, score_cases
 from editkit.evaluation.replay import request_of
 from editkit.evaluation.results import Header, canary_summary, header
-from editkit.evaluation.runstate import RunState, extends, run_key, unedited_scores
+from editkit.evaluation.runstate import RunState, extends, run_key, unedited_scores, with_new_defaults
 from editkit.evaluation.shared import aggregate, apply_cases, calls, edit_success, guarded_apply, mean_f1, record_info
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
@@ -161,6 +161,7 @@ def _start_or_resume(
     key = run_key(head, settings)
     saved = state.saved_results() if state is not None else None
     saved_key = saved.get("run_key") if saved is not None else None
+    saved_key = with_new_defaults(saved_key, key, type(editor.config).defaults())
     if state is not None and saved is not None and saved_key != key and not extends(saved_key, key):
         raise ValidationError(
             f"{state.folder} holds a run with other settings (model, method, config, data or cases); "
