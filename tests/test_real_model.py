@@ -138,6 +138,30 @@ def test_the_packaged_judge_sends_another_fact_of_the_subject_back_to_the_base_m
         judged.rollback()
 
 
+def test_packaged_seprog_prefixes_in_scope_inputs_and_leaves_the_rest_to_the_base_model(smollm2):
+    """SEPROG's int8 parts shipped for SmolLM2-135M, with no settings: its own e(x) routes a rephrased question to
+    the edit and the prefixed model answers from it; with router=serac the CounterFact-style rephrasing too. An
+    unrelated input gets the base model's own answer."""
+    question = EditRequest(prompt="Which city is {} located in?", subject="the Eiffel Tower", target_new=" Rome")
+    asked, unrelated = "In which city is the Eiffel Tower located?", "What is the capital of Germany?"
+    editor = create_editor("seprog")
+    handle = editor.apply(smollm2, [question])
+    try:
+        assert handle.model.explain(asked)["answered_by"] == "edit"
+        assert handle.model.generate([asked], 2)[0].strip().startswith("Rome")
+        assert handle.model.explain(unrelated)["answered_by"] == "base"
+        assert handle.model.generate([unrelated], 4) == smollm2.generate([unrelated], 4)
+    finally:
+        handle.rollback()
+    assert list(editor.provenance()) == ["prompter:smollm2-135m"]
+    routed = create_editor("seprog", {"router": "serac"}).apply(smollm2, [EIFFEL])
+    try:
+        assert routed.model.generate([PARAPHRASE], 2)[0].strip().startswith("Rome")
+        assert routed.model.generate([UNRELATED], 4) == smollm2.generate([UNRELATED], 4)
+    finally:
+        routed.rollback()
+
+
 @pytest.mark.parametrize("method", ["mend", "ke"])
 def test_packaged_learned_editor_takes_the_edit_and_rolls_back_bit_for_bit(smollm2, method):
     """The float16 parts shipped in the package for SmolLM2-135M, with no settings at all."""

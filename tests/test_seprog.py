@@ -481,3 +481,24 @@ def test_noise_text_trains_on_the_noisy_copies_and_records_the_file(tmp_path):
     assert len(cached["inputs"]) == 2 * len(cached_plain["inputs"]) == len(cached["base"])
     with pytest.raises(ValidationError, match="not a file"):
         _train(tmp_path, "missing", noise_text=str(tmp_path / "nope.txt"))
+
+
+def test_the_packaged_parts_are_train_seprog_reads_yaml_on_training_splits_packed_int8():
+    """What ships in editkit/artifacts/seprog: verified for SmolLM2-135M, trained with the settings of
+    benchmarks/configs/train_seprog_reads.yaml on training splits, stored as int8 rows (3 MB)."""
+    import yaml
+
+    from conftest import REPO
+    from editkit.trained import PACKAGED, verify
+    from editkit.training.seprog import SEPROGTrainConfig
+
+    folder = PACKAGED / "seprog"
+    manifest = verify(folder, [PART], base_model="smollm2-135m")
+    assert manifest["parts"][PART]["dtype"] == "int8"
+    assert (folder / PART / "weights.safetensors").stat().st_size < 3.5e6
+    config = yaml.safe_load((REPO / "benchmarks" / "configs" / "train_seprog_reads.yaml").read_text())
+    trained = dict(manifest["config"])
+    assert all("train" in Path(d["path"]).name for d in manifest["data"])
+    for key in ("out", "threads"):  # where it went and how many threads are the trainer's, not the recipe's
+        config.pop(key), trained.pop(key)
+    assert SEPROGTrainConfig.from_dict(trained) == SEPROGTrainConfig.from_dict(config)

@@ -1,19 +1,16 @@
-"""SEPROG trained on first use: with no parts for the model, the editor trains its recipe once into the user cache,
-loads the cached parts the second time, and records their fingerprint per base model; the packaged SmolLM2 recipe is
-train_seprog_reads.yaml's. (The machinery itself, crashes and locks included, is tested with ENN in
-test_enn_first_use.py.)"""
+"""SEPROG trained on first use (for a model with a recipe and no packaged parts; SmolLM2-135M's parts ship): with
+no parts for the model, the editor trains its recipe once into the user cache, loads the cached parts the second
+time, and records their fingerprint per base model. (The machinery itself, crashes and locks included, is tested
+with ENN in test_enn_first_use.py.)"""
 
-from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
 from editkit.editors import create_editor
 from editkit.edits import EditRequest
 from editkit.models.tiny import tiny_model
 from editkit.trained import part_fingerprint, user_folder
-from editkit.training.seprog import PART, RECIPES, SEPROGTrainConfig, SEPROGTrainer
+from editkit.training.seprog import PART, SEPROGTrainer
 from learned_parts import SEPROG_TINY, first_use_recipe
 
 EDITS = [EditRequest(prompt="{} plays the sport of", subject="Michael Jordan", target_new=" tennis")]
@@ -37,13 +34,3 @@ def test_seprog_trains_its_recipe_once_and_names_the_parts_it_used(first_use):
     again = create_editor("seprog", {"encoder": "tiny-bert", "threshold": 0.0})
     again.apply(tiny_model("llama"), EDITS)
     assert len(first_use) == 1 and again.provenance() == editor.provenance()
-
-
-def test_the_packaged_smollm2_recipe_is_train_seprog_reads_yaml_on_training_splits():
-    config = yaml.safe_load((REPO / "benchmarks" / "configs" / "train_seprog_reads.yaml").read_text())
-    recipe = RECIPES["smollm2-135m"]
-    assert [p.removeprefix("../shared/data/") for p in config.pop("data")] == list(recipe.data)
-    assert all("train" in Path(p).name for p in recipe.data)
-    for key in ("out", "threads"):  # where it goes and how many threads are the user's, not the recipe's
-        config.pop(key)
-    assert SEPROGTrainConfig.from_dict(dict(recipe.settings)) == SEPROGTrainConfig.from_dict(config)

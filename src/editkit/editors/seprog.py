@@ -47,7 +47,8 @@ empty memory every input is the answering model's. ``explain`` names the most at
 
 Descriptors longer than the encoder's window (128 tokens) are truncated to it for the key, as SERAC's scope
 does. The trained part (``prompter``, :mod:`editkit.training.seprog`) is verified for the base model: parts
-trained for another model are refused naming both.
+trained for another model are refused naming both. Parts for SmolLM2-135M ship in the package
+(``editkit/artifacts/seprog``, ``editkit pack --int8`` of ``benchmarks/configs/train_seprog_reads.yaml``'s).
 """
 
 from __future__ import annotations
@@ -492,8 +493,8 @@ class SEPROGConfig(MemoryConfig):
     artifacts: str | None = field(
         default=None,
         metadata={
-            "help": "folder of trained parts (editkit train seprog); may contain {model}; default: the user "
-            "cache's, trained there on first use"
+            "help": "folder of trained parts (editkit train seprog); may contain {model}; default: the parts "
+            "packaged for SmolLM2-135M (int8, 3 MB)"
         },
     )
     encoder: str = field(default="minilm-l6", metadata={"help": "sentence encoder the edit keys come from"})
@@ -550,8 +551,8 @@ class SEPROG(MemoryEditor):
         self._answering: weakref.WeakKeyDictionary[LanguageModel, LanguageModel | None] = weakref.WeakKeyDictionary()
 
     def artifacts(self, lm: LanguageModel) -> Path:
-        """The parts' folder for ``lm``: ``artifacts`` (``{model}`` replaced), else the packaged or user-cache
-        parts for it, trained there on first use when the trainer has a recipe for it (:func:`find`)."""
+        """The parts' folder for ``lm``: ``artifacts`` (``{model}`` replaced), else the packaged parts when
+        they were trained for it, else the user cache's (:func:`find`)."""
         return find("seprog", self.config.artifacts, model=lm.name)
 
     def provenance(self) -> dict[str, str]:

@@ -58,41 +58,11 @@ from editkit.models.encoder import SentenceEncoder
 from editkit.models.lm import LanguageModel
 from editkit.trained import write_part
 from editkit.training.loop import DATA_HELP, seed_torch, train_part, training_cases
-from editkit.training.registry import Recipe, Trainer, register_trainer
+from editkit.training.registry import Trainer, register_trainer
 from editkit.typedconfig import TypedConfig
 
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
 OUT_OF_SCOPE = (ProbeKind.OUT, ProbeKind.NEIGHBORHOOD)
-
-# What ``editkit edit --method seprog`` trains on first use when it finds no parts for the model: the settings of
-# benchmarks/configs/train_seprog_reads.yaml (training splits only), which docs/benchmarks.md scores ("SEPROG
-# beside SERAC"). No parts ship: they are 12 MB (5.8 MB in float16), above what the repository keeps. The
-# estimate's seconds a step include b(x) of every training input, computed once before step 1.
-RECIPES = {
-    "smollm2-135m": Recipe(
-        data=("zsre/mend_format/zsre_mend_train-1k.json", "counterfact/easyedit/counterfact-train.json"),
-        settings={
-            "base_model": "smollm2-135m",
-            "encoder": "minilm-l6",
-            "max_cases": 1000,
-            "max_out": 1,
-            "seed": 0,
-            "hidden": 256,
-            "prefix_len": 8,
-            "reads": "descriptor",
-            "pair_features": True,
-            "select_weight": 1.0,
-            "lam": 0.3,
-            "steps": 1500,
-            "batch": 8,
-            "lr": 1e-3,
-            "checkpoint_every": 50,
-        },
-        seconds_per_step=2.6,
-        measured="65 min for train_seprog_reads.yaml on one thread of a 2-core CPU beside one other job",
-    )
-}
-
 
 @dataclass
 class SEPROGTrainConfig(TypedConfig):
@@ -400,7 +370,6 @@ class SEPROGTrainer(Trainer):
 
     name = "seprog"
     config_cls: ClassVar[type[TypedConfig]] = SEPROGTrainConfig
-    recipes: ClassVar[Mapping[str, Recipe]] = RECIPES
     config: SEPROGTrainConfig
 
     def train(self, *, progress: bool = True) -> dict[str, Any]:
