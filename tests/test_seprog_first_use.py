@@ -3,7 +3,6 @@ no parts for the model, the editor trains its recipe once into the user cache, l
 time, and records their fingerprint per base model. (The machinery itself, crashes and locks included, is tested
 with ENN in test_enn_first_use.py.)"""
 
-
 import pytest
 
 from editkit.editors import create_editor

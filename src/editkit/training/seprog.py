@@ -64,6 +64,7 @@ from editkit.typedconfig import TypedConfig
 IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE, ProbeKind.HARD_IN)
 OUT_OF_SCOPE = (ProbeKind.OUT, ProbeKind.NEIGHBORHOOD)
 
+
 @dataclass
 class SEPROGTrainConfig(TypedConfig):
     data: list[str] = field(default_factory=list, metadata={"help": DATA_HELP})
