@@ -58,7 +58,8 @@ class TypedConfig:
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """``(name, default, help)`` for every setting."""
-        return [(f.name, repr(cls.defaults()[f.name]), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+        defaults = cls.defaults()
+        return [(f.name, repr(defaults[f.name]), f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
 
 
 def _coerce(owner: str, key: str, hint: Any, value: Any) -> Any:
