@@ -17,7 +17,7 @@ from editkit.evaluation import downstream
 from editkit.evaluation.batch import batch_edits, edit_groups
 from editkit.evaluation.drift import DriftTracker
 from editkit.evaluation.flags import flag_drift_jump
-from editkit.evaluation.metrics import Reference, kl_divergence, ngram_entropy, score_cases
+from editkit.evaluation.metrics import Reference, cached_scores, kl_divergence, ngram_entropy, score_cases
 from editkit.evaluation.report import write_report
 from editkit.evaluation.sequential import sequential_edits
 from editkit.models.tiny import tiny_model
@@ -196,6 +196,26 @@ def test_a_cached_reference_is_reused_for_the_same_model_and_probes(tmp_path, mo
     for folder in tmp_path.iterdir():
         (folder / "reference.safetensors").write_bytes(b"damaged")
     assert Reference.cached(lm, cases, tmp_path).predictions == first.predictions  # rebuilt
+
+
+def test_cached_unedited_scores_are_read_back_and_redone_when_anything_differs(tmp_path, monkeypatch):
+    from editkit.evaluation import metrics
+
+    lm, cases = tiny_model("llama"), demo_cases()[:3]
+    ref = Reference.build(lm, cases)
+    first = cached_scores(lm, cases, ref, tmp_path)
+    assert first == score_cases(lm, cases, ref)
+    calls = []
+    real = metrics.score_cases
+    monkeypatch.setattr(metrics, "score_cases", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert cached_scores(lm, cases, ref, tmp_path) == first and not calls  # read back, not scored
+    cached_scores(lm, cases[:2], ref, tmp_path)  # other cases
+    cached_scores(lm, cases, ref, tmp_path, batch_size=4)  # another batch size
+    cached_scores(lm, cases, ref, tmp_path, kinds=(ProbeKind.EDIT,))  # other kinds
+    assert len(calls) == 3 and len(list(tmp_path.iterdir())) == 4
+    for path in tmp_path.iterdir():
+        path.write_text("[{")  # damaged
+    assert cached_scores(lm, cases, ref, tmp_path) == first and len(calls) == 4
 
 
 def test_reference_build_reports_both_of_its_passes(llama, capsys):

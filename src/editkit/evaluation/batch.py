@@ -31,7 +31,7 @@ from editkit.editors.base import EditHandle, Editor
 from editkit.edits import EditCase, EditRequest, ProbeKind
 from editkit.errors import ValidationError
 from editkit.evaluation.judged import ByCase, GenerationJudge, judged_cases, paired
-from editkit.evaluation.metrics import Reference, score_cases
+from editkit.evaluation.metrics import Reference, cached_scores, score_cases
 from editkit.evaluation.prefill import SubjectIndex
 from editkit.evaluation.results import header
 from editkit.evaluation.shared import aggregate, apply_cases, record_info, rollback
@@ -89,7 +89,8 @@ def batch_edits(
     """For each k in ``ks``: edit groups of k cases (:func:`edit_groups`) together into the unedited model (a
     memory editor's memory holding the ``prefill`` edits), score every case of the group, roll back.
     ``aggregates`` are those of the largest k; ``aggregates_by_k`` has them all. With ``reference_cache`` the
-    unedited model's reference is kept there and reused (:meth:`Reference.cached`). With ``span = (start, end)``
+    unedited model's reference and scores are kept there and reused (:meth:`Reference.cached`,
+    :func:`~editkit.evaluation.metrics.cached_scores`). With ``span = (start, end)``
     only the groups whose first case lies at a position in ``[start, end)`` are edited (one shard of a sweep):
     the unedited model is still scored on every case, in the batches the whole run scores them in, and groups
     keep their numbers, so the shards' records are the whole run's (:mod:`editkit.sweep.merge`). With ``judge``
@@ -114,7 +115,11 @@ def batch_edits(
         if reference_cache is not None
         else Reference.build(lm, probed, batch_size=batch_size, progress=progress)
     )
-    unedited = score_cases(lm, cases, reference, batch_size=batch_size, kinds=kinds, progress=progress)
+    unedited = (
+        cached_scores(lm, cases, reference, reference_cache, batch_size=batch_size, kinds=kinds, progress=progress)
+        if reference_cache is not None
+        else score_cases(lm, cases, reference, batch_size=batch_size, kinds=kinds, progress=progress)
+    )
     before = judge(lm, cases) if judge is not None else {}
     for i, (scores, _) in before.items():
         unedited[i].update(scores)

@@ -281,6 +281,35 @@ def score_cases(
     return out
 
 
+def cached_scores(
+    lm: LanguageModel,
+    cases: Sequence[EditCase],
+    reference: Reference,
+    root: Path,
+    *,
+    batch_size: int = 16,
+    kinds: Sequence[ProbeKind] = tuple(ProbeKind),
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """:func:`score_cases` on the unedited ``lm``, kept under ``root`` by the model's fingerprint, the cases (in
+    order, whole: requests and probes), the kinds and the batch size (a score moves in its last bits with its
+    batch), so that a resumed run over 10,000 cases reads half an hour of scoring back. A damaged or mismatched
+    copy is redone."""
+    key = [lm.fingerprint(), repr(list(cases)), sorted(k.value for k in kinds), batch_size]
+    path = root / f"scores-{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24]}.json"
+    try:
+        if path.exists():
+            kept = json.loads(path.read_text())
+            if isinstance(kept, list) and len(kept) == len(cases) and all(isinstance(s, dict) for s in kept):
+                return kept
+            log.warning("the cached scores in %s are not %d cases' scores; scoring again", path, len(cases))
+    except (OSError, ValueError) as exc:  # a cache must never stop a run
+        log.warning("the cached scores in %s cannot be read (%s); scoring again", path, exc)
+    scores = score_cases(lm, cases, reference, batch_size=batch_size, kinds=kinds, progress=progress)
+    atomic_write(path, json.dumps(scores))
+    return scores
+
+
 def _score_chunk(
     lm: LanguageModel,
     cases: Sequence[EditCase],
