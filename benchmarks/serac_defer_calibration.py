@@ -6,7 +6,9 @@ as the trainer leaves them out), KL(h || base) of the first answer token: h read
 the base model the input alone. In-scope inputs are the edit prompt and its rephrases; out-of-scope ones the
 case's own (split into those naming the edit's subject, another fact of it, and the rest). The suggested
 ``defer_kl`` is the KL under which only ``1 - --keep`` of the in-scope inputs fall (h keeps ``--keep`` of
-them); the JSON also says what share of the out-of-scope inputs it would send back to the base model.
+them); the JSON also says what share of the out-of-scope inputs it would send back to the base model. With
+``--contrast`` the KL is that of ``defer_contrast``: h reading the edit against h reading its twin (the base
+model's own answer in place of the new one), for the same inputs.
 
     python benchmarks/serac_defer_calibration.py --artifacts build/serac-keep-packaged \
         --data ../shared/data/knowedit/benchmark/wiki_counterfact/train_cf.json \
@@ -27,7 +29,7 @@ from typing import Any
 import torch
 
 from editkit.data import load_cases
-from editkit.editors.memory import descriptor_of, next_token_kl
+from editkit.editors.memory import descriptor_of, next_token_kl, twin_descriptors
 from editkit.edits import ProbeKind, names_subject
 from editkit.files import atomic_write, file_sha256
 from editkit.models.lm import LanguageModel
@@ -41,11 +43,17 @@ OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
 QUANTILES = (0.01, 0.03, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def first_token_kl(base: LanguageModel, h: LanguageModel, template: str, pairs: list[tuple[str, str]]) -> list[float]:
-    """KL(h || base) of the next token, for (descriptor, input) pairs."""
+def first_token_kl(
+    base: LanguageModel, h: LanguageModel, template: str, pairs: list[tuple[str, str]], twin: str | None = None
+) -> list[float]:
+    """KL(h || base) of the next token, for (descriptor, input) pairs; with ``twin``, KL(h || h reading the
+    twin descriptor instead)."""
     if not pairs:
         return []
-    b = base.next_token_logprobs([x for _, x in pairs])
+    if twin is None:
+        b = base.next_token_logprobs([x for _, x in pairs])
+    else:
+        b = h.next_token_logprobs([template.format(edit=twin, input=x) for _, x in pairs])
     e = h.next_token_logprobs([template.format(edit=d, input=x) for d, x in pairs])
     return next_token_kl(e, b).tolist()
 
@@ -63,6 +71,7 @@ def main() -> None:
     ap.add_argument("--holdout-limit", type=int, default=None)
     ap.add_argument("--cases-per-file", type=int, default=100)
     ap.add_argument("--keep", type=float, default=0.97, help="share of in-scope inputs h keeps at the suggested KL")
+    ap.add_argument("--contrast", action="store_true", help="calibrate defer_contrast's KL (against the twin)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -80,12 +89,14 @@ def main() -> None:
         files.append({"path": path, "sha256": file_sha256(Path(path)), "cases": len(sample)})
         for c in sample:
             d, subject = descriptor_of(c.request), c.request.subject
-            kls["in_scope"] += first_token_kl(base, h, template, [(d, p.prompt) for p in c.of_kind(*IN_SCOPE)])
+            twin = twin_descriptors(base, [c.request])[0] if args.contrast else None
+            inside = [(d, p.prompt) for p in c.of_kind(*IN_SCOPE)]
+            kls["in_scope"] += first_token_kl(base, h, template, inside, twin)
             out = [p.prompt for p in c.of_kind(*OUT_OF_SCOPE)]
             same = [x for x in out if subject and names_subject(x, subject)]
-            kls["same_subject"] += first_token_kl(base, h, template, [(d, x) for x in same])
+            kls["same_subject"] += first_token_kl(base, h, template, [(d, x) for x in same], twin)
             other = [x for x in out if x not in same]
-            kls["other_out_of_scope"] += first_token_kl(base, h, template, [(d, x) for x in other])
+            kls["other_out_of_scope"] += first_token_kl(base, h, template, [(d, x) for x in other], twin)
     suggested = quantile(kls["in_scope"], 1 - args.keep)
     result: dict[str, Any] = {
         "artifacts": str(folder),
@@ -94,6 +105,7 @@ def main() -> None:
         "holdout": args.holdout,
         "holdout_limit": args.holdout_limit,
         "keep": args.keep,
+        "contrast": args.contrast,
         "suggested_defer_kl": suggested,
         "inputs": {k: len(v) for k, v in kls.items()},
         "quantiles": {k: {str(q): quantile(v, q) for q in QUANTILES} for k, v in kls.items() if v},

@@ -15,7 +15,7 @@ from editkit.data import load_cases
 from editkit.editors import create_editor
 from editkit.editors.answerers import PromptedAnswerer, template_prompt
 from editkit.editors.base import EditHandle
-from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of
+from editkit.editors.memory import EditMemory, RoutedModel, descriptor_of, twin_descriptors
 from editkit.editors.scope import EmbedScope
 from editkit.edits import EditCase, EditRequest, Probe, ProbeKind
 from editkit.errors import ConfigError, ValidationError
@@ -170,6 +170,34 @@ def test_defer_kl_sends_an_input_back_to_the_base_when_h_answers_as_it_does():
     assert all(r.record is not None and r.kl is None for r in never.route(prompts))
     with pytest.raises(ConfigError, match="defer_kl"):
         _rp(defer_kl=-1.0)
+
+
+def test_defer_contrast_compares_h_on_the_edit_with_h_on_its_twin():
+    """The twin is the edit's prompt with the base model's own greedy answer (as many tokens as the new one, by
+    generation here); with ``defer_contrast`` the KL that decides is KL(h(edit, x) || h(twin, x)), recomputed
+    independently, and a statement, which has no twin, keeps the comparison with the base model."""
+    lm = tiny_model("llama")
+    statement = EditRequest(descriptor="Be more positive about vaccines.")
+    n = len(lm.encode(EIFFEL.target_new, special=False))
+    answer = lm.tokenizer.decode(lm.generate_ids([EIFFEL.text], n)[0], skip_special_tokens=True)
+    assert twin_descriptors(lm, [EIFFEL, statement]) == [f"{EIFFEL.text}{answer}", None]
+    prompts = [EIFFEL.text, FAR]
+    h = lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{p}" for p in prompts])
+    twin = lm.next_token_logprobs([f"{EIFFEL.text}{answer}\n{p}" for p in prompts])
+    kl = (h.exp() * (h - twin)).sum(-1)
+    base_kl = (h.exp() * (h - lm.next_token_logprobs(prompts))).sum(-1)
+    assert not torch.allclose(kl, base_kl, rtol=1e-3)  # another measure than defer_kl's alone
+    cut = float(kl.mean())
+    model = _rp(threshold=0.0, defer_kl=cut, defer_contrast=True).apply(lm, [EIFFEL]).model
+    for r, k in zip(model.route(prompts), kl.tolist(), strict=True):
+        assert r.kl == pytest.approx(k, rel=1e-4, abs=1e-6)
+        assert (r.record is None) == (k <= cut)
+    said = _rp(threshold=0.0, defer_kl=1e-9, defer_contrast=True).apply(tiny_model("llama"), [statement]).model
+    h_s = lm.next_token_logprobs([f"{descriptor_of(statement)}\n{FAR}"])
+    want = (h_s.exp() * (h_s - lm.next_token_logprobs([FAR]))).sum(-1)
+    assert said.route([FAR])[0].kl == pytest.approx(float(want[0]), rel=1e-4, abs=1e-6)
+    with pytest.raises(ConfigError, match="defer_contrast needs defer_kl"):
+        _rp(defer_contrast=True)
 
 
 def test_a_defer_judge_decides_the_deferral_and_the_answerer_still_answers(serac_parts):

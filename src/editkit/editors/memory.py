@@ -22,13 +22,20 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   gives it exactly. A counterfactual model trained to answer untouched facts as the base does (``cf_keep_share``
   in :mod:`editkit.training.serac`) makes that signal: in scope its first-token KL is ~10, on another fact of the
   subject ~1 (docs/benchmarks.md). The model whose KL decides (the *judge*) may be another than the one that
-  answers: a counterfactual model trained that way judges, one trained on in-scope inputs only answers.
+  answers: a counterfactual model trained that way judges, one trained on in-scope inputs only answers;
+* with ``defer_contrast`` as well, the judge's reading of the edit is compared not with the base model but with
+  its own reading of the edit's *twin*: the same prompt with the base model's own answer in place of the new one
+  (:func:`twin_descriptor`). An input whose next token does not depend on which of the two answers the edit
+  holds is not in its scope. Both readings have prompts of the same shape, so a fragment on which the base model
+  is unsure no longer counts as moved because h read a longer prompt. Statements have no twin and keep the
+  comparison with the base model.
 
 The base model's weights are never touched, so rollback (deleting the records) restores its outputs exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 import threading
@@ -64,13 +71,33 @@ def descriptor_of(request: EditRequest) -> str:
     return request.descriptor or f"{request.text}{request.target_new}"
 
 
+@torch.no_grad()
+def twin_descriptors(lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str | None]:
+    """Each edit's *twin* (``defer_contrast``): its descriptor with ``lm``'s own greedy answer to the edit's
+    prompt (as many tokens as the new answer) in place of the new answer: the fact as the unedited model holds
+    it. ``None`` for statements, which have no answer to swap. ``target_true`` is not used: what matters is the
+    answer the base model gives, which a data file's label may not be."""
+    pairs = [r for r in requests if not r.descriptor]
+    answers = (
+        lm.greedy_answers([r.text for r in pairs], [max(1, len(lm.encode(r.target_new, special=False))) for r in pairs])
+        if pairs
+        else []
+    )
+    twins = iter(
+        f"{r.text}{lm.tokenizer.decode(a, skip_special_tokens=True)}" for r, a in zip(pairs, answers, strict=True)
+    )
+    return [None if r.descriptor else next(twins) for r in requests]
+
+
 @dataclass(frozen=True)
 class Route:
     """Where one input went: the edit that answers it (``None``: the base model) and the best scope score."""
 
     record: EditRecord | None
     score: float
-    kl: float | None = None  # with defer_kl: KL(h || base) of the next token after the input, for the best edit
+    # with defer_kl: KL(h || base) of the next token after the input, for the best edit; with defer_contrast
+    # KL(h || h reading the edit's twin) for edits that have one
+    kl: float | None = None
     deferred: EditRecord | None = None  # the edit in scope whose h answered as the base model would (defer_kl)
 
     def explain(self) -> dict[str, Any]:
@@ -326,6 +353,7 @@ class RoutedModel(LanguageModel):
         threshold: float = 0.5,
         defer_kl: float = 0.0,
         judge: Answerer | None = None,
+        defer_contrast: bool = False,
     ) -> None:
         super().__init__(base.model, base.tokenizer, name=base.name, edit_layer=base._edit_layer, prefix=base.prefix)
         self.base = base
@@ -334,6 +362,8 @@ class RoutedModel(LanguageModel):
         self.threshold = threshold
         self.defer_kl = defer_kl
         self.judge = judge or answerer  # whose KL from the base model decides defer_kl
+        self.defer_contrast = defer_contrast
+        self._twins: dict[int, EditRecord | None] = {}  # by record id (ids are never reused)
         self._routes: dict[str, Route] = {}
         self._routes_version = -1
         self._routes_lock = threading.Lock()
@@ -357,19 +387,34 @@ class RoutedModel(LanguageModel):
                 self._routes.update(zip(todo, routes, strict=True))
             return [self._routes[t] for t in texts]
 
+    def _twin(self, records: Sequence[EditRecord]) -> list[EditRecord | None]:
+        """The records' twins (:func:`twin_descriptors`), made once per record."""
+        new = list({r.id: r for r in records if r.id not in self._twins}.values())
+        for r, d in zip(new, twin_descriptors(self.base, [r.request for r in new]), strict=True):
+            self._twins[r.id] = None if d is None else dataclasses.replace(r, descriptor=d)
+        return [self._twins[r.id] for r in records]
+
     @torch.no_grad()
     def _defer(self, texts: Sequence[str], routes: list[Route]) -> list[Route]:
         """``routes`` with those whose judge (h, unless another is given) answers within ``defer_kl`` of the base
-        model sent back to it."""
+        model (with ``defer_contrast``: of its own reading of the edit's twin) sent back to it."""
         edited = [i for i, r in enumerate(routes) if r.record is not None]
         if not edited:
             return routes
-        base = self.base.next_token_logprobs([texts[i] for i in edited])
-        h = self.judge.next_token_logprobs(
-            [(routes[i].record, texts[i]) for i in edited],  # type: ignore[misc]
-            batch_size=16,
-        )
-        kl = next_token_kl(h, base).tolist()
+        records: list[EditRecord] = [routes[i].record for i in edited]  # type: ignore[misc]
+        h = self.judge.next_token_logprobs(list(zip(records, [texts[i] for i in edited], strict=True)), batch_size=16)
+        twins = self._twin(records) if self.defer_contrast else [None] * len(edited)
+        other = torch.empty_like(h)
+        plain = [j for j, t in enumerate(twins) if t is None]
+        if plain:
+            other[plain] = self.base.next_token_logprobs([texts[edited[j]] for j in plain]).to(h.dtype)
+        paired = [j for j, t in enumerate(twins) if t is not None]
+        if paired:
+            other[paired] = self.judge.next_token_logprobs(
+                [(twins[j], texts[edited[j]]) for j in paired],  # type: ignore[misc]
+                batch_size=16,
+            ).to(h.dtype)
+        kl = next_token_kl(h, other).tolist()
         out = list(routes)
         for i, k in zip(edited, kl, strict=True):
             r = routes[i]
@@ -572,6 +617,13 @@ class MemoryConfig(EditorConfig):
             "after it is within this KL (nats) of the base model's (0: never)"
         },
     )
+    defer_contrast: bool = field(
+        default=False,
+        metadata={
+            "help": "with defer_kl: compare h's next-token distribution with h reading the edit's twin (the base "
+            "model's own answer in place of the new one) instead of with the base model"
+        },
+    )
     author: str = field(default="", metadata={"help": "recorded with every edit in the journal"})
 
     def validate(self) -> None:
@@ -583,6 +635,8 @@ class MemoryConfig(EditorConfig):
             )
         if self.defer_kl < 0:
             raise ConfigError(f"{type(self).__name__}: defer_kl must be at least 0, got {self.defer_kl}")
+        if self.defer_contrast and self.defer_kl <= 0:
+            raise ConfigError(f"{type(self).__name__}: defer_contrast needs defer_kl above 0")
         if self.memory is not None:
             check_store_url(self.memory)
 
@@ -636,6 +690,7 @@ class MemoryEditor(Editor):
                 threshold=self.config.threshold,
                 defer_kl=self.config.defer_kl,
                 judge=self.build_judge(lm) if self.config.defer_kl > 0 else None,
+                defer_contrast=self.config.defer_contrast,
             )
         return self._routed[lm]
 
