@@ -25,7 +25,7 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   answers: a counterfactual model trained that way judges, one trained on in-scope inputs only answers;
 * with ``defer_contrast`` as well, the judge's reading of the edit is compared not with the base model but with
   its own reading of the edit's *twin*: the same prompt with the base model's own answer in place of the new one
-  (:func:`twin_descriptor`). An input whose next token does not depend on which of the two answers the edit
+  (:func:`twin_descriptors`). An input whose next token does not depend on which of the two answers the edit
   holds is not in its scope. Both readings have prompts of the same shape, so a fragment on which the base model
   is unsure no longer counts as moved because h read a longer prompt. Statements have no twin and keep the
   comparison with the base model.
