@@ -436,6 +436,10 @@ def test_keep_inputs_are_the_out_of_scope_inputs_after_their_edit(tmp_path):
     assert sum(x.same_subject for x in draw_keep(inputs, 2, 0.5, 0)) == 1
     assert sum(x.same_subject for x in draw_keep(inputs, 2, 0.0, 0)) == 1  # one other input only
     assert sorted(draw_keep(inputs, 9, 0.5, 0), key=str) == sorted(inputs, key=str)
+    # The data's own same-subject probe comes before the template-made one, whatever the seed.
+    for seed in range(8):
+        drawn = draw_keep(inputs, 2, 0.5, seed, data_first=True)
+        assert [x for x in drawn if x.same_subject] == [inputs[0]]
 
 
 def test_base_answers_are_the_base_models_greedy_tokens(tmp_path):

@@ -166,6 +166,13 @@ class SERACTrainConfig(TypedConfig):
     cf_keep_examples: int = field(
         default=4000, metadata={"help": "out-of-scope examples drawn for cf_keep_share (their base answers cached)"}
     )
+    keep_data_first: bool = field(
+        default=False,
+        metadata={
+            "help": "the same-subject cf_keep_examples are the data's own probes (KnowEdit's relation-specificity "
+            "prompts) before any made from relation_templates (False: drawn from both alike)"
+        },
+    )
     cf_keep_tokens: int = field(
         default=3, metadata={"help": "greedy tokens of the base answer when an input has no expected answer"}
     )
@@ -254,6 +261,8 @@ def _run(
     unused: tuple[str, ...] = ("cf_loss", "cf_responses", "cf_unlikelihood_weight") if config.cf_loss == "nll" else ()
     if config.cf_keep_share == 0:  # likewise for checkpoints written before the keep examples existed
         unused += ("cf_keep_share", "cf_keep_examples", "cf_keep_tokens")
+    if not config.keep_data_first:
+        unused += ("keep_data_first",)
     if config.statement_share == 0:
         unused += ("statement_share",)
     if not config.same_subject_any_relation:
@@ -412,7 +421,9 @@ def keep_examples(
     inputs = keep_inputs(
         cases, templates, config.same_subject_negatives, config.seed, any_relation=config.same_subject_any_relation
     )
-    drawn = draw_keep(inputs, config.cf_keep_examples, config.same_subject_share, config.seed)
+    drawn = draw_keep(
+        inputs, config.cf_keep_examples, config.same_subject_share, config.seed, data_first=config.keep_data_first
+    )
     key = hashlib.sha256(
         json.dumps([lm.fingerprint(), config.cf_keep_tokens, [dataclasses.astuple(x) for x in drawn]]).encode()
     ).hexdigest()

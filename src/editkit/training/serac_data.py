@@ -88,15 +88,23 @@ def keep_inputs(
     return list(dict.fromkeys(out))
 
 
-def draw_keep(inputs: Sequence[KeepInput], k: int, same_share: float, seed: int) -> list[KeepInput]:
+def draw_keep(
+    inputs: Sequence[KeepInput], k: int, same_share: float, seed: int, *, data_first: bool = False
+) -> list[KeepInput]:
     """``k`` of ``inputs``, ``same_share`` of them same-subject ones where there are enough (the rest from the
-    others, and the other way round)."""
+    others, and the other way round). With ``data_first``, the same-subject ones are the data's own probes (those
+    with an expected answer) before any made from templates."""
     rng = random.Random(f"keep-draw:{seed}")
     same = [x for x in inputs if x.same_subject]
     other = [x for x in inputs if not x.same_subject]
     k = min(k, len(inputs))
     n_same = min(len(same), max(round(k * same_share), k - len(other)))
-    return rng.sample(same, n_same) + rng.sample(other, k - n_same)
+    if not data_first:
+        return rng.sample(same, n_same) + rng.sample(other, k - n_same)
+    own = [x for x in same if x.expected is not None]
+    made = [x for x in same if x.expected is None]
+    n_own = min(len(own), n_same)
+    return rng.sample(own, n_own) + rng.sample(made, n_same - n_own) + rng.sample(other, k - n_same)
 
 
 @torch.no_grad()
