@@ -235,6 +235,16 @@ def test_training_lowers_the_loss_and_sp_noclassifier_has_no_classifier(tmp_path
     assert all(model.explain(p)["scope_score"] == 1.0 for p in PROMPTS)
 
 
+def test_base_encoding_reports_its_progress_and_the_same_values(capsys):
+    lm = tiny_model("llama")
+    quiet = base_encoding(lm, PROMPTS * 3, batch_size=4)
+    assert capsys.readouterr().err == ""
+    shown = base_encoding(lm, PROMPTS * 3, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "b(x) of the inputs" in err and "6/6" in err
+    torch.testing.assert_close(shown, quiet, rtol=0, atol=0)
+
+
 def test_a_rerun_reuses_the_training_features(tmp_path, monkeypatch):
     _train(tmp_path, "run", steps=2, checkpoint_every=2)
     import editkit.training.seprog as training

@@ -75,6 +75,7 @@ from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.memory.store import EditRecord
 from editkit.models.lm import CACHE_KEY, LanguageModel, TokenScores
+from editkit.progress import progress_bar
 from editkit.trained import find, load_tensors, part_fingerprint, read_manifest, verify
 
 PART = "prompter"
@@ -162,23 +163,28 @@ def leading_tokens(lm: LanguageModel) -> int:
 
 
 @torch.no_grad()
-def base_encoding(lm: LanguageModel, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+def base_encoding(
+    lm: LanguageModel, texts: Sequence[str], batch_size: int = 16, *, progress: bool = False
+) -> torch.Tensor:
     """b(x): mean of the last layer's hidden states over each prompt's tokens (the leading ones left out), or of
     the encoder's for an encoder-decoder model; ``[n, d]`` float32 on the CPU."""
     lead = leading_tokens(lm)
     rows: list[torch.Tensor] = []
-    for i in range(0, len(texts), batch_size):
-        seqs = [lm.encode(t) for t in texts[i : i + batch_size]]
-        ids, mask = _pad(lm, seqs)
-        if lm.is_encoder_decoder:
-            hidden = lm.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
-        else:
-            hidden = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-            hidden = hidden.hidden_states[-1]
-        keep = mask.clone()
-        keep[:, :lead] = 0
-        keep = torch.where(keep.sum(1, keepdim=True) > 0, keep, mask).unsqueeze(-1).to(hidden.dtype)
-        rows.append(((hidden * keep).sum(1) / keep.sum(1)).float().cpu())
+    with progress_bar(len(texts), "b(x) of the inputs", progress) as bar:
+        for i in range(0, len(texts), batch_size):
+            seqs = [lm.encode(t) for t in texts[i : i + batch_size]]
+            ids, mask = _pad(lm, seqs)
+            if lm.is_encoder_decoder:
+                encoder = lm.model.get_encoder()  # type: ignore[operator]
+                hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            else:
+                hidden = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+                hidden = hidden.hidden_states[-1]
+            keep = mask.clone()
+            keep[:, :lead] = 0
+            keep = torch.where(keep.sum(1, keepdim=True) > 0, keep, mask).unsqueeze(-1).to(hidden.dtype)
+            rows.append(((hidden * keep).sum(1) / keep.sum(1)).float().cpu())
+            bar.advance(len(seqs))
     return torch.cat(rows) if rows else torch.zeros((0, int(lm.config.hidden_size)))
 
 

@@ -240,6 +240,8 @@ def _features(
     encoder: SentenceEncoder,
     texts: Sequence[str],
     examples: Sequence[Example],
+    *,
+    progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """b(x) and the encoder's embedding of every training input, and the encoder's embedding of every
     descriptor, cached in ``OUT/.checkpoints/features.pt`` (minutes of base-model passes on a CPU) and reused by a
@@ -251,7 +253,7 @@ def _features(
         cached = torch.load(path, weights_only=True)
         if cached["key"] == key.hexdigest() and "inputs" in cached:
             return cached["base"], cached["inputs"], cached["encoded"]
-    base = base_encoding(lm, texts, batch_size=32)
+    base = base_encoding(lm, texts, batch_size=32, progress=progress)
     inputs = encoder.embed(texts)
     encoded = encoder.embed([e.descriptor for e in examples])
     atomic_torch_save({"key": key.hexdigest(), "base": base, "inputs": inputs, "encoded": encoded}, path)
@@ -280,7 +282,7 @@ def train(config: SEPROGTrainConfig, *, progress: bool = True) -> dict[str, Any]
     encoder = SentenceEncoder.load(config.encoder)
     texts = list(dict.fromkeys([x for e in examples for x, _ in e.inside] + [x for e in examples for x in e.outside]))
     row = {t: i for i, t in enumerate(texts)}
-    base, inputs, encoded = _features(config, lm, encoder, texts, examples)
+    base, inputs, encoded = _features(config, lm, encoder, texts, examples, progress=progress)
     embedding = lm.model.get_input_embeddings().weight
     spec = {
         "enc_dim": encoder.dim,
