@@ -77,6 +77,18 @@ def _manifest(data: bytes) -> Maker:
     return make
 
 
+def _artifact_without_counterfactual(tmp: Path) -> None:
+    """A verified artifact in the test folder with one part, not a counterfactual model."""
+    import torch
+
+    from editkit.trained import record_part, save_part, start_manifest
+
+    folder = tmp / "folder"
+    manifest = start_manifest(folder, {"out": str(folder)}, [], "tiny-llama")
+    save_part(folder / "scope-embed", {"part": "scope-embed"}, tensors={"w": torch.zeros(2)})
+    record_part(folder, manifest, "scope-embed", {"part": "scope-embed"})
+
+
 EVAL = ["eval", "--model", "tiny-llama", "--method", "ft", "--set", "steps=1", "--data", "{input}"]
 
 # name: (argv, what to write into the test folder first, expected text in the error line)
@@ -200,6 +212,11 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "pack: no manifest": (["pack", "{folder}", "{out}"], None, "does not exist"),
     "pack: garbled manifest": (["pack", "{folder}", "{out}"], _manifest(b'{"parts": {"p'), "not valid JSON"),
     "pack: float16 and int8": (["pack", "{folder}", "{out}", "--float16", "--int8"], None, "not allowed with"),
+    "pack: defer without a counterfactual part": (
+        ["pack", "{folder}", "{out}", "--defer", "{missing}"],
+        _artifact_without_counterfactual,
+        "calibrates a counterfactual part",
+    ),
     "sweep: config missing": (["sweep", "{missing}"], None, "does not exist"),
     "sweep: config not UTF-8": (["sweep", "{input}"], _bytes(NOT_UTF8), "not UTF-8"),
     "sweep: empty grid": (

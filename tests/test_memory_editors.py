@@ -226,8 +226,49 @@ def test_a_defer_judge_decides_the_deferral_and_the_answerer_still_answers(serac
     assert len(kept) == 1
     want = lm.next_token_logprobs([f"{descriptor_of(EIFFEL)}\n{kept[0]}"])
     assert torch.allclose(model.next_token_logprobs(kept), want, atol=1e-5)
-    with pytest.raises(ConfigError, match="defer_judge needs defer_kl"):
+    with pytest.raises(ConfigError, match="records no calibrated cut"):
         _rp(defer_judge=str(serac_parts))
+
+
+def test_a_judge_packed_with_its_calibration_defers_at_the_recorded_cut(serac_parts, tmp_path):
+    """``editkit pack --defer`` records a calibration's cut with the judge's counterfactual part; the judge then
+    decides at that cut, and with the recorded comparison, when no ``defer_kl`` is given. A calibration of other
+    weights, or not a calibration at all, is refused, and nothing is packed."""
+    from editkit.trained import pack, part_fingerprint, read_manifest
+
+    lm = tiny_model("llama")
+    prompts = [EIFFEL.text, FAR]
+    explicit = _rp(threshold=0.0, defer_kl=1e-9, defer_contrast=True, defer_judge=str(serac_parts))
+    kls = [r.kl for r in explicit.apply(lm, [EIFFEL]).model.route(prompts)]
+    cut = sum(kls) / 2
+    fingerprint = part_fingerprint(serac_parts / "counterfactual")
+    calibration = tmp_path / "calibration.json"
+    row = {"suggested_defer_kl": cut, "contrast": True, "keep": 0.97, "counterfactual": fingerprint}
+    calibration.write_text(json.dumps({**row, "counterfactual": "0" * 16}))
+    with pytest.raises(ValidationError, match=r"made on the counterfactual part 0{16}, not on this one"):
+        pack(serac_parts, tmp_path / "wrong", defer=calibration)
+    calibration.write_text(json.dumps({"suggested_defer_kl": cut}))
+    with pytest.raises(ValidationError, match="is not a deferral calibration"):
+        pack(serac_parts, tmp_path / "wrong", defer=calibration)
+    assert not (tmp_path / "wrong").exists()
+    calibration.write_text(json.dumps(row))
+    packed = pack(serac_parts, tmp_path / "judge", defer=calibration)
+    assert packed["parts"]["counterfactual"]["defer"]["defer_kl"] == cut
+    assert read_manifest(tmp_path / "judge")["parts"]["counterfactual"]["defer"]["defer_contrast"] is True
+
+    editor = _rp(threshold=0.0, defer_judge=str(tmp_path / "judge"))
+    assert editor.config.deferral() == (cut, True)
+    assert editor.provenance()["defer-cut"] == f"{cut:.6g} against the twin"
+    routes = editor.apply(tiny_model("llama"), [EIFFEL]).model.route(prompts)
+    assert [r.kl for r in routes] == pytest.approx(kls, rel=1e-5)
+    assert [r.record is None for r in routes] == [k <= cut for k in kls]
+    assert sum(r.record is None for r in routes) == 1
+    assert _rp(defer_kl=0.5, defer_judge=str(tmp_path / "judge")).config.deferral() == (0.5, False)
+
+    calibration.write_text(json.dumps({**row, "contrast": False}))
+    pack(serac_parts, tmp_path / "plain", defer=calibration)
+    with pytest.raises(ConfigError, match="calibrated against the base model, not the twin"):
+        _rp(defer_contrast=True, defer_judge=str(tmp_path / "plain"))
 
 
 def test_few_shot_label_probabilities_route_each_example():

@@ -118,8 +118,9 @@ def test_packaged_serac_answers_in_scope_inputs_from_the_edit_and_leaves_the_res
 
 def test_the_packaged_judge_sends_another_fact_of_the_subject_back_to_the_base_model(smollm2):
     """With the default parts alone, a question about another fact of the edited subject is routed to the edit
-    and h answers it with the edit's answer; with ``defer_judge=serac-keep`` the judge's KL sends it back (the
-    base model's answer, exactly), while the edit's own prompt is still answered from the edit."""
+    and h answers it with the edit's answer; with ``defer_judge=serac-keep`` the judge's KL, at the cut recorded
+    with it (against the edit's twin), sends it back (the base model's answer, exactly), while the edit's own
+    prompt is still answered from the edit."""
     other_fact = "The Eiffel Tower was designed by"
     base = smollm2.generate([other_fact], 3)[0]
     plain = create_editor("serac").apply(smollm2, [EIFFEL])
@@ -127,10 +128,13 @@ def test_the_packaged_judge_sends_another_fact_of_the_subject_back_to_the_base_m
         assert plain.model.generate([other_fact], 3)[0].strip().startswith("Rome")
     finally:
         plain.rollback()
-    judged = create_editor("serac", {"defer_judge": "serac-keep", "defer_kl": 2.45}).apply(smollm2, [EIFFEL])
+    editor = create_editor("serac", {"defer_judge": "serac-keep"})
+    cut, contrast = editor.config.deferral()
+    assert contrast and cut == pytest.approx(2.686, abs=1e-3)
+    judged = editor.apply(smollm2, [EIFFEL])
     try:
         route = judged.model.explain(other_fact)
-        assert route["answered_by"] == "base" and route["counterfactual_kl"] <= 2.45 and "deferred_edit_id" in route
+        assert route["answered_by"] == "base" and route["counterfactual_kl"] <= cut and "deferred_edit_id" in route
         assert judged.model.generate([other_fact], 3)[0] == base
         assert judged.model.explain(EIFFEL.text)["answered_by"] == "edit"
         assert judged.model.generate([EIFFEL.text], 3)[0].strip().startswith("Rome")

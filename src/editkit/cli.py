@@ -611,6 +611,12 @@ def _add_train_parser(sub: Any) -> None:
         metavar="PART=FOLDER",
         help="take this part from another trained folder instead (repeatable)",
     )
+    p.add_argument(
+        "--defer",
+        metavar="FILE",
+        help="a deferral calibration of the counterfactual part (benchmarks/serac_defer_calibration.py): its cut "
+        "is recorded, and SERAC's defer_judge=DEST uses it when defer_kl is not given",
+    )
     p.set_defaults(fn=cmd_pack)
 
 
@@ -623,9 +629,19 @@ def cmd_pack(args: argparse.Namespace) -> int:
         if not sep or not name or not folder:
             raise ValidationError(f"--part takes PART=FOLDER, not {item!r}")
         parts_from[name] = Path(folder)
-    manifest = pack(Path(args.source), Path(args.dest), half=args.float16, int8=args.int8, parts_from=parts_from)
+    manifest = pack(
+        Path(args.source),
+        Path(args.dest),
+        half=args.float16,
+        int8=args.int8,
+        parts_from=parts_from,
+        defer=Path(args.defer) if args.defer else None,
+    )
     for name, part in manifest["parts"].items():
-        print(f"{name}: {part['fingerprint']} (from {part['packed_from']})")
+        cut = part.get("defer")
+        twin = " against the twin" if cut and cut["defer_contrast"] else ""
+        judged = f", defer_kl {cut['defer_kl']:.3g}{twin}" if cut else ""
+        print(f"{name}: {part['fingerprint']} (from {part['packed_from']}{judged})")
     print(f"packed to {args.dest}")
     return 0
 

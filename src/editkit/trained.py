@@ -53,6 +53,7 @@ FORMAT = 1
 # "0" (or off / false / no) turns training on first use off: an editor without parts then fails as it would without
 # a recipe (CI, tests, machines that must not spend CPU unasked)
 FIRST_USE_ENV = "EDITKIT_TRAIN_ON_FIRST_USE"
+DEFER_PART = "counterfactual"  # the part whose deferral cut pack() records
 
 
 # --------------------------------------------------------------------------- content hashes
@@ -185,15 +186,18 @@ def pack(
     half: bool = False,
     int8: bool = False,
     parts_from: Mapping[str, Path] | None = None,
+    defer: Path | None = None,
 ) -> dict[str, Any]:
     """Copy the verified artifact ``source`` to ``dest`` for shipping: every recorded part, no checkpoints, and
     with ``half`` each safetensors file's floating tensors in float16, with ``int8`` its large matrices in int8
     rows (:func:`quantize_int8`; a quarter of float32's size, dequantized to float32 by :func:`load_tensors`;
     a peft adapter's files in float16). The editors load them into their own dtype. ``parts_from`` takes some
     parts from other artifacts instead (part -> its folder: a newly trained scope classifier beside the
-    counterfactual model already shipped). Each part is recorded anew (its files'
-    hashes, its fingerprint, ``packed_from``: the source part's fingerprint); ``dest`` must not hold an artifact
-    yet. Returns the new manifest."""
+    counterfactual model already shipped). ``defer`` is a deferral calibration of the counterfactual part
+    (``benchmarks/serac_defer_calibration.py``'s JSON, made on exactly that part's weights): its cut is recorded
+    with the part (:func:`defer_record`), and SERAC's ``defer_judge`` reads it when no ``defer_kl`` is given.
+    Each part is recorded anew (its files' hashes, its fingerprint, ``packed_from``: the source part's
+    fingerprint); ``dest`` must not hold an artifact yet. Returns the new manifest."""
     if half and int8:
         raise ValidationError("pack takes float16 or int8, not both")
     manifest = read_manifest(source)
@@ -204,6 +208,11 @@ def pack(
     manifests = {folder: read_manifest(folder) for folder in set(origins.values())}
     for folder in manifests:
         verify(folder, [p for p, f in origins.items() if f == folder])
+    judged = None
+    if defer is not None:
+        if DEFER_PART not in origins:
+            raise ValidationError(f"--defer calibrates a {DEFER_PART} part; {source} has none to pack")
+        judged = defer_record(defer, manifests[origins[DEFER_PART]]["parts"][DEFER_PART]["fingerprint"])
     if (dest / MANIFEST).exists():
         raise ValidationError(f"{dest} already holds a trained artifact; remove it or pack elsewhere")
     packed = {**manifest, "parts": {}}
@@ -227,8 +236,49 @@ def pack(
                 atomic_write(out, src.read_bytes())
         if half or int8:
             meta["dtype"] = "int8" if int8 else "float16"
+        if part == DEFER_PART:
+            meta.pop("defer", None)  # a cut calibrated on the source's weights is carried only when given again
+            if judged is not None:
+                meta["defer"] = judged
         record_part(dest, packed, part, meta)
     return packed
+
+
+def defer_record(calibration: Path, fingerprint: str) -> dict[str, Any]:
+    """What :func:`pack` records of a deferral calibration (``benchmarks/serac_defer_calibration.py``'s JSON):
+    the suggested cut, whether it is against the edit's twin (``defer_contrast``), the share of in-scope training
+    inputs it keeps, the share of each kind of input it sends back, and the file's sha256. It must have been made
+    on the part with ``fingerprint``."""
+    data = read_json(calibration, "deferral calibration")
+    try:
+        cut, contrast, keep = float(data["suggested_defer_kl"]), data["contrast"], float(data["keep"])
+        made_on = data["counterfactual"]
+    except (TypeError, KeyError, ValueError):
+        raise ValidationError(
+            f"{calibration} is not a deferral calibration (serac_defer_calibration.py's JSON: suggested_defer_kl, "
+            "contrast, keep, counterfactual)"
+        ) from None
+    if not isinstance(contrast, bool) or not cut > 0:
+        raise ValidationError(f"{calibration}: contrast must be true or false and suggested_defer_kl above 0")
+    if made_on != fingerprint:
+        raise ValidationError(
+            f"{calibration} was made on the counterfactual part {made_on}, not on this one ({fingerprint}); "
+            "calibrate this part"
+        )
+    return {
+        "defer_kl": cut,
+        "defer_contrast": contrast,
+        "keep": keep,
+        "deferred_at_cut": data.get("deferred_at_suggested", {}),
+        "calibration_sha256": file_sha256(calibration),
+    }
+
+
+def recorded_defer(folder: Path) -> dict[str, Any] | None:
+    """The deferral cut recorded with the counterfactual part of the artifact in ``folder`` (:func:`pack`'s
+    ``defer``), or ``None``."""
+    record = read_manifest(folder).get("parts", {}).get(DEFER_PART, {}).get("defer")
+    return record if isinstance(record, dict) else None
 
 
 # --------------------------------------------------------------------------- finding and verifying

@@ -635,10 +635,15 @@ class MemoryConfig(EditorConfig):
             )
         if self.defer_kl < 0:
             raise ConfigError(f"{type(self).__name__}: defer_kl must be at least 0, got {self.defer_kl}")
-        if self.defer_contrast and self.defer_kl <= 0:
+        kl, contrast = self.deferral()
+        if contrast and kl <= 0:
             raise ConfigError(f"{type(self).__name__}: defer_contrast needs defer_kl above 0")
         if self.memory is not None:
             check_store_url(self.memory)
+
+    def deferral(self) -> tuple[float, bool]:
+        """The ``defer_kl`` and ``defer_contrast`` the routed model uses (SERAC's judge may supply them)."""
+        return self.defer_kl, self.defer_contrast
 
 
 class MemoryEditor(Editor):
@@ -683,14 +688,15 @@ class MemoryEditor(Editor):
                 subject_gate=self.config.subject_gate,
                 gate_pass=self.config.subject_gate_pass,
             )
+            defer_kl, defer_contrast = self.config.deferral()
             self._routed[lm] = RoutedModel(
                 self.answering_model(lm),
                 memory,
                 self.build_answerer(lm),
                 threshold=self.config.threshold,
-                defer_kl=self.config.defer_kl,
-                judge=self.build_judge(lm) if self.config.defer_kl > 0 else None,
-                defer_contrast=self.config.defer_contrast,
+                defer_kl=defer_kl,
+                judge=self.build_judge(lm) if defer_kl > 0 else None,
+                defer_contrast=defer_contrast,
             )
         return self._routed[lm]
 

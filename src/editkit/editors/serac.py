@@ -19,9 +19,10 @@ not input-output pairs): the statement is z_e for the scope classifier and in h'
 packaged parts were trained on ``[x_e ; y_e]`` descriptors only, so they read statements as well as that
 training carries over (docs/benchmarks.md, "ConvSent in kind").
 
-With ``defer_kl``, ``defer_judge`` names a second folder of parts whose counterfactual model decides the deferral
+``defer_judge`` names a second folder of parts whose counterfactual model decides the deferral
 (:class:`~editkit.editors.memory.RoutedModel`): one trained to answer untouched facts as the base model does
-judges, the configured one answers.
+judges, the configured one answers. Its cut is ``defer_kl``, or when that is not given the one calibrated on
+training data and recorded with the judge (``editkit pack --defer``).
 
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
 folder shipped in the package, ``editkit/artifacts/serac``. ``artifacts=serac-hard`` reads the second set shipped,
@@ -44,7 +45,7 @@ from editkit.editors.scope import CrossScope, EmbedScope
 from editkit.errors import ConfigError
 from editkit.models.bridge import TokenBridge
 from editkit.models.lm import LanguageModel
-from editkit.trained import find, load_adapter_lm, part_fingerprint, verify
+from editkit.trained import find, load_adapter_lm, part_fingerprint, recorded_defer, verify
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,31 @@ class RetrievalConfig(MemoryConfig):
     defer_judge: str | None = field(
         default=None,
         metadata={
-            "help": "with defer_kl: a folder of trained parts (editkit train serac) whose counterfactual model's KL "
-            "decides deferral, while the configured one answers (default: the answering model decides)"
+            "help": "a folder of trained parts (editkit train serac) whose counterfactual model's KL decides "
+            "deferral, while the configured one answers; without defer_kl, at the cut recorded with it (editkit "
+            "pack --defer; serac-keep: 2.69 against the twin)"
         },
     )
 
+    def deferral(self) -> tuple[float, bool]:
+        """With ``defer_judge`` and no ``defer_kl``: the cut and comparison recorded with the judge."""
+        if self.defer_judge is None or self.defer_kl > 0:
+            return super().deferral()
+        recorded = recorded_defer(find("serac", self.defer_judge))
+        if recorded is None:
+            raise ConfigError(
+                f"{type(self).__name__}: defer_judge {self.defer_judge} records no calibrated cut; give defer_kl, "
+                "or pack the judge with `editkit pack --defer CALIBRATION`"
+            )
+        if self.defer_contrast and not recorded["defer_contrast"]:
+            raise ConfigError(
+                f"{type(self).__name__}: defer_judge {self.defer_judge}'s cut was calibrated against the base model, "
+                "not the twin; give defer_kl with defer_contrast"
+            )
+        return float(recorded["defer_kl"]), bool(recorded["defer_contrast"])
+
     def validate(self) -> None:
         super().validate()
-        if self.defer_judge is not None and self.defer_kl <= 0:
-            raise ConfigError(f"{type(self).__name__}: defer_judge needs defer_kl above 0")
         if self.candidates < 1:
             raise ConfigError(f"{type(self).__name__}: candidates must be at least 1")
         if not 0.0 <= self.cross_floor <= 1.0:
@@ -121,6 +138,8 @@ class _Retrieval(MemoryEditor):
         judged = {}
         if self.config.defer_judge is not None:
             judged["defer-judge"] = part_fingerprint(find("serac", self.config.defer_judge) / "counterfactual")
+            kl, contrast = self.config.deferral()
+            judged["defer-cut"] = f"{kl:.6g}{' against the twin' if contrast else ''}"
         if not self.parts():
             return judged
         folder = self.artifacts()
