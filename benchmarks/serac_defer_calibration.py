@@ -6,7 +6,10 @@ as the trainer leaves them out), KL(h || base) of the first answer token: h read
 the base model the input alone. In-scope inputs are the edit prompt and its rephrases; out-of-scope ones the
 case's own (split into those naming the edit's subject, another fact of it, and the rest). The suggested
 ``defer_kl`` is the KL under which only ``1 - --keep`` of the in-scope inputs fall (h keeps ``--keep`` of
-them); the JSON also says what share of the out-of-scope inputs it would send back to the base model. With
+them; with ``--keep-kind rephrase``, of the rephrasings alone, which are the in-scope inputs a judge loses: the
+edit's own prompt is rarely deferred); the JSON also says what share of each kind of input it would send back to
+the base model. Cases the judge was trained on flatter the in-scope side (their KL is higher than a new case's):
+calibrate on a split it never saw, e.g. CounterFact's edit split. With
 ``--contrast`` the KL is that of ``defer_contrast``: h reading the edit against h reading its twin (the base
 model's own answer in place of the new one), for the same inputs.
 
@@ -38,7 +41,8 @@ from editkit.provenance import code_version, environment
 from editkit.trained import load_adapter_lm, read_manifest
 from editkit.training.serac_data import held_out
 
-IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE)
+REPHRASE = ProbeKind.REPHRASE
+IN_SCOPE = (ProbeKind.EDIT, REPHRASE)
 OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
 QUANTILES = (0.01, 0.03, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -71,6 +75,12 @@ def main() -> None:
     ap.add_argument("--holdout-limit", type=int, default=None)
     ap.add_argument("--cases-per-file", type=int, default=100)
     ap.add_argument("--keep", type=float, default=0.97, help="share of in-scope inputs h keeps at the suggested KL")
+    ap.add_argument(
+        "--keep-kind",
+        choices=("in_scope", "rephrase"),
+        default="in_scope",
+        help="the inputs --keep counts: every in-scope one, or the rephrasings alone",
+    )
     ap.add_argument("--contrast", action="store_true", help="calibrate defer_contrast's KL (against the twin)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", required=True)
@@ -80,7 +90,7 @@ def main() -> None:
     template = str(read_manifest(folder).get("template", "{edit}\n{input}"))
     base = load("smollm2-135m")
     h = load_adapter_lm(folder / "counterfactual", "serac-h")
-    kls: dict[str, list[float]] = {"in_scope": [], "same_subject": [], "other_out_of_scope": []}
+    kls: dict[str, list[float]] = {"in_scope": [], "rephrase": [], "same_subject": [], "other_out_of_scope": []}
     files = []
     for path in args.data:
         dataset = load_cases(path, skip_invalid=True)
@@ -91,13 +101,17 @@ def main() -> None:
             d, subject = descriptor_of(c.request), c.request.subject
             twin = twin_descriptors(base, [c.request])[0] if args.contrast else None
             inside = [(d, p.prompt) for p in c.of_kind(*IN_SCOPE)]
-            kls["in_scope"] += first_token_kl(base, h, template, inside, twin)
+            inside_kls = first_token_kl(base, h, template, inside, twin)
+            kls["in_scope"] += inside_kls
+            kls["rephrase"] += [k for k, p in zip(inside_kls, c.of_kind(*IN_SCOPE), strict=True) if p.kind is REPHRASE]
             out = [p.prompt for p in c.of_kind(*OUT_OF_SCOPE)]
             same = [x for x in out if subject and names_subject(x, subject)]
             kls["same_subject"] += first_token_kl(base, h, template, [(d, x) for x in same], twin)
             other = [x for x in out if x not in same]
             kls["other_out_of_scope"] += first_token_kl(base, h, template, [(d, x) for x in other], twin)
-    suggested = quantile(kls["in_scope"], 1 - args.keep)
+    if not kls[args.keep_kind]:
+        raise SystemExit(f"no {args.keep_kind} inputs in these files to calibrate on")
+    suggested = quantile(kls[args.keep_kind], 1 - args.keep)
     result: dict[str, Any] = {
         "artifacts": str(folder),
         "counterfactual": read_manifest(folder)["parts"]["counterfactual"].get("fingerprint"),
@@ -105,6 +119,7 @@ def main() -> None:
         "holdout": args.holdout,
         "holdout_limit": args.holdout_limit,
         "keep": args.keep,
+        "keep_kind": args.keep_kind,
         "contrast": args.contrast,
         "suggested_defer_kl": suggested,
         "inputs": {k: len(v) for k, v in kls.items()},

@@ -246,9 +246,9 @@ def pack(
 
 def defer_record(calibration: Path, fingerprint: str) -> dict[str, Any]:
     """What :func:`pack` records of a deferral calibration (``benchmarks/serac_defer_calibration.py``'s JSON):
-    the suggested cut, whether it is against the edit's twin (``defer_contrast``), the share of in-scope training
-    inputs it keeps, the share of each kind of input it sends back, and the file's sha256. It must have been made
-    on the part with ``fingerprint``."""
+    the suggested cut, whether it is against the edit's twin (``defer_contrast``), the share of in-scope inputs (or
+    of rephrasings: ``keep_kind``) it keeps, the share of each kind of input it sends back, and the file's sha256.
+    It must have been made on the part with ``fingerprint``."""
     data = read_json(calibration, "deferral calibration")
     try:
         cut, contrast, keep = float(data["suggested_defer_kl"]), data["contrast"], float(data["keep"])
@@ -269,6 +269,7 @@ def defer_record(calibration: Path, fingerprint: str) -> dict[str, Any]:
         "defer_kl": cut,
         "defer_contrast": contrast,
         "keep": keep,
+        "keep_kind": str(data.get("keep_kind", "in_scope")),
         "deferred_at_cut": data.get("deferred_at_suggested", {}),
         "calibration_sha256": file_sha256(calibration),
     }
