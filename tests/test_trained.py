@@ -108,8 +108,10 @@ def test_the_packaged_deferral_judge_is_a_counterfactual_model_alone():
     assert folder == PACKAGED / "serac-keep"
     manifest = verify(folder, ["counterfactual"])
     assert set(manifest["parts"]) == {"counterfactual"}  # a judge only: the classifiers stay the default ones
-    assert manifest["config"]["cf_keep_share"] == 0.5
-    assert part_fingerprint(folder / "counterfactual") == "c61db03e78c65b81"  # what results/scale31 name
+    assert manifest["config"]["cf_keep_share"] == 0.5 and manifest["config"]["keep_data_first"] is True
+    assert part_fingerprint(folder / "counterfactual") == "afafb6d534d651f0"  # what results/scale31 name (v3)
+    cut = manifest["parts"]["counterfactual"]["defer"]  # packed with its calibration on unseen rephrasings
+    assert cut["defer_contrast"] is True and cut["keep_kind"] == "rephrase" and 2.9 < cut["defer_kl"] < 3.0
 
 
 def test_serac_refuses_a_corrupted_part_before_loading_it(tmp_path: Path):
