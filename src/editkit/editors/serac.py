@@ -21,8 +21,8 @@ training carries over (docs/benchmarks.md, "ConvSent in kind").
 
 ``defer_judge`` names a second folder of parts whose counterfactual model decides the deferral
 (:class:`~editkit.editors.memory.RoutedModel`): one trained to answer untouched facts as the base model does
-judges, the configured one answers. Its cut is ``defer_kl``, or when that is not given the one calibrated on
-training data and recorded with the judge (``editkit pack --defer``).
+judges, the configured one answers. Its cut is ``defer_kl``, or when that is not given the one recorded with the
+judge (``editkit pack --defer``: a calibration on edits it never saw, for the shipped ``serac-keep``).
 
 Trained parts are read from ``artifacts`` (a folder written by ``editkit train serac``); by default from the
 folder shipped in the package, ``editkit/artifacts/serac``. ``artifacts=serac-hard`` reads the second set shipped,
@@ -88,7 +88,7 @@ class RetrievalConfig(MemoryConfig):
         metadata={
             "help": "a folder of trained parts (editkit train serac) whose counterfactual model's KL decides "
             "deferral, while the configured one answers; without defer_kl, at the cut recorded with it (editkit "
-            "pack --defer; serac-keep: 2.69 against the twin)"
+            "pack --defer; serac-keep: 2.96 against the twin)"
         },
     )
 
