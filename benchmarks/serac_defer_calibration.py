@@ -41,8 +41,7 @@ from editkit.provenance import code_version, environment
 from editkit.trained import load_adapter_lm, read_manifest
 from editkit.training.serac_data import held_out
 
-REPHRASE = ProbeKind.REPHRASE
-IN_SCOPE = (ProbeKind.EDIT, REPHRASE)
+IN_SCOPE = (ProbeKind.EDIT, ProbeKind.REPHRASE)
 OUT_OF_SCOPE = (ProbeKind.NEIGHBORHOOD, ProbeKind.OUT)
 QUANTILES = (0.01, 0.03, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -100,10 +99,10 @@ def main() -> None:
         for c in sample:
             d, subject = descriptor_of(c.request), c.request.subject
             twin = twin_descriptors(base, [c.request])[0] if args.contrast else None
-            inside = [(d, p.prompt) for p in c.of_kind(*IN_SCOPE)]
-            inside_kls = first_token_kl(base, h, template, inside, twin)
+            probes = c.of_kind(*IN_SCOPE)
+            inside_kls = first_token_kl(base, h, template, [(d, p.prompt) for p in probes], twin)
             kls["in_scope"] += inside_kls
-            kls["rephrase"] += [k for k, p in zip(inside_kls, c.of_kind(*IN_SCOPE), strict=True) if p.kind is REPHRASE]
+            kls["rephrase"] += [k for k, p in zip(inside_kls, probes, strict=True) if p.kind is ProbeKind.REPHRASE]
             out = [p.prompt for p in c.of_kind(*OUT_OF_SCOPE)]
             same = [x for x in out if subject and names_subject(x, subject)]
             kls["same_subject"] += first_token_kl(base, h, template, [(d, x) for x in same], twin)
