@@ -127,6 +127,29 @@ def test_a_soft_subject_gate_lets_through_only_inputs_scored_at_least_its_pass_m
         _rp(subject_gate=True, subject_gate_pass=1.5)
 
 
+def test_the_soft_gate_never_passes_a_look_alike_edit_over_one_whose_subject_the_input_names(monkeypatch):
+    """An input about one edited entity that scores higher against a look-alike edit of another entity (two
+    editions of one championship) goes to the edit it names; an input naming neither still reaches the best."""
+    edits = [
+        EditRequest(prompt="The country of {} is", subject="1974 Swedish Open women's doubles", target_new=" Saxony"),
+        EditRequest(prompt="{} follows", subject="2016 India Junior women's doubles", target_new=" 2004"),
+    ]
+    model = _rp(threshold=0.0, subject_gate=True, subject_gate_pass=0.5).apply(tiny_model("llama"), edits).model
+    by_subject = {r.request.subject: r.id for r in model.memory.records()}
+    # the look-alike (the first edit) scores 0.95, the named one 0.6: both above the pass mark
+    monkeypatch.setattr(
+        model.memory.scope,
+        "scores",
+        lambda texts, cands, sqdist: np.array(
+            [[0.95 if r.id == by_subject[edits[0].subject] else 0.6 for r in row] for row in cands], np.float32
+        ),
+    )
+    named, alias = "The country of 2016 India Junior women's doubles is", "The country of the Swedish Open is"
+    routes = model.route([named, alias])
+    assert routes[0].record.request == edits[1] and routes[0].score == pytest.approx(0.6)
+    assert routes[1].record.request == edits[0] and routes[1].score == pytest.approx(0.95)
+
+
 def test_routed_scores_equal_the_answering_model_scores():
     lm = tiny_model("llama")
     routed = _rp(threshold=0.0).apply(lm, [EIFFEL]).model

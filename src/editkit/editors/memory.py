@@ -12,7 +12,8 @@ The shape of SERAC (Mitchell et al. 2022, §3.1), shared by its baselines LU and
   answers a question about another entity, however close the two questions look (at the cost of inputs that
   name the subject otherwise: aliases, multi-hop questions); with ``subject_gate_pass`` below 1 the gate is soft:
   an input that does not name an edit's subject still reaches it when the scope probability is at least that
-  (a confident match such as an alias keeps its edit, a neighbour that only looks alike does not);
+  and the input names no other candidate edit's subject (a confident match such as an alias keeps its edit; a
+  neighbour that only looks alike does not, nor does an input about another edited entity);
 * :class:`RoutedModel` is the edited model: a :class:`~editkit.models.lm.LanguageModel` whose every read
   (scores, next-token distributions, generation, few-shot label probabilities) follows SERAC eq. 1: the base
   model answers when the best scope probability is below the threshold (0.5), else h answers from the best
@@ -324,11 +325,14 @@ def _soft_gate(
     texts: Sequence[str], candidates: list[list[EditRecord]], probs: np.ndarray, gate_pass: float
 ) -> np.ndarray:
     """``probs`` with -1 (never routed) for each edit whose subject its input does not name, unless it scores at
-    least ``gate_pass``."""
+    least ``gate_pass`` and the input names none of its candidates' subjects: the pass is for an input that
+    names its entity otherwise (an alias), not for one about another edited entity that looks alike."""
     out = probs.copy()
     for i, (text, cands) in enumerate(zip(texts, candidates, strict=True)):
-        for j, r in enumerate(cands):
-            if r.request.subject and out[i, j] < gate_pass and not names_subject(text, r.request.subject):
+        named = {j: names_subject(text, r.request.subject) for j, r in enumerate(cands) if r.request.subject}
+        names_one = any(named.values())
+        for j, is_named in named.items():
+            if not is_named and (names_one or out[i, j] < gate_pass):
                 out[i, j] = -1.0
     return out
 
@@ -607,7 +611,7 @@ class MemoryConfig(EditorConfig):
         default=1.0,
         metadata={
             "help": "with subject_gate: an input that does not name an edit's subject still reaches it at this "
-            "scope probability or above (1: never)"
+            "scope probability or above, unless it names another nearby edit's subject (1: never)"
         },
     )
     defer_kl: float = field(
