@@ -34,6 +34,29 @@ def test_declared_layout_matches_the_forward_computation(any_arch):
     torch.testing.assert_close(mod(x), expected)
 
 
+def test_a_declared_mlp_output_norm_is_what_the_layer_applies_to_the_mlp_output(any_arch):
+    """Where the adapter names a norm between the MLP's output and the residual stream (Gemma), a forward pass
+    feeds that norm exactly the output projection's output; elsewhere no layer has a post-MLP norm."""
+    lm = any_arch
+    ad = lm.adapter
+    if not ad.mlp_out_norm:
+        names = [n for n, _ in ad.layer_list(lm.model)[0].named_modules()]
+        assert not any("post_feedforward" in n for n in names)
+        return
+    got: dict[str, torch.Tensor] = {}
+    hooks = [
+        ad.module(lm.model, 0, "mlp_out").register_forward_hook(lambda _m, _i, o: got.setdefault("out", o)),
+        ad.module(lm.model, 0, "mlp_out_norm").register_forward_hook(lambda _m, i, _o: got.setdefault("in", i[0])),
+    ]
+    try:
+        with torch.no_grad():
+            lm.model(input_ids=torch.tensor([[1, 2, 3]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    torch.testing.assert_close(got["in"], got["out"])
+
+
 def test_layer_out_of_range_is_clear(llama):
     with pytest.raises(IndexError, match=r"layers 0\.\.3"):
         llama.adapter.check_layer(llama.model, 9)

@@ -1,12 +1,15 @@
 """MEMIT's maths against an independent least-squares solution, its layer schedule, and batch edits on tiny
 models (fast path against full passes, the residual at the last layer, the preserved statistics)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from editkit.editors import create_editor
-from editkit.editors.memit import memit_update, preserved_factor
+from editkit.editors.handle import pack_tensor
+from editkit.editors.memit import memit_update, output_change_for, preserved_factor
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
 from editkit.models.tiny import tiny_model
@@ -100,6 +103,44 @@ def test_one_layer_with_a_small_lambda_reaches_the_target_hidden_state():
     editor.apply(lm, [TOWER])
     _, after = editor.subject_states(lm, [TOWER], 2, 2)
     torch.testing.assert_close(after[0] - before[0], residual.delta, atol=1e-3, rtol=1e-3)
+
+
+def test_a_change_carried_back_through_a_norm_gives_the_wanted_image():
+    """``output_change_for`` solves J dm = wanted through the norm's Jacobian J: for a ``wanted`` that is J v
+    (a forward-mode product, computed independently), the norm's image of outputs + dm moves by ``wanted`` up to
+    the linearisation's second-order error."""
+    lm = tiny_model("gemma3")
+    norm = lm.adapter.module(lm.model, 0, "mlp_out_norm")
+    with torch.no_grad():
+        norm.weight.normal_()  # a weight of its own (the tiny model's is zero: the scale 1 + 0)
+    g = torch.Generator().manual_seed(0)
+    outputs = 0.01 * torch.randn(3, norm.weight.shape[0], generator=g)
+    direction = 1e-4 * torch.randn(outputs.shape, generator=g)
+    wanted = torch.stack(
+        [torch.func.jvp(lambda x: norm(x[None])[0], (o,), (v,))[1] for o, v in zip(outputs, direction, strict=True)]
+    )
+    change = output_change_for(norm, outputs, wanted)
+    moved = (norm(outputs + change) - norm(outputs)).detach()
+    assert ((moved - wanted).norm(dim=1) / wanted.norm(dim=1)).max() < 0.02
+
+
+@pytest.mark.parametrize("through_norm", [True, False])
+def test_memit_moves_a_post_norm_models_hidden_state_by_the_residual_it_spreads(through_norm):
+    """Gemma's MLP output passes through a norm before it joins the residual stream. MEMIT carries each layer's
+    share of the residual back through it, so the layer's output at the subject moves by the residual asked
+    for (2% of the hidden state's norm: to 2% of it); taken as the raw output's change, the same residual moves
+    the state by many times itself."""
+    lm = tiny_model("gemma3")
+    if not through_norm:
+        lm.adapter = dataclasses.replace(lm.adapter, mlp_out_norm="")
+    editor = create_editor("memit", {"layers": [1], "n_context": 0, "mom2_update_weight": 1e-6})
+    _, before = editor.subject_states(lm, [TOWER], 1, 1)
+    delta = torch.randn(before.shape, generator=torch.Generator().manual_seed(0))
+    delta = delta / delta.norm() * 0.02 * before.norm()
+    editor.replay(lm, [TOWER], {"targets": pack_tensor(before + delta)})
+    _, after = editor.subject_states(lm, [TOWER], 1, 1)
+    error = float((after - before - delta).norm() / delta.norm())
+    assert error < 0.05 if through_norm else error > 1.0
 
 
 def test_preserved_statistics_are_those_of_the_model_first_seen(tmp_path):

@@ -14,7 +14,12 @@ Many edits at once, spread over a range of MLP layers R = [l_1 .. L]:
       Delta_l = R_l K_l^T (lambda C_l + K_l K_l^T)^{-1}
 
   (MEMIT eq. 14), the least-squares change of W_l that maps K_l to W_l K_l + R_l while keeping the corpus keys'
-  outputs (second moment C_l, weight ``mom2_update_weight`` = lambda) in place. Without a corpus C = I, and
+  outputs (second moment C_l, weight ``mom2_update_weight`` = lambda) in place. Where the MLP's output passes
+  through a norm before it joins the residual stream (Gemma's ``post_feedforward_layernorm``,
+  ``ArchAdapter.mlp_out_norm``), R_l is first carried back through that norm, linearised at each edit's output
+  (:func:`output_change_for`): the residual stream receives the norm's image of the output, and on Gemma-3-270M
+  the output itself is about a thousandth of the stream's norm, so R_l taken as the output's change would
+  replace it (docs/benchmarks.md, "Gemma-3-270M's first 200 sequential edits"). Without a corpus C = I, and
   MEMIT's lambda (15,000, a weight for corpus statistics, whose scale is far below the identity's) holds every
   update back: on SmolLM2 no CounterFact edit of ten took (docs/benchmarks.md). That combination is refused;
   without a corpus a lambda for C = I must be given (15 took all ten).
@@ -45,6 +50,7 @@ from editkit.models.lm import LanguageModel
 
 MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
 STATE_CHUNK = 64  # requests whose keys are read in one pass
+NORM_JACOBIAN_RTOL = 1e-5  # singular values of a norm's Jacobian below this share of the largest count as zero
 
 
 @dataclass
@@ -103,6 +109,23 @@ def memit_update(
         c = torch.eye(k.shape[0], dtype=torch.float64, device=k.device) if cov is None else cov.double()
         adj = torch.linalg.solve(weight * c + k @ k.T, k)  # [in, n], the matrix is symmetric
     return (resid.double() @ adj.T).float()
+
+
+def output_change_for(norm: nn.Module, outputs: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """The changes ``[n, d]`` of the MLP outputs ``outputs`` ``[n, d]`` whose images through ``norm`` (linearised
+    at each output) come closest to ``wanted`` ``[n, d]``: least squares through the norm's Jacobian. A norm
+    ignores its input's scale, so the part of ``wanted`` along that direction is left out, and an output that is
+    small against the residual stream needs a change small against ``wanted``."""
+    param = next(norm.parameters(), None)
+    device = param.device if param is not None else outputs.device
+    dtype = param.dtype if param is not None else outputs.dtype
+
+    def image(x: torch.Tensor) -> torch.Tensor:
+        return norm(x.unsqueeze(0)).squeeze(0).float()
+
+    jac = torch.func.vmap(torch.func.jacrev(image))(outputs.to(device, dtype)).detach().double()  # [n, d, d]
+    solved = torch.linalg.pinv(jac, rtol=NORM_JACOBIAN_RTOL) @ wanted.to(jac).unsqueeze(-1)
+    return solved.squeeze(-1).float().to(wanted.device)
 
 
 @register
@@ -246,9 +269,12 @@ class MEMIT(LocateEditor):
                     f"at layer {last} are {list(current.shape)}"
                 )
             resid = (targets - current) / (len(layers) - i)
-            update = self.layer_update(lm, layer, resid.T, keys.T)
             name = lm.adapter.weight_name(layer, "mlp_out")
             w = params[name]
+            if lm.adapter.mlp_out_norm:  # the residual takes the norm's image of the MLP output, not the output
+                outputs = keys @ lm.adapter.as_out_in(w.detach().float()).T.cpu()
+                resid = output_change_for(lm.adapter.module(lm.model, layer, "mlp_out_norm"), outputs, resid)
+            update = self.layer_update(lm, layer, resid.T, keys.T)
             edited = w.detach().float() + lm.adapter.from_out_in(update).to(w.device)  # rounded once (low precision)
             with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
                 w.copy_(edited)

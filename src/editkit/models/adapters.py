@@ -38,6 +38,8 @@ class ArchAdapter:
         sequential_layers: True when each layer depends only on the previous layer's hidden states (plus
             position information the model computes before the stack), so that a prefix of layers may be
             replaced by cached outputs. False for T5, whose first layer computes a position bias reused later.
+        mlp_out_norm: a norm the MLP's output passes through before it joins the residual stream (Gemma's
+            ``post_feedforward_layernorm``), relative to a layer; empty where the output is added as it is.
     """
 
     name: str
@@ -51,6 +53,7 @@ class ArchAdapter:
     layout: Layout
     is_encoder_decoder: bool = False
     sequential_layers: bool = True
+    mlp_out_norm: str = ""
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         mod = get_module(model, self.layers)
@@ -67,8 +70,13 @@ class ArchAdapter:
             raise LayerRangeError(f"layer {layer} out of range: this {self.name} model has layers 0..{n - 1}")
 
     def site(self, layer: int, part: str) -> str:
-        """Dotted module path of ``part`` ("mlp_in", "mlp_out", "attn_out") in ``layer``."""
-        rel = {"mlp_in": self.mlp_in, "mlp_out": self.mlp_out, "attn_out": self.attn_out}[part]
+        """Dotted module path of ``part`` ("mlp_in", "mlp_out", "attn_out", "mlp_out_norm") in ``layer``."""
+        rel = {
+            "mlp_in": self.mlp_in,
+            "mlp_out": self.mlp_out,
+            "attn_out": self.attn_out,
+            "mlp_out_norm": self.mlp_out_norm,
+        }[part]
         return f"{self.layers}.{layer}.{rel}" if rel else f"{self.layers}.{layer}"
 
     def module(self, model: nn.Module, layer: int, part: str) -> nn.Module:
@@ -98,7 +106,7 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
-def _llama_like(name: str) -> Callable[[PretrainedConfig], ArchAdapter]:
+def _llama_like(name: str, mlp_out_norm: str = "") -> Callable[[PretrainedConfig], ArchAdapter]:
     def make(config: PretrainedConfig) -> ArchAdapter:
         return ArchAdapter(
             name=name,
@@ -110,6 +118,7 @@ def _llama_like(name: str) -> Callable[[PretrainedConfig], ArchAdapter]:
             final_norm="model.norm",
             head="lm_head",
             layout="out_in",
+            mlp_out_norm=mlp_out_norm,
         )
 
     return make
@@ -176,7 +185,7 @@ def _t5(config: PretrainedConfig) -> ArchAdapter:
 
 _FACTORIES: dict[str, Callable[[PretrainedConfig], ArchAdapter]] = {
     "LlamaConfig": _llama_like("llama"),
-    "Gemma3TextConfig": _llama_like("gemma3"),
+    "Gemma3TextConfig": _llama_like("gemma3", mlp_out_norm="post_feedforward_layernorm"),
     "GPT2Config": _gpt2,
     "GPTJConfig": _gptj,
     "GPTNeoXConfig": _gpt_neox,
