@@ -51,6 +51,7 @@ from editkit.models.lm import LanguageModel
 MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
 STATE_CHUNK = 64  # requests whose keys are read in one pass
 NORM_JACOBIAN_RTOL = 1e-5  # singular values of a norm's Jacobian below this share of the largest count as zero
+NORM_JACOBIAN_ELEMENTS = 2**26  # Jacobian entries held at once (512 MB in float64): a mass edit goes in chunks
 
 
 @dataclass
@@ -123,9 +124,14 @@ def output_change_for(norm: nn.Module, outputs: torch.Tensor, wanted: torch.Tens
     def image(x: torch.Tensor) -> torch.Tensor:
         return norm(x.unsqueeze(0)).squeeze(0).float()
 
-    jac = torch.func.vmap(torch.func.jacrev(image))(outputs.to(device, dtype)).detach().double()  # [n, d, d]
-    solved = torch.linalg.pinv(jac, rtol=NORM_JACOBIAN_RTOL) @ wanted.to(jac).unsqueeze(-1)
-    return solved.squeeze(-1).float().to(wanted.device)
+    chunk = max(1, NORM_JACOBIAN_ELEMENTS // outputs.shape[1] ** 2)  # [chunk, d, d] Jacobians at a time
+    solved = []
+    for start in range(0, outputs.shape[0], chunk):
+        part = outputs[start : start + chunk].to(device, dtype)
+        jac = torch.func.vmap(torch.func.jacrev(image))(part).detach().double()
+        want = wanted[start : start + chunk].to(jac).unsqueeze(-1)
+        solved.append((torch.linalg.pinv(jac, rtol=NORM_JACOBIAN_RTOL) @ want).squeeze(-1))
+    return torch.cat(solved).float().to(wanted.device)
 
 
 @register
