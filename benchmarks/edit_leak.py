@@ -53,7 +53,7 @@ def last_token_reads(lm: LanguageModel, prompts: list[str], layer: int) -> tuple
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--method", default="rome", help="a weight editor that edits one layer's MLP output matrix")
+    ap.add_argument("--method", default="rome", help="a weight editor that records the one layer it edits (ROME)")
     ap.add_argument(
         "--data", default="../shared/data/counterfact/canonical_schema_subsets/counterfact_portability_gpt4.json"
     )
@@ -67,14 +67,17 @@ def main() -> None:
     cases = load_cases(args.data, limit=args.cases).cases
     lm = load(args.model, progress=False)
     editor = create_editor(args.method, {"corpus": args.corpus})
-    layer = lm.default_rome_layer if args.method == "rome" else lm.default_edit_layer
     rows: list[dict[str, Any]] = []
+    layer = None
     for case in cases:
         prompts = [p.prompt for p in case.of_kind(ProbeKind.NEIGHBORHOOD)]
         if not prompts:
             continue
         handle = editor.apply(lm, [case.request])
         try:
+            layer = handle.info.get("layer")
+            if not isinstance(layer, int):
+                raise SystemExit(f"{args.method} records no single edited layer in its edit's info")
             mlp_after, res_after = last_token_reads(lm, prompts, layer)
         finally:
             handle.rollback()

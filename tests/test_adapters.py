@@ -42,6 +42,8 @@ def test_a_declared_mlp_output_norm_is_what_the_layer_applies_to_the_mlp_output(
     if not ad.mlp_out_norm:
         names = [n for n, _ in ad.layer_list(lm.model)[0].named_modules()]
         assert not any("post_feedforward" in n for n in names)
+        with pytest.raises(UnsupportedArchitectureError, match="no norm between"):
+            ad.module(lm.model, 0, "mlp_out_norm")
         return
     got: dict[str, torch.Tensor] = {}
     hooks = [

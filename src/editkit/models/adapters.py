@@ -77,6 +77,8 @@ class ArchAdapter:
             "attn_out": self.attn_out,
             "mlp_out_norm": self.mlp_out_norm,
         }[part]
+        if part == "mlp_out_norm" and not rel:
+            raise UnsupportedArchitectureError(f"{self.name}: no norm between the MLP's output and the residual stream")
         return f"{self.layers}.{layer}.{rel}" if rel else f"{self.layers}.{layer}"
 
     def module(self, model: nn.Module, layer: int, part: str) -> nn.Module:
