@@ -99,6 +99,21 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray.shutdown()
 
 
+def test_an_unreachable_cluster_is_one_line_that_names_the_token_setting(tmp_path, capsys, monkeypatch):
+    import ray
+
+    def refuse(**kwargs: Any) -> None:
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}\nmore")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    assert main(["sweep", str(_sweep_file(tmp_path)), "--address", "10.0.0.9:6379"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "could not reach the Ray cluster at 10.0.0.9:6379: Failed to connect to Ray cluster at 10.0.0.9:6379" in err
+    assert "RAY_AUTH_MODE=token" in err
+
+
 def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, tmp_path, capsys):
     path = _sweep_file(
         tmp_path,

@@ -104,8 +104,15 @@ def execute(
                 cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
                 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise ValidationError(f"could not start or reach {where}: {str(exc).strip().splitlines()[0]}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if address is None:
+                raise ValidationError(f"could not start a local Ray: {first}") from None
+            # Ray reports a refused token only in its own log lines, and this error says no more than "failed".
+            raise ValidationError(
+                f"could not reach the Ray cluster at {address}: {first}. If `ray start` said that token "
+                "authentication is enabled, set RAY_AUTH_MODE=token here too (the token is read from "
+                "~/.ray/auth_token, or RAY_AUTH_TOKEN)"
+            ) from None
         started = True
     try:
         failed = _run_jobs(ray, sweep, jobs, max_parallel, on_event)
