@@ -4,6 +4,7 @@ module) on a tiny random model: a batch run sharded by case range merges into th
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import yaml
 
 from conftest import write_tiny_cases
 from editkit.cli import main
+from editkit.evaluation.results import RESULTS_VERSION
 from editkit.evaluation.runner import RunConfig, run
 from editkit.sweep.execute import execute
 from editkit.sweep.grid import expand, load_sweep
@@ -94,7 +96,8 @@ def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, capsys, grid, mes
 def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     ray = pytest.importorskip("ray")
     cache = tmp_path_factory.mktemp("ray-cache")
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"EDITKIT_CACHE": str(cache)}})
+    env = {"env_vars": {"EDITKIT_CACHE": str(cache)}}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=env)
     yield
     ray.shutdown()
 
@@ -152,6 +155,92 @@ def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, t
     assert not [e for e in events if "done in" in e]
     again = json.loads((folder / "ft3_tiny-llama_shuffle1_seed0_batch.json").read_text())
     assert again == merged
+
+
+def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(local_ray, tmp_path, tiny_corpus, capsys):
+    from importlib import resources
+
+    from editkit.editors.rome import ROME
+    from editkit.sweep.grid import expand, load_sweep
+
+    settings = {"v_steps": 4, "n_context": 2, "context_length": 4, "corpus": str(tiny_corpus), "mom2_n_tokens": 2000}
+    with resources.as_file(resources.files("editkit.data").joinpath("demo_edits.jsonl")) as demo:
+        spec = {
+            "out_dir": str(tmp_path / "out"),
+            "state_dir": str(tmp_path / "cache"),
+            "snapshot_dir": str(tmp_path / "snapshots"),
+            "data": str(demo),
+            "limit": 4,
+            "models": ["tiny-llama"],
+            "methods": [{"label": "rome", "method": "rome", "settings": settings}],
+            "protocols": ["sequential"],
+            "sequential": {"every": 2},
+        }
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        (only,) = expand(load_sweep(path))
+        state = Path(only.config.state or "")
+        snapshot = tmp_path / "snapshots" / f"{only.name}.json"
+        whole = run(RunConfig.from_dict({**only.config.to_dict(), "out": str(tmp_path / "whole.json"), "state": None}))
+
+        real_apply, calls = ROME.apply, []
+
+        def stopped(self, lm, requests):  # the machine goes away before the third edit
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            calls.append(1)
+            return real_apply(self, lm, requests)
+
+        ROME.apply = stopped  # type: ignore[method-assign]
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                run(only.config, progress=False)
+        finally:
+            ROME.apply = real_apply  # type: ignore[method-assign]
+        assert main(["sweep", str(path), "--snapshot"]) == 0
+        assert f"{only.name}: 2 edits -> {snapshot}" in capsys.readouterr().out
+        assert json.loads(snapshot.read_text()) == json.loads((state / "results.json").read_text())
+
+        shutil.rmtree(state)  # the cache is lost with its machine; the snapshot was committed
+        assert main(["sweep", str(path)]) == 0
+        assert f"{only.name}: resumes from {snapshot} (2 edits, replayed from records)" in capsys.readouterr().out
+    resumed = json.loads(Path(only.config.out).read_text())
+    assert [(r["n_edits"], r["from"]) for r in resumed["resumes"]] == [(2, "records")]
+    assert [r["case_id"] for r in resumed["records"]] == [r["case_id"] for r in whole["records"]]
+    for a, b in zip(resumed["records"], whole["records"], strict=True):
+        assert a["post"] == pytest.approx(b["post"], abs=1e-4)
+
+    assert main(["sweep", str(path), "--snapshot"]) == 0  # finished: its results file replaces the snapshot
+    assert f"{only.name}: finished, snapshot {snapshot} removed" in capsys.readouterr().out
+    assert not snapshot.exists()
+
+
+def test_snapshots_keep_the_furthest_and_refuse_what_cannot_be_replayed(tmp_path, capsys):
+    from editkit.sweep.grid import expand, load_sweep
+    from editkit.sweep.snapshot import seed_from_snapshots
+
+    path = _sweep_file(tmp_path, protocols=["sequential"], snapshot_dir=str(tmp_path / "snap"))
+    (only,) = expand(load_sweep(path))
+    results = Path(only.config.state or "") / "results.json"
+    snapshot = tmp_path / "snap" / f"{only.name}.json"
+    partial = {"version": RESULTS_VERSION, "protocol": "sequential", "n_edits": 2, "checkpoints": []}
+    partial["records"] = [{"case_id": "tiny-0"}]
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps(partial))
+    snapshot.parent.mkdir()
+    snapshot.write_text(json.dumps({**partial, "n_edits": 4}))
+    assert main(["sweep", str(path), "--snapshot"]) == 0
+    assert "is further along" in capsys.readouterr().out and json.loads(snapshot.read_text())["n_edits"] == 4
+
+    results.unlink()  # FT keeps no replay in its records: its snapshot cannot rebuild the weights
+    assert seed_from_snapshots([only], tmp_path / "snap") == [
+        f"{only.name}: {snapshot}'s records cannot rebuild the weights (no replay); the run starts afresh"
+    ]
+    assert not results.exists()
+    (tmp_path / "other").mkdir()
+    no_dir = _sweep_file(tmp_path / "other", protocols=["sequential"])
+    assert main(["sweep", str(no_dir), "--snapshot"]) == 2
+    assert "names no snapshot_dir" in capsys.readouterr().err
 
 
 def test_a_run_that_fails_is_reported_and_the_sweep_goes_on(local_ray, tmp_path, capsys):

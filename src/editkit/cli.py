@@ -533,6 +533,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {r.name}: {c.method} on {c.model}, {r.n_cases} cases ({order}), seed {c.seed}, {c.protocol}")
             print(f"    {split} -> {c.out}")
         return 0
+    if args.snapshot:
+        from editkit.sweep.execute import is_done
+        from editkit.sweep.snapshot import take_snapshots
+
+        if not sweep.snapshot_dir:
+            raise ValidationError(f"{args.config} names no snapshot_dir (a folder for the snapshots, to commit)")
+        for line in take_snapshots(runs, sweep.snapshot_dir, is_done) or ["no unfinished sequential run to snapshot"]:
+            print(line)
+        return 0
     from editkit.sweep.execute import execute
 
     outcome = execute(sweep, runs, address=args.address, max_parallel=args.max_parallel, on_event=print)
@@ -847,6 +856,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="an existing Ray cluster (default: a local Ray started for the sweep)")
     p.add_argument("--dry-run", action="store_true", help="print the expanded runs and their shards, run nothing")
     p.add_argument("--max-parallel", type=_positive_int, help="at most N tasks at once (default: as Ray fits them)")
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="copy unfinished sequential runs' partial results to the sweep's snapshot_dir (to commit), run nothing",
+    )
     p.set_defaults(fn=cmd_sweep)
 
     _add_train_parser(sub)

@@ -8,8 +8,10 @@ reruns a task whose worker died up to ``retries`` times; a run's failure (bad in
 Nothing is done twice: a task whose results file exists, made with the same settings (the ``run`` block; torch
 threads aside), is skipped, and a sequential run resumes from its state folder (``STATE_DIR/NAME.state``,
 :mod:`editkit.evaluation.runstate`), so running the sweep again after a crash, on this machine or with
-``--address`` on a cluster sharing the folder, finishes what was left. When every shard of a batch run is done,
-they are merged into the run's results file (:func:`~editkit.sweep.merge.merge_batch`).
+``--address`` on a cluster sharing the folder, finishes what was left. A sequential run whose state folder was
+lost resumes from its snapshot in ``snapshot_dir``, if the sweep keeps them (:mod:`editkit.sweep.snapshot`).
+When every shard of a batch run is done, they are merged into the run's results file
+(:func:`~editkit.sweep.merge.merge_batch`).
 
 Ray is imported here only, when a sweep executes: ``import editkit`` and the CLI's other commands never load it.
 """
@@ -30,6 +32,7 @@ from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import RunConfig, write_results_or_keep
 from editkit.sweep.grid import SweepConfig, SweepRun
 from editkit.sweep.merge import merge_batch
+from editkit.sweep.snapshot import seed_from_snapshots
 
 EXECUTION_ONLY = ("threads",)  # run settings that change how fast a run goes, not its results
 
@@ -95,6 +98,9 @@ def execute(
             on_event(f"{r.name}: done before, kept")
             continue
         jobs += [(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
+    if sweep.snapshot_dir:
+        for line in seed_from_snapshots([r for r in runs if r.name not in outcome.skipped], sweep.snapshot_dir):
+            on_event(line)
     started = False
     if jobs and not ray.is_initialized():
         try:
@@ -102,7 +108,14 @@ def execute(
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
             else:
                 cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+                # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
+                ray.init(
+                    address="local",
+                    num_cpus=cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if address is None:

@@ -39,6 +39,13 @@ class SweepConfig(TypedConfig):
         default=None,
         metadata={"help": "folder for sequential runs' resumable state (default out_dir; it holds weights)"},
     )
+    snapshot_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "folder in the work tree for unfinished sequential runs' partial results (--snapshot), to "
+            "commit; a run whose state is gone resumes from its snapshot by replaying the records"
+        },
+    )
     data: str = field(default="", metadata={"help": "the data file every run reads"})
     format: str | None = field(default=None, metadata={"help": "the data file's format (default: detected)"})
     limit: int | None = field(default=None, metadata={"help": "read the first N cases"})
