@@ -14,7 +14,6 @@ the drift the run recorded) and goes on. A snapshot whose records cannot be repl
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,9 +58,9 @@ def take_snapshots(
             continue
         if not state.results.exists():
             continue
-        n = _n_edits(state.results)
-        if snapshot.exists() and _n_edits(snapshot) > n:
-            said.append(f"{r.name}: {snapshot} is further along than {state.folder} ({_n_edits(snapshot)} > {n}): kept")
+        n, kept = _n_edits(state.results), _n_edits(snapshot) if snapshot.exists() else -1
+        if kept > n:
+            said.append(f"{r.name}: {snapshot} is further along than {state.folder} ({kept} > {n}): kept")
             continue
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(snapshot, state.results.read_bytes())
@@ -86,7 +85,6 @@ def seed_from_snapshots(runs: Sequence[SweepRun], snapshot_dir: str | Path) -> l
             said.append(f"{r.name}: {snapshot}'s records cannot rebuild the weights (no replay); the run starts afresh")
             continue
         state.folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(snapshot, state.results.with_suffix(".tmp"))
-        state.results.with_suffix(".tmp").replace(state.results)
+        atomic_write(state.results, snapshot.read_bytes())
         said.append(f"{r.name}: resumes from {snapshot} ({results.get('n_edits', 0)} edits, replayed from records)")
     return said
