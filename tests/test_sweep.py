@@ -4,6 +4,7 @@ module) on a tiny random model: a batch run sharded by case range merges into th
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from conftest import write_tiny_cases
 from editkit.cli import main
 from editkit.evaluation.results import RESULTS_VERSION
 from editkit.evaluation.runner import RunConfig, run
-from editkit.sweep.execute import execute
+from editkit.sweep import execute as execute_module
+from editkit.sweep.execute import execute, progress_lines
 from editkit.sweep.grid import expand, load_sweep
 
 # keys that hold times, memory or where a run ran: they differ between any two runs
@@ -157,7 +159,9 @@ def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, t
     assert again == merged
 
 
-def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(local_ray, tmp_path, tiny_corpus, capsys):
+def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(
+    local_ray, tmp_path, tiny_corpus, capsys, monkeypatch
+):
     from importlib import resources
 
     from editkit.editors.rome import ROME
@@ -202,8 +206,12 @@ def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(local_ra
         assert json.loads(snapshot.read_text()) == json.loads((state / "results.json").read_text())
 
         shutil.rmtree(state)  # the cache is lost with its machine; the snapshot was committed
+        monkeypatch.setattr(execute_module, "PROGRESS_SECONDS", 0.05)
         assert main(["sweep", str(path)]) == 0
-        assert f"{only.name}: resumes from {snapshot} (2 edits, replayed from records)" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert f"{only.name}: resumes from {snapshot} (2 edits, replayed from records)" in out
+        # while the task runs, the sweep says how far it has come (the seeded state says 2 at first)
+        assert re.search(rf"^{only.name}: [234] of 4 edits$", out, re.MULTILINE)
     resumed = json.loads(Path(only.config.out).read_text())
     assert [(r["n_edits"], r["from"]) for r in resumed["resumes"]] == [(2, "records")]
     assert [r["case_id"] for r in resumed["records"]] == [r["case_id"] for r in whole["records"]]
@@ -213,6 +221,21 @@ def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(local_ra
     assert main(["sweep", str(path), "--snapshot"]) == 0  # finished: its results file replaces the snapshot
     assert f"{only.name}: finished, snapshot {snapshot} removed" in capsys.readouterr().out
     assert not snapshot.exists()
+
+
+def test_progress_names_each_running_sequential_run_once_per_change(tmp_path):
+    state = tmp_path / "run.state"
+    base = {"method": "ft", "data": "x.jsonl", "out": "x.json"}
+    config = RunConfig.from_dict({**base, "protocol": "sequential", "state": str(state)})
+    batch = RunConfig.from_dict(base)
+    running, seen = [("seq", config), ("batch", batch)], {}
+    assert progress_lines(running, seen) == []  # nothing saved yet
+    state.mkdir()
+    (state / "results.json").write_text(json.dumps({"n_edits": 3, "n_cases": 10}))
+    assert progress_lines(running, seen) == ["seq: 3 of 10 edits"]
+    assert progress_lines(running, seen) == []  # not moved since
+    (state / "results.json").write_text(json.dumps({"n_edits": 4, "n_cases": 10}))
+    assert progress_lines(running, seen) == ["seq: 4 of 10 edits"]
 
 
 def test_snapshots_keep_the_furthest_and_refuse_what_cannot_be_replayed(tmp_path, capsys):

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from editkit.sweep.merge import merge_batch
 from editkit.sweep.snapshot import seed_from_snapshots
 
 EXECUTION_ONLY = ("threads",)  # run settings that change how fast a run goes, not its results
+PROGRESS_SECONDS = 60.0  # how often a sweep says how far its running sequential runs have come
 
 
 @dataclass
@@ -145,6 +146,24 @@ def execute(
     return outcome
 
 
+def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int]) -> list[str]:
+    """``NAME: n of N edits`` for each running sequential run whose state folder's partial results have moved
+    since ``seen`` (run name -> edits last said; updated). Runs without a state, or not saved yet, say nothing."""
+    lines = []
+    for name, config in running:
+        if config.state is None:
+            continue
+        try:
+            saved = json.loads((Path(config.state) / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # not written yet; the runner replaces it whole, so never half-written
+            continue
+        n = saved.get("n_edits") if isinstance(saved, dict) else None
+        if isinstance(n, int) and seen.get(name) != n:
+            seen[name] = n
+            lines.append(f"{name}: {n} of {saved.get('n_cases', '?')} edits")
+    return lines
+
+
 def _run_jobs(
     ray: Any,
     sweep: SweepConfig,
@@ -161,11 +180,17 @@ def _run_jobs(
     flying: dict[Any, tuple[str, RunConfig]] = {}
     failed: dict[str, str] = {}
     limit = max_parallel or len(jobs)
+    seen: dict[str, int] = {}
     while waiting or flying:
         while waiting and len(flying) < limit:
             name, config = waiting.pop(0)
             flying[task.remote(config.to_dict(), cwd)] = (name, config)
-        (ready,), _ = ray.wait(list(flying), num_returns=1)
+        done, _ = ray.wait(list(flying), num_returns=1, timeout=PROGRESS_SECONDS)
+        if not done:
+            for line in progress_lines(flying.values(), seen):
+                on_event(line)
+            continue
+        (ready,) = done
         name, config = flying.pop(ready)
         part = f" [{config.case_range}]" if config.case_range else ""
         try:
