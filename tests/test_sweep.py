@@ -73,6 +73,17 @@ def test_dry_run_prints_every_run_of_the_grid_and_its_shards(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_method_may_read_the_data_in_its_own_format(tmp_path):
+    from editkit.sweep.grid import expand, load_sweep
+
+    methods = [{"label": "native", "method": "ft", "format": "editkit"}, "ft-c"]
+    runs = expand(load_sweep(_sweep_file(tmp_path, methods=methods)))  # the sweep's format: detected
+    assert [(r.name.split("_")[0], r.config.format, r.n_cases) for r in runs] == [
+        ("native", "editkit", 6),
+        ("ft-c", None, 6),
+    ]
+
+
 @pytest.mark.parametrize(
     ("grid", "message"),
     [
@@ -84,6 +95,8 @@ def test_dry_run_prints_every_run_of_the_grid_and_its_shards(tmp_path, capsys):
         ({"methods": ["ft", {"label": "ft", "method": "ft-c"}]}, "label 'ft' is used twice"),
         ({"run": {"limit": 3}}, "set by the sweep's grid"),
         ({"batch": {"every": 0}}, "must be positive"),
+        ({"methods": [{"method": "ft", "format": "nosuch"}]}, "nosuch"),
+        ({"methods": [{"method": "ft", "setings": {"steps": 3}}]}, "{label, method, settings, format} mapping"),
     ],
 )
 def test_a_bad_grid_is_one_line_before_anything_runs(tmp_path, capsys, grid, message):

@@ -53,7 +53,10 @@ class SweepConfig(TypedConfig):
     models: list[str] = field(default_factory=list, metadata={"help": "model names or folders"})
     methods: list[Any] = field(
         default_factory=list,
-        metadata={"help": "method names, or {label, method, settings} mappings (label: the run's name)"},
+        metadata={
+            "help": "method names, or {label, method, settings, format} mappings (label: the run's name; format: "
+            "how this method reads the data file, where methods take the same cases in different forms)"
+        },
     )
     orderings: list[int | None] = field(
         default_factory=lambda: [None],
@@ -86,21 +89,35 @@ class SweepConfig(TypedConfig):
             if taken:
                 raise ConfigError(f"{block}: {taken} are set by the sweep's grid (its top-level keys), not here")
 
-    def method_entries(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """``(label, method, settings)`` of every entry of ``methods``; labels are unique."""
-        entries: list[tuple[str, str, dict[str, Any]]] = []
+    def method_entries(self) -> list[MethodEntry]:
+        """Every entry of ``methods``; labels are unique."""
+        entries: list[MethodEntry] = []
         for m in self.methods:
             if isinstance(m, str):
-                entries.append((m, m, {}))
-            elif isinstance(m, dict) and "method" in m and not set(m) - {"label", "method", "settings"}:
-                entries.append((str(m.get("label", m["method"])), str(m["method"]), dict(m.get("settings") or {})))
+                entries.append(MethodEntry(m, m, {}, self.format))
+            elif isinstance(m, dict) and "method" in m and not set(m) - {"label", "method", "settings", "format"}:
+                label, method = str(m.get("label", m["method"])), str(m["method"])
+                entries.append(MethodEntry(label, method, dict(m.get("settings") or {}), m.get("format", self.format)))
             else:
-                raise ConfigError(f"methods: {m!r} is neither a method name nor a {{label, method, settings}} mapping")
-        labels = [e[0] for e in entries]
+                raise ConfigError(
+                    f"methods: {m!r} is neither a method name nor a {{label, method, settings, format}} mapping"
+                )
+        labels = [e.label for e in entries]
         twice = sorted({label for label in labels if labels.count(label) > 1})
         if twice:
             raise ConfigError(f"methods: label {twice[0]!r} is used twice (give each entry its own label)")
         return entries
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """One entry of a sweep's ``methods``: the runs' label, the method, its settings and the data format it reads
+    (the sweep's unless the entry names its own)."""
+
+    label: str
+    method: str
+    settings: dict[str, Any]
+    format: str | None
 
 
 @dataclass
@@ -129,23 +146,23 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
     if not Path(sweep.data).is_file():
         raise ConfigError(f"data file {sweep.data} does not exist")
     entries = sweep.method_entries()
-    for _label, method, settings in entries:
-        create_editor(method, settings)  # an unknown method or setting fails here, naming it
+    for entry in entries:
+        create_editor(entry.method, entry.settings)  # an unknown method or setting fails here, naming it
     for model in sweep.models:
         check_model_name(model)
-    counts: dict[int, int] = {}
+    counts: dict[tuple[str | None, int], int] = {}
     out = Path(sweep.out_dir)
     states = Path(sweep.state_dir).expanduser() if sweep.state_dir else out
     runs = []
     for model in sweep.models:
-        for label, method, settings in entries:
+        for entry in entries:
             for ordering in sweep.orderings:
                 for seed in sweep.seeds:
-                    if seed not in counts:
-                        counts[seed] = _n_cases(sweep, seed)
+                    if (entry.format, seed) not in counts:
+                        counts[(entry.format, seed)] = _n_cases(sweep, entry.format, seed)
                     for protocol in sweep.protocols:
                         order = "file" if ordering is None else f"shuffle{ordering}"
-                        name = f"{label}_{Path(model).name.lower()}_{order}_seed{seed}_{protocol}"
+                        name = f"{entry.label}_{Path(model).name.lower()}_{order}_seed{seed}_{protocol}"
                         values = {**sweep.run, **getattr(sweep, protocol)}
                         if sweep.gpus > 0:
                             values.setdefault("device", "cuda")
@@ -153,11 +170,11 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
                             None,
                             **values,
                             model=model,
-                            method=method,
+                            method=entry.method,
                             label=name,
-                            settings=settings,
+                            settings=entry.settings,
                             data=sweep.data,
-                            format=sweep.format,
+                            format=entry.format,
                             limit=sweep.limit,
                             sample=sweep.sample,
                             shuffle=ordering,
@@ -167,16 +184,16 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
                             out=str(out / f"{name}.json"),
                             state=str(states / f"{name}.state") if protocol == "sequential" else None,
                         )
-                        runs.append(_sharded(SweepRun(name, config, counts[seed]), sweep.shards, out))
+                        runs.append(_sharded(SweepRun(name, config, counts[(entry.format, seed)]), sweep.shards, out))
     return runs
 
 
-def _n_cases(sweep: SweepConfig, seed: int) -> int:
-    """How many cases a run reads (after ``limit`` and the ``sample`` seeded by ``seed``)."""
+def _n_cases(sweep: SweepConfig, data_format: str | None, seed: int) -> int:
+    """How many cases a run reads in ``data_format`` (after ``limit`` and the ``sample`` seeded by ``seed``)."""
     from editkit.data.formats import load_cases
 
     skip = bool(sweep.run.get("skip_invalid", False))
-    n = len(load_cases(sweep.data, format=sweep.format, limit=sweep.limit, skip_invalid=skip).cases)
+    n = len(load_cases(sweep.data, format=data_format, limit=sweep.limit, skip_invalid=skip).cases)
     return min(n, sweep.sample) if sweep.sample is not None else n
 
 
