@@ -20,7 +20,7 @@ from editkit.cli import main
 from editkit.evaluation.results import RESULTS_VERSION
 from editkit.evaluation.runner import RunConfig, run
 from editkit.sweep import execute as execute_module
-from editkit.sweep.execute import execute, progress_lines
+from editkit.sweep.execute import execute, progress_lines, status_of
 from editkit.sweep.grid import expand, load_sweep
 
 # keys that hold times, memory or where a run ran: they differ between any two runs
@@ -70,6 +70,7 @@ def test_dry_run_prints_every_run_of_the_grid_and_its_shards(tmp_path, capsys):
     assert "ft3_tiny-llama_shuffle7_seed0_batch: ft on tiny-llama, 6 cases (shuffle 7), seed 0, batch" in out
     assert "0:4, 4:6 -> " in out  # cut at a multiple of k = 2
     assert "one task (sequential: its state folder resumes it)" in out
+    assert out.count("(not started)") == 8
     assert not (tmp_path / "out").exists()
 
 
@@ -163,8 +164,10 @@ def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, t
 
     # run again: nothing is done twice; a lost merged file is merged again from its shards, without a task
     (folder / "ft3_tiny-llama_shuffle1_seed0_batch.json").unlink()
-    events: list[str] = []
     sweep = load_sweep(path)
+    (batch_run,) = [r for r in expand(sweep) if r.config.protocol == "batch"]
+    assert status_of(batch_run, None) == "2 of 2 shards done"
+    events: list[str] = []
     outcome = execute(sweep, expand(sweep), on_event=events.append)
     assert outcome.skipped == ["ft3_tiny-llama_shuffle1_seed0_sequential"] and not outcome.failed
     assert not [e for e in events if "done in" in e]
@@ -218,7 +221,11 @@ def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(
         assert f"{only.name}: 2 edits -> {snapshot}" in capsys.readouterr().out
         assert json.loads(snapshot.read_text()) == json.loads((state / "results.json").read_text())
 
+        assert main(["sweep", str(path), "--dry-run"]) == 0
+        assert "(2 of 4 edits, in its state)" in capsys.readouterr().out
         shutil.rmtree(state)  # the cache is lost with its machine; the snapshot was committed
+        assert main(["sweep", str(path), "--dry-run"]) == 0
+        assert "(2 of 4 edits, in its snapshot (resumes by replay))" in capsys.readouterr().out
         monkeypatch.setattr(execute_module, "PROGRESS_SECONDS", 0.05)
         assert main(["sweep", str(path)]) == 0
         out = capsys.readouterr().out
@@ -231,6 +238,8 @@ def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(
     for a, b in zip(resumed["records"], whole["records"], strict=True):
         assert a["post"] == pytest.approx(b["post"], abs=1e-4)
 
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    assert f"{only.name}.json (done)" in capsys.readouterr().out
     assert main(["sweep", str(path), "--snapshot"]) == 0  # finished: its results file replaces the snapshot
     assert f"{only.name}: finished, snapshot {snapshot} removed" in capsys.readouterr().out
     assert not snapshot.exists()

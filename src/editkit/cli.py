@@ -526,12 +526,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     tasks = sum(len(r.shards) or 1 for r in runs)
     print(f"{len(runs)} runs, {tasks} tasks ({sweep.threads} threads, {sweep.gpus:g} GPUs each) -> {sweep.out_dir}")
     if args.dry_run:
+        from editkit.sweep.execute import status_of
+
         for r in runs:
             c = r.config
             order = "file order" if c.shuffle is None else f"shuffle {c.shuffle}"
             split = ", ".join(s.case_range or "" for s in r.shards) if r.shards else f"one task ({r.why})"
             print(f"  {r.name}: {c.method} on {c.model}, {r.n_cases} cases ({order}), seed {c.seed}, {c.protocol}")
-            print(f"    {split} -> {c.out}")
+            print(f"    {split} -> {c.out} ({status_of(r, sweep.snapshot_dir)})")
         return 0
     if args.snapshot:
         from editkit.sweep.execute import is_done
@@ -854,7 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a grid of evaluations (methods x models x orderings x seeds) on Ray")
     p.add_argument("config", help="the sweep's YAML file (docs/architecture.md: how to run a sweep)")
     p.add_argument("--address", help="an existing Ray cluster (default: a local Ray started for the sweep)")
-    p.add_argument("--dry-run", action="store_true", help="print the expanded runs and their shards, run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the expanded runs, their shards and how far each is; run nothing"
+    )
     p.add_argument("--max-parallel", type=_positive_int, help="at most N tasks at once (default: as Ray fits them)")
     p.add_argument(
         "--snapshot",

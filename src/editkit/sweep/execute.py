@@ -146,6 +146,23 @@ def execute(
     return outcome
 
 
+def status_of(run: SweepRun, snapshot_dir: str | None) -> str:
+    """How far ``run`` is, from its files alone: done, its shards done, its state's or its snapshot's edits, or
+    not started."""
+    if is_done(run.config):
+        return "done"
+    shards_done = sum(is_done(s) for s in run.shards)
+    if shards_done:
+        return f"{shards_done} of {len(run.shards)} shards done"
+    saved = Path(run.config.state) / "results.json" if run.config.state else None
+    if saved is not None and saved.is_file():
+        return f"{load_results(saved)['n_edits']} of {run.n_cases} edits, in its state"
+    snapshot = Path(snapshot_dir) / f"{run.name}.json" if snapshot_dir else None
+    if snapshot is not None and snapshot.is_file():
+        return f"{load_results(snapshot)['n_edits']} of {run.n_cases} edits, in its snapshot (resumes by replay)"
+    return "not started"
+
+
 def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int]) -> list[str]:
     """``NAME: n of N edits`` for each running sequential run whose state folder's partial results have moved
     since ``seen`` (run name -> edits last said; updated). Runs without a state, or not saved yet, say nothing."""
