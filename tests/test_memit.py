@@ -127,6 +127,34 @@ def test_a_change_carried_back_through_a_norm_gives_the_wanted_image(monkeypatch
     torch.testing.assert_close(output_change_for(norm, outputs, wanted), change)
 
 
+def test_a_large_change_through_a_norm_reaches_its_image_and_keeps_the_output_length():
+    """Where the norm ignores its input's length (outputs far above its eps), a change as large as the norm's
+    image is reached in Gauss-Newton steps with each output as long as before. One linear step both misses it and
+    lengthens the output, and in a sequence of edits that compounds (AlphaEdit on Gemma-3: layer 4's weights ran
+    away, drift 185,793 after 20 edits)."""
+    lm = tiny_model("gemma3")
+    norm = lm.adapter.module(lm.model, 0, "mlp_out_norm")
+    with torch.no_grad():
+        norm.weight.normal_()
+    g = torch.Generator().manual_seed(1)
+    outputs = torch.randn(4, norm.weight.shape[0], generator=g)  # mean square ~1, against eps 1e-6
+    elsewhere = 3 * torch.randn(outputs.shape, generator=g)  # reachable images far from the outputs' own
+    with torch.no_grad():
+        wanted = norm(elsewhere) - norm(outputs)
+    change = output_change_for(norm, outputs, wanted)
+    with torch.no_grad():
+        miss = (norm(outputs + change) - norm(outputs) - wanted).norm(dim=1) / wanted.norm(dim=1)
+    assert miss.max() < 1e-3
+    torch.testing.assert_close((outputs + change).norm(dim=1), outputs.norm(dim=1), rtol=1e-5, atol=0)
+
+    # one linear step (least squares through the Jacobian at each output, computed here) misses and lengthens
+    jac = torch.stack([torch.func.jacrev(lambda x: norm(x[None])[0])(o) for o in outputs]).detach()
+    linear = (torch.linalg.pinv(jac) @ wanted.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        linear_miss = (norm(outputs + linear) - norm(outputs) - wanted).norm(dim=1) / wanted.norm(dim=1)
+    assert linear_miss.min() > 0.05 and bool(((outputs + linear).norm(dim=1) > 1.2 * outputs.norm(dim=1)).all())
+
+
 @pytest.mark.parametrize("through_norm", [True, False])
 def test_memit_moves_a_post_norm_models_hidden_state_by_the_residual_it_spreads(through_norm):
     """Gemma's MLP output passes through a norm before it joins the residual stream. MEMIT carries each layer's
