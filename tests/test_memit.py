@@ -134,9 +134,9 @@ def test_a_large_change_through_a_norm_reaches_its_image_and_keeps_the_output_le
     away, drift 185,793 after 20 edits)."""
     lm = tiny_model("gemma3")
     norm = lm.adapter.module(lm.model, 0, "mlp_out_norm")
-    with torch.no_grad():
-        norm.weight.normal_()
     g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # gains 1 + w of 1 to 3, positive as Gemma's are (a gain at 0 makes images unreachable)
+        norm.weight.copy_(2 * torch.rand(norm.weight.shape, generator=g))
     outputs = torch.randn(4, norm.weight.shape[0], generator=g)  # mean square ~1, against eps 1e-6
     elsewhere = 3 * torch.randn(outputs.shape, generator=g)  # reachable images far from the outputs' own
     with torch.no_grad():

@@ -52,7 +52,7 @@ MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
 STATE_CHUNK = 64  # requests whose keys are read in one pass
 NORM_JACOBIAN_RTOL = 1e-5  # singular values of a norm's Jacobian below this share of the largest count as zero
 NORM_JACOBIAN_ELEMENTS = 2**26  # Jacobian entries held at once (512 MB in float64): a mass edit goes in chunks
-NORM_STEPS = 8  # Gauss-Newton steps through a post-MLP norm (at most: they stop once every image is reached)
+NORM_STEPS = 12  # Gauss-Newton steps through a post-MLP norm (at most: they stop once every image is reached)
 NORM_REACHED = 1e-4  # an image is reached when it misses by less than this share of the change wanted
 NORM_LENGTH_GAIN = 0.9  # a Gauss-Newton step may lengthen an output only if that cuts its image's miss by 10%
 
