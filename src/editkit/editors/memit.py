@@ -137,31 +137,31 @@ def output_change_for(norm: nn.Module, outputs: torch.Tensor, wanted: torch.Tens
     def image(x: torch.Tensor) -> torch.Tensor:
         return norm(x.unsqueeze(0)).squeeze(0).float()
 
+    def images(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.func.vmap(image)(x.to(dtype)).double()
+
     chunk = max(1, NORM_JACOBIAN_ELEMENTS // outputs.shape[1] ** 2)  # [chunk, d, d] Jacobians at a time
     solved = []
     for start in range(0, outputs.shape[0], chunk):
         first = outputs[start : start + chunk].to(device, dtype)
         length = first.double().norm(dim=1, keepdim=True)
-        with torch.no_grad():
-            target = torch.func.vmap(image)(first).double() + wanted[start : start + chunk].to(device).double()
+        target = images(first) + wanted[start : start + chunk].to(device).double()
         enough = NORM_REACHED * wanted[start : start + chunk].to(device).double().norm(dim=1)
         current = first.double()
+        miss = target - images(current)
         for _ in range(NORM_STEPS):
-            with torch.no_grad():
-                miss = target - torch.func.vmap(image)(current.to(dtype)).double()
             if bool((miss.norm(dim=1) <= enough).all()):
                 break
             jac = torch.func.vmap(torch.func.jacrev(image))(current.to(dtype)).detach().double()
-            step = (torch.linalg.pinv(jac, rtol=NORM_JACOBIAN_RTOL) @ miss.unsqueeze(-1)).squeeze(-1)
-            stepped = current + step
+            stepped = current + (torch.linalg.pinv(jac, rtol=NORM_JACOBIAN_RTOL) @ miss.unsqueeze(-1)).squeeze(-1)
             kept = stepped * (length / stepped.norm(dim=1, keepdim=True))
-            with torch.no_grad():
-                miss_stepped = (target - torch.func.vmap(image)(stepped.to(dtype)).double()).norm(dim=1)
-                miss_kept = (target - torch.func.vmap(image)(kept.to(dtype)).double()).norm(dim=1)
+            miss_stepped, miss_kept = target - images(stepped), target - images(kept)
             # the longer output only where its length moves the image (a norm whose eps is not small against
             # the output's mean square); where the norm ignores length, the length is kept
-            longer = (miss_stepped < NORM_LENGTH_GAIN * miss_kept).unsqueeze(1)
+            longer = (miss_stepped.norm(dim=1) < NORM_LENGTH_GAIN * miss_kept.norm(dim=1)).unsqueeze(1)
             current = torch.where(longer, stepped, kept)
+            miss = torch.where(longer, miss_stepped, miss_kept)
         solved.append(current - first.double())
     return torch.cat(solved).float().to(wanted.device)
 

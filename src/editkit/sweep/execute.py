@@ -30,9 +30,10 @@ from typing import Any
 from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import RunConfig, write_results_or_keep
+from editkit.evaluation.runstate import RunState
 from editkit.sweep.grid import SweepConfig, SweepRun
 from editkit.sweep.merge import merge_batch
-from editkit.sweep.snapshot import seed_from_snapshots
+from editkit.sweep.snapshot import seed_from_snapshots, snapshot_path
 
 EXECUTION_ONLY = ("threads",)  # run settings that change how fast a run goes, not its results
 PROGRESS_SECONDS = 60.0  # how often a sweep says how far its running sequential runs have come
@@ -154,10 +155,10 @@ def status_of(run: SweepRun, snapshot_dir: str | None) -> str:
     shards_done = sum(is_done(s) for s in run.shards)
     if shards_done:
         return f"{shards_done} of {len(run.shards)} shards done"
-    saved = Path(run.config.state) / "results.json" if run.config.state else None
+    saved = RunState(Path(run.config.state)).results if run.config.state else None
     if saved is not None and saved.is_file():
         return f"{load_results(saved)['n_edits']} of {run.n_cases} edits, in its state"
-    snapshot = Path(snapshot_dir) / f"{run.name}.json" if snapshot_dir else None
+    snapshot = snapshot_path(snapshot_dir, run.name) if snapshot_dir else None
     if snapshot is not None and snapshot.is_file():
         return f"{load_results(snapshot)['n_edits']} of {run.n_cases} edits, in its snapshot (resumes by replay)"
     return "not started"
@@ -171,7 +172,7 @@ def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int
         if config.state is None:
             continue
         try:
-            saved = json.loads((Path(config.state) / "results.json").read_text(encoding="utf-8"))
+            saved = json.loads(RunState(Path(config.state)).results.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # not written yet; the runner replaces it whole, so never half-written
             continue
         n = saved.get("n_edits") if isinstance(saved, dict) else None

@@ -30,6 +30,11 @@ def _sequential(runs: Sequence[SweepRun]) -> list[tuple[SweepRun, RunState]]:
     return [(r, RunState(Path(r.config.state))) for r in runs if r.config.state is not None]
 
 
+def snapshot_path(snapshot_dir: str | Path, name: str) -> Path:
+    """Where run ``name``'s snapshot lives in ``snapshot_dir``."""
+    return Path(snapshot_dir) / f"{name}.json"
+
+
 def _n_edits(path: Path) -> int:
     return int(load_results(path).get("n_edits", 0))
 
@@ -47,10 +52,9 @@ def take_snapshots(
     """Copy each unfinished sequential run's partial results to ``snapshot_dir/NAME.json`` and drop the snapshots
     of runs that ``is_done`` (:func:`editkit.sweep.execute.is_done`). Returns a line per snapshot written, kept or
     removed."""
-    folder = Path(snapshot_dir)
     said = []
     for r, state in _sequential(runs):
-        snapshot = folder / f"{r.name}.json"
+        snapshot = snapshot_path(snapshot_dir, r.name)
         if is_done(r.config):
             if snapshot.exists():
                 snapshot.unlink()
@@ -62,7 +66,7 @@ def take_snapshots(
         if kept > n:
             said.append(f"{r.name}: {snapshot} is further along than {state.folder} ({kept} > {n}): kept")
             continue
-        folder.mkdir(parents=True, exist_ok=True)
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(snapshot, state.results.read_bytes())
         said.append(f"{r.name}: {n} edits -> {snapshot}")
     return said
@@ -73,7 +77,7 @@ def seed_from_snapshots(runs: Sequence[SweepRun], snapshot_dir: str | Path) -> l
     its records can be replayed. Returns a line per run seeded or refused."""
     said = []
     for r, state in _sequential(runs):
-        snapshot = Path(snapshot_dir) / f"{r.name}.json"
+        snapshot = snapshot_path(snapshot_dir, r.name)
         if state.results.exists() or not snapshot.is_file():
             continue
         try:
