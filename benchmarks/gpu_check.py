@@ -52,13 +52,31 @@ def save_shape(name: str, dest: Path) -> None:
             shutil.copy2(src / f, dest / f)
 
 
-def build(shape: str, dtype: torch.dtype, device: str, seed: int) -> tuple[LanguageModel, dict[str, Any]]:
+def narrow(config: Any, head_dim: int) -> None:
+    """Shrink ``config`` to ``head_dim`` per attention head (hidden size = heads x head_dim, MLP twice that),
+    keeping the layers, heads, vocabulary and every module: the shape's graph of operations with almost none
+    of its arithmetic."""
+    heads = config.num_attention_heads
+    config.hidden_size = heads * head_dim
+    config.head_dim = head_dim
+    config.intermediate_size = 2 * config.hidden_size
+
+
+def build(
+    shape: str, dtype: torch.dtype, device: str, seed: int, head_dim: int | None = None
+) -> tuple[LanguageModel, dict[str, Any]]:
+    """A model of ``shape`` (a folder from ``--save-shape``, or ``tiny:ARCH``) with random weights; with
+    ``head_dim``, narrowed by :func:`narrow`."""
     if shape.startswith("tiny:"):
+        if head_dim is not None:
+            raise SystemExit("--head-dim narrows a saved shape, not a tiny model")
         lm = tiny_model(shape.removeprefix("tiny:"), seed=seed)
         model = lm.model.to(device, dtype)
         return LanguageModel(model, lm.tokenizer, name=lm.name), {}
     folder = Path(shape)
     config = tf.AutoConfig.from_pretrained(folder)
+    if head_dim is not None:
+        narrow(config, head_dim)
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
     tokenizer = tf.AutoTokenizer.from_pretrained(folder)
