@@ -198,10 +198,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result["methods"][method] = run_method(lm, method, requests, args, corpus)
             print(json.dumps({method: result["methods"][method]}), flush=True)
     result["peak_host_memory_mb"] = peak_memory_mb()
+    return save(result, args.out, args.device)
+
+
+def save(result: dict[str, Any], out: Path, device: str) -> dict[str, Any]:
+    """``result`` with the code version and the environment added, written to ``out`` as JSON."""
     result["code_version"] = code_version()
-    result["environment"] = environment(args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    result["environment"] = environment(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     return result
 
 

@@ -40,8 +40,7 @@ from editkit.editors import create_editor
 from editkit.edits import EditRequest
 from editkit.models.lm import LanguageModel
 from editkit.models.tiny import TEXT
-from editkit.provenance import code_version, environment
-from gpu_check import build, settings, sync
+from gpu_check import build, save, settings, sync
 
 METHODS = ("rome", "memit")
 
@@ -135,11 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row["methods"][method] = measure(lm, method, args, corpus)
                 print(json.dumps({key: {method: row["methods"][method]}}), flush=True)
             result[key] = row
-    result["code_version"] = code_version()
-    result["environment"] = environment(args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    return result
+    return save(result, args.out, args.device)
 
 
 if __name__ == "__main__":
