@@ -1,6 +1,6 @@
 """What one optimisation step of ROME / MEMIT costs the host, apart from its arithmetic.
 
-On an H200 a step of a SmolLM2-shaped model took 80-90 ms for about a millisecond of the GPU's arithmetic
+On an H200 a step of a SmolLM2-shaped model took 80-90 ms, of which the GPU was busy about 10 ms
 (docs/benchmarks.md). This measures, on any device, a model of the shape at full width and the same shape
 narrowed (``gpu_check.narrow``: every layer, head and module kept, a few numbers per head): the narrowed
 model's step is almost all host work (Python, the operator dispatch, the autograd engine), which is what a
