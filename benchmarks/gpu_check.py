@@ -74,6 +74,8 @@ def build(
         model = lm.model.to(device, dtype)
         return LanguageModel(model, lm.tokenizer, name=lm.name), {}
     folder = Path(shape)
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"{folder} holds no config.json: make a shape with --save-shape MODEL DEST, or use tiny:ARCH")
     config = tf.AutoConfig.from_pretrained(folder)
     if head_dim is not None:
         narrow(config, head_dim)

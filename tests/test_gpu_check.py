@@ -70,3 +70,9 @@ def test_steps_low_must_be_below_steps(tmp_path):
     step_overhead = benchmark_script("step_overhead")
     with pytest.raises(SystemExit):
         step_overhead.main(["--shape", str(tmp_path), "--steps", "5", "--steps-low", "5", "--out", str(tmp_path / "o")])
+
+
+def test_a_folder_without_a_shape_is_named(tmp_path):
+    step_overhead = benchmark_script("step_overhead")
+    with pytest.raises(SystemExit, match=r"holds no config\.json"):
+        step_overhead.main(["--shape", str(tmp_path / "missing"), "--out", str(tmp_path / "o.json")])
