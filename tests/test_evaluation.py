@@ -410,6 +410,20 @@ def test_batch_protocol_applies_one_by_one_when_the_editor_cannot_batch(llama):
     assert results["aggregates_by_k"]["2"]["n_cases"] == 2
 
 
+def test_a_batch_groups_info_is_kept_once_per_group_not_in_each_record(llama, tiny_corpus):
+    memit = create_editor(
+        "memit", {"v_steps": 2, "n_context": 1, "context_length": 3, "corpus": str(tiny_corpus), "mom2_n_tokens": 500}
+    )
+    results = batch_edits(llama, memit, demo_cases()[:4], ks=[1, 2], progress=False)
+    assert all("info" not in r for r in results["records"]) and len(results["records"]) == 8
+    assert [(g["k"], g["group"]) for g in results["groups"]] == [(1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1)]
+    assert [len(g["info"]["steps"]) for g in results["groups"]] == [1, 1, 1, 1, 2, 2]  # one per edit of the group
+    k2 = [r for r in results["records"] if r["k"] == 2]
+    for g in results["groups"][4:]:
+        shares = [r["edit_seconds"] for r in k2 if r["group"] == g["group"]]
+        assert sum(shares) == pytest.approx(g["edit_seconds"])
+
+
 def test_sequential_protocol_resumes_after_interruption(tmp_path, monkeypatch):
     from editkit.models.tiny import tiny_model
 

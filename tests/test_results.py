@@ -44,7 +44,8 @@ def test_every_committed_results_file_loads_migrated_to_the_current_version(path
     assert len(run["case_ids"]) == run["n_cases"] or run["protocol"] == "sequential"
     if run["protocol"] == "batch":
         assert {str(k) for k in run["ks"]} == set(run["aggregates_by_k"])
-        assert all("k" in r and "group" in r for r in run["records"])
+        assert all("k" in r and "group" in r and "info" not in r for r in run["records"])
+        assert {(r["k"], r["group"]) for r in run["records"]} == {(g["k"], g["group"]) for g in run["groups"]}
     else:
         assert "total_seconds" in run and isinstance(run["rejected_edits"], list)
         assert all(math.isfinite(step_drift(run["records"], i)) for i in range(len(run["records"])))
@@ -66,17 +67,37 @@ def test_a_version_1_file_is_a_batch_run_of_one_edit_per_group(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps(old))
     run = load_results(path)
-    assert run["version"] == 2 and run["protocol"] == "batch" and run["ks"] == [1]
+    assert run["version"] == RESULTS_VERSION and run["protocol"] == "batch" and run["ks"] == [1]
     assert run["case_ids"] == ["a", "b"] and [(r["k"], r["group"]) for r in run["records"]] == [(1, 0), (1, 1)]
+    assert run["groups"] == [
+        {"k": 1, "group": 0, "edit_seconds": 1.0, "info": {}},
+        {"k": 1, "group": 1, "edit_seconds": 3.0, "info": {}},
+    ]
     assert run["aggregates_by_k"] == {"1": {"efficacy": 0.5, "seconds_per_edit": 2.0, "n_cases": 2}}
     assert run["aggregates"] == old["aggregates"]
     assert json.loads(path.read_text()) == old  # the file itself is never rewritten
 
 
+def test_a_version_2_batch_file_keeps_each_groups_info_once(tmp_path):
+    info = {"steps": [3, 5], "layers": [2, 3]}
+    records = [
+        {"case_id": c, "k": 2, "group": 0, "pre": {}, "post": {}, "edit_seconds": 1.5, "info": info} for c in "ab"
+    ]
+    old = {"version": 2, "protocol": "batch", "aggregates": {"efficacy": 1.0}, "records": records}
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(old))
+    run = load_results(path)
+    assert run["groups"] == [{"k": 2, "group": 0, "edit_seconds": 3.0, "info": info}]
+    assert [r["case_id"] for r in run["records"]] == ["a", "b"] and all("info" not in r for r in run["records"])
+    sequential = {"version": 2, "protocol": "sequential", "records": [{"n_edits": 1, "info": info}], "checkpoints": []}
+    path.write_text(json.dumps(sequential))
+    assert load_results(path)["records"][0]["info"] == info  # a sequential record is one edit's: kept
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"version": 3, "protocol": "batch", "aggregates": {}}, "version 3, newer than this editkit reads"),
+        ({"version": 4, "protocol": "batch", "aggregates": {}}, "version 4, newer than this editkit reads"),
         ({"version": "2", "protocol": "batch", "aggregates": {}}, "unknown results version '2'"),
         ({"protocol": "batch", "aggregates": {}}, "unknown results version None"),
         ({"version": 1, "protocol": "sequential", "records": []}, "results version 1 has no protocol 'sequential'"),

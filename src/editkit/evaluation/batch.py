@@ -4,7 +4,8 @@ editor that cannot take several requests in one call gets them one after another
 calls ``editor.apply``, reads ``handle.model`` and rolls back through the handle.
 
 The unedited model is scored on all cases first (``unedited_*`` aggregates); the case order is the same for
-every method, so methods compare case by case.
+every method, so methods compare case by case. Each record holds one case's scores; what the editor told of a
+group's edits (its handles' ``info``) is kept once per group in ``groups``.
 
 A memory editor can be evaluated with its memory already holding other edits (``prefill``, distractors that a
 deployed memory would hold; :mod:`editkit.evaluation.prefill`): they are added once, before the first group, stay
@@ -132,7 +133,7 @@ def batch_edits(
     prefilled = _prefill(lm, editor, prefill, progress)
     subjects = SubjectIndex.of(prefill) if memory else None
     try:
-        records, by_k = _run_groups(
+        records, by_k, group_infos = _run_groups(
             lm, editor, cases, plan, reference, unedited, subjects, batch_size, progress, judge, before, kinds
         )
     finally:
@@ -149,6 +150,7 @@ def batch_edits(
         "aggregates_by_k": by_k,
         "total_seconds": time.perf_counter() - t_start,
         "peak_memory_mb": peak_memory_mb(),
+        "groups": group_infos,
         "records": records,
     }
 
@@ -199,9 +201,12 @@ def _run_groups(
     judge: GenerationJudge | None,
     before: ByCase,
     kinds: Sequence[ProbeKind],
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """Each group edited, scored and rolled back: the records (one per case), the aggregates by k, and what the
+    editor told of each group's edits (``info``, once per group: a batch of 10,000 lists 10,000 steps)."""
     records: list[dict[str, Any]] = []
     by_k: dict[str, dict[str, float]] = {}
+    group_infos: list[dict[str, Any]] = []
     with progress_bar(sum(len(g) for g in plan.values()), f"{editor.name} on {lm.name}", progress) as bar:
         for k, groups in plan.items():
             k_records: list[dict[str, Any]] = []
@@ -218,6 +223,7 @@ def _run_groups(
                     after = judge(handles[-1].model, edited) if judge is not None and before.keys() & set(group) else {}
                 finally:
                     rollback(handles)
+                group_infos.append({"k": k, "group": g, "edit_seconds": edit_seconds, "info": record_info(handles)})
                 for j, (i, scores) in enumerate(zip(group, post, strict=True)):
                     record: dict[str, Any] = {
                         "case_id": cases[i].request.case_id,
@@ -226,7 +232,6 @@ def _run_groups(
                         "pre": unedited[i],
                         "post": {**scores, **(after[j][0] if j in after else {})},
                         "edit_seconds": edit_seconds / k,
-                        "info": record_info(handles),
                     }
                     if j in after:
                         record["generations"] = paired(before[i][1], after[j][1])
@@ -234,4 +239,4 @@ def _run_groups(
                 bar.advance()
             by_k[str(k)] = k_aggregates(k_records)
             records += k_records
-    return records, by_k
+    return records, by_k, group_infos

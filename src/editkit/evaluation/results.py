@@ -8,6 +8,8 @@ filled in here where it can be derived, and nowhere else:
 
 * version 1 (protocol ``independent``: each case edited alone into the unedited model) is a batch run of k = 1:
   ``ks``, ``case_ids``, ``aggregates_by_k`` and each record's ``k`` / ``group`` are derived from its records;
+* version 2 batch results kept the editor's ``info`` of a group's edits in every record of the group (at 700
+  edits at once, 20 KB a record); version 3 keeps it once per group, with the group's edit time, in ``groups``;
 * sequential results saved before ``total_seconds`` was kept take their steps' time (``seconds``) for it;
   before the guard, they had no ``rejected_edits``;
 * records written before ``edit_drift`` was kept give a step's drift as the increment of the total drift
@@ -34,7 +36,7 @@ from editkit.files import read_json
 from editkit.models.lm import LanguageModel
 from editkit.provenance import code_version, environment
 
-RESULTS_VERSION = 2
+RESULTS_VERSION = 3
 
 
 class DataSource(TypedDict):
@@ -147,7 +149,22 @@ def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_MIGRATIONS = {1: _from_version_1}
+def _from_version_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 kept a batch group's ``info`` in each of its records (k copies); version 3 keeps it once per
+    group under ``groups``. Sequential results did not change."""
+    if data["protocol"] != "batch":
+        return {**data, "version": 3}
+    groups: dict[tuple[int, int], dict[str, Any]] = {}
+    records = []
+    for r in data.get("records", []):
+        g = groups.setdefault((r["k"], r["group"]), {"k": r["k"], "group": r["group"], "edit_seconds": 0.0})
+        g["edit_seconds"] += r["edit_seconds"]
+        g.setdefault("info", r.get("info", {}))
+        records.append({key: v for key, v in r.items() if key != "info"})
+    return {**data, "version": 3, "groups": list(groups.values()), "records": records}
+
+
+_MIGRATIONS = {1: _from_version_1, 2: _from_version_2}
 
 
 def _complete_sequential(data: dict[str, Any]) -> None:

@@ -4,11 +4,11 @@ The batch protocol edits each group of cases into the unedited model, scores it 
 records do not depend on the other groups. A shard (``case_range``) edits the groups that begin in its range and
 scores the unedited model on every case of the run, in the batches the whole run scores them in (a case's
 scores depend on the last bits of its batch's padding), so its records and ``unedited_*`` aggregates are the
-whole run's. The merged file has the shards' common header, every record in group order, and the edited
-aggregates recomputed from the records as the batch protocol computes them: scores and aggregates equal a
-single-process run's. What differs is provenance: ``total_seconds`` is the sum of the shards',
-``peak_memory_mb`` the largest shard's, ``environment`` the first shard's, and ``shards`` (added) lists each
-shard's case range, time and environment; timings (``edit_seconds``, ``seconds_per_edit``, a record's
+whole run's. The merged file has the shards' common header, every record and every group's ``info`` in group
+order, and the edited aggregates recomputed from the records as the batch protocol computes them: scores and
+aggregates equal a single-process run's. What differs is provenance: ``total_seconds`` is the sum of the
+shards', ``peak_memory_mb`` the largest shard's, ``environment`` the first shard's, and ``shards`` (added) lists
+each shard's case range, time and environment; timings (``edit_seconds``, ``seconds_per_edit``, a group's
 ``info.seconds``) differ between any two runs.
 """
 
@@ -41,13 +41,15 @@ def merge_batch(config: RunConfig, shards: Sequence[dict[str, Any]]) -> dict[str
         by_k[str(k)] = k_aggregates(k_records)
         records += k_records
     unedited = {k: v for k, v in first["aggregates"].items() if k.startswith("unedited_")}
-    head = {k: v for k, v in first.items() if k not in ("records", "aggregates", "aggregates_by_k")}
+    groups = sorted((g for s in shards for g in s["groups"]), key=lambda g: (ks.index(g["k"]), g["group"]))
+    head = {k: v for k, v in first.items() if k not in ("records", "groups", "aggregates", "aggregates_by_k")}
     return {
         **head,
         "aggregates": {**by_k[str(max(ks))], **unedited},
         "aggregates_by_k": by_k,
         "total_seconds": sum(s["total_seconds"] for s in shards),
         "peak_memory_mb": max(s["peak_memory_mb"] for s in shards),
+        "groups": groups,
         "records": records,
         "run": config.to_dict(),
         "shards": [
