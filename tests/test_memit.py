@@ -200,6 +200,15 @@ def test_subject_states_are_read_in_chunks_with_the_same_result(monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_every_optimisation_setting_keys_the_residual_cache():
+    """A setting added to the optimisation's config must be named in RESIDUAL_SETTINGS (or be one that shapes
+    only the update), or the cache would hand back residuals optimised under another value of it."""
+    from editkit.editors.locate import RESIDUAL_SETTINGS, LocateEditConfig
+
+    update_only = {"corpus", "mom2_n_tokens", "v_batch", "residual_cache"}
+    assert {f.name for f in dataclasses.fields(LocateEditConfig)} == set(RESIDUAL_SETTINGS) | update_only
+
+
 THIRD = EditRequest(prompt="{} was born in", subject="Ada Lovelace", target_new=" Paris")
 
 
@@ -244,3 +253,9 @@ def test_the_residual_cache_resumes_a_stopped_batch_and_gives_the_same_update(tm
     calls[:] = []
     create_editor("memit", {**settings, "v_batch": 3}).apply(tiny_model("llama"), requests)
     assert calls == []  # v_batch changes float rounding only: the residuals are reused
+    create_editor("memit", {**settings, "layers": [0, 2], "mom2_update_weight": 50.0}).apply(
+        tiny_model("llama"), requests
+    )
+    assert calls == []  # the update's settings (lambda, the layers below the top one) do not shape a residual
+    create_editor("memit", {**settings, "layers": [1, 3]}).apply(tiny_model("llama"), requests)
+    assert sum(calls) == 3  # another top layer: another residual

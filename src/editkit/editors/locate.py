@@ -44,7 +44,24 @@ from editkit.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-RESIDUAL_CACHE_VERSION = 1
+RESIDUAL_CACHE_VERSION = 2
+# What an optimised residual depends on besides the weights, the layer, the site and the request. The rest of a
+# config (the statistics' corpus, MEMIT's lambda, the layers below the top, AlphaEdit's alpha) shapes only the
+# update made from the residuals, so runs that differ there share the cache: a lambda sweep over 10,000 edits at
+# once reuses ten hours of residuals.
+RESIDUAL_SETTINGS = (
+    "seed",
+    "n_context",
+    "context_length",
+    "v_steps",
+    "v_lr",
+    "v_weight_decay",
+    "clamp_norm_factor",
+    "kl_factor",
+    "stop_loss",
+    "fast_path",
+    "step_dtype",
+)
 # a batch of at least this many requests shows its progress (one line every 30 s on a log, a bar on a terminal)
 PROGRESS_FROM = 50
 
@@ -106,16 +123,17 @@ class LocateEditConfig(EditorConfig):
 
 class ResidualCache:
     """Optimised residuals on disk, one safetensors file per request under ``folder``, named by a hash of the
-    model's weights (:meth:`LanguageModel.fingerprint`), the editor's settings (``residual_cache`` and
-    ``v_batch`` aside: the latter changes float rounding only), the layer, the site and the request. A file
-    whose tensors do not match the digest it records, or that cannot be read, is computed again (and
-    overwritten); a hit is the residual as it was found, bit for bit."""
+    model's weights (:meth:`LanguageModel.fingerprint`), the optimisation's settings (:data:`RESIDUAL_SETTINGS`;
+    not ``v_batch``, which changes float rounding only), the layer, the site and the request: MEMIT and AlphaEdit
+    at any lambda, alpha or corpus share one folder. A file whose tensors do not match the digest it records, or
+    that cannot be read, is computed again (and overwritten); a hit is the residual as it was found, bit for
+    bit."""
 
     def __init__(self, folder: str, lm: LanguageModel, config: LocateEditConfig, layer: int, site: str) -> None:
         self.folder = Path(folder).expanduser()
         self.folder.mkdir(parents=True, exist_ok=True)
-        settings = {k: v for k, v in config.to_dict().items() if k not in ("residual_cache", "v_batch")}
-        ident = [RESIDUAL_CACHE_VERSION, lm.fingerprint(), type(config).__name__, settings, layer, site]
+        settings = {k: getattr(config, k) for k in RESIDUAL_SETTINGS}
+        ident = [RESIDUAL_CACHE_VERSION, lm.fingerprint(), settings, layer, site]
         self.base = json.dumps(ident, sort_keys=True, default=str)
 
     def path(self, req: EditRequest) -> Path:
