@@ -134,7 +134,7 @@ def test_older_sequential_results_are_completed_and_step_drift_reads_either_reco
     run = load_results(path)
     assert run["total_seconds"] == 12.5 and run["rejected_edits"] == []  # the steps' time; no guard, no rejections
     assert [step_drift(run["records"], i) for i in range(3)] == [0.5, 0.25, 2.0]
-    kept = {**old, "total_seconds": 40.0, "rejected_edits": [{"n_edits": 2}]}
+    kept = {**old, "version": RESULTS_VERSION, "total_seconds": 40.0, "rejected_edits": [{"n_edits": 2}]}
     path.write_text(json.dumps(kept))
     assert load_results(path) == kept  # what a current run writes comes back as it is
 
