@@ -808,6 +808,9 @@ def test_report_writes_tables_and_plots(llama, tmp_path):
     assert (tmp_path / "report" / "sequential_layers.png").stat().st_size > 1000
     assert "drift of each edited layer" in text
     assert (tmp_path / "report" / "sequential_forgotten.png").stat().st_size > 1000
+    few = batch_edits(llama, editor, cases, ks=[2], max_groups=1, progress=False)
+    (tmp_path / "few.json").write_text(json.dumps(few))
+    assert "| ft (tiny-llama-s0) | batch | 2 |" in write_report([tmp_path / "few.json"], tmp_path / "r3").read_text()
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(ValidationError, match="not an editkit results file"):
         write_report([tmp_path / "junk.json"], tmp_path / "r2")

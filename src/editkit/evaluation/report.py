@@ -75,8 +75,10 @@ def _table(runs: Sequence[dict[str, Any]]) -> list[str]:
     ]
     for r in runs:
         agg = r["aggregates"]
+        # a batch run's aggregates count the cases its largest k scored (max_groups may leave some out)
+        scored = agg.get("n_cases", r["n_cases"])
         lines.append(
-            f"| {_label(r)} | {r['protocol']} | {r['n_cases']} | " + " | ".join(_fmt(agg.get(c)) for c in cols) + " |"
+            f"| {_label(r)} | {r['protocol']} | {scored} | " + " | ".join(_fmt(agg.get(c)) for c in cols) + " |"
         )
         unedited = [agg.get(f"unedited_{c}") for c in cols]
         if any(u is not None for u in unedited):
