@@ -238,6 +238,58 @@ def test_eval_runs_with_the_threads_asked_for(monkeypatch, tmp_path, capsys):
     assert results["run"]["threads"] == wanted
 
 
+def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_path, capsys):
+    """`editkit residuals --part I/N` optimises the I-th of N ranges of a batch run's requests into its
+    residual_cache; with every part done, the run itself optimises nothing and edits as it would alone."""
+    from editkit.editors.locate import LocateEditor
+    from editkit.models.tiny import tiny_model
+
+    monkeypatch.setattr(zoo, "load", lambda name, device=None: tiny_model("llama"))
+    subjects = ["The Eiffel Tower", "The Louvre", "Big Ben", "The Colosseum", "The Louvre"]
+    data = tmp_path / "cf.json"
+    data.write_text(
+        json.dumps(
+            [{**EASYEDIT, "case_id": i, "prompt": f"{s} is located in", "subject": s} for i, s in enumerate(subjects)]
+        )
+    )
+    fast = ["v_steps=4", "n_context=1", "context_length=3", "mom2_update_weight=1", "v_batch=1"]
+    memit = ["--method", "memit", *(a for kv in fast for a in ("--set", kv)), "--data", str(data)]
+    run = [*memit, "--edits-per-step", "2,4", "--distinct-subjects", "--max-groups", "1"]
+    real = LocateEditor._optimise
+    optimised: list[str] = []
+
+    def counted(self, lm, reqs, *args, **kwargs):
+        optimised.extend(r.subject for r in reqs)
+        return real(self, lm, reqs, *args, **kwargs)
+
+    monkeypatch.setattr(LocateEditor, "_optimise", counted)
+    folder = tmp_path / "z"
+    cached = [*run, "--set", f"residual_cache={folder}", "--out", str(tmp_path / "cached.json")]
+    # the run edits the first two cases, then the first four with distinct subjects (the second Louvre waits)
+    assert main(["residuals", *cached, "--part", "2/2"]) == 0
+    assert optimised == ["Big Ben", "The Colosseum"] and len(list(folder.iterdir())) == 2
+    assert "part 2/2: 2 of the run's 4 residuals, 0 already in the folder" in capsys.readouterr().out
+    assert main(["residuals", *cached, "--part", "1/2"]) == 0
+    assert main(["residuals", *cached]) == 0  # 1/1: everything there already
+    assert "4 of the run's 4 residuals, 4 already in the folder" in capsys.readouterr().out
+    optimised[:] = []
+    assert main(["eval", *cached]) == 0
+    assert optimised == []
+    assert main(["eval", *run, "--out", str(tmp_path / "alone.json")]) == 0
+    assert len(optimised) == 6  # without the folder: the group of 2, then the group of 4
+    with_parts, alone = (json.loads((tmp_path / f"{n}.json").read_text())["records"] for n in ("cached", "alone"))
+    assert [r["post"] for r in with_parts] == [r["post"] for r in alone]
+    assert main(["residuals", *memit, "--set", "residual_cache=x", "--protocol", "sequential", "--out", "o"]) == 2
+    assert "ahead of batch runs only" in capsys.readouterr().err
+    assert main(["residuals", *memit, "--out", "o"]) == 2
+    assert "residual_cache=FOLDER" in capsys.readouterr().err
+    assert main(["residuals", "--method", "ft", "--data", str(data), "--out", "o"]) == 2
+    assert "optimises no target residuals" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["residuals", *cached, "--part", "3/2"])
+    assert "expected I/N with 1 <= I <= N" in capsys.readouterr().err
+
+
 def test_a_sequential_runs_state_names_the_run_while_it_goes_on(monkeypatch, tmp_path):
     """The partial results in a sequential run's state folder carry its config (so its label), as the final
     results do: a report of a run still going on names it."""

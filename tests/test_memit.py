@@ -259,3 +259,30 @@ def test_the_residual_cache_resumes_a_stopped_batch_and_gives_the_same_update(tm
     assert calls == []  # the update's settings (lambda, the layers below the top one) do not shape a residual
     create_editor("memit", {**settings, "layers": [1, 3]}).apply(tiny_model("llama"), requests)
     assert sum(calls) == 3  # another top layer: another residual
+
+
+def test_a_residual_another_process_wrote_during_the_run_is_read_not_optimised(tmp_path, monkeypatch):
+    """The folder is read again before each chunk: what a process sharing it wrote meanwhile is taken as it is."""
+    from editkit.editors.locate import LocateEditor
+
+    settings = {**FAST, **NO_CORPUS, "layers": [1, 2], "v_batch": 1, "residual_cache": str(tmp_path / "z")}
+    requests = [TOWER, JORDAN, THIRD]
+    whole = create_editor("memit", {**settings, "residual_cache": None}).apply(tiny_model("llama"), requests)
+    other = create_editor("memit", settings)
+    real = LocateEditor._optimise
+    optimised: list[str | None] = []
+
+    def counted(self, lm, reqs, *args, **kwargs):
+        optimised.extend(r.subject for r in reqs)
+        out = real(self, lm, reqs, *args, **kwargs)
+        if self is not other and len(optimised) == 1:
+            assert other.cache_residuals(tiny_model("llama"), [THIRD]) == 0  # "another process", meanwhile
+        return out
+
+    monkeypatch.setattr(LocateEditor, "_optimise", counted)
+    edited = create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert optimised == [TOWER.subject, THIRD.subject, JORDAN.subject]  # the third by the other only
+    assert all(torch.equal(edited.changes[k].edited, whole.changes[k].edited) for k in whole.changes)
+    assert other.cache_residuals(tiny_model("llama"), requests) == 3
+    with pytest.raises(ConfigError, match="residual_cache=FOLDER"):
+        create_editor("memit", {**settings, "residual_cache": None}).cache_residuals(tiny_model("llama"), requests)

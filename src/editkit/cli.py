@@ -500,16 +500,52 @@ def _add_eval_parser(sub: Any) -> None:
     )
     p.set_defaults(fn=cmd_eval)
 
+    p = sub.add_parser(
+        "residuals",
+        help="optimise a batch run's target residuals (rome, memit, alphaedit) into its residual_cache ahead of it, "
+        "one part of them: processes or machines sharing the folder split a large run",
+    )
+    p.add_argument("--config", help="the run's YAML file (as for editkit eval; options override it)")
+    for name, kwargs in _config_options(RunConfig):
+        p.add_argument("--" + name.replace("_", "-"), **kwargs)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
+    p.add_argument("--part", type=_part, default=(1, 1), metavar="I/N", help="the I-th of N equal parts (default 1/1)")
+    p.set_defaults(fn=cmd_residuals, guard=False, guard_set=[])
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from editkit.evaluation.runner import RunConfig, run
 
-    config = RunConfig.build(
+def _part(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {text!r}")
+    return int(i), int(n)
+
+
+def _run_config(args: argparse.Namespace) -> Any:
+    from editkit.evaluation.runner import RunConfig
+
+    return RunConfig.build(
         args.config,
         **{name: getattr(args, name) for name, _ in _config_options(RunConfig)},
         settings=parse_overrides(args.set) or None,
         guard=parse_overrides(args.guard_set) if args.guard or args.guard_set else None,
     )
+
+
+def cmd_residuals(args: argparse.Namespace) -> int:
+    from editkit.evaluation.runner import cache_residuals
+
+    done = cache_residuals(_run_config(args), args.part)
+    print(
+        f"part {done['part']}: {done['in_part']} of the run's {done['requests']} residuals, {done['found']} already in "
+        f"the folder at the start, the rest optimised or read in {done['seconds']:.1f} s -> {done['folder']}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from editkit.evaluation.runner import run
+
+    config = _run_config(args)
     results = run(config)
     agg = results["aggregates"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in agg.items() if isinstance(v, float) and not k.startswith("unedited"))

@@ -13,6 +13,8 @@
 * ``residual_cache``: a folder where each request's optimised residual is written as soon as its chunk is done,
   keyed by the model's weights, the settings, the site and the request (:class:`ResidualCache`), so a batch
   edit of thousands of requests that stops part-way (MEMIT's 10,000 edits at once) resumes from what it had.
+  The folder is read again before each chunk, so processes sharing it (``editkit residuals --part``) split the
+  work: each takes what none has written yet.
 """
 
 from __future__ import annotations
@@ -280,6 +282,22 @@ class LocateEditor(WeightEditor):
             idx.append(subject_last_index(lm, text, end))
         return texts, idx
 
+    def residual_site(self, lm: LanguageModel) -> tuple[int, Literal["mlp_out", "block"]]:
+        """The layer and site whose residuals this editor optimises (:meth:`target_residuals`)."""
+        raise NotImplementedError
+
+    def cache_residuals(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> int:
+        """Optimise the residuals of ``requests`` at :meth:`residual_site` into the ``residual_cache`` folder
+        (those not there yet), so that a later edit of them, in this process or another sharing the folder,
+        reads them instead. Returns how many were there before."""
+        if not self.config.residual_cache:
+            raise ConfigError(f"{self.name}: residuals are kept only with residual_cache=FOLDER")
+        layer, site = self.residual_site(lm)
+        cache = ResidualCache(self.config.residual_cache, lm, self.config, layer, site)
+        found = sum(cache.path(r).is_file() for r in requests)
+        self.target_residuals(lm, requests, layer, site)
+        return found
+
     def target_residual(
         self,
         lm: LanguageModel,
@@ -330,13 +348,18 @@ class LocateEditor(WeightEditor):
         with progress_bar(len(requests), f"{self.name} residuals", shown, start=len(out)) as bar:
             for start in range(0, len(order), size):
                 chunk = order[start : start + size]
-                part = None if given is None else given[chunk]
-                done = self._optimise(lm, [requests[i] for i in chunk], layer, site, part)
-                out.update(zip(chunk, done, strict=True))
-                if cache is not None:
-                    for i, residual in zip(chunk, done, strict=True):
-                        cache.put(requests[i], residual)
-                bar.advance(len(chunk))
+                n_chunk = len(chunk)
+                if cache is not None:  # another process sharing the folder may have found some since
+                    out.update((i, hit) for i in chunk if (hit := cache.get(requests[i])) is not None)
+                    chunk = [i for i in chunk if i not in out]
+                if chunk:
+                    part = None if given is None else given[chunk]
+                    done = self._optimise(lm, [requests[i] for i in chunk], layer, site, part)
+                    out.update(zip(chunk, done, strict=True))
+                    if cache is not None:
+                        for i, residual in zip(chunk, done, strict=True):
+                            cache.put(requests[i], residual)
+                bar.advance(n_chunk)
         return [out[i] for i in range(len(requests))]
 
     def suffix_tokens(self, lm: LanguageModel, req: EditRequest) -> int:

@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -191,6 +191,9 @@ class MEMIT(LocateEditor):
     def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
         return [lm.adapter.weight_name(layer, "mlp_out") for layer in self.layers(lm)]
 
+    def residual_site(self, lm: LanguageModel) -> tuple[int, Literal["mlp_out", "block"]]:
+        return self.layers(lm)[-1], "block"
+
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         self.context_templates(lm)
         layers = [layer for layer in self.layers(lm) if (id(lm.model), layer) not in self._covs]
@@ -266,8 +269,7 @@ class MEMIT(LocateEditor):
     def compute(
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
     ) -> WeightUpdate:
-        last = self.layers(lm)[-1]
-        residuals = self.target_residuals(lm, requests, last, site="block")
+        residuals = self.target_residuals(lm, requests, *self.residual_site(lm))
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
         info = {key: [r.info[key] for r in residuals] for key in ("steps", "nll_last", "batched_with")}
         return self._spread(lm, requests, params, targets, info)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ class ROME(LocateEditor):
     def target_parameters(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[str]:
         return [lm.adapter.weight_name(self.layer(lm), "mlp_out")]
 
+    def residual_site(self, lm: LanguageModel) -> tuple[int, Literal["mlp_out", "block"]]:
+        return self.layer(lm), "mlp_out"
+
     def prepare(self, lm: LanguageModel, *, progress: bool = False) -> None:
         self.context_templates(lm)
         self.covariance(lm, self.layer(lm), progress=progress)
@@ -67,7 +70,7 @@ class ROME(LocateEditor):
         self, lm: LanguageModel, requests: Sequence[EditRequest], params: dict[str, nn.Parameter]
     ) -> WeightUpdate:
         (req,) = requests
-        return self._update(lm, params, self.target_residual(lm, req, self.layer(lm)))
+        return self._update(lm, params, self.target_residual(lm, req, *self.residual_site(lm)))
 
     def recompute(
         self,
@@ -78,7 +81,7 @@ class ROME(LocateEditor):
     ) -> WeightUpdate:
         (req,) = requests
         given = recorded_tensor(recorded, "delta")
-        return self._update(lm, params, self.target_residual(lm, req, self.layer(lm), given=given))
+        return self._update(lm, params, self.target_residual(lm, req, *self.residual_site(lm), given=given))
 
     def _update(self, lm: LanguageModel, params: dict[str, nn.Parameter], r: TargetResidual) -> WeightUpdate:
         """ROME's rank-one change of the edited layer for the optimised residual; ``info["replay"]`` keeps the

@@ -21,6 +21,7 @@ such record keeps its ``generations`` (question, before, after, scores). ``kinds
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,28 @@ def edit_groups(cases: Sequence[EditCase], k: int, *, distinct_subjects: bool = 
         taken = set(group)
         waiting = [i for i in waiting if i not in taken]
     return groups
+
+
+def plan_groups(
+    cases: Sequence[EditCase], ks: Sequence[int], *, max_groups: int | None = None, distinct_subjects: bool = False
+) -> dict[int, list[tuple[int, list[int]]]]:
+    """For each k, the numbered groups a batch run edits (:func:`edit_groups`, the first ``max_groups``)."""
+    groups = {k: list(enumerate(edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups])) for k in ks}
+    if not all(groups.values()):
+        raise ValidationError(f"no group of {min(k for k, g in groups.items() if not g)} edits with distinct subjects")
+    return groups
+
+
+def batch_requests(
+    cases: Sequence[EditCase], ks: Sequence[int], *, max_groups: int | None = None, distinct_subjects: bool = False
+) -> list[EditRequest]:
+    """Every request a batch run edits (each once, in the order the run first edits it)."""
+    seen: dict[str, EditRequest] = {}
+    for groups in plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects).values():
+        for _, group in groups:
+            for req in (r for i in group for r in cases[i].requests):
+                seen.setdefault(json.dumps(req.to_dict(), sort_keys=True), req)
+    return list(seen.values())
 
 
 def batch_edits(
@@ -126,9 +149,7 @@ def batch_edits(
         unedited[i].update(scores)
     if span is not None and not 0 <= span[0] < span[1] <= len(cases):
         raise ValidationError(f"case range {span[0]}:{span[1]} is not within the {len(cases)} cases")
-    groups = {k: list(enumerate(edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups])) for k in ks}
-    if not all(groups.values()):
-        raise ValidationError(f"no group of {min(k for k, g in groups.items() if not g)} edits with distinct subjects")
+    groups = plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects)
     plan = {k: [(g, grp) for g, grp in gs if span is None or span[0] <= grp[0] < span[1]] for k, gs in groups.items()}
     prefilled = _prefill(lm, editor, prefill, progress)
     subjects = SubjectIndex.of(prefill) if memory else None

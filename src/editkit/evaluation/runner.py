@@ -38,6 +38,7 @@ from editkit.typedconfig import TypedConfig
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from editkit.data.formats import Dataset
     from editkit.edits import EditCase
     from editkit.evaluation.guard import EditGuard
     from editkit.evaluation.judged import GenerationJudge
@@ -331,11 +332,70 @@ def _judge(config: RunConfig, cases: Sequence[EditCase]) -> GenerationJudge | No
     return GenerationJudge(load_judge(config.judge), config.judge_tokens, config.batch_size, config.judge_cue)
 
 
+def _dataset(config: RunConfig) -> Dataset:
+    """The run's cases: the file's first ``limit``, then ``sample`` of them (seeded), then ``shuffle``d."""
+    from editkit.data.formats import load_cases
+
+    dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
+    if config.sample is not None and config.sample < len(dataset.cases):
+        kept = sorted(random.Random(config.seed).sample(range(len(dataset.cases)), config.sample))
+        dataset = dataclasses.replace(dataset, cases=[dataset.cases[i] for i in kept])
+    if config.shuffle is not None:
+        shuffled = list(dataset.cases)
+        random.Random(config.shuffle).shuffle(shuffled)
+        dataset = dataclasses.replace(dataset, cases=shuffled)
+    return dataset
+
+
+def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+    """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
+    of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``
+    equal ranges. Processes (or machines) sharing the folder split a large run's residuals this way, and the
+    run itself then reads them (each process skips what another has written). Returns a summary."""
+    import torch
+
+    from editkit.editors import create_editor
+    from editkit.editors.locate import LocateEditor
+    from editkit.evaluation.batch import batch_requests
+    from editkit.models.zoo import check_model_name, load
+
+    i, n = part
+    if not 1 <= i <= n:
+        raise ValidationError(f"part {i}/{n}: the part must be between 1 and {n}")
+    check_model_name(config.model)
+    editor = create_editor(config.method, config.settings)
+    if not isinstance(editor, LocateEditor):
+        raise ValidationError(f"{editor.name} optimises no target residuals (rome, memit and alphaedit do)")
+    if not editor.config.residual_cache:
+        raise ValidationError(f"{editor.name}: give the folder to keep the residuals in (residual_cache=FOLDER)")
+    if config.protocol != "batch":
+        raise ValidationError("residuals are shared ahead of batch runs only (a sequential run edits edited weights)")
+    requests = batch_requests(
+        _dataset(config).cases,
+        config.edits_per_step,
+        max_groups=config.max_groups,
+        distinct_subjects=config.distinct_subjects,
+    )
+    mine = requests[(i - 1) * len(requests) // n : i * len(requests) // n]
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    lm = load(config.model, device=config.device)
+    t0 = time.perf_counter()
+    found = editor.cache_residuals(lm, mine)
+    return {
+        "requests": len(requests),
+        "part": f"{i}/{n}",
+        "in_part": len(mine),
+        "found": found,
+        "seconds": time.perf_counter() - t0,
+        "folder": editor.config.residual_cache,
+    }
+
+
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Run the evaluation ``config`` describes and write its results JSON (atomically). Returns the results."""
     import torch
 
-    from editkit.data.formats import load_cases
     from editkit.editors import check_edit_kinds, create_editor
     from editkit.evaluation.batch import batch_edits
     from editkit.evaluation.downstream import get_task, load_examples
@@ -361,14 +421,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ValidationError(f"--state holds the resumable state of a sequential run of a weight editor; {why}")
     for t in config.downstream:
         get_task(t)
-    dataset = load_cases(config.data, format=config.format, limit=config.limit, skip_invalid=config.skip_invalid)
-    if config.sample is not None and config.sample < len(dataset.cases):
-        kept = sorted(random.Random(config.seed).sample(range(len(dataset.cases)), config.sample))
-        dataset = dataclasses.replace(dataset, cases=[dataset.cases[i] for i in kept])
-    if config.shuffle is not None:
-        shuffled = list(dataset.cases)
-        random.Random(config.shuffle).shuffle(shuffled)
-        dataset = dataclasses.replace(dataset, cases=shuffled)
+    dataset = _dataset(config)
     tasks = {
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
