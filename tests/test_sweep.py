@@ -175,6 +175,39 @@ def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, t
     assert again == merged
 
 
+def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_ray, tmp_path, capsys):
+    """MEMIT with residual_cache and shards 2: two tasks optimise half of the residuals each, then the run's
+    task reads them and scores as one process without the folder does."""
+    subjects = ["The Eiffel Tower", "The Louvre", "Big Ben", "The Colosseum"]
+    data = tmp_path / "cf.json"
+    record = {"target_new": "Rome", "ground_truth": "Paris", "locality_ground_truth": "Paris"}
+    data.write_text(
+        json.dumps(
+            [
+                {**record, "case_id": i, "subject": s, "prompt": f"{s} is located in"}
+                | {"rephrase_prompt": f"Where is {s}? It is in", "locality_prompt": "The Louvre is located in"}
+                for i, s in enumerate(subjects)
+            ]
+        )
+    )
+    fast = {"v_steps": 4, "n_context": 1, "context_length": 3, "mom2_update_weight": 1.0, "v_batch": 1}
+    folder = tmp_path / "z"
+    kept = {"label": "memit", "method": "memit", "settings": {**fast, "residual_cache": str(folder)}}
+    path = _sweep_file(tmp_path, data=str(data), methods=[kept], shards=2, batch={"edits_per_step": [4]})
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert dry.startswith("1 runs, 3 tasks") and "one task (its residuals in 2 tasks first)" in dry
+    assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    name = "memit_tiny-llama_file_seed0_batch"
+    assert f"{name} [residuals 1/2]: done" in out and f"{name} [residuals 2/2]: done" in out
+    assert out.index(f"{name} [residuals 2/2]: done") < out.index(f"{name}: done in")  # the run waited for both
+    assert len(list(folder.iterdir())) == 4
+    results = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    alone = RunConfig.from_dict({**results["run"], "settings": fast, "out": str(tmp_path / "alone.json")})
+    assert [r["post"] for r in results["records"]] == [r["post"] for r in run(alone, progress=False)["records"]]
+
+
 def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(
     local_ray, tmp_path, tiny_corpus, capsys, monkeypatch
 ):

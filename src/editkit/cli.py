@@ -559,7 +559,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.config)
     runs = expand(sweep)
-    tasks = sum(len(r.shards) or 1 for r in runs)
+    tasks = sum(r.tasks for r in runs)
     print(f"{len(runs)} runs, {tasks} tasks ({sweep.threads} threads, {sweep.gpus:g} GPUs each) -> {sweep.out_dir}")
     if args.dry_run:
         from editkit.sweep.execute import status_of

@@ -1,17 +1,19 @@
 """Running a sweep's runs (:mod:`editkit.sweep.grid`) as Ray tasks.
 
 Each task is one ``editkit eval`` run (:func:`editkit.evaluation.runner.run`): a whole run or one case-range
-shard of a batch run. A task asks Ray for ``threads`` CPUs and ``gpus`` GPUs, runs with that many torch threads,
-and gets a fresh worker process (``max_calls=1``: its memory is freed and its peak memory is its own). Ray
-reruns a task whose worker died up to ``retries`` times; a run's failure (bad input) is reported, not retried.
+shard of a batch run; or one part of a run's residuals (:func:`~editkit.evaluation.runner.cache_residuals`),
+which the run's own task waits for (a part that fails, fails the run). A task asks Ray for ``threads`` CPUs and
+``gpus`` GPUs, runs with that many torch threads, and gets a fresh worker process (``max_calls=1``: its memory is
+freed and its peak memory is its own). Ray reruns a task whose worker died up to ``retries`` times; a run's
+failure (bad input) is reported, not retried.
 
 Nothing is done twice: a task whose results file exists, made with the same settings (the ``run`` block; torch
-threads aside), is skipped, and a sequential run resumes from its state folder (``STATE_DIR/NAME.state``,
-:mod:`editkit.evaluation.runstate`), so running the sweep again after a crash, on this machine or with
-``--address`` on a cluster sharing the folder, finishes what was left. A sequential run whose state folder was
-lost resumes from its snapshot in ``snapshot_dir``, if the sweep keeps them (:mod:`editkit.sweep.snapshot`).
-When every shard of a batch run is done, they are merged into the run's results file
-(:func:`~editkit.sweep.merge.merge_batch`).
+threads aside), is skipped, a residual part optimises only what its folder lacks, and a sequential run resumes from
+its state folder (``STATE_DIR/NAME.state``, :mod:`editkit.evaluation.runstate`), so running the sweep again after a
+crash, on this machine or with ``--address`` on a cluster sharing the folder, finishes what was left. A sequential
+run whose state folder was lost resumes from its snapshot in ``snapshot_dir``, if the sweep keeps them
+(:mod:`editkit.sweep.snapshot`). When every shard of a batch run is done, they are merged into the run's results
+file (:func:`~editkit.sweep.merge.merge_batch`).
 
 Ray is imported here only, when a sweep executes: ``import editkit`` and the CLI's other commands never load it.
 """
@@ -62,17 +64,37 @@ def is_done(config: RunConfig) -> bool:
     return isinstance(made, dict) and {k: v for k, v in made.items() if k not in EXECUTION_ONLY} == wanted
 
 
-def run_task(config: dict[str, Any], cwd: str) -> dict[str, Any]:
-    """A Ray task: the run ``config`` describes, from the driver's working folder where this machine has it
-    (relative paths in the sweep are relative to it). Returns the seconds it took, or the one-line error of a run
-    the user must fix."""
-    from editkit.evaluation.runner import run
+@dataclass(frozen=True)
+class Job:
+    """A task to submit: the run ``config`` of sweep run ``name`` (a shard's, or the whole run's), or with
+    ``part`` (I, N) the I-th of N parts of its residuals."""
+
+    name: str
+    config: RunConfig
+    part: tuple[int, int] | None = None
+
+    @property
+    def tag(self) -> str:
+        if self.part is not None:
+            return f" [residuals {self.part[0]}/{self.part[1]}]"
+        return f" [{self.config.case_range}]" if self.config.case_range else ""
+
+
+def run_task(config: dict[str, Any], cwd: str, part: tuple[int, int] | None = None, *after: Any) -> dict[str, Any]:
+    """A Ray task: the run ``config`` describes, or with ``part`` that part of its residuals, from the driver's
+    working folder where this machine has it (relative paths in the sweep are relative to it); ``after`` are
+    the results of the tasks it waited for. Returns the seconds it took, or the one-line error of a run the user
+    must fix."""
+    from editkit.evaluation.runner import cache_residuals, run
 
     if Path(cwd).is_dir():
         os.chdir(cwd)
     t0 = time.perf_counter()
     try:
-        run(RunConfig.from_dict(config), progress=False)
+        if part is not None:
+            cache_residuals(RunConfig.from_dict(config), (part[0], part[1]))
+        else:
+            run(RunConfig.from_dict(config), progress=False)
     except EditkitError as exc:
         return {"error": str(exc)}
     return {"seconds": time.perf_counter() - t0}
@@ -93,13 +115,15 @@ def execute(
 
     t_start = time.perf_counter()
     outcome = Outcome()
-    jobs: list[tuple[str, RunConfig]] = []
+    jobs: list[Job] = []
     for r in runs:
         if is_done(r.config):
             outcome.skipped.append(r.name)
             on_event(f"{r.name}: done before, kept")
             continue
-        jobs += [(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
+        n = r.residual_parts
+        jobs += [Job(r.name, r.config, (i, n)) for i in range(1, n + 1)]  # parts a rerun finds done take seconds
+        jobs += [Job(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
     if sweep.snapshot_dir:
         for line in seed_from_snapshots([r for r in runs if r.name not in outcome.skipped], sweep.snapshot_dir):
             on_event(line)
@@ -185,39 +209,44 @@ def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int
 def _run_jobs(
     ray: Any,
     sweep: SweepConfig,
-    jobs: Sequence[tuple[str, RunConfig]],
+    jobs: Sequence[Job],
     max_parallel: int | None,
     on_event: Callable[[str], None],
 ) -> dict[str, str]:
-    """Submit ``jobs`` (run name, config) to Ray, at most ``max_parallel`` in flight; the failed runs' reasons."""
+    """Submit ``jobs`` to Ray in their order, at most ``max_parallel`` in flight (a run's task after its residual
+    parts, as one waiting for them); the failed runs' reasons."""
     task = ray.remote(
         num_cpus=sweep.threads, num_gpus=sweep.gpus, max_retries=sweep.retries, retry_exceptions=False, max_calls=1
     )(run_task)
     cwd = os.getcwd()
     waiting = list(jobs)
-    flying: dict[Any, tuple[str, RunConfig]] = {}
+    flying: dict[Any, Job] = {}
+    parts: dict[str, list[Any]] = {}  # run name -> its residual parts' tasks
     failed: dict[str, str] = {}
     limit = max_parallel or len(jobs)
     seen: dict[str, int] = {}
     while waiting or flying:
         while waiting and len(flying) < limit:
-            name, config = waiting.pop(0)
-            flying[task.remote(config.to_dict(), cwd)] = (name, config)
+            job = waiting.pop(0)
+            after = [] if job.part is not None else parts.get(job.name, [])
+            ref = task.remote(job.config.to_dict(), cwd, job.part, *after)
+            if job.part is not None:
+                parts.setdefault(job.name, []).append(ref)
+            flying[ref] = job
         done, _ = ray.wait(list(flying), num_returns=1, timeout=PROGRESS_SECONDS)
         if not done:
-            for line in progress_lines(flying.values(), seen):
+            for line in progress_lines([(j.name, j.config) for j in flying.values() if j.part is None], seen):
                 on_event(line)
             continue
         (ready,) = done
-        name, config = flying.pop(ready)
-        part = f" [{config.case_range}]" if config.case_range else ""
+        job = flying.pop(ready)
         try:
             result = ray.get(ready)
         except Exception as exc:  # a bug in the run, or a worker that died more often than retries allow
             result = {"error": str(exc).strip().splitlines()[-1]}
         if "error" in result:
-            failed.setdefault(name, result["error"])
-            on_event(f"{name}{part}: failed: {result['error']}")
+            failed.setdefault(job.name, result["error"])
+            on_event(f"{job.name}{job.tag}: failed: {result['error']}")
         else:
-            on_event(f"{name}{part}: done in {result['seconds']:.1f} s")
+            on_event(f"{job.name}{job.tag}: done in {result['seconds']:.1f} s")
     return failed

@@ -4,7 +4,11 @@ Every run is a :class:`~editkit.evaluation.runner.RunConfig`, so a run of a swee
 makes with the same settings. Its results go to ``OUT_DIR/NAME.json``; a sequential run keeps its resumable state
 in ``STATE_DIR/NAME.state`` (``state_dir``, default ``out_dir``). A batch run is split into ``shards`` tasks by
 case range (``case_range``), each writing ``OUT_DIR/NAME.shards/START-END.json``, merged afterwards
-(:mod:`editkit.sweep.merge`); a shard edits the groups of cases that begin in its range.
+(:mod:`editkit.sweep.merge`); a shard edits the groups of cases that begin in its range. A batch run of an editor
+that keeps its target residuals (rome, memit, alphaedit with ``residual_cache=FOLDER``) is split otherwise: its
+residuals, what such a run spends its time on, are optimised in ``shards`` tasks first
+(:func:`~editkit.evaluation.runner.cache_residuals`, part I of N), then one task runs it and reads them. That
+splits MEMIT's 10,000 edits at once, one group that no case range can cut.
 """
 
 from __future__ import annotations
@@ -69,7 +73,13 @@ class SweepConfig(TypedConfig):
     run: dict[str, Any] = field(default_factory=dict, metadata={"help": "RunConfig settings of every run"})
     batch: dict[str, Any] = field(default_factory=dict, metadata={"help": "RunConfig settings of batch runs"})
     sequential: dict[str, Any] = field(default_factory=dict, metadata={"help": "RunConfig settings of sequential runs"})
-    shards: int = field(default=1, metadata={"help": "split each batch run into up to N tasks by case range"})
+    shards: int = field(
+        default=1,
+        metadata={
+            "help": "split each batch run into up to N tasks by case range (runs that keep their residuals: the "
+            "residuals into N tasks, then the run)"
+        },
+    )
     threads: int = field(default=1, metadata={"help": "torch threads (CPUs) per task"})
     gpus: float = field(default=0.0, metadata={"help": "GPUs per task (device cuda unless run sets device)"})
     retries: int = field(default=2, metadata={"help": "times Ray reruns a task whose worker died"})
@@ -123,13 +133,19 @@ class MethodEntry:
 @dataclass
 class SweepRun:
     """One run of the grid: ``config`` is the whole run; ``shards`` the case-range runs that make it (empty: one
-    task runs ``config``), or ``why`` it is not sharded."""
+    task runs ``config``), or ``why`` it is not sharded; ``residual_parts`` the tasks that optimise its residuals
+    before the task that runs it (0: none)."""
 
     name: str
     config: RunConfig
     n_cases: int
     shards: list[RunConfig] = field(default_factory=list)
     why: str = ""
+    residual_parts: int = 0
+
+    @property
+    def tasks(self) -> int:
+        return (len(self.shards) or 1) + self.residual_parts
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -201,6 +217,10 @@ def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
     """``run`` with up to ``shards`` case-range shards of about equal size (cut at multiples of every k where
     the cases allow, so groups of consecutive cases spread evenly)."""
     config = run.config
+    if config.protocol == "batch" and shards > 1 and keeps_residuals(config):
+        run.residual_parts = shards
+        run.why = f"its residuals in {shards} tasks first"
+        return run
     step = math.lcm(*config.edits_per_step)
     blocks = run.n_cases // step if run.n_cases % step == 0 else run.n_cases
     unit = run.n_cases // blocks
@@ -217,3 +237,12 @@ def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
             for a, b in itertools.pairwise(cuts)
         ]
     return run
+
+
+def keeps_residuals(config: RunConfig) -> bool:
+    """Whether ``config``'s editor optimises target residuals and keeps them in a folder (``residual_cache``)."""
+    from editkit.editors import create_editor
+    from editkit.editors.locate import LocateEditor
+
+    editor = create_editor(config.method, config.settings)
+    return isinstance(editor, LocateEditor) and bool(editor.config.residual_cache)
