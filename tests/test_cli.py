@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pytest
 import torch
 
+from conftest import write_tiny_cases
 from editkit.cli import main
 from editkit.models import zoo
 
@@ -285,6 +286,9 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
     assert "residual_cache=FOLDER" in capsys.readouterr().err
     assert main(["residuals", "--method", "ft", "--data", str(data), "--out", "o"]) == 2
     assert "optimises no target residuals" in capsys.readouterr().err
+    unlocated = write_tiny_cases(tmp_path / "unlocated.jsonl")
+    assert main(["residuals", *cached, "--data", str(unlocated)]) == 2  # the last --data is the one read
+    assert "needs a subject in every edit" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["residuals", *cached, "--part", "3/2"])
     assert "expected I/N with 1 <= I <= N" in capsys.readouterr().err

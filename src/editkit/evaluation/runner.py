@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from editkit.data.formats import Dataset
+    from editkit.editors.base import Editor
     from editkit.edits import EditCase
     from editkit.evaluation.guard import EditGuard
     from editkit.evaluation.judged import GenerationJudge
@@ -347,6 +348,16 @@ def _dataset(config: RunConfig) -> Dataset:
     return dataset
 
 
+def _check_subjects(editor: Editor, cases: Sequence[EditCase]) -> None:
+    if editor.capabilities.needs_subject:
+        unlocated = [c.request.case_id for c in cases if not c.request.subject]
+        if unlocated:
+            raise ValidationError(
+                f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
+                f"(first: {unlocated[0]}); choose other data or a method that does not locate"
+            )
+
+
 def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
     of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``
@@ -370,8 +381,10 @@ def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[s
         raise ValidationError(f"{editor.name}: give the folder to keep the residuals in (residual_cache=FOLDER)")
     if config.protocol != "batch":
         raise ValidationError("residuals are shared ahead of batch runs only (a sequential run edits edited weights)")
+    cases = _dataset(config).cases
+    _check_subjects(editor, cases)
     requests = batch_requests(
-        _dataset(config).cases,
+        cases,
         config.edits_per_step,
         max_groups=config.max_groups,
         distinct_subjects=config.distinct_subjects,
@@ -427,13 +440,7 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         for t in config.downstream
     }
     check_edit_kinds(editor, [r for c in dataset.cases for r in c.requests])  # statements: refused before loading
-    if editor.capabilities.needs_subject:
-        unlocated = [c.request.case_id for c in dataset.cases if not c.request.subject]
-        if unlocated:
-            raise ValidationError(
-                f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
-                f"(first: {unlocated[0]}); choose other data or a method that does not locate"
-            )
+    _check_subjects(editor, dataset.cases)
     if config.prefill is not None and editor.capabilities.storage == "weights":
         raise ValidationError(f"--prefill fills an edit memory; {editor.name} edits weights (use serac, rp or lu)")
     prefill = (
