@@ -278,7 +278,7 @@ def test_a_run_whose_state_was_lost_resumes_from_its_committed_snapshot(
     assert not snapshot.exists()
 
 
-def test_progress_names_each_running_sequential_run_once_per_change(tmp_path):
+def test_progress_names_each_running_run_once_per_change(tmp_path):
     state = tmp_path / "run.state"
     base = {"method": "ft", "data": "x.jsonl", "out": "x.json"}
     config = RunConfig.from_dict({**base, "protocol": "sequential", "state": str(state)})
@@ -291,6 +291,14 @@ def test_progress_names_each_running_sequential_run_once_per_change(tmp_path):
     assert progress_lines(running, seen) == []  # not moved since
     (state / "results.json").write_text(json.dumps({"n_edits": 4, "n_cases": 10}))
     assert progress_lines(running, seen) == ["seq: 4 of 10 edits"]
+    folder = tmp_path / "z"
+    kept = RunConfig.from_dict({**base, "method": "memit", "settings": {"residual_cache": str(folder)}})
+    parts = [("memit", kept), ("memit", kept)]  # a run's residual parts and its own task
+    assert progress_lines(parts, seen) == []  # no folder yet
+    folder.mkdir()
+    (folder / "a.safetensors").write_bytes(b"")
+    assert progress_lines(parts, seen) == [f"memit: residuals kept in {folder}: 1"]  # once per change, not per task
+    assert progress_lines(parts, seen) == []
 
 
 def test_snapshots_keep_the_furthest_and_refuse_what_cannot_be_replayed(tmp_path, capsys):

@@ -190,9 +190,19 @@ def status_of(run: SweepRun, snapshot_dir: str | None) -> str:
 
 def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int]) -> list[str]:
     """``NAME: n of N edits`` for each running sequential run whose state folder's partial results have moved
-    since ``seen`` (run name -> edits last said; updated). Runs without a state, or not saved yet, say nothing."""
+    since ``seen`` (run name -> count last said; updated), and ``NAME: residuals kept in FOLDER: n`` for a run that
+    keeps its residuals (``residual_cache``; the files in the folder, which runs with the same optimisation
+    share). Other runs, or runs with nothing saved yet, say nothing."""
     lines = []
     for name, config in running:
+        folder = config.settings.get("residual_cache") if config.protocol == "batch" else None
+        if folder:
+            found = Path(str(folder)).expanduser()
+            n_files = sum(1 for _ in found.glob("*.safetensors")) if found.is_dir() else 0
+            if n_files and seen.get(name) != n_files:
+                seen[name] = n_files
+                lines.append(f"{name}: residuals kept in {folder}: {n_files}")
+            continue
         if config.state is None:
             continue
         try:
@@ -235,7 +245,7 @@ def _run_jobs(
             flying[ref] = job
         done, _ = ray.wait(list(flying), num_returns=1, timeout=PROGRESS_SECONDS)
         if not done:
-            for line in progress_lines([(j.name, j.config) for j in flying.values() if j.part is None], seen):
+            for line in progress_lines([(j.name, j.config) for j in flying.values()], seen):
                 on_event(line)
             continue
         (ready,) = done
