@@ -532,7 +532,7 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_residuals(args: argparse.Namespace) -> int:
-    from editkit.evaluation.runner import cache_residuals
+    from editkit.residuals import cache_residuals
 
     done = cache_residuals(_run_config(args), args.part)
     print(

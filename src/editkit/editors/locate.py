@@ -40,7 +40,7 @@ from editkit.editors.passes import FastPasses, Passes, PassRows, ReferencePasses
 from editkit.editors.stats import StatsRequest, second_moments
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
-from editkit.files import atomic_save_tensors, require_file, tensor_sha256
+from editkit.files import atomic_save_tensors, check_writable, require_file, tensor_sha256
 from editkit.models.lm import LanguageModel
 from editkit.progress import progress_bar
 
@@ -121,6 +121,8 @@ class LocateEditConfig(EditorConfig):
             raise ConfigError(f"{name}: v_lr and clamp_norm_factor must be positive")
         if self.corpus is not None:
             require_file(self.corpus, f"{name}: corpus file", ConfigError)
+        if self.residual_cache:  # before hours of work, not when the first residual is written
+            check_writable(Path(self.residual_cache).expanduser(), f"{name}: residual_cache", folder=True)
 
 
 class ResidualCache:

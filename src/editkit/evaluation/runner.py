@@ -333,7 +333,7 @@ def _judge(config: RunConfig, cases: Sequence[EditCase]) -> GenerationJudge | No
     return GenerationJudge(load_judge(config.judge), config.judge_tokens, config.batch_size, config.judge_cue)
 
 
-def _dataset(config: RunConfig) -> Dataset:
+def run_cases(config: RunConfig) -> Dataset:
     """The run's cases: the file's first ``limit``, then ``sample`` of them (seeded), then ``shuffle``d."""
     from editkit.data.formats import load_cases
 
@@ -348,7 +348,8 @@ def _dataset(config: RunConfig) -> Dataset:
     return dataset
 
 
-def _check_subjects(editor: Editor, cases: Sequence[EditCase]) -> None:
+def check_subjects(editor: Editor, cases: Sequence[EditCase]) -> None:
+    """Refuse, in one line, cases without a subject for an editor that locates one."""
     if editor.capabilities.needs_subject:
         unlocated = [c.request.case_id for c in cases if not c.request.subject]
         if unlocated:
@@ -356,53 +357,6 @@ def _check_subjects(editor: Editor, cases: Sequence[EditCase]) -> None:
                 f"{editor.name} needs a subject in every edit; {len(unlocated)} cases have none "
                 f"(first: {unlocated[0]}); choose other data or a method that does not locate"
             )
-
-
-def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
-    """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
-    of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``
-    equal ranges. Processes (or machines) sharing the folder split a large run's residuals this way, and the
-    run itself then reads them (each process skips what another has written). Returns a summary."""
-    import torch
-
-    from editkit.editors import create_editor
-    from editkit.editors.locate import LocateEditor
-    from editkit.evaluation.batch import batch_requests
-    from editkit.models.zoo import check_model_name, load
-
-    i, n = part
-    if not 1 <= i <= n:
-        raise ValidationError(f"part {i}/{n}: the part must be between 1 and {n}")
-    check_model_name(config.model)
-    editor = create_editor(config.method, config.settings)
-    if not isinstance(editor, LocateEditor):
-        raise ValidationError(f"{editor.name} optimises no target residuals (rome, memit and alphaedit do)")
-    if not editor.config.residual_cache:
-        raise ValidationError(f"{editor.name}: give the folder to keep the residuals in (residual_cache=FOLDER)")
-    if config.protocol != "batch":
-        raise ValidationError("residuals are shared ahead of batch runs only (a sequential run edits edited weights)")
-    cases = _dataset(config).cases
-    _check_subjects(editor, cases)
-    requests = batch_requests(
-        cases,
-        config.edits_per_step,
-        max_groups=config.max_groups,
-        distinct_subjects=config.distinct_subjects,
-    )
-    mine = requests[(i - 1) * len(requests) // n : i * len(requests) // n]
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    lm = load(config.model, device=config.device)
-    t0 = time.perf_counter()
-    found = editor.cache_residuals(lm, mine)
-    return {
-        "requests": len(requests),
-        "part": f"{i}/{n}",
-        "in_part": len(mine),
-        "found": found,
-        "seconds": time.perf_counter() - t0,
-        "folder": editor.config.residual_cache,
-    }
 
 
 def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -434,13 +388,13 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         raise ValidationError(f"--state holds the resumable state of a sequential run of a weight editor; {why}")
     for t in config.downstream:
         get_task(t)
-    dataset = _dataset(config)
+    dataset = run_cases(config)
     tasks = {
         t: load_examples(Path(config.downstream_data or ".") / f"{t}.jsonl", t, n=config.downstream_n, seed=config.seed)
         for t in config.downstream
     }
     check_edit_kinds(editor, [r for c in dataset.cases for r in c.requests])  # statements: refused before loading
-    _check_subjects(editor, dataset.cases)
+    check_subjects(editor, dataset.cases)
     if config.prefill is not None and editor.capabilities.storage == "weights":
         raise ValidationError(f"--prefill fills an edit memory; {editor.name} edits weights (use serac, rp or lu)")
     prefill = (

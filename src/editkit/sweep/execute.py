@@ -1,7 +1,7 @@
 """Running a sweep's runs (:mod:`editkit.sweep.grid`) as Ray tasks.
 
 Each task is one ``editkit eval`` run (:func:`editkit.evaluation.runner.run`): a whole run or one case-range
-shard of a batch run; or one part of a run's residuals (:func:`~editkit.evaluation.runner.cache_residuals`),
+shard of a batch run; or one part of a run's residuals (:func:`~editkit.residuals.cache_residuals`),
 which the run's own task waits for (a part that fails, fails the run). A task asks Ray for ``threads`` CPUs and
 ``gpus`` GPUs, runs with that many torch threads, and gets a fresh worker process (``max_calls=1``: its memory is
 freed and its peak memory is its own). Ray reruns a task whose worker died up to ``retries`` times; a run's
@@ -85,7 +85,8 @@ def run_task(config: dict[str, Any], cwd: str, part: tuple[int, int] | None = No
     working folder where this machine has it (relative paths in the sweep are relative to it); ``after`` are
     the results of the tasks it waited for. Returns the seconds it took, or the one-line error of a run the user
     must fix."""
-    from editkit.evaluation.runner import cache_residuals, run
+    from editkit.evaluation.runner import run
+    from editkit.residuals import cache_residuals
 
     if Path(cwd).is_dir():
         os.chdir(cwd)

@@ -7,7 +7,7 @@ case range (``case_range``), each writing ``OUT_DIR/NAME.shards/START-END.json``
 (:mod:`editkit.sweep.merge`); a shard edits the groups of cases that begin in its range. A batch run of an editor
 that keeps its target residuals (rome, memit, alphaedit with ``residual_cache=FOLDER``) is split otherwise: its
 residuals, what such a run spends its time on, are optimised in ``shards`` tasks first
-(:func:`~editkit.evaluation.runner.cache_residuals`, part I of N), then one task runs it and reads them. That
+(:func:`~editkit.residuals.cache_residuals`, part I of N), then one task runs it and reads them. That
 splits MEMIT's 10,000 edits at once, one group that no case range can cut.
 """
 
