@@ -267,6 +267,8 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
     folder = tmp_path / "z"
     cached = [*run, "--set", f"residual_cache={folder}", "--out", str(tmp_path / "cached.json")]
     # the run edits the first two cases, then the first four with distinct subjects (the second Louvre waits)
+    assert main(["residuals", *cached, "--case-range", "1:5"]) == 0  # a shard's: no group begins in it
+    assert optimised == []
     assert main(["residuals", *cached, "--part", "2/2"]) == 0
     assert optimised == ["Big Ben", "The Colosseum"] and len(list(folder.iterdir())) == 2
     assert "part 2/2: 2 of the run's 4 residuals, 0 already in the folder" in capsys.readouterr().out

@@ -47,6 +47,7 @@ def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[s
         config.edits_per_step,
         max_groups=config.max_groups,
         distinct_subjects=config.distinct_subjects,
+        span=config.positions(),
     )
     mine = requests[(i - 1) * len(requests) // n : i * len(requests) // n]
     if config.threads is not None:

@@ -81,12 +81,20 @@ def plan_groups(
 
 
 def batch_requests(
-    cases: Sequence[EditCase], ks: Sequence[int], *, max_groups: int | None = None, distinct_subjects: bool = False
+    cases: Sequence[EditCase],
+    ks: Sequence[int],
+    *,
+    max_groups: int | None = None,
+    distinct_subjects: bool = False,
+    span: tuple[int, int] | None = None,
 ) -> list[EditRequest]:
-    """Every request a batch run edits (each once, in the order the run first edits it)."""
+    """Every request a batch run edits (each once, in the order the run first edits it); with ``span``, a
+    shard's: the groups that begin in its case range."""
     seen: dict[str, EditRequest] = {}
     for groups in plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects).values():
         for _, group in groups:
+            if span is not None and not span[0] <= group[0] < span[1]:
+                continue
             for req in (r for i in group for r in cases[i].requests):
                 seen.setdefault(json.dumps(req.to_dict(), sort_keys=True), req)
     return list(seen.values())
