@@ -293,12 +293,12 @@ def test_progress_names_each_running_run_once_per_change(tmp_path):
     assert progress_lines(running, seen) == ["seq: 4 of 10 edits"]
     folder = tmp_path / "z"
     kept = RunConfig.from_dict({**base, "method": "memit", "settings": {"residual_cache": str(folder)}})
-    parts = [("memit", kept), ("memit", kept)]  # a run's residual parts and its own task
-    assert progress_lines(parts, seen) == []  # no folder yet
+    parts, folders = [("memit", kept), ("memit", kept)], {"memit": str(folder)}  # a run's parts and its own task
+    assert progress_lines(parts, seen, folders) == []  # no folder yet
     folder.mkdir()
     (folder / "a.safetensors").write_bytes(b"")
-    assert progress_lines(parts, seen) == [f"memit: residuals kept in {folder}: 1"]  # once per change, not per task
-    assert progress_lines(parts, seen) == []
+    assert progress_lines(parts, seen, folders) == [f"memit: residuals kept in {folder}: 1"]  # once per change
+    assert progress_lines(parts, seen, folders) == []
 
 
 def test_snapshots_keep_the_furthest_and_refuse_what_cannot_be_replayed(tmp_path, capsys):

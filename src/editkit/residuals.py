@@ -17,6 +17,15 @@ from editkit.errors import ValidationError
 from editkit.evaluation.runner import RunConfig, check_subjects, run_cases
 
 
+def residual_folder(config: RunConfig) -> str | None:
+    """The folder ``config``'s editor keeps its target residuals in, or None (no such editor, or no folder)."""
+    from editkit.editors import create_editor
+    from editkit.editors.locate import LocateEditor
+
+    editor = create_editor(config.method, config.settings)
+    return editor.config.residual_cache if isinstance(editor, LocateEditor) else None
+
+
 def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
     """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
     of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``

@@ -71,13 +71,19 @@ def edit_groups(cases: Sequence[EditCase], k: int, *, distinct_subjects: bool = 
 
 
 def plan_groups(
-    cases: Sequence[EditCase], ks: Sequence[int], *, max_groups: int | None = None, distinct_subjects: bool = False
+    cases: Sequence[EditCase],
+    ks: Sequence[int],
+    *,
+    max_groups: int | None = None,
+    distinct_subjects: bool = False,
+    span: tuple[int, int] | None = None,
 ) -> dict[int, list[tuple[int, list[int]]]]:
-    """For each k, the numbered groups a batch run edits (:func:`edit_groups`, the first ``max_groups``)."""
+    """For each k, the numbered groups a batch run edits (:func:`edit_groups`, the first ``max_groups``); with
+    ``span``, a shard's: those that begin in its case range (numbered as in the whole run)."""
     groups = {k: list(enumerate(edit_groups(cases, k, distinct_subjects=distinct_subjects)[:max_groups])) for k in ks}
     if not all(groups.values()):
         raise ValidationError(f"no group of {min(k for k, g in groups.items() if not g)} edits with distinct subjects")
-    return groups
+    return {k: [(g, grp) for g, grp in gs if span is None or span[0] <= grp[0] < span[1]] for k, gs in groups.items()}
 
 
 def batch_requests(
@@ -88,13 +94,12 @@ def batch_requests(
     distinct_subjects: bool = False,
     span: tuple[int, int] | None = None,
 ) -> list[EditRequest]:
-    """Every request a batch run edits (each once, in the order the run first edits it); with ``span``, a
-    shard's: the groups that begin in its case range."""
+    """Every request a batch run (or with ``span`` a shard, :func:`plan_groups`) edits, each once, in the order
+    the run first edits it."""
     seen: dict[str, EditRequest] = {}
-    for groups in plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects).values():
+    plan = plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects, span=span)
+    for groups in plan.values():
         for _, group in groups:
-            if span is not None and not span[0] <= group[0] < span[1]:
-                continue
             for req in (r for i in group for r in cases[i].requests):
                 seen.setdefault(json.dumps(req.to_dict(), sort_keys=True), req)
     return list(seen.values())
@@ -157,8 +162,7 @@ def batch_edits(
         unedited[i].update(scores)
     if span is not None and not 0 <= span[0] < span[1] <= len(cases):
         raise ValidationError(f"case range {span[0]}:{span[1]} is not within the {len(cases)} cases")
-    groups = plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects)
-    plan = {k: [(g, grp) for g, grp in gs if span is None or span[0] <= grp[0] < span[1]] for k, gs in groups.items()}
+    plan = plan_groups(cases, ks, max_groups=max_groups, distinct_subjects=distinct_subjects, span=span)
     prefilled = _prefill(lm, editor, prefill, progress)
     subjects = SubjectIndex.of(prefill) if memory else None
     try:

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import RunConfig, write_results_or_keep
 from editkit.evaluation.runstate import RunState
+from editkit.residuals import residual_folder
 from editkit.sweep.grid import SweepConfig, SweepRun
 from editkit.sweep.merge import merge_batch
 from editkit.sweep.snapshot import seed_from_snapshots, snapshot_path
@@ -189,14 +190,16 @@ def status_of(run: SweepRun, snapshot_dir: str | None) -> str:
     return "not started"
 
 
-def progress_lines(running: Iterable[tuple[str, RunConfig]], seen: dict[str, int]) -> list[str]:
+def progress_lines(
+    running: Iterable[tuple[str, RunConfig]], seen: dict[str, int], folders: Mapping[str, str] | None = None
+) -> list[str]:
     """``NAME: n of N edits`` for each running sequential run whose state folder's partial results have moved
-    since ``seen`` (run name -> count last said; updated), and ``NAME: residuals kept in FOLDER: n`` for a run that
-    keeps its residuals (``residual_cache``; the files in the folder, which runs with the same optimisation
-    share). Other runs, or runs with nothing saved yet, say nothing."""
+    since ``seen`` (run name -> count last said; updated), and ``NAME: residuals kept in FOLDER: n`` for a run
+    whose residuals ``folders`` names (the files in the folder, which runs with the same optimisation share).
+    Other runs, or runs with nothing saved yet, say nothing."""
     lines = []
     for name, config in running:
-        folder = config.settings.get("residual_cache") if config.protocol == "batch" else None
+        folder = (folders or {}).get(name)
         if folder:
             found = Path(str(folder)).expanduser()
             n_files = sum(1 for _ in found.glob("*.safetensors")) if found.is_dir() else 0
@@ -233,6 +236,7 @@ def _run_jobs(
     waiting = list(jobs)
     flying: dict[Any, Job] = {}
     parts: dict[str, list[Any]] = {}  # run name -> its residual parts' tasks
+    folders = {j.name: residual_folder(j.config) or "" for j in jobs if j.part is not None}
     failed: dict[str, str] = {}
     limit = max_parallel or len(jobs)
     seen: dict[str, int] = {}
@@ -246,7 +250,7 @@ def _run_jobs(
             flying[ref] = job
         done, _ = ray.wait(list(flying), num_returns=1, timeout=PROGRESS_SECONDS)
         if not done:
-            for line in progress_lines([(j.name, j.config) for j in flying.values()], seen):
+            for line in progress_lines([(j.name, j.config) for j in flying.values()], seen, folders):
                 on_event(line)
             continue
         (ready,) = done

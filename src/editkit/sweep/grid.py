@@ -22,6 +22,7 @@ from typing import Any, Literal
 from editkit.configfile import read_yaml
 from editkit.errors import ConfigError
 from editkit.evaluation.runner import RunConfig
+from editkit.residuals import residual_folder
 from editkit.typedconfig import TypedConfig
 
 AXES = ("models", "methods", "orderings", "seeds", "protocols")
@@ -217,7 +218,7 @@ def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
     """``run`` with up to ``shards`` case-range shards of about equal size (cut at multiples of every k where
     the cases allow, so groups of consecutive cases spread evenly)."""
     config = run.config
-    if config.protocol == "batch" and shards > 1 and keeps_residuals(config):
+    if config.protocol == "batch" and shards > 1 and residual_folder(config):
         run.residual_parts = shards
         run.why = f"its residuals in {shards} tasks first"
         return run
@@ -237,12 +238,3 @@ def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
             for a, b in itertools.pairwise(cuts)
         ]
     return run
-
-
-def keeps_residuals(config: RunConfig) -> bool:
-    """Whether ``config``'s editor optimises target residuals and keeps them in a folder (``residual_cache``)."""
-    from editkit.editors import create_editor
-    from editkit.editors.locate import LocateEditor
-
-    editor = create_editor(config.method, config.settings)
-    return isinstance(editor, LocateEditor) and bool(editor.config.residual_cache)
