@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from editkit.editors import create_editor
+from editkit.editors.locate import SORT_WINDOW, chunk_order
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError
 from editkit.models.tiny import tiny_model
@@ -80,3 +81,21 @@ def test_v_batch_chunks_give_the_same_edit_and_bad_values_are_refused():
     assert handle.info["batched_with"] == [1, 1, 1]
     with pytest.raises(ConfigError, match="v_batch"):
         create_editor("memit", {"v_batch": 0, "mom2_update_weight": 1.0})
+
+
+def test_chunks_are_sorted_by_length_within_windows_taken_in_order():
+    size = 2
+    window = size * SORT_WINDOW
+    lengths = [9] * (3 * window)
+    lengths[-1] = 1  # the shortest request is the list's last
+    lengths[3] = 5
+    chunks = chunk_order(lengths, size)
+    assert sorted(p for c in chunks for p in c) == list(range(len(lengths)))  # each position once
+    assert all(len(c) == size for c in chunks)
+    # a chunk never mixes windows, and the windows come in the list's order: the shortest request, the last,
+    # leads the last window (a sort over the whole list would put it first); the shorter one in the first leads it
+    assert all(c[0] // window == c[-1] // window for c in chunks)
+    assert [c[0] // window for c in chunks] == sorted(c[0] // window for c in chunks)
+    assert chunks[-SORT_WINDOW][0] == len(lengths) - 1 and chunks[0][0] == 3
+    # one request per chunk: the list's order, unsorted
+    assert chunk_order([3, 1, 2], 1) == [[0], [1], [2]]

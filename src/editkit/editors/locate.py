@@ -66,6 +66,8 @@ RESIDUAL_SETTINGS = (
 )
 # a batch of at least this many requests shows its progress (one line every 30 s on a log, a bar on a terminal)
 PROGRESS_FROM = 50
+# requests are sorted by length within windows of this many chunks, taken in the requests' order
+SORT_WINDOW = 8
 
 
 @dataclass
@@ -185,6 +187,23 @@ class TargetResidual:
     v_init: torch.Tensor
     delta: torch.Tensor
     info: dict[str, Any]
+
+
+def chunk_order(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Chunks of up to ``size`` positions of ``lengths`` (each request's tokens per step), formed with little
+    padding: the positions are sorted by length within consecutive windows of :data:`SORT_WINDOW` chunks. A
+    sort over all of them would do little better and would take requests from anywhere in the list, so a run
+    and the processes optimising parts of its requests into the same ``residual_cache`` would meet all along
+    the list, each optimising what the other is about to write; in windows they overlap by a window at most.
+    One request per chunk pads nothing: the chunks keep the list's order."""
+    if size == 1:
+        return [[p] for p in range(len(lengths))]
+    window = size * SORT_WINDOW
+    chunks: list[list[int]] = []
+    for start in range(0, len(lengths), window):
+        ranked = sorted(range(start, min(start + window, len(lengths))), key=lambda p: lengths[p])
+        chunks += [ranked[i : i + size] for i in range(0, len(ranked), size)]
+    return chunks
 
 
 def sample_contexts(lm: LanguageModel, n: int, length: int, seed: int) -> list[str]:
@@ -325,7 +344,7 @@ class LocateEditor(WeightEditor):
         """Optimise, per request, the residual delta added to the output of ``site`` (layer ``layer``'s MLP
         output projection for ROME, the whole layer's output, i.e. the residual stream, for MEMIT) at the
         subject's last token. Up to ``v_batch`` requests (by default one on the CPU, 64 on an accelerator; chunks
-        formed in order of :meth:`suffix_tokens`) share one set of forward and backward passes, each
+        of similar :meth:`suffix_tokens`, :func:`chunk_order`) share one set of forward and backward passes, each
         with its own delta, loss, Adam state, norm clamp and stopping step: the result is each request's own
         optimisation (equal up to float rounding to optimising it alone), with one host sync and one set of
         passes per step for the whole chunk (what a GPU needs: its steps are bound by per-op overhead, not
@@ -342,14 +361,12 @@ class LocateEditor(WeightEditor):
             for i, req in enumerate(requests):
                 if (hit := cache.get(req)) is not None:
                     out[i] = hit
-        # Chunks of requests with similar numbers of tokens from the subject on: less padding in each step.
-        order = [i for i in range(len(requests)) if i not in out]
-        if size > 1:
-            order.sort(key=lambda i: self.suffix_tokens(lm, requests[i]))
+        left = [i for i in range(len(requests)) if i not in out]
+        lengths = [self.suffix_tokens(lm, requests[i]) for i in left] if size > 1 else [0] * len(left)
         shown = len(requests) >= PROGRESS_FROM
         with progress_bar(len(requests), f"{self.name} residuals", shown, start=len(out)) as bar:
-            for start in range(0, len(order), size):
-                chunk = order[start : start + size]
+            for positions in chunk_order(lengths, size):
+                chunk = [left[p] for p in positions]
                 n_chunk = len(chunk)
                 if cache is not None:  # another process sharing the folder may have found some since
                     out.update((i, hit) for i in chunk if (hit := cache.get(requests[i])) is not None)
