@@ -71,7 +71,7 @@ class HiddenStateLookup(ScopeModel):
     def _mean_states(self, texts: Sequence[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), self.batch_size):
-            ids, mask = self.lm._pad([self.lm.encode(t) for t in texts[i : i + self.batch_size]])
+            ids, mask = self.lm.pad([self.lm.encode(t) for t in texts[i : i + self.batch_size]])
             if self.lm.is_encoder_decoder:
                 encoder = self.lm.model.get_encoder()  # type: ignore[operator]
                 hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state

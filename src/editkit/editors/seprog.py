@@ -173,7 +173,7 @@ def base_encoding(
     with progress_bar(len(texts), "b(x) of the inputs", progress) as bar:
         for i in range(0, len(texts), batch_size):
             seqs = [lm.encode(t) for t in texts[i : i + batch_size]]
-            ids, mask = _pad(lm, seqs)
+            ids, mask = lm.pad(seqs)
             if lm.is_encoder_decoder:
                 encoder = lm.model.get_encoder()  # type: ignore[operator]
                 hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -188,19 +188,9 @@ def base_encoding(
     return torch.cat(rows) if rows else torch.zeros((0, int(lm.config.hidden_size)))
 
 
-def _pad(lm: LanguageModel, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(lm.tokenizer.pad_token_id), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(lm.device), mask.to(lm.device)
-
-
 def _with_prefix(lm: LanguageModel, rows: Sequence[Sequence[int]], prefix: torch.Tensor, lead: int) -> dict[str, Any]:
     """Right-padded token rows embedded, with ``prefix`` ``[B, p, d]`` inserted after the first ``lead``."""
-    ids, mask = _pad(lm, rows)
+    ids, mask = lm.pad(rows)
     emb = lm.model.get_input_embeddings()(ids)  # type: ignore[operator]
     p = prefix.to(emb.dtype)
     ones = torch.ones(p.shape[:2], dtype=mask.dtype, device=mask.device)
@@ -223,7 +213,7 @@ def prefixed_logits(
     token after it. Differentiable in ``prefix``."""
     p = prefix.shape[1]
     if lm.is_encoder_decoder:
-        enc_ids, enc_mask = _pad(lm, prompts)
+        enc_ids, enc_mask = lm.pad(prompts)
         start = int(lm.config.decoder_start_token_id)
         dec = _with_prefix(lm, [[start, *c] for c in continuations], prefix, 0)
         inputs = {

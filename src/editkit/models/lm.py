@@ -215,7 +215,9 @@ class LanguageModel:
                 f"prompt of {n} tokens is longer than {self.name} allows ({self.max_length}): {text[:60]!r}..."
             )
 
-    def _pad(self, seqs: Sequence[Sequence[int]], *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad(self, seqs: Sequence[Sequence[int]], *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id rows padded to the longest (on the right, or ``left``): ``ids`` and ``attention_mask``
+        ``[B, T]`` on the model's device."""
         width = max(len(s) for s in seqs)
         pad = int(self.tokenizer.pad_token_id)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -248,10 +250,10 @@ class LanguageModel:
                 raise ValidationError(f"continuation {c!r} tokenizes to nothing")
         if self.is_encoder_decoder:
             start = int(self.config.decoder_start_token_id)
-            enc_ids, enc_mask = self._pad(p_ids)
+            enc_ids, enc_mask = self.pad(p_ids)
             dec_in = [[start, *c[:-1]] for c in c_ids]
-            dec_ids, dec_mask = self._pad(dec_in)
-            pred_ids, _ = self._pad(c_ids)
+            dec_ids, dec_mask = self.pad(dec_in)
+            pred_ids, _ = self.pad(c_ids)
             inputs = {
                 "input_ids": enc_ids,
                 "attention_mask": enc_mask,
@@ -262,7 +264,7 @@ class LanguageModel:
         full = [p + c for p, c in zip(p_ids, c_ids, strict=True)]
         for text, seq in zip(prompts, full, strict=True):
             self._check_pair(text, len(seq))
-        input_ids, mask = self._pad(full)
+        input_ids, mask = self.pad(full)
         pred_mask = torch.zeros_like(mask, dtype=torch.bool)
         pred_ids = torch.zeros_like(input_ids)
         for b, (prompt_ids, cont_ids) in enumerate(zip(p_ids, c_ids, strict=True)):
@@ -380,7 +382,7 @@ class LanguageModel:
     ) -> list[TokenScores]:
         """Continuation ``j`` (token ids ``c_ids[j]``) after prompt ``rows[j]`` of ``p_ids``, for
         :meth:`_score_shared`."""
-        ids, mask = self._pad(p_ids, left=True)
+        ids, mask = self.pad(p_ids, left=True)
         head = get_module(self.model, self.adapter.head)
 
         def last_only(_m: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -392,7 +394,7 @@ class LanguageModel:
             )
         index = torch.tensor(rows, device=self.device)
         first = F.log_softmax(out.logits[:, -1].float(), dim=-1).index_select(0, index)  # [n, V]
-        targets, valid = self._pad(c_ids)
+        targets, valid = self.pad(c_ids)
         logp = torch.empty(targets.shape, device=self.device)
         hit = torch.empty(targets.shape, dtype=torch.bool, device=self.device)
         logp[:, 0] = first.gather(1, targets[:, :1]).squeeze(1)
@@ -443,7 +445,7 @@ class LanguageModel:
         rows: list[torch.Tensor] = []
         for i in range(0, len(suffix_ids), batch_size):
             chunk = suffix_ids[i : i + batch_size]
-            ids, mask = self._pad(chunk)
+            ids, mask = self.pad(chunk)
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(chunk))
             full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=self.device), mask], 1)
@@ -468,7 +470,7 @@ class LanguageModel:
         rows: list[torch.Tensor] = []
         for i in range(0, len(prompts), batch_size):
             chunk = [self.encode(p) for p in prompts[i : i + batch_size]]
-            ids, mask = self._pad(chunk)
+            ids, mask = self.pad(chunk)
             if self.is_encoder_decoder:
                 start = torch.full((len(chunk), 1), int(self.config.decoder_start_token_id), device=self.device)
                 logits = self.model(input_ids=ids, attention_mask=mask, decoder_input_ids=start).logits[:, 0]
@@ -524,7 +526,7 @@ class LanguageModel:
         new: list[list[int]] = [[] for _ in prompts]
         done = [False] * len(prompts)
         past = None
-        ids, mask = self._pad(seqs, left=True)
+        ids, mask = self.pad(seqs, left=True)
         enc_out = None
         dec = None
         if self.is_encoder_decoder:
