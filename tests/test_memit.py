@@ -18,6 +18,7 @@ FAST = {"v_steps": 8, "n_context": 2, "context_length": 4, "v_weight_decay": 0.0
 NO_CORPUS = {"mom2_update_weight": 1.0}  # C = I needs a lambda of its own (the default is refused)
 TOWER = EditRequest(prompt="The city of {}", subject="the Eiffel Tower", target_new=" Rome")
 JORDAN = EditRequest(prompt="The sport of {}", subject="Michael Jordan", target_new=" soccer")
+THIRD = EditRequest(prompt="{} was born in", subject="Ada Lovelace", target_new=" Paris")
 
 
 def test_update_is_the_regularised_least_squares_solution():
@@ -185,19 +186,44 @@ def test_preserved_statistics_are_those_of_the_model_first_seen(tmp_path):
     assert editor.preserved_covariance(lm, 2) is first
 
 
-def test_subject_states_are_read_in_chunks_with_the_same_result(monkeypatch):
-    """A mass edit reads its keys STATE_CHUNK requests at a time; the keys and hidden states are those of one pass."""
-    from editkit.editors import memit
+def _states_one_prompt_at_a_time(lm, editor, requests, key_layer, out_layer):
+    """Keys and outputs read the plain way: each context-prefixed prompt whole, with its target, in a pass of
+    its own; the key averaged over a request's prompts, the output that of the bare prompt."""
+    keys, outs, read = [], [], []
+    mlp_out = lm.adapter.module(lm.model, key_layer, "mlp_out")
+    hook = mlp_out.register_forward_pre_hook(lambda _m, args: read.append(args[0][0]))
+    try:
+        for req in requests:
+            texts, idx = editor.rendered(lm, req)
+            read.clear()
+            for n, (text, j) in enumerate(zip(texts, idx, strict=True)):
+                ids = torch.tensor([lm.encode(text) + lm.encode(req.target_new, special=False)])
+                with torch.no_grad():
+                    hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+                read[-1] = read[-1][j]
+                if n == 0:  # the bare prompt
+                    outs.append(hidden[out_layer + 1][0, j])
+            keys.append(torch.stack(read).mean(0))
+    finally:
+        hook.remove()
+    return torch.stack(keys), torch.stack(outs)
 
-    lm = tiny_model("llama")
-    editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [1, 2]})
-    requests = [TOWER, JORDAN, TOWER]
-    whole = editor.subject_states(lm, requests, 1, 2)
-    monkeypatch.setattr(memit, "STATE_CHUNK", 2)
-    chunked = editor.subject_states(lm, requests, 1, 2)
-    for a, b in zip(whole, chunked, strict=True):
-        assert a.shape == b.shape == (3, a.shape[1])
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_subject_states_match_each_prompt_read_whole_and_alone(monkeypatch, arch):
+    """A mass edit cuts its prompts after the subject's last token and reads them sorted by length, STATE_ROWS
+    at a time, prompts of different requests in one pass: the keys and hidden states are those of each prompt
+    read whole (with its target) and alone, put back in the requests' order."""
+    lm = tiny_model(arch)
+    editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [0, 1]})
+    requests = [TOWER, JORDAN, THIRD, TOWER]
+    expected = _states_one_prompt_at_a_time(lm, editor, requests, 0, 1)
+    for rows in (256, 2):
+        monkeypatch.setattr(memit, "STATE_ROWS", rows)
+        got = editor.subject_states(lm, requests, 0, 1)
+        for a, b in zip(got, expected, strict=True):
+            assert a.shape == b.shape == (4, b.shape[1])
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
 def test_every_optimisation_setting_keys_the_residual_cache():
@@ -207,9 +233,6 @@ def test_every_optimisation_setting_keys_the_residual_cache():
 
     update_only = {"corpus", "mom2_n_tokens", "v_batch", "residual_cache"}
     assert {f.name for f in dataclasses.fields(LocateEditConfig)} == set(RESIDUAL_SETTINGS) | update_only
-
-
-THIRD = EditRequest(prompt="{} was born in", subject="Ada Lovelace", target_new=" Paris")
 
 
 def test_the_residual_cache_resumes_a_stopped_batch_and_gives_the_same_update(tmp_path, monkeypatch):
