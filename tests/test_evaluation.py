@@ -378,6 +378,20 @@ def test_batch_protocol_scores_and_rolls_back(llama):
         batch_edits(llama, create_editor("ft"), cases, ks=[5], progress=False)
 
 
+def test_a_large_group_shows_the_progress_of_its_scoring(llama, monkeypatch, capsys):
+    from editkit import progress
+    from editkit.evaluation import batch
+
+    monkeypatch.setattr(progress, "LINE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(batch, "SCORING_PROGRESS_FROM", 2)
+    batch_edits(llama, create_editor("ft", {"steps": 1}), demo_cases()[:4], ks=[1, 2], max_groups=1)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in err if line.startswith("scoring 2 cases")] == [
+        f"scoring 2 cases on {llama.name}: 2/2"
+    ]
+    assert not [line for line in err if line.startswith("scoring 1 cases")]  # k = 1's groups are below the mark
+
+
 def _case(subject: str, n: int) -> EditCase:
     request = EditRequest(prompt=f"{{}} fact {n} is", subject=subject, target_new=" x", case_id=f"{subject}{n}")
     return EditCase(request, [Probe(request.text, " x", ProbeKind.EDIT)])

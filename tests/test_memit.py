@@ -218,12 +218,25 @@ def test_subject_states_match_each_prompt_read_whole_and_alone(monkeypatch, arch
     editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [0, 1]})
     requests = [TOWER, JORDAN, THIRD, TOWER]
     expected = _states_one_prompt_at_a_time(lm, editor, requests, 0, 1)
-    for rows in (256, 2):
+    for rows in (256, 5):
         monkeypatch.setattr(memit, "STATE_ROWS", rows)
-        got = editor.subject_states(lm, requests, 0, 1)
+        told: list[int] = []
+        got = editor.subject_states(lm, requests, 0, 1, advance=told.append)
         for a, b in zip(got, expected, strict=True):
             assert a.shape == b.shape == (4, b.shape[1])
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        # progress in requests' worth of prompts: one count per pass, adding up to the requests
+        assert len(told) == -(-12 // rows) and sum(told) == 4
+
+
+def test_a_mass_edit_shows_the_progress_of_its_keys(monkeypatch, capsys):
+    from editkit import progress
+
+    monkeypatch.setattr(progress, "LINE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(memit, "PROGRESS_FROM", 2)
+    create_editor("memit", {**FAST, **NO_CORPUS, "layers": [0, 1]}).apply(tiny_model("llama"), [TOWER, JORDAN])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "keys and update" in line]
+    assert lines[-1].startswith("memit keys and update, layers [0, 1]: 4/4")
 
 
 def test_every_optimisation_setting_keys_the_residual_cache():

@@ -32,7 +32,7 @@ of the original model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,12 +41,13 @@ from torch import nn
 
 from editkit.editors.base import Capabilities, WeightUpdate, register
 from editkit.editors.handle import pack_tensor, recorded_tensor
-from editkit.editors.locate import LocateEditConfig, LocateEditor
+from editkit.editors.locate import PROGRESS_FROM, LocateEditConfig, LocateEditor
 from editkit.editors.passes import layer_output_hidden
 from editkit.edits import EditRequest
 from editkit.errors import ConfigError, ValidationError
 from editkit.models.hooks import StopForward, hooks
 from editkit.models.lm import LanguageModel
+from editkit.progress import progress_bar
 
 MEMIT_LAMBDA = 15_000.0  # MEMIT's GPT-J value of lambda, for corpus statistics
 STATE_ROWS = 256  # prompts whose keys are read in one pass
@@ -217,14 +218,21 @@ class MEMIT(LocateEditor):
         return memit_update(resid, keys, cov, weight, self._factors[key])
 
     def subject_states(
-        self, lm: LanguageModel, requests: Sequence[EditRequest], key_layer: int, out_layer: int
+        self,
+        lm: LanguageModel,
+        requests: Sequence[EditRequest],
+        key_layer: int,
+        out_layer: int,
+        *,
+        advance: Callable[[int], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per request, at the subject's last token: the key entering ``key_layer``'s MLP output projection,
         averaged over the context prefixes (``[n, d_in]``), and the output of layer ``out_layer`` on the bare
         prompt (``[n, d_model]``). Each prompt is cut after the subject's last token (what follows cannot reach
         it), and the prompts of all the requests are read in order of length, :data:`STATE_ROWS` at a time
         (little padding; a mass edit of thousands would not fit in one pass): on SmolLM2 and CounterFact 1.7x
-        faster than whole prompts with their targets, a request's prompts together."""
+        faster than whole prompts with their targets, a request's prompts together. ``advance(n)`` is called
+        after each pass with the requests' worth of prompts it read."""
         rows: list[list[int]] = []
         owner: list[int] = []
         for i, req in enumerate(requests):
@@ -239,6 +247,9 @@ class MEMIT(LocateEditor):
             k, o = self._last_token_states(lm, chunk, key_layer, out_layer)
             keys.append(k)
             outs.append(o)
+            if advance is not None:  # in requests' worth of prompts read
+                read = start + len(chunk)
+                advance(read * len(requests) // len(rows) - start * len(requests) // len(rows))
         back = torch.empty(len(order), dtype=torch.long)
         back[torch.tensor(order)] = torch.arange(len(order))  # row r was read at position back[r]
         row_keys, row_outs = torch.cat(keys)[back], torch.cat(outs)[back]
@@ -308,28 +319,30 @@ class MEMIT(LocateEditor):
         new: dict[str, torch.Tensor] = {}
         solved_for: dict[str, torch.Tensor] = {}
         per_layer = []
-        for i, layer in enumerate(layers):
-            keys, current = self.subject_states(lm, requests, layer, last)
-            if targets.shape != current.shape:
-                raise ValidationError(
-                    f"targets of shape {list(targets.shape)} for {len(requests)} request(s) whose hidden states "
-                    f"at layer {last} are {list(current.shape)}"
-                )
-            resid = (targets - current) / (len(layers) - i)
-            name = lm.adapter.weight_name(layer, "mlp_out")
-            w = params[name]
-            if lm.adapter.mlp_out_norm:  # the residual takes the norm's image of the MLP output, not the output
-                outputs = keys @ lm.adapter.as_out_in(w.detach().float()).T.cpu()
-                resid = output_change_for(lm.adapter.module(lm.model, layer, "mlp_out_norm"), outputs, resid)
-            update = self.layer_update(lm, layer, resid.T, keys.T)
-            edited = w.detach().float() + lm.adapter.from_out_in(update).to(w.device)  # rounded once (low precision)
-            with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
-                w.copy_(edited)
-            new[name] = edited
-            solved_for[name] = keys.T.detach().cpu().clone()
-            per_layer.append(
-                {"layer": layer, "residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}
-            )
+        shown = len(requests) >= PROGRESS_FROM
+        with progress_bar(len(layers) * len(requests), f"{self.name} keys and update, layers {layers}", shown) as bar:
+            for i, layer in enumerate(layers):
+                keys, current = self.subject_states(lm, requests, layer, last, advance=bar.advance)
+                if targets.shape != current.shape:
+                    raise ValidationError(
+                        f"targets of shape {list(targets.shape)} for {len(requests)} request(s) whose hidden states "
+                        f"at layer {last} are {list(current.shape)}"
+                    )
+                resid = (targets - current) / (len(layers) - i)
+                name = lm.adapter.weight_name(layer, "mlp_out")
+                w = params[name]
+                if lm.adapter.mlp_out_norm:  # the residual takes the norm's image of the MLP output, not the output
+                    outputs = keys @ lm.adapter.as_out_in(w.detach().float()).T.cpu()
+                    resid = output_change_for(lm.adapter.module(lm.model, layer, "mlp_out_norm"), outputs, resid)
+                update = self.layer_update(lm, layer, resid.T, keys.T)
+                # rounded once (low precision)
+                edited = w.detach().float() + lm.adapter.from_out_in(update).to(w.device)
+                with torch.no_grad():  # the layers above see this layer's update (MEMIT Algorithm 1)
+                    w.copy_(edited)
+                new[name] = edited
+                solved_for[name] = keys.T.detach().cpu().clone()
+                norms = {"residual_norm": float(resid.norm(dim=1).mean()), "update_norm": float(update.norm())}
+                per_layer.append({"layer": layer, **norms})
         info = {**info, "layers": layers, "per_layer": per_layer, "replay": {"targets": pack_tensor(targets)}}
         return WeightUpdate(new, info, remember=solved_for)
 

@@ -204,6 +204,7 @@ def k_aggregates(records: Sequence[dict[str, Any]]) -> dict[str, float]:
 
 
 PREFILL_CHUNK = 500
+SCORING_PROGRESS_FROM = 500  # a group of this many cases or more shows its scoring's progress (minutes)
 
 
 def _prefill(lm: LanguageModel, editor: Editor, requests: Sequence[EditRequest], progress: bool) -> list[EditHandle]:
@@ -251,7 +252,13 @@ def _run_groups(
                 in_memory = subjects.extended(r for c in edited for r in c.requests) if subjects else None
                 try:
                     post = score_cases(
-                        handles[-1].model, edited, reference, batch_size=batch_size, kinds=kinds, subjects=in_memory
+                        handles[-1].model,
+                        edited,
+                        reference,
+                        batch_size=batch_size,
+                        kinds=kinds,
+                        subjects=in_memory,
+                        progress=progress and k >= SCORING_PROGRESS_FROM,
                     )
                     after = judge(handles[-1].model, edited) if judge is not None and before.keys() & set(group) else {}
                 finally:
