@@ -272,6 +272,13 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
     assert main(["residuals", *cached, "--part", "2/2"]) == 0
     assert optimised == ["Big Ben", "The Colosseum"] and len(list(folder.iterdir())) == 2
     assert "part 2/2: 2 of the run's 4 residuals, 0 already in the folder" in capsys.readouterr().out
+    assert main(["residuals", *cached, "--count", "--part", "1/2"]) == 0  # counts every part, optimises nothing
+    assert optimised == ["Big Ben", "The Colosseum"]
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        f"2 of the run's 4 residuals are in {folder}",
+        "  part 1/2: 0 of 2",
+        "  part 2/2: 2 of 2",
+    ]
     assert main(["residuals", *cached, "--part", "1/2"]) == 0
     assert main(["residuals", *cached]) == 0  # 1/1: everything there already
     assert "4 of the run's 4 residuals, 4 already in the folder" in capsys.readouterr().out

@@ -510,6 +510,11 @@ def _add_eval_parser(sub: Any) -> None:
         p.add_argument("--" + name.replace("_", "-"), **kwargs)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--part", type=_part, default=(1, 1), metavar="I/N", help="the I-th of N equal parts (default 1/1)")
+    p.add_argument(
+        "--count",
+        action="store_true",
+        help="optimise nothing: how many of the run's residuals are in the folder, in all and in each of the N parts",
+    )
     p.set_defaults(fn=cmd_residuals, guard=False, guard_set=[])
 
 
@@ -532,8 +537,15 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_residuals(args: argparse.Namespace) -> int:
-    from editkit.residuals import cache_residuals
+    from editkit.residuals import cache_residuals, count_residuals
 
+    if args.count:
+        counted = count_residuals(_run_config(args), args.part[1])
+        print(f"{counted['found']} of the run's {counted['requests']} residuals are in {counted['folder']}")
+        if len(counted["parts"]) > 1:
+            for part in counted["parts"]:
+                print(f"  part {part['part']}: {part['found']} of {part['in_part']}")
+        return 0
     done = cache_residuals(_run_config(args), args.part)
     print(
         f"part {done['part']}: {done['in_part']} of the run's {done['requests']} residuals, {done['found']} already in "

@@ -26,21 +26,14 @@ def residual_folder(config: RunConfig) -> str | None:
     return editor.config.residual_cache if isinstance(editor, LocateEditor) else None
 
 
-def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
-    """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
-    of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``
-    equal ranges. Processes (or machines) sharing the folder split a large run's residuals this way, and the
-    run itself then reads them (each process skips what another has written). Returns a summary."""
-    import torch
-
+def _run_requests(config: RunConfig) -> tuple[Any, list[Any]]:
+    """The locate editor ``config`` describes and every request its batch run edits, in the run's order (bad
+    input refused in one line)."""
     from editkit.editors import create_editor
     from editkit.editors.locate import LocateEditor
     from editkit.evaluation.batch import batch_requests
-    from editkit.models.zoo import check_model_name, load
+    from editkit.models.zoo import check_model_name
 
-    i, n = part
-    if not 1 <= i <= n:
-        raise ValidationError(f"part {i}/{n}: the part must be between 1 and {n}")
     check_model_name(config.model)
     editor = create_editor(config.method, config.settings)
     if not isinstance(editor, LocateEditor):
@@ -58,7 +51,30 @@ def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[s
         distinct_subjects=config.distinct_subjects,
         span=config.positions(),
     )
-    mine = requests[(i - 1) * len(requests) // n : i * len(requests) // n]
+    return editor, requests
+
+
+def _check_part(part: tuple[int, int]) -> None:
+    if not 1 <= part[0] <= part[1]:
+        raise ValidationError(f"part {part[0]}/{part[1]}: the part must be between 1 and {part[1]}")
+
+
+def _part_range(i: int, n: int, total: int) -> slice:
+    return slice((i - 1) * total // n, i * total // n)
+
+
+def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[str, Any]:
+    """Optimise the target residuals of the batch run ``config`` describes into its editor's ``residual_cache``:
+    of the run's requests (:func:`~editkit.evaluation.batch.batch_requests`), the ``part[0]``-th of ``part[1]``
+    equal ranges. Processes (or machines) sharing the folder split a large run's residuals this way, and the
+    run itself then reads them (each process skips what another has written). Returns a summary."""
+    import torch
+
+    from editkit.models.zoo import load
+
+    _check_part(part)
+    editor, requests = _run_requests(config)
+    mine = requests[_part_range(*part, len(requests))]
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     lm = load(config.model, device=config.device)
@@ -66,9 +82,28 @@ def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[s
     found = editor.cache_residuals(lm, mine)
     return {
         "requests": len(requests),
-        "part": f"{i}/{n}",
+        "part": f"{part[0]}/{part[1]}",
         "in_part": len(mine),
         "found": found,
         "seconds": time.perf_counter() - t0,
+        "folder": editor.config.residual_cache,
+    }
+
+
+def count_residuals(config: RunConfig, parts: int = 1) -> dict[str, Any]:
+    """How many of the batch run's residuals are in its editor's ``residual_cache`` already, in all and in each
+    of ``parts`` equal ranges (those :func:`cache_residuals` would optimise), optimising nothing. A file counts
+    if it is there; one that is damaged is optimised again when read."""
+    from editkit.models.zoo import load
+
+    _check_part((1, parts))
+    editor, requests = _run_requests(config)
+    lm = load(config.model, device=config.device)
+    there = editor.residuals_found(lm, requests)
+    by_part = [there[_part_range(i, parts, len(requests))] for i in range(1, parts + 1)]
+    return {
+        "requests": len(requests),
+        "found": sum(there),
+        "parts": [{"part": f"{i}/{parts}", "in_part": len(p), "found": sum(p)} for i, p in enumerate(by_part, 1)],
         "folder": editor.config.residual_cache,
     }
