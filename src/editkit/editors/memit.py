@@ -230,8 +230,8 @@ class MEMIT(LocateEditor):
         averaged over the context prefixes (``[n, d_in]``), and the output of layer ``out_layer`` on the bare
         prompt (``[n, d_model]``). Each prompt is cut after the subject's last token (what follows cannot reach
         it), and the prompts of all the requests are read in order of length, :data:`STATE_ROWS` at a time
-        (little padding; a mass edit of thousands would not fit in one pass): on SmolLM2 and CounterFact 1.7x
-        faster than whole prompts with their targets, a request's prompts together. ``advance(n)`` is called
+        (little padding; a mass edit of thousands would not fit in one pass): on SmolLM2 and CounterFact 1.8x
+        faster than whole prompts with their targets (benchmarks/memit_keys.py). ``advance(n)`` is called
         after each pass with the requests' worth of prompts it read."""
         rows: list[list[int]] = []
         owner: list[int] = []
