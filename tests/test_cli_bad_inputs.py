@@ -224,6 +224,11 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         "cannot",
     ),
     "residuals: part out of range": (["residuals", *EVAL[1:], "--part", "0/2"], None, "expected I/N"),
+    "residuals: count without a folder": (
+        ["residuals", *EVAL[1:4], "memit", "--set", "mom2_update_weight=15", "--data", "{input}", "--count"],
+        _json([EASYEDIT]),
+        "residual_cache=FOLDER",
+    ),
     "train: unknown trainer": (["train", "seracc"], None, "Did you mean 'serac'"),
     "train: config is a folder": (["train", "serac", "--config", "{folder}"], None, "is a folder, not a file"),
     "serve: unknown method": (["serve", "--method", "romee"], None, "Did you mean 'rome'"),
