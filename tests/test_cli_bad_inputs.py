@@ -262,6 +262,11 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
         _bytes(b"out_dir: o\ndata: /nowhere/d.json\nmodels: [tiny-llama]\nmethods: [ft]\n"),
         "data file /nowhere/d.json does not exist",
     ),
+    "sweep: no threads for the run": (
+        ["sweep", "{input}", "--dry-run"],
+        _bytes(b"out_dir: o\ndata: d.json\nmodels: [tiny-llama]\nmethods: [ft]\nrun_threads: 0\n"),
+        "run_threads must be at least 1",
+    ),
     "report: results not UTF-8": (["report", "{input}", "--out", "{folder}"], _bytes(NOT_UTF8), "not UTF-8"),
     "report: results nested too deep": (["report", "{input}", "--out", "{folder}"], _bytes(NESTED), "nested"),
     "report: results is a folder": (["report", "{folder}", "--out", "{out}"], None, "is a folder, not a file"),

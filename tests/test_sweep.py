@@ -193,10 +193,14 @@ def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_
     fast = {"v_steps": 4, "n_context": 1, "context_length": 3, "mom2_update_weight": 1.0, "v_batch": 1}
     folder = tmp_path / "z"
     kept = {"label": "memit", "method": "memit", "settings": {**fast, "residual_cache": str(folder)}}
-    path = _sweep_file(tmp_path, data=str(data), methods=[kept], shards=2, batch={"edits_per_step": [4]})
+    grid = {"data": str(data), "methods": [kept], "shards": 2, "batch": {"edits_per_step": [4]}}
+    path = _sweep_file(tmp_path, **grid, run_threads=3)
+    assert main(["sweep", str(path)]) == 2  # the local Ray of two CPUs has no node for a task of three
+    assert "asks for 3 CPUs" in capsys.readouterr().err
+    path = _sweep_file(tmp_path, **grid, run_threads=2)
     assert main(["sweep", str(path), "--dry-run"]) == 0
     dry = capsys.readouterr().out
-    assert dry.startswith("1 runs, 3 tasks") and "one task (its residuals in 2 tasks first)" in dry
+    assert dry.startswith("1 runs, 3 tasks") and "one task (its residuals in 2 tasks first; 2 threads)" in dry
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
     name = "memit_tiny-llama_file_seed0_batch"
@@ -204,6 +208,7 @@ def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_
     assert out.index(f"{name} [residuals 2/2]: done") < out.index(f"{name}: done in")  # the run waited for both
     assert len(list(folder.iterdir())) == 4
     results = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+    assert results["run"]["threads"] == 2  # the run's task took both cores once its parts were done
     alone = RunConfig.from_dict({**results["run"], "settings": fast, "out": str(tmp_path / "alone.json")})
     assert [r["post"] for r in results["records"]] == [r["post"] for r in run(alone, progress=False)["records"]]
 

@@ -1,11 +1,11 @@
 """Running a sweep's runs (:mod:`editkit.sweep.grid`) as Ray tasks.
 
-Each task is one ``editkit eval`` run (:func:`editkit.evaluation.runner.run`): a whole run or one case-range
-shard of a batch run; or one part of a run's residuals (:func:`~editkit.residuals.cache_residuals`),
-which the run's own task waits for (a part that fails, fails the run). A task asks Ray for ``threads`` CPUs and
-``gpus`` GPUs, runs with that many torch threads, and gets a fresh worker process (``max_calls=1``: its memory is
-freed and its peak memory is its own). Ray reruns a task whose worker died up to ``retries`` times; a run's
-failure (bad input) is reported, not retried.
+Each task is one ``editkit eval`` run (:func:`editkit.evaluation.runner.run`): a whole run or one case-range shard
+of a batch run; or one part of a run's residuals (:func:`~editkit.residuals.cache_residuals`), which the run's own
+task waits for (a part that fails, fails the run). A task asks Ray for ``threads`` CPUs (the run after its parts:
+``run_threads``) and ``gpus`` GPUs, runs with that many torch threads, and gets a fresh worker process
+(``max_calls=1``: its memory is freed and its peak memory is its own). Ray reruns a task whose worker died up to
+``retries`` times; a run's failure (bad input) is reported, not retried.
 
 Nothing is done twice: a task whose results file exists, made with the same settings (the ``run`` block; torch
 threads aside), is skipped, a residual part optimises only what its folder lacks, and a sequential run resumes from
@@ -25,7 +25,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,8 @@ def execute(
             outcome.skipped.append(r.name)
             on_event(f"{r.name}: done before, kept")
             continue
-        n = r.residual_parts
-        jobs += [Job(r.name, r.config, (i, n)) for i in range(1, n + 1)]  # parts a rerun finds done take seconds
+        n, part = r.residual_parts, replace(r.config, threads=sweep.threads)
+        jobs += [Job(r.name, part, (i, n)) for i in range(1, n + 1)]  # parts a rerun finds done take seconds
         jobs += [Job(r.name, s) for s in (r.shards or [r.config]) if not is_done(s)]
     if sweep.snapshot_dir:
         for line in seed_from_snapshots([r for r in runs if r.name not in outcome.skipped], sweep.snapshot_dir):
@@ -136,6 +136,7 @@ def execute(
                 ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
             else:
                 cpus = sweep.threads * max_parallel if max_parallel else max(os.cpu_count() or 1, sweep.threads)
+                cpus = max(cpus, *(j.config.threads or 1 for j in jobs))
                 # "local": a Ray of its own, even where `ray start` left a cluster that ray.init() would join
                 ray.init(
                     address="local",
@@ -156,6 +157,7 @@ def execute(
             ) from None
         started = True
     try:
+        _check_fits(ray, jobs)
         failed = _run_jobs(ray, sweep, jobs, max_parallel, on_event)
     finally:
         if started:
@@ -220,6 +222,18 @@ def progress_lines(
     return lines
 
 
+def _check_fits(ray: Any, jobs: Sequence[Job]) -> None:
+    """Refuse tasks that ask for more CPUs than any node of the Ray cluster has (Ray would wait for them for
+    ever)."""
+    wanted = max((j.config.threads or 1 for j in jobs), default=1)
+    largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if wanted > largest:
+        raise ValidationError(
+            f"a task asks for {wanted} CPUs (threads / run_threads) and the largest node of the Ray cluster has "
+            f"{largest:g}: give fewer threads"
+        )
+
+
 def _run_jobs(
     ray: Any,
     sweep: SweepConfig,
@@ -244,7 +258,9 @@ def _run_jobs(
         while waiting and len(flying) < limit:
             job = waiting.pop(0)
             after = [] if job.part is not None else parts.get(job.name, [])
-            ref = task.remote(job.config.to_dict(), cwd, job.part, *after)
+            ref = task.options(num_cpus=job.config.threads or sweep.threads).remote(
+                job.config.to_dict(), cwd, job.part, *after
+            )
             if job.part is not None:
                 parts.setdefault(job.name, []).append(ref)
             flying[ref] = job

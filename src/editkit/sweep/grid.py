@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +82,13 @@ class SweepConfig(TypedConfig):
         },
     )
     threads: int = field(default=1, metadata={"help": "torch threads (CPUs) per task"})
+    run_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads (CPUs) of the task that runs a batch run after its residual tasks (its keys, "
+            "update and scoring, once the cores its residuals took are free); default: threads"
+        },
+    )
     gpus: float = field(default=0.0, metadata={"help": "GPUs per task (device cuda unless run sets device)"})
     retries: int = field(default=2, metadata={"help": "times Ray reruns a task whose worker died"})
 
@@ -93,8 +100,9 @@ class SweepConfig(TypedConfig):
         for axis in AXES:
             if not getattr(self, axis):
                 raise ConfigError(f"the grid is empty: {axis!r} has no entries")
-        if self.shards < 1 or self.threads < 1 or self.gpus < 0 or self.retries < 0:
-            raise ConfigError("shards and threads must be at least 1, gpus and retries at least 0")
+        low_run = self.run_threads is not None and self.run_threads < 1
+        if self.shards < 1 or self.threads < 1 or low_run or self.gpus < 0 or self.retries < 0:
+            raise ConfigError("shards, threads and run_threads must be at least 1, gpus and retries at least 0")
         for block in ("run", "batch", "sequential"):
             taken = sorted(set(getattr(self, block)) & GRID_FIELDS)
             if taken:
@@ -201,7 +209,7 @@ def expand(sweep: SweepConfig) -> list[SweepRun]:
                             out=str(out / f"{name}.json"),
                             state=str(states / f"{name}.state") if protocol == "sequential" else None,
                         )
-                        runs.append(_sharded(SweepRun(name, config, counts[(entry.format, seed)]), sweep.shards, out))
+                        runs.append(_sharded(SweepRun(name, config, counts[(entry.format, seed)]), sweep, out))
     return runs
 
 
@@ -214,13 +222,17 @@ def _n_cases(sweep: SweepConfig, data_format: str | None, seed: int) -> int:
     return min(n, sweep.sample) if sweep.sample is not None else n
 
 
-def _sharded(run: SweepRun, shards: int, out: Path) -> SweepRun:
-    """``run`` with up to ``shards`` case-range shards of about equal size (cut at multiples of every k where
-    the cases allow, so groups of consecutive cases spread evenly)."""
-    config = run.config
+def _sharded(run: SweepRun, sweep: SweepConfig, out: Path) -> SweepRun:
+    """``run`` with up to ``sweep.shards`` case-range shards of about equal size (cut at multiples of every k
+    where the cases allow, so groups of consecutive cases spread evenly), or its residuals in that many parts
+    and the run with ``run_threads``."""
+    config, shards = run.config, sweep.shards
     if config.protocol == "batch" and shards > 1 and residual_folder(config):
         run.residual_parts = shards
-        run.why = f"its residuals in {shards} tasks first"
+        threads = sweep.run_threads or sweep.threads
+        run.config = replace(config, threads=threads)
+        wide = f"; {threads} threads" if threads != sweep.threads else ""
+        run.why = f"its residuals in {shards} tasks first{wide}"
         return run
     step = math.lcm(*config.edits_per_step)
     blocks = run.n_cases // step if run.n_cases % step == 0 else run.n_cases
