@@ -276,9 +276,11 @@ def test_the_residual_cache_resumes_a_stopped_batch_and_gives_the_same_update(tm
     assert resumed.changes.keys() == whole.changes.keys()
     assert all(torch.equal(resumed.changes[k].edited, whole.changes[k].edited) for k in whole.changes)
     assert resumed.info["steps"] == whole.info["steps"]
+    assert all(s > 0 for s in resumed.info["residual_seconds"])
     calls[:] = []
-    create_editor("memit", settings).apply(tiny_model("llama"), requests)
-    assert calls == []  # every residual cached
+    cached = create_editor("memit", settings).apply(tiny_model("llama"), requests)
+    assert calls == []  # every residual cached, with what its optimisation took
+    assert cached.info["residual_seconds"] == resumed.info["residual_seconds"]
     damaged = sorted((tmp_path / "z").glob("*.safetensors"))[0]
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"\x00" * 8)
     again = create_editor("memit", settings).apply(tiny_model("llama"), requests)

@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -376,7 +377,10 @@ class LocateEditor(WeightEditor):
                     chunk = [i for i in chunk if i not in out]
                 if chunk:
                     part = None if given is None else given[chunk]
+                    t0 = time.perf_counter()
                     done = self._optimise(lm, [requests[i] for i in chunk], layer, site, part)
+                    for residual in done:  # kept with it: a run that reads it knows what it cost
+                        residual.info["residual_seconds"] = (time.perf_counter() - t0) / len(chunk)
                     out.update(zip(chunk, done, strict=True))
                     if cache is not None:
                         for i, residual in zip(chunk, done, strict=True):

@@ -290,6 +290,8 @@ class MEMIT(LocateEditor):
         residuals = self.target_residuals(lm, requests, *self.residual_site(lm))
         targets = torch.stack([r.v_init + r.delta for r in residuals])  # z_i, [n, d_model]
         info = {key: [r.info[key] for r in residuals] for key in ("steps", "nll_last", "batched_with")}
+        # what each residual's optimisation took, in this process or the one that left it in residual_cache
+        info["residual_seconds"] = [r.info.get("residual_seconds") for r in residuals]
         return self._spread(lm, requests, params, targets, info)
 
     def recompute(
