@@ -209,24 +209,34 @@ def _states_one_prompt_at_a_time(lm, editor, requests, key_layer, out_layer):
     return torch.stack(keys), torch.stack(outs)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3", "gptj", "gpt_neox"])
 def test_subject_states_match_each_prompt_read_whole_and_alone(monkeypatch, arch):
-    """A mass edit cuts its prompts after the subject's last token and reads them sorted by length, STATE_ROWS
-    at a time, prompts of different requests in one pass: the keys and hidden states are those of each prompt
-    read whole (with its target) and alone, put back in the requests' order."""
+    """A mass edit cuts its prompts after the subject's last token, runs a context template's sampled text once
+    and each prompt's rest over its cache, and reads them sorted by length, STATE_ROWS at a time, prompts of
+    different requests in one pass: the keys and hidden states are those of each prompt read whole (with its
+    target) and alone, put back in the requests' order."""
     lm = tiny_model(arch)
     editor = create_editor("memit", {**FAST, **NO_CORPUS, "layers": [0, 1]})
     requests = [TOWER, JORDAN, THIRD, TOWER]
     expected = _states_one_prompt_at_a_time(lm, editor, requests, 0, 1)
-    for rows in (256, 5):
+    real = memit.MEMIT._last_token_states
+    prefixed: list[bool] = []
+
+    def seen(self, lm, rows, key_layer, out_layer, prefix=None):
+        prefixed.append(prefix is not None)
+        return real(self, lm, rows, key_layer, out_layer, prefix)
+
+    monkeypatch.setattr(memit.MEMIT, "_last_token_states", seen)
+    for rows in (256, 3):
         monkeypatch.setattr(memit, "STATE_ROWS", rows)
         told: list[int] = []
         got = editor.subject_states(lm, requests, 0, 1, advance=told.append)
         for a, b in zip(got, expected, strict=True):
             assert a.shape == b.shape == (4, b.shape[1])
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-        # progress in requests' worth of prompts: one count per pass, adding up to the requests
-        assert len(told) == -(-12 // rows) and sum(told) == 4
+        # a pass per template's 4 prompts (bare, and FAST's two contexts) or per 3 of them; progress adds up
+        assert len(told) == 3 * -(-4 // rows) and sum(told) == 4
+    assert any(prefixed)  # the context prompts went over their template's cache
 
 
 def test_a_mass_edit_shows_the_progress_of_its_keys(monkeypatch, capsys):
