@@ -361,3 +361,15 @@ def test_a_reference_is_the_same_whatever_the_order_of_the_cases(smollm2):
     first, second = Reference.build(smollm2, cases.cases), Reference.build(smollm2, shuffled)
     assert first.predictions == second.predictions
     assert all(torch.equal(first.distributions[k], second.distributions[k]) for k in first.distributions)
+
+
+def test_a_sweep_with_nothing_left_to_run_asks_ray_nothing(tmp_path, monkeypatch):
+    """Every run done before: no task, so no question to Ray (a driver without a Ray could not answer)."""
+    ray = pytest.importorskip("ray")
+
+    def not_started() -> None:
+        raise RuntimeError("Ray has not been started yet")
+
+    monkeypatch.setattr(ray, "nodes", not_started)
+    outcome = execute(load_sweep(_sweep_file(tmp_path)), [])
+    assert outcome.finished == [] and outcome.failed == []

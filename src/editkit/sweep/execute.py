@@ -157,7 +157,8 @@ def execute(
             ) from None
         started = True
     try:
-        _check_fits(ray, jobs)
+        if jobs:
+            _check_fits(ray, jobs)
         failed = _run_jobs(ray, sweep, jobs, max_parallel, on_event)
     finally:
         if started:
