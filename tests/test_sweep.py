@@ -297,13 +297,16 @@ def test_progress_names_each_running_run_once_per_change(tmp_path):
     (state / "results.json").write_text(json.dumps({"n_edits": 4, "n_cases": 10}))
     assert progress_lines(running, seen) == ["seq: 4 of 10 edits"]
     folder = tmp_path / "z"
-    kept = RunConfig.from_dict({**base, "method": "memit", "settings": {"residual_cache": str(folder)}})
-    parts, folders = [("memit", kept), ("memit", kept)], {"memit": str(folder)}  # a run's parts and its own task
-    assert progress_lines(parts, seen, folders) == []  # no folder yet
+    memit = RunConfig.from_dict({**base, "method": "memit", "settings": {"residual_cache": str(folder)}})
+    files = {"memit": [folder / "a.safetensors", folder / "b.safetensors"]}
+    parts = [("memit", memit), ("memit", memit)]  # a run's parts and its own task
+    assert progress_lines(parts, seen, files) == []  # no folder yet
     folder.mkdir()
+    (folder / "other-run.safetensors").write_bytes(b"")  # a run sharing the folder: not this run's
+    assert progress_lines(parts, seen, files) == []
     (folder / "a.safetensors").write_bytes(b"")
-    assert progress_lines(parts, seen, folders) == [f"memit: residuals kept in {folder}: 1"]  # once per change
-    assert progress_lines(parts, seen, folders) == []
+    assert progress_lines(parts, seen, files) == ["memit: 1 of 2 residuals kept"]  # once per change
+    assert progress_lines(parts, seen, files) == []
 
 
 def test_snapshots_keep_the_furthest_and_refuse_what_cannot_be_replayed(tmp_path, capsys):

@@ -11,6 +11,7 @@ editors through their contract only.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from editkit.errors import ValidationError
@@ -90,20 +91,26 @@ def cache_residuals(config: RunConfig, part: tuple[int, int] = (1, 1)) -> dict[s
     }
 
 
+def residual_files(config: RunConfig) -> list[Path]:
+    """The file that keeps each residual of the batch run ``config`` describes, in the run's order, there
+    already or not: what :func:`count_residuals` and a sweep's progress count. The names hash the model's
+    weights, so the model is loaded (on the CPU: the bytes are those of any device) and let go."""
+    from editkit.models.zoo import load
+
+    editor, requests = _run_requests(config)
+    return editor.residual_files(load(config.model, device="cpu"), requests)
+
+
 def count_residuals(config: RunConfig, parts: int = 1) -> dict[str, Any]:
     """How many of the batch run's residuals are in its editor's ``residual_cache`` already, in all and in each
     of ``parts`` equal ranges (those :func:`cache_residuals` would optimise), optimising nothing. A file counts
     if it is there; one that is damaged is optimised again when read."""
-    from editkit.models.zoo import load
-
     _check_part((1, parts))
-    editor, requests = _run_requests(config)
-    lm = load(config.model, device=config.device)
-    there = editor.residuals_found(lm, requests)
-    by_part = [there[_part_range(i, parts, len(requests))] for i in range(1, parts + 1)]
+    there = [path.is_file() for path in residual_files(config)]
+    by_part = [there[_part_range(i, parts, len(there))] for i in range(1, parts + 1)]
     return {
-        "requests": len(requests),
+        "requests": len(there),
         "found": sum(there),
         "parts": [{"part": f"{i}/{parts}", "in_part": len(p), "found": sum(p)} for i, p in enumerate(by_part, 1)],
-        "folder": editor.config.residual_cache,
+        "folder": residual_folder(config),
     }

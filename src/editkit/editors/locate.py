@@ -312,16 +312,17 @@ class LocateEditor(WeightEditor):
         """Optimise the residuals of ``requests`` at :meth:`residual_site` into the ``residual_cache`` folder
         (those not there yet), so that a later edit of them, in this process or another sharing the folder,
         reads them instead. Returns how many were there before."""
-        found = sum(self.residuals_found(lm, requests))
+        found = sum(path.is_file() for path in self.residual_files(lm, requests))
         self.target_residuals(lm, requests, *self.residual_site(lm))
         return found
 
-    def residuals_found(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[bool]:
-        """Per request, whether its residual at :meth:`residual_site` is in the ``residual_cache`` folder."""
+    def residual_files(self, lm: LanguageModel, requests: Sequence[EditRequest]) -> list[Path]:
+        """Per request, the file in the ``residual_cache`` folder that keeps its residual at
+        :meth:`residual_site` (there already or not)."""
         if not self.config.residual_cache:
             raise ConfigError(f"{self.name}: residuals are kept only with residual_cache=FOLDER")
         cache = ResidualCache(self.config.residual_cache, lm, self.config, *self.residual_site(lm))
-        return [cache.path(r).is_file() for r in requests]
+        return [cache.path(r) for r in requests]
 
     def target_residual(
         self,

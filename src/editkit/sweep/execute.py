@@ -33,7 +33,7 @@ from editkit.errors import EditkitError, ValidationError
 from editkit.evaluation.results import load_results
 from editkit.evaluation.runner import RunConfig, write_results_or_keep
 from editkit.evaluation.runstate import RunState
-from editkit.residuals import residual_folder
+from editkit.residuals import residual_files
 from editkit.sweep.grid import SweepConfig, SweepRun
 from editkit.sweep.merge import merge_batch
 from editkit.sweep.snapshot import seed_from_snapshots, snapshot_path
@@ -194,21 +194,20 @@ def status_of(run: SweepRun, snapshot_dir: str | None) -> str:
 
 
 def progress_lines(
-    running: Iterable[tuple[str, RunConfig]], seen: dict[str, int], folders: Mapping[str, str] | None = None
+    running: Iterable[tuple[str, RunConfig]], seen: dict[str, int], kept: Mapping[str, Sequence[Path]] | None = None
 ) -> list[str]:
     """``NAME: n of N edits`` for each running sequential run whose state folder's partial results have moved
-    since ``seen`` (run name -> count last said; updated), and ``NAME: residuals kept in FOLDER: n`` for a run
-    whose residuals ``folders`` names (the files in the folder, which runs with the same optimisation share).
-    Other runs, or runs with nothing saved yet, say nothing."""
+    since ``seen`` (run name -> count last said; updated), and ``NAME: n of N residuals kept`` for a run whose
+    residuals' files ``kept`` lists (:func:`~editkit.residuals.residual_files`: its own, not those of other runs
+    sharing the folder). Other runs, or runs with nothing saved yet, say nothing."""
     lines = []
     for name, config in running:
-        folder = (folders or {}).get(name)
-        if folder:
-            found = Path(str(folder)).expanduser()
-            n_files = sum(1 for _ in found.glob("*.safetensors")) if found.is_dir() else 0
+        files = (kept or {}).get(name)
+        if files is not None:
+            n_files = sum(path.is_file() for path in files)
             if n_files and seen.get(name) != n_files:
                 seen[name] = n_files
-                lines.append(f"{name}: residuals kept in {folder}: {n_files}")
+                lines.append(f"{name}: {n_files} of {len(files)} residuals kept")
             continue
         if config.state is None:
             continue
@@ -251,7 +250,7 @@ def _run_jobs(
     waiting = list(jobs)
     flying: dict[Any, Job] = {}
     parts: dict[str, list[Any]] = {}  # run name -> its residual parts' tasks
-    folders = {j.name: residual_folder(j.config) or "" for j in jobs if j.part is not None}
+    kept: dict[str, list[Path]] = {}  # run name -> its residuals' files, listed at the first progress report
     failed: dict[str, str] = {}
     limit = max_parallel or len(jobs)
     seen: dict[str, int] = {}
@@ -267,7 +266,14 @@ def _run_jobs(
             flying[ref] = job
         done, _ = ray.wait(list(flying), num_returns=1, timeout=PROGRESS_SECONDS)
         if not done:
-            for line in progress_lines([(j.name, j.config) for j in flying.values()], seen, folders):
+            for j in flying.values():
+                if j.part is not None and j.name not in kept:
+                    try:
+                        kept[j.name] = residual_files(j.config)
+                    except EditkitError as exc:  # its tasks will fail and say why; the sweep goes on
+                        kept[j.name] = []
+                        on_event(f"{j.name}: its residuals not counted: {exc}")
+            for line in progress_lines([(j.name, j.config) for j in flying.values()], seen, kept):
                 on_event(line)
             continue
         (ready,) = done
