@@ -166,6 +166,7 @@ BAD_INPUTS: dict[str, tuple[list[str], Maker | None, str]] = {
     "edit: statement without a question": (["edit", "--method", "rp", "--statement", "x"], None, "--ask PROMPT"),
     "quickstart: no edits": (["quickstart", "--limit", "0"], None, "must be at least 1"),
     "quickstart: unknown method": (["quickstart", "--method", "romee"], None, "Did you mean 'rome'"),
+    "eval: no results file": (EVAL, _json([EASYEDIT]), "no results file given (--out FILE.json)"),
     "eval: out below a file": ([*EVAL, "--out", "{blocked}"], _json([EASYEDIT]), "cannot be written"),
     "eval: out is a folder": ([*EVAL, "--out", "{folder}"], _json([EASYEDIT]), "is a folder"),
     "eval: data not UTF-8": ([*EVAL, "--out", "{out}"], _bytes(NOT_UTF8), "not UTF-8"),

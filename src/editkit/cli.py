@@ -525,14 +525,11 @@ def _part(text: str) -> tuple[int, int]:
     return int(i), int(n)
 
 
-def _run_config(args: argparse.Namespace, *, writes_results: bool = True) -> Any:
-    """The run the options describe; for a command that writes no results file (``editkit residuals``) none need
-    be named."""
+def _run_config(args: argparse.Namespace) -> Any:
+    """The run the options describe (checked; its results file is checked by the command that writes it)."""
     from editkit.evaluation.runner import RunConfig
 
     options = {name: getattr(args, name) for name, _ in _config_options(RunConfig)}
-    if not writes_results and options["out"] is None:
-        options["out"] = "(no results file)"
     return RunConfig.build(
         args.config,
         **options,
@@ -545,13 +542,13 @@ def cmd_residuals(args: argparse.Namespace) -> int:
     from editkit.residuals import cache_residuals, count_residuals
 
     if args.count:
-        counted = count_residuals(_run_config(args, writes_results=False), args.part[1])
+        counted = count_residuals(_run_config(args), args.part[1])
         print(f"{counted['found']} of the run's {counted['requests']} residuals are in {counted['folder']}")
         if len(counted["parts"]) > 1:
             for part in counted["parts"]:
                 print(f"  part {part['part']}: {part['found']} of {part['in_part']}")
         return 0
-    done = cache_residuals(_run_config(args, writes_results=False), args.part)
+    done = cache_residuals(_run_config(args), args.part)
     print(
         f"part {done['part']}: {done['in_part']} of the run's {done['requests']} residuals, {done['found']} already in "
         f"the folder at the start, the rest optimised or read in {done['seconds']:.1f} s -> {done['folder']}"

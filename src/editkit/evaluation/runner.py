@@ -175,8 +175,6 @@ class RunConfig(TypedConfig):
     def validate(self) -> None:
         if not self.data:
             raise ConfigError("no data file given (--data PATH)")
-        if not self.out:
-            raise ConfigError("no results file given (--out FILE.json)")
         if self.protocol == "sequential" and len(self.edits_per_step) != 1:
             raise ConfigError("a sequential run takes one --edits-per-step value")
         if any(k < 1 for k in self.edits_per_step) or self.every < 1 or self.downstream_n < 2:
@@ -371,6 +369,8 @@ def run(config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from editkit.evaluation.sequential import sequential_edits
     from editkit.models.zoo import check_model_name, load
 
+    if not config.out:
+        raise ConfigError("no results file given (--out FILE.json)")
     out = Path(config.out)
     check_writable(out, "--out")
     check_model_name(config.model)
