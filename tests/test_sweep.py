@@ -175,7 +175,7 @@ def test_a_sharded_batch_run_merges_into_the_results_of_one_process(local_ray, t
     assert again == merged
 
 
-def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_ray, tmp_path, capsys):
+def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_ray, tmp_path, capsys, monkeypatch):
     """MEMIT with residual_cache and shards 2: two tasks optimise half of the residuals each, then the run's
     task reads them and scores as one process without the folder does."""
     subjects = ["The Eiffel Tower", "The Louvre", "Big Ben", "The Colosseum"]
@@ -201,12 +201,17 @@ def test_a_run_that_keeps_its_residuals_has_them_optimised_in_parts_first(local_
     assert main(["sweep", str(path), "--dry-run"]) == 0
     dry = capsys.readouterr().out
     assert dry.startswith("1 runs, 3 tasks") and "one task (its residuals in 2 tasks first; 2 threads)" in dry
+    folder.mkdir()
+    (folder / "another-run.safetensors").write_bytes(b"")  # a run sharing the folder: not counted as this run's
+    monkeypatch.setattr(execute_module, "PROGRESS_SECONDS", 0.05)
     assert main(["sweep", str(path)]) == 0
     out = capsys.readouterr().out
     name = "memit_tiny-llama_file_seed0_batch"
+    assert re.search(rf"^{name}: [1-4] of 4 residuals kept$", out, re.MULTILINE)  # said while its tasks ran
+    assert not re.search(rf"^{name}: [5-9] of", out, re.MULTILINE)
     assert f"{name} [residuals 1/2]: done" in out and f"{name} [residuals 2/2]: done" in out
     assert out.index(f"{name} [residuals 2/2]: done") < out.index(f"{name}: done in")  # the run waited for both
-    assert len(list(folder.iterdir())) == 4
+    assert len(list(folder.iterdir())) == 5
     results = json.loads((tmp_path / "out" / f"{name}.json").read_text())
     assert results["run"]["threads"] == 2  # the run's task took both cores once its parts were done
     alone = RunConfig.from_dict({**results["run"], "settings": fast, "out": str(tmp_path / "alone.json")})
