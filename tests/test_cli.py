@@ -265,7 +265,7 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
 
     monkeypatch.setattr(LocateEditor, "_optimise", counted)
     folder = tmp_path / "z"
-    cached = [*run, "--set", f"residual_cache={folder}", "--out", str(tmp_path / "cached.json")]
+    cached = [*run, "--set", f"residual_cache={folder}"]
     # the run edits the first two cases, then the first four with distinct subjects (the second Louvre waits)
     assert main(["residuals", *cached, "--case-range", "1:5"]) == 0  # a shard's: no group begins in it
     assert optimised == []
@@ -283,17 +283,17 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
     assert main(["residuals", *cached]) == 0  # 1/1: everything there already
     assert "4 of the run's 4 residuals, 4 already in the folder" in capsys.readouterr().out
     optimised[:] = []
-    assert main(["eval", *cached]) == 0
+    assert main(["eval", *cached, "--out", str(tmp_path / "cached.json")]) == 0
     assert optimised == []
     assert main(["eval", *run, "--out", str(tmp_path / "alone.json")]) == 0
     assert len(optimised) == 6  # without the folder: the group of 2, then the group of 4
     with_parts, alone = (json.loads((tmp_path / f"{n}.json").read_text())["records"] for n in ("cached", "alone"))
     assert [r["post"] for r in with_parts] == [r["post"] for r in alone]
-    assert main(["residuals", *memit, "--set", "residual_cache=x", "--protocol", "sequential", "--out", "o"]) == 2
+    assert main(["residuals", *memit, "--set", "residual_cache=x", "--protocol", "sequential"]) == 2
     assert "ahead of batch runs only" in capsys.readouterr().err
-    assert main(["residuals", *memit, "--out", "o"]) == 2
+    assert main(["residuals", *memit]) == 2
     assert "residual_cache=FOLDER" in capsys.readouterr().err
-    assert main(["residuals", "--method", "ft", "--data", str(data), "--out", "o"]) == 2
+    assert main(["residuals", "--method", "ft", "--data", str(data)]) == 2
     assert "optimises no target residuals" in capsys.readouterr().err
     unlocated = write_tiny_cases(tmp_path / "unlocated.jsonl")
     assert main(["residuals", *cached, "--data", str(unlocated)]) == 2  # the last --data is the one read
@@ -301,6 +301,9 @@ def test_residual_parts_fill_the_folder_a_batch_run_then_reads(monkeypatch, tmp_
     with pytest.raises(SystemExit):
         main(["residuals", *cached, "--part", "3/2"])
     assert "expected I/N with 1 <= I <= N" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # it writes residuals: no results file to name
+        main(["residuals", *cached, "--out", "o.json"])
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
 
 
 def test_a_sequential_runs_state_names_the_run_while_it_goes_on(monkeypatch, tmp_path):

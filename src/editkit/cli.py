@@ -453,12 +453,12 @@ def _trace_average(args: argparse.Namespace, config: Any, out: Path) -> int:
 
 
 # --------------------------------------------------------------------------- eval / report
-def _config_options(cls: type) -> list[tuple[str, dict[str, Any]]]:
+def _config_options(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
     """``(field name, add_argument keywords)`` for every field of the typed config ``cls`` that an option sets
     (``edits_per_step`` -> ``--edits-per-step``), with the field's help and default. Every option defaults to
     None, "not given": the config file's value (or the field's default) stands. Booleans are switches, Literal
     fields take one of their values, lists are comma-separated (the config splits them); mappings (dict fields)
-    have no option of their own: commands take them as KEY=VALUE pairs."""
+    have no option of their own: commands take them as KEY=VALUE pairs. Fields named in ``skip`` get none either."""
     options = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -466,7 +466,7 @@ def _config_options(cls: type) -> list[tuple[str, dict[str, Any]]]:
         if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the option takes an X
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
-        if hint is dict or origin is dict:
+        if hint is dict or origin is dict or f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
@@ -506,7 +506,7 @@ def _add_eval_parser(sub: Any) -> None:
         "one part of them: processes or machines sharing the folder split a large run",
     )
     p.add_argument("--config", help="the run's YAML file (as for editkit eval; options override it)")
-    for name, kwargs in _config_options(RunConfig):
+    for name, kwargs in _config_options(RunConfig, skip=("out",)):  # it writes residuals, not results
         p.add_argument("--" + name.replace("_", "-"), **kwargs)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method setting")
     p.add_argument("--part", type=_part, default=(1, 1), metavar="I/N", help="the I-th of N equal parts (default 1/1)")
@@ -529,7 +529,7 @@ def _run_config(args: argparse.Namespace) -> Any:
     """The run the options describe (checked; its results file is checked by the command that writes it)."""
     from editkit.evaluation.runner import RunConfig
 
-    options = {name: getattr(args, name) for name, _ in _config_options(RunConfig)}
+    options = {name: getattr(args, name, None) for name, _ in _config_options(RunConfig)}
     return RunConfig.build(
         args.config,
         **options,
