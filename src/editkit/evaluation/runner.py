@@ -103,7 +103,7 @@ class RunConfig(TypedConfig):
     downstream_data: str | None = field(default=None, metadata={"help": "folder with the tasks' <task>.jsonl files"})
     downstream_n: int = field(default=200, metadata={"help": "examples per downstream task"})
     state: str | None = field(
-        default=None, metadata={"help": "sequential: folder for resumable state (default: beside --out)"}
+        default=None, metadata={"help": "sequential: folder for resumable state (default: beside the results file)"}
     )
     guard: dict[str, Any] | None = field(
         default=None,
